@@ -1,0 +1,90 @@
+"""Rebuild the shipped samples from ../shared/data (run from the project root):
+
+    python manifests/samples/make_samples.py ../shared/data
+
+Deterministic: the same input gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import zstandard
+
+HERE = Path(__file__).parent
+XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")
+# English paired with languages of many scripts and families (SIB-200 / FLORES-200 codes).
+BITEXT_LANGS = (
+    "arb_Arab", "ben_Beng", "bod_Tibt", "ces_Latn", "zho_Hans", "zho_Hant", "deu_Latn", "ell_Grek", "fra_Latn", "guj_Gujr",
+    "hau_Latn", "heb_Hebr", "hin_Deva", "hye_Armn", "jpn_Jpan", "kat_Geor", "khm_Khmr", "kor_Hang", "lao_Laoo",
+    "mal_Mlym", "mya_Mymr", "pes_Arab", "rus_Cyrl", "sin_Sinh", "spa_Latn", "swh_Latn", "tam_Taml", "tel_Telu",
+    "tha_Thai", "tur_Latn", "ukr_Cyrl", "urd_Arab", "vie_Latn", "yor_Latn", "zul_Latn", "amh_Ethi", "srp_Cyrl",
+)
+BITEXT_ROWS = 250
+STS_LANGS = ("de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")
+
+
+def _gzip(path: Path, text: str) -> None:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+        f.write(text.encode("utf-8"))
+
+
+def xquad(tar: tarfile.TarFile) -> None:
+    out = HERE / "xquad_r"
+    out.mkdir(exist_ok=True)
+    for lang in XQUAD_LANGS:
+        data = json.load(tar.extractfile(f"xquad-r/{lang}.json"))
+        lines = []
+        for a, article in enumerate(data["data"]):
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    row = {"id": qa["id"], "article": a, "question": qa["question"], "context": paragraph["context"], "answer": qa["answers"][0]["text"]}
+                    lines.append(json.dumps(row, ensure_ascii=False))
+        _gzip(out / f"{lang}.jsonl.gz", "\n".join(lines) + "\n")
+
+
+def _sib(tar: tarfile.TarFile, code: str) -> dict[str, str]:
+    rows = csv.DictReader(io.TextIOWrapper(tar.extractfile(f"sib200/annotated/{code}/train.tsv"), "utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE)
+    return {r["index_id"]: r["text"] for r in rows}
+
+
+def bitext(tar: tarfile.TarFile) -> None:
+    out = HERE / "sib200_bitext"
+    out.mkdir(exist_ok=True)
+    english = _sib(tar, "eng_Latn")
+    ids = sorted(english, key=int)[:BITEXT_ROWS]
+    for code in BITEXT_LANGS:
+        other = _sib(tar, code)
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        w.writerow(["index_id", "source_lang", "target_lang", "source", "target"])
+        for i in ids:
+            w.writerow([i, "eng_Latn", code, english[i], other[i]])
+        _gzip(out / f"eng_Latn-{code}.tsv.gz", buf.getvalue())
+
+
+def sts(tar: tarfile.TarFile) -> None:
+    out = HERE / "stsb"
+    out.mkdir(exist_ok=True)
+    for lang in STS_LANGS:
+        raw = tar.extractfile(f"stsb-multi-mt/stsb-{lang}-dev.csv").read()
+        (out / f"stsb-{lang}-dev.csv.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(raw))
+
+
+def main(data: Path) -> None:
+    with tarfile.open(data / "xquad-r-dev.tar.xz", "r:xz") as tar:
+        xquad(tar)
+    with tarfile.open(data / "sib200-train-dev.tar.xz", "r:xz") as tar:
+        bitext(tar)
+    with tarfile.open(data / "stsb-multi-mt.tar.xz", "r:xz") as tar:
+        sts(tar)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data"))

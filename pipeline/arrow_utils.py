@@ -1,0 +1,27 @@
+"""Small Arrow helpers shared by stages: columnar work without per-row Python."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def map_list_values(arr: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """Apply a vectorised `fn` to every element of a list<string> column, keeping the lists' shape."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = fn(pc.list_flatten(arr))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=arr.is_null())
+
+
+def set_where(column: pa.Array, mask: pa.Array, value: object) -> pa.Array:
+    """`column` with `value` where `mask` is true (nulls in mask count as false)."""
+    return pc.if_else(pc.fill_null(mask, False), pa.scalar(value, column.type), column)
+
+
+def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)

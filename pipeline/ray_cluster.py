@@ -1,0 +1,40 @@
+"""Start (or join) Ray quietly, sized for the machine it runs on."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Set before Ray is imported: no token file in ~/.ray for an embedded cluster, no usage reporting.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import ray  # noqa: E402
+import ray.data  # noqa: E402
+
+
+def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True) -> dict[str, float]:
+    """Connect to `address`, or start an embedded cluster; return the cluster's resources."""
+    if not ray.is_initialized():
+        kwargs: dict = dict(include_dashboard=False, log_to_driver=not quiet, logging_level=logging.WARNING,
+                            configure_logging=True, ignore_reinit_error=True)
+        # Make the project importable by workers on any node (a cluster without this package installed).
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            cpus = num_cpus or os.cpu_count() or 1
+            store = (object_store_mb << 20) if object_store_mb else None
+            ray.init(num_cpus=cpus, object_store_memory=store, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    return ray.cluster_resources()
+
+
+def stop() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

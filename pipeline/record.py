@@ -1,0 +1,60 @@
+"""The canonical record: one Arrow schema for every task, from ingestion to the final shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
+
+# Text fields that are tagged with a language; `negatives` is tagged as one set.
+TEXT_FIELDS = ("query", "positive", "negatives")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("instruction", pa.string()),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("positive", pa.string()),
+        pa.field("negatives", pa.list_(pa.string())),
+        pa.field("positive_score", pa.float32()),
+        pa.field("negative_scores", pa.list_(pa.float32())),
+        pa.field("label", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("query_lang", pa.string()),
+        pa.field("query_lang_conf", pa.float32()),
+        pa.field("positive_lang", pa.string()),
+        pa.field("positive_lang_conf", pa.float32()),
+        pa.field("negatives_lang", pa.string()),
+        pa.field("negatives_lang_conf", pa.float32()),
+        pa.field("dup_count", pa.int32()),
+        pa.field("licence", pa.string()),
+        pa.field("origin", pa.string(), nullable=False),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+# Columns that live only inside the run folder (stage checkpoints), never in the shards:
+# `_drop` is the reason a stage dropped the row (null = kept), `_detail` says more, `_raw` holds the
+# original bytes of a row that could not be parsed.
+DROP, DETAIL, RAW = "_drop", "_detail", "_raw"
+WORK_SCHEMA = SCHEMA.append(pa.field(DROP, pa.string())).append(pa.field(DETAIL, pa.string()))
+INGEST_SCHEMA = WORK_SCHEMA.append(pa.field(RAW, pa.binary()))
+
+# The fields that define a record's content, and so its id.
+CONTENT_FIELDS = ("task", "instruction", "query", "positive", "negatives", "label", "score")
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """Stable content hash (BLAKE2b-128, hex) of the record's content fields as ingested."""
+    content = json.dumps([record.get(f) for f in CONTENT_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def empty_table(schema: pa.Schema = WORK_SCHEMA) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,65 @@
+"""The stage contract: a typed config plus a batch-in/batch-out transform over Arrow tables.
+
+A stage never removes rows: it sets `_drop` to a reason on the rows it drops, so the runner can
+account for every row (rows in = rows out + dropped by reason) and keep the dropped ones inspectable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's settings; subclasses add a `stage: Literal[...]` tag and their fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a stage may know about the run besides its own settings."""
+
+    run_dir: Path
+    source_order: tuple[str, ...]  # sources in manifest order, e.g. for deterministic priorities
+
+
+class Stage:
+    """A transform over Arrow batches. Subclasses set `name`, `config_model` and `__call__`."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[StageConfig]]
+    version: ClassVar[str] = "1"  # bump when the same settings would now produce different output
+    stateful: ClassVar[bool] = False  # True: built once per actor in a pool (models, big tables)
+    num_cpus: ClassVar[float] = 1.0
+
+    def __init__(self, config: StageConfig, context: RunContext):
+        self.config = config
+        self.context = context
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+
+class ShuffleStage(Stage):
+    """A stage that needs all rows sharing a key in one batch (dedup, grouping).
+
+    The runner hash-partitions rows on the uint64 column `key(batch)` returns, then calls the
+    stage on whole partitions, so no node ever holds more than its partitions.
+    """
+
+    def key(self, batch: pa.Table) -> pa.Array:
+        raise NotImplementedError
+
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: makes a stage available to manifests under `stage: <name>`."""
+    STAGES[cls.name] = cls
+    return cls

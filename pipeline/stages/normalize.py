@@ -1,0 +1,58 @@
+"""Text normalisation: Unicode form, control characters, whitespace. Columnar (pyarrow compute)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.arrow_utils import map_list_values, replace_column, set_where
+from pipeline.record import DROP
+from pipeline.stage import Stage, StageConfig, register
+
+# C0/C1 control characters except tab and newline; also BOM and the Unicode replacement of NUL.
+_CONTROL = r"[\x{00}-\x{08}\x{0B}\x{0C}\x{0E}-\x{1F}\x{7F}-\x{9F}\x{FEFF}]"
+
+
+class NormalizeConfig(StageConfig):
+    stage: Literal["normalize"]
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
+    strip_control: bool = True
+    collapse_whitespace: bool = True  # runs of spaces/tabs -> one space; 3+ newlines -> 2; trim ends
+    fields: list[Literal["query", "positive", "negatives", "instruction"]] = ["query", "positive", "negatives", "instruction"]
+
+
+@register
+class Normalize(Stage):
+    """Normalises text fields; drops rows whose query (or positive, if present) ends up empty."""
+
+    name = "normalize"
+    config_model = NormalizeConfig
+    config: NormalizeConfig
+
+    def _text(self, arr: pa.Array) -> pa.Array:
+        cfg = self.config
+        if cfg.unicode_form != "none":
+            arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
+        if cfg.strip_control:
+            arr = pc.replace_substring_regex(arr, pattern=_CONTROL, replacement="")
+        if cfg.collapse_whitespace:
+            arr = pc.replace_substring_regex(arr, pattern=r"\r\n?", replacement="\n")
+            arr = pc.replace_substring_regex(arr, pattern=r"[^\S\n]+", replacement=" ")
+            arr = pc.replace_substring_regex(arr, pattern=r" ?\n ?", replacement="\n")
+            arr = pc.replace_substring_regex(arr, pattern=r"\n{3,}", replacement="\n\n")
+            arr = pc.utf8_trim_whitespace(arr)
+        return arr
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for field in self.config.fields:
+            col = batch.column(field).combine_chunks()
+            new = map_list_values(col, self._text) if field == "negatives" else self._text(col)
+            batch = replace_column(batch, field, new)
+        empty_query = pc.equal(pc.utf8_length(batch.column("query")), 0)
+        empty_positive = pc.equal(pc.utf8_length(batch.column("positive")), 0)  # null positive: not empty
+        drop = batch.column(DROP)
+        drop = set_where(drop, empty_positive, "empty_after_normalize")
+        drop = set_where(drop, empty_query, "empty_after_normalize")
+        return replace_column(batch, DROP, drop)

@@ -1,0 +1,228 @@
+"""Read sources in units (a file, a byte range of a big file, a row range of a dataset) and turn
+each unit into an Arrow table of records, with every unreadable row kept and flagged, not lost.
+
+Parsing is hand-written rather than Ray Data's `read_json`/`read_csv` because those fail a whole
+file on one bad line; here each bad line becomes a quarantine row with its file, line and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.record import DETAIL, DROP, INGEST_SCHEMA, RAW
+from sources.mapping import RowError, map_row
+
+CHUNK_BYTES = 64 << 20  # uncompressed JSONL files larger than this are read in parallel byte ranges
+HF_ROWS_PER_UNIT = 100_000
+
+
+class SourceError(Exception):
+    """A whole source cannot be read (a hub dataset offline, a folder that is not a dataset)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of reading work; plain data so Ray can ship it anywhere."""
+
+    source: str
+    path: str
+    start: int = 0  # byte offset (JSONL) or row (hf, parquet row group index)
+    stop: int = -1  # exclusive; -1 = to the end
+    first_line: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if path.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")
+
+
+def _jsonl_units(source: Any, path: Path) -> list[Unit]:
+    size = path.stat().st_size
+    if str(path).endswith((".gz", ".zst")) or size <= CHUNK_BYTES:
+        return [Unit(source.name, str(path))]
+    units, start, line = [], 0, 1
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + CHUNK_BYTES, size))
+            f.readline()  # move the boundary to the end of the line it falls in
+            stop = min(f.tell(), size)
+            units.append(Unit(source.name, str(path), start, stop, line))
+            f.seek(start)
+            line += f.read(stop - start).count(b"\n")
+            start = stop
+    return units
+
+
+def plan_units(source: Any) -> list[Unit]:
+    """Split a source into units. Runs on the driver, cheaply: no row is parsed here."""
+    if source.format == "hf":
+        n = len(load_hf(source))
+        return [Unit(source.name, source.path, a, min(a + HF_ROWS_PER_UNIT, n)) for a in range(0, max(n, 1), HF_ROWS_PER_UNIT)]
+    units: list[Unit] = []
+    for path in source.files():
+        if source.format == "jsonl":
+            units += _jsonl_units(source, path)
+        elif source.format == "parquet":
+            try:
+                groups = pq.ParquetFile(path).num_row_groups
+            except Exception:  # unreadable: one unit, which reports the error as a quarantine row
+                groups = 1
+            units += [Unit(source.name, str(path), g, g + 1) for g in range(max(groups, 1))]
+        else:
+            units.append(Unit(source.name, str(path)))
+    return units
+
+
+def load_hf(source: Any) -> Any:
+    """A `datasets.Dataset` from a saved dataset folder, a local data folder, or a hub id."""
+    import datasets
+
+    path = Path(source.path)
+    try:
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(source.path, source.hf_config, split=source.split)
+    except Exception as exc:
+        hint = "" if path.exists() else " (not a local folder, so it was looked up on the Hugging Face hub; offline?)"
+        raise SourceError(f"source {source.name!r}: cannot load dataset {source.path!r}{hint}: {exc}") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        if source.split is None:
+            raise SourceError(f"source {source.name!r}: {source.path!r} has splits {list(ds)}; set `split`")
+        ds = ds[source.split]
+    return ds
+
+
+# Each reader yields (origin, raw bytes or None, parsed row or RowError).
+Parsed = tuple[str, bytes | None, Any]
+
+
+def _read_lines(unit: Unit, source: Any) -> Iterator[tuple[int, bytes]]:
+    with open_binary(unit.path) as f:
+        if unit.start:
+            f.seek(unit.start)
+        pos, line_no = unit.start, unit.first_line
+        for line in f:
+            if unit.stop >= 0 and pos >= unit.stop:
+                break
+            pos += len(line)
+            yield line_no, line
+            line_no += 1
+
+
+def _jsonl(unit: Unit, source: Any) -> Iterator[Parsed]:
+    for line_no, line in _read_lines(unit, source):
+        origin = f"{unit.path}:{line_no}"
+        if not line.strip():
+            continue  # blank lines are not records
+        if len(line) > source.max_record_bytes:
+            yield origin, line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")
+            continue
+        try:
+            text = line.decode(source.encoding)
+        except UnicodeDecodeError as exc:
+            yield origin, line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0):exc.start + 10]!r}")
+            continue
+        try:
+            yield origin, line, json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield origin, line, RowError("bad_json", f"{exc.msg} at column {exc.colno}")
+
+
+def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
+    bad: list[Parsed] = []
+    current = {"line": 0, "raw": b""}
+
+    def decoded_lines() -> Iterator[str]:
+        for line_no, line in _read_lines(unit, source):
+            current["line"], current["raw"] = line_no, line
+            if len(line) > source.max_record_bytes:
+                bad.append((f"{unit.path}:{line_no}", line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")))
+                continue
+            try:
+                yield line.decode(source.encoding)
+            except UnicodeDecodeError as exc:
+                bad.append((f"{unit.path}:{line_no}", line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}")))
+
+    delimiter = "\t" if source.format == "tsv" else ","
+    reader = csv.reader(decoded_lines(), delimiter=delimiter)
+    header = source.csv.column_names
+    try:
+        for cells in reader:
+            yield from bad
+            bad.clear()
+            if header is None:
+                header = cells if source.csv.header else [str(i) for i in range(len(cells))]
+                if source.csv.header:
+                    continue
+            origin = f"{unit.path}:{current['line']}"
+            if not cells or cells == [""]:
+                continue
+            if len(cells) != len(header):
+                yield origin, current["raw"], RowError("bad_csv", f"{len(cells)} cells, header has {len(header)}")
+                continue
+            yield origin, current["raw"], dict(zip(header, cells))
+    except csv.Error as exc:
+        yield f"{unit.path}:{current['line']}", current["raw"], RowError("bad_csv", str(exc))
+    yield from bad
+
+
+def _parquet(unit: Unit, source: Any) -> Iterator[Parsed]:
+    table = pq.ParquetFile(unit.path).read_row_group(unit.start)
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{unit.path}:rowgroup={unit.start}:row={i}", None, row
+
+
+def _hf(unit: Unit, source: Any) -> Iterator[Parsed]:
+    ds = load_hf(source).select(range(unit.start, unit.stop))
+    split = f"[{source.split}]" if source.split else ""
+    for i, row in enumerate(ds):
+        yield f"{source.path}{split}:row={unit.start + i}", None, row
+
+
+_READERS = {"jsonl": _jsonl, "csv": _delimited, "tsv": _delimited, "parquet": _parquet, "hf": _hf}
+
+
+def read_unit(unit: Unit, source: Any) -> pa.Table:
+    """All rows of one unit as a table (INGEST_SCHEMA); bad rows carry `_drop`, `_detail`, `_raw`."""
+    rows: list[dict[str, Any]] = []
+
+    def bad(origin: str, raw: bytes | None, err: RowError) -> None:
+        rows.append({"id": "", "source": source.name, "task": source.task, "query": "", "licence": source.licence,
+                     "origin": origin, DROP: err.reason, DETAIL: err.detail, RAW: raw})
+
+    try:
+        for origin, raw, parsed in _READERS[source.format](unit, source):
+            if isinstance(parsed, RowError):
+                bad(origin, raw, parsed)
+                continue
+            try:
+                record = map_row(parsed, source)
+            except RowError as err:
+                bad(origin, raw if raw is not None else json.dumps(parsed, default=str, ensure_ascii=False).encode(), err)
+                continue
+            record["origin"] = origin
+            rows.append(record)
+    except (OSError, EOFError, ValueError, pa.ArrowException) as exc:
+        # A file that breaks mid-way (truncated gzip, corrupt Parquet): the rows read so far stay,
+        # and the failure itself becomes a quarantine row naming the file.
+        bad(f"{unit.path}", None, RowError("unreadable_file", f"{type(exc).__name__}: {exc}"))
+    return pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)

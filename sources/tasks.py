@@ -1,0 +1,30 @@
+"""What each task needs from a source row. Adding a task is one entry here (plus, in later
+stages, its record construction); the mapping and validation code reads this table only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    required: tuple[str, ...]  # record fields a source of this task must map and fill
+    description: str
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "retrieval": TaskSpec(("query", "positive"), "query -> relevant passage"),
+    "bitext": TaskSpec(("query", "positive"), "sentence -> its translation"),
+    "sts": TaskSpec(("query", "positive", "score"), "sentence pair with a similarity score"),
+    "pair_classification": TaskSpec(("query", "positive", "label"), "sentence pair with a class (e.g. NLI)"),
+    "classification": TaskSpec(("query", "label"), "text with its class label"),
+    "clustering": TaskSpec(("query", "label"), "text with its cluster id"),
+}
+
+# Record fields a source may fill from its columns, by kind of value.
+TEXT_FIELDS = ("query", "positive", "instruction")
+TEXT_LIST_FIELDS = ("negatives",)
+NUMBER_FIELDS = ("score", "positive_score")
+NUMBER_LIST_FIELDS = ("negative_scores",)
+LABEL_FIELDS = ("label",)
+MAPPABLE_FIELDS = TEXT_FIELDS + TEXT_LIST_FIELDS + NUMBER_FIELDS + NUMBER_LIST_FIELDS + LABEL_FIELDS
