@@ -53,8 +53,8 @@ def infer_format(path: str) -> str | None:
 class SourceConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name; becomes the `source` column and shard folder.")
     task: Literal["retrieval", "classification", "clustering", "sts", "pair_classification", "bitext"]
-    path: str = Field(description="File or glob (relative to the manifest), or a `datasets` folder / hub id when format is hf.")
     format: Literal["jsonl", "csv", "tsv", "parquet", "hf"] | None = Field(None, description="Inferred from the extension when empty.")
+    path: str = Field(description="File or glob (relative to the manifest), or a `datasets` folder / hub id when format is hf.")
     columns: dict[str, str] = Field(description="Record field -> source column, e.g. {query: question, positive: context}.")
     licence: str = Field(min_length=1, description="Licence of the data (SPDX id where there is one).")
     instruction: str | None = Field(None, description="Instruction stored with every record of this source.")
@@ -64,6 +64,19 @@ class SourceConfig(_Strict):
     split: str | None = Field(None, description="`datasets` split (format hf).")
     max_text_chars: int = Field(100_000, ge=1, description="Longer texts are quarantined as oversize.")
     max_record_bytes: int = Field(4 << 20, ge=64, description="Longer raw records (lines) are quarantined unparsed.")
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, path: str, info: ValidationInfo) -> str:
+        """Make the path absolute (relative to the manifest) and check that it matches files."""
+        base = Path((info.context or {}).get("base_dir", "."))
+        if (info.data.get("format") or infer_format(path)) == "hf":
+            local = base / path
+            return str(local.resolve()) if local.exists() else path  # else: a hub id
+        pattern = path if Path(path).is_absolute() else str(base / path)
+        if not glob.glob(pattern, recursive=True):
+            raise ValueError(f"no file matches {path!r} (looked for {pattern})")
+        return str(Path(pattern).absolute())
 
     @field_validator("columns")
     @classmethod
@@ -85,7 +98,7 @@ class SourceConfig(_Strict):
         return encoding
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> SourceConfig:
+    def _check(self) -> SourceConfig:
         missing = [f for f in TASK_SPECS[self.task].required if f not in self.columns]
         if missing:
             raise ValueError(f"task {self.task!r} needs columns for {missing}")
@@ -93,16 +106,6 @@ class SourceConfig(_Strict):
             self.format = infer_format(self.path)
             if self.format is None:
                 raise ValueError(f"cannot infer the format of {self.path!r}: set `format` to one of {list(FORMATS)}")
-        base = Path((info.context or {}).get("base_dir", "."))
-        if self.format == "hf":
-            local = base / self.path
-            if local.exists():
-                self.path = str(local.resolve())
-        else:
-            pattern = self.path if Path(self.path).is_absolute() else str(base / self.path)
-            if not glob.glob(pattern, recursive=True):
-                raise ValueError(f"no file matches path {self.path!r} (looked for {pattern})")
-            self.path = str(Path(pattern).absolute())
         return self
 
     def files(self) -> list[Path]:
@@ -146,20 +149,26 @@ class Manifest(_Strict):
 # --- loading with line numbers -------------------------------------------------------------------
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at `loc`; path elements the YAML lacks (union tags) are skipped."""
+def _locate(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...]]:
+    """1-based line of the YAML node at `loc`, and `loc` without the parts the YAML lacks (pydantic
+    adds the tag of a tagged union, e.g. `stages[0].normalize.nfc`, which no user wrote)."""
     line = node.start_mark.line + 1 if node is not None else None
+    written: list[Any] = []
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             match = next(((k, v) for k, v in node.value if k.value == part), None)
             if match is None:
+                if part in STAGES:
+                    continue
+                written.append(part)  # a missing key: the error belongs to the enclosing mapping
                 continue
             key, node = match
             line = key.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
-    return line
+        written.append(part)
+    return line, tuple(written)
 
 
 def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[int, str]]:
@@ -208,8 +217,8 @@ def load_manifest(path: str | Path) -> Manifest:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            lines.append(f"{path}:{_line_of(node, loc)}: {_format_loc(loc)}: {err['msg']}")
+            line, loc = _locate(node, tuple(err["loc"]))
+            lines.append(f"{path}:{line}: {_format_loc(loc)}: {err['msg']}")
         raise ManifestError("\n".join(lines)) from None
     manifest.output = str((path.parent / manifest.output).resolve())
     return manifest

@@ -14,9 +14,11 @@ import ray  # noqa: E402
 import ray.data  # noqa: E402
 
 
-def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True) -> dict[str, float]:
-    """Connect to `address`, or start an embedded cluster; return the cluster's resources."""
-    if not ray.is_initialized():
+def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True) -> bool:
+    """Connect to `address`, or start an embedded cluster. False if Ray was already up (then the
+    caller should leave it running)."""
+    started = not ray.is_initialized()
+    if started:
         kwargs: dict = dict(include_dashboard=False, log_to_driver=not quiet, logging_level=logging.WARNING,
                             configure_logging=True, ignore_reinit_error=True)
         # Make the project importable by workers on any node (a cluster without this package installed).
@@ -32,7 +34,7 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
     ctx.enable_progress_bars = not quiet
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
-    return ray.cluster_resources()
+    return started
 
 
 def stop() -> None:

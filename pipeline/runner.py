@@ -30,6 +30,7 @@ from sources.reader import Unit, plan_units, read_unit
 
 BATCH_ROWS = 8192
 ROWS_PER_SHUFFLE_PARTITION = 250_000
+CHECKPOINT_ROWS_PER_FILE = 100_000  # fewer, larger files: each file is a Ray read task
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Runner:
         def build(files: list[str], rows: int) -> Any:
             import ray.data
 
-            ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(int(self.cpus), len(files)))
+            ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(2 * int(self.cpus), len(files)))
             if issubclass(cls, ShuffleStage):
                 partitions = max(int(self.cpus), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
                 ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
@@ -171,11 +172,14 @@ class Runner:
             shards_fp = fingerprint(steps[-1].fingerprint, self.manifest.shards.model_dump(mode="json"))
             shards_done = first_todo == len(steps) and Checkpoint(self.run_dir, "shards").is_done(shards_fp)
 
+            started_ray = False
             if first_todo < len(steps):
+                import ray
+
                 from pipeline import ray_cluster
 
-                resources = ray_cluster.start(self.ray_address, self.manifest.ray.num_cpus, self.manifest.ray.object_store_mb, self.quiet)
-                self.cpus = resources.get("CPU", 1.0)
+                started_ray = ray_cluster.start(self.ray_address, self.manifest.ray.num_cpus, self.manifest.ray.object_store_mb, self.quiet)
+                self.cpus = ray.cluster_resources().get("CPU", 1.0)
             try:
                 ledger_parts: list[pl.DataFrame] = []
                 prev_out: pl.DataFrame | None = None
@@ -190,7 +194,7 @@ class Runner:
                     if i == 0 and (not resumed or not (self.run_dir / "quarantine").exists()):
                         self._write_quarantine(ckpt)
             finally:
-                if first_todo < len(steps):
+                if started_ray:
                     from pipeline import ray_cluster
 
                     ray_cluster.stop()
@@ -222,7 +226,7 @@ class Runner:
         out = ckpt.begin()
         rows_in = 0 if prev_ledger is None else int(prev_ledger.filter(pl.col("kind") == "out")["rows"].sum())
         ds = step.build(prev.files() if prev else [], rows_in)
-        ds.write_parquet(str(out))
+        ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE)
         outcomes = ledger_mod.count_outcomes(step.name, sorted(str(p) for p in out.glob("*.parquet")))
         part = ledger_mod.entries(step.name, outcomes, prev_ledger)
         ledger_mod.check_balance(part)

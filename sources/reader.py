@@ -131,6 +131,7 @@ def _read_lines(unit: Unit, source: Any) -> Iterator[tuple[int, bytes]]:
 def _jsonl(unit: Unit, source: Any) -> Iterator[Parsed]:
     for line_no, line in _read_lines(unit, source):
         origin = f"{unit.path}:{line_no}"
+        line = line.rstrip(b"\r\n")
         if not line.strip():
             continue  # blank lines are not records
         if len(line) > source.max_record_bytes:
@@ -153,7 +154,7 @@ def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
 
     def decoded_lines() -> Iterator[str]:
         for line_no, line in _read_lines(unit, source):
-            current["line"], current["raw"] = line_no, line
+            current["line"], current["raw"] = line_no, line.rstrip(b"\r\n")
             if len(line) > source.max_record_bytes:
                 bad.append((f"{unit.path}:{line_no}", line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")))
                 continue
