@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
+from pipeline.arrow_utils import HSPACE
 from pipeline.record import DETAIL, DROP, WORK_SCHEMA
 from pipeline.stage import ShuffleStage, StageConfig, register
 
@@ -41,7 +42,7 @@ class ExactDedup(ShuffleStage):
             if field == "negatives":
                 col = pc.binary_join(col, "\x1e")
             col = pc.fill_null(col, "")
-            col = pc.utf8_trim_whitespace(pc.replace_substring_regex(col, pattern=r"\s+", replacement=" "))
+            col = pc.utf8_trim_whitespace(pc.replace_substring_regex(col, pattern=f"(?:{HSPACE}|\\n)+", replacement=" "))
             parts.append(pc.utf8_lower(col) if self.config.casefold else col)
         return pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
 

@@ -7,7 +7,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.arrow_utils import map_list_values, replace_column, set_where
+from pipeline.arrow_utils import HSPACE, map_list_values, replace_column, set_where
 from pipeline.record import DROP
 from pipeline.stage import Stage, StageConfig, register
 
@@ -39,7 +39,7 @@ class Normalize(Stage):
             arr = pc.replace_substring_regex(arr, pattern=_CONTROL, replacement="")
         if cfg.collapse_whitespace:
             arr = pc.replace_substring_regex(arr, pattern=r"\r\n?", replacement="\n")
-            arr = pc.replace_substring_regex(arr, pattern=r"[^\S\n]+", replacement=" ")
+            arr = pc.replace_substring_regex(arr, pattern=HSPACE + "+", replacement=" ")
             arr = pc.replace_substring_regex(arr, pattern=r" ?\n ?", replacement="\n")
             arr = pc.replace_substring_regex(arr, pattern=r"\n{3,}", replacement="\n\n")
             arr = pc.utf8_trim_whitespace(arr)

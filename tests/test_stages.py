@@ -1,0 +1,86 @@
+"""Stages on real text, called directly (no Ray): what each does to a batch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.record import DROP, WORK_SCHEMA
+from pipeline.stage import STAGES, RunContext
+from pipeline.manifest import Manifest  # noqa: F401  (registers stages)
+
+CTX = RunContext(Path("."), ("first", "second"))
+
+
+def _batch(rows: list[dict]) -> pa.Table:
+    base = {"id": "", "source": "first", "task": "retrieval", "query": "", "licence": "x", "origin": ""}
+    return pa.Table.from_pylist([{**base, **r} for r in rows], schema=WORK_SCHEMA)
+
+
+def _stage(name: str, **cfg):
+    cls = STAGES[name]
+    return cls(cls.config_model(stage=name, **cfg), CTX)
+
+
+def test_normalize_unicode_controls_whitespace():
+    out = _stage("normalize")(_batch([
+        {"query": "Cafe\u0301  au\tlait\x07 ", "positive": "line one  \r\n\r\n\r\n\n  line two", "negatives": ["  a\u00a0 b ", "e\u0301"]},
+        {"query": " \x00 \t", "positive": "kept?"},
+        {"query": "q", "positive": None},
+    ])).to_pylist()
+    assert out[0]["query"] == "Café au lait" and out[0]["positive"] == "line one\n\nline two"
+    assert out[0]["negatives"] == ["a b", "é"] and out[0][DROP] is None
+    assert out[1][DROP] == "empty_after_normalize"
+    assert out[2][DROP] is None and out[2]["positive"] is None
+
+
+def _sib_sentences(shared_data: Path, codes: list[str], n: int = 20) -> dict[str, list[str]]:
+    out = {}
+    with tarfile.open(shared_data / "sib200-train-dev.tar.xz", "r:xz") as tar:
+        for code in codes:
+            f = io.TextIOWrapper(tar.extractfile(f"sib200/annotated/{code}/dev.tsv"), "utf-8")
+            out[code] = [r["text"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:n]
+    return out
+
+
+def test_langid_labels_real_sentences_with_script(shared_data):
+    codes = ["eng_Latn", "deu_Latn", "rus_Cyrl", "srp_Cyrl", "arb_Arab", "hin_Deva", "tha_Thai", "zho_Hans", "zho_Hant", "jpn_Jpan", "kor_Hang", "ell_Grek"]
+    expected = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
+    sentences = _sib_sentences(shared_data, codes)
+    rows = [{"query": s, "positive": s, "negatives": [s, s]} for c in codes for s in sentences[c]]
+    out = _stage("langid")(_batch(rows)).to_pylist()
+    for i, code in enumerate(codes):
+        got = [r["query_lang"] for r in out[i * 20 : (i + 1) * 20]]
+        share = got.count(expected.get(code, code)) / 20
+        assert share >= 0.9, (code, got)
+    assert all(0 < r["query_lang_conf"] <= 1 and r["negatives_lang"] == r["query_lang"] for r in out if r["query_lang"] != "und")
+
+
+def test_langid_threshold_tags_und_and_can_drop():
+    rows = [{"query": "ok", "positive": None}, {"query": "The weather in Paris is lovely in spring.", "positive": None}]
+    out = _stage("langid", min_confidence=0.9, drop_below=True)(_batch(rows)).to_pylist()
+    assert out[0]["query_lang"] == "und" and out[0][DROP] == "low_language_confidence"
+    assert out[1]["query_lang"] == "eng_Latn" and out[1][DROP] is None and out[1]["positive_lang"] is None
+
+
+def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
+    stage = _stage("exact_dedup", key=["query", "positive"])
+    rows = [
+        {"id": "b", "source": "second", "query": "What is  MRL?", "positive": "Nested dims.", "origin": "f:1"},
+        {"id": "c", "source": "first", "query": "what is mrl?", "positive": "Nested dims.", "origin": "f:2"},
+        {"id": "a", "source": "second", "query": "What is MRL?", "positive": "nested dims.", "origin": "f:3"},
+        {"id": "d", "source": "first", "query": "What is MRL?", "positive": "Another passage", "origin": "f:4"},
+    ]
+    batch = _batch(rows)
+    keys = stage.key(batch).to_pylist()
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+    out = {r["id"]: r for r in stage(batch).to_pylist()}
+    assert out["c"][DROP] is None and out["c"]["dup_count"] == 3  # earliest source wins over smaller id
+    assert out["a"][DROP] == out["b"][DROP] == "exact_duplicate" and out["a"]["_detail"] == "duplicate of c"
+    assert out["d"][DROP] is None and out["d"]["dup_count"] == 1
+    case_sensitive = _stage("exact_dedup", key=["query"], casefold=False)
+    assert len(set(case_sensitive.key(batch).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"
