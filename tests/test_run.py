@@ -1,0 +1,144 @@
+"""End to end, as a user runs it: the CLI on the shipped samples with a real embedded Ray cluster,
+crash and resume, a locked folder, bad input, and a two-node cluster on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.lock import RunLock
+from tests.conftest import ROOT, STAGE1_STAGES, run_cli, stage1_sources, write_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def _shard_digests(run_dir: Path) -> dict[str, str]:
+    shards = run_dir / "shards"
+    return {str(p.relative_to(shards)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.rglob("*.parquet"))}
+
+
+def _stage1(folder: Path) -> Path:
+    return write_manifest(folder, stage1_sources(), STAGE1_STAGES, shards={"rows_per_shard": 4000})
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("stage1")
+    result = run_cli("run", str(_stage1(folder)), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run"
+
+
+def test_run_folder_ledger_and_readers(stage1_run):
+    for name in ("shards", "stages", "quarantine", "ledger.parquet", "README.md"):
+        assert (stage1_run / name).exists(), name
+    ledger = pl.read_parquet(stage1_run / "ledger.parquet")
+    per_step = ledger.group_by("step", "source", "kind").agg(pl.col("rows").sum()).pivot("kind", index=["step", "source"], values="rows").fill_null(0)
+    assert per_step.height == 8  # 4 steps x 2 sources
+    assert (per_step["in"] == per_step["out"] + per_step["dropped"]).all()
+    ingest_in = ledger.filter(step="00-ingest", kind="in")["rows"].sum()
+    assert ingest_in == 8 * 1190 + 37 * 250  # every line of every sample file
+    final_out = ledger.filter(step="03-exact_dedup", kind="out")["rows"].sum()
+
+    import datasets
+
+    by_pyarrow = pq.read_table(stage1_run / "shards")
+    by_polars = pl.read_parquet(stage1_run / "shards" / "**" / "*.parquet")
+    by_datasets = datasets.load_dataset(str(stage1_run), split="train")
+    one_source = datasets.load_dataset(str(stage1_run), "xquad_r", split="train")
+    assert by_pyarrow.num_rows == by_polars.height == len(by_datasets) == final_out
+    assert set(one_source["source"]) == {"xquad_r"} and len(one_source) == by_polars.filter(source="xquad_r").height
+    assert by_polars["id"].n_unique() == by_polars.height
+    langs = by_polars.filter(source="xquad_r")["query_lang"].value_counts().sort("count", descending=True)["query_lang"].head(8).to_list()
+    assert set(langs) == {"arb_Arab", "deu_Latn", "ell_Grek", "eng_Latn", "spa_Latn", "hin_Deva", "rus_Cyrl", "cmn_Hans"}
+    assert by_polars["dup_count"].min() >= 1
+    # every file of a partition holds one source, at most rows_per_shard rows
+    for path in (stage1_run / "shards").rglob("*.parquet"):
+        table = pq.read_table(path)
+        assert table.num_rows <= 4000 and set(table["source"].to_pylist()) == {path.parent.name}
+
+
+def test_rerun_is_a_no_op_and_changed_settings_rerun_from_that_stage(stage1_run, tmp_path):
+    before = _shard_digests(stage1_run)
+    again = run_cli("run", str(stage1_run.parent / "manifest.yaml"), "--quiet")
+    assert again.returncode == 0 and again.stdout.count("(done before)") == 4
+    assert _shard_digests(stage1_run) == before
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run, tmp_path):
+    manifest = _stage1(tmp_path)
+    rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(4, 22))
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        proc.wait()
+    finished = run_cli("run", str(manifest), "--quiet")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert _shard_digests(tmp_path / "run") == _shard_digests(stage1_run)
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    manifest = _stage1(tmp_path)
+    with RunLock(tmp_path / "run"):
+        result = run_cli("run", str(manifest), "--quiet")
+    assert result.returncode == 3 and "another run" in result.stderr
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_bad_input_ends_in_quarantine_and_the_run_finishes(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\n".join([
+        json.dumps({"question": "Where is the Eiffel Tower?", "context": "The Eiffel Tower is in Paris."}).encode(),
+        b'{"question": "broken',
+        '{"question": "caf\u00e9", "context": "latin-1"}'.encode("latin-1"),
+        json.dumps({"question": "", "context": "empty query"}).encode(),
+        json.dumps({"question": "x" * (20 << 20), "context": "20 MB"}).encode(),
+        json.dumps({"context": "no question column"}).encode(),
+    ]) + b"\n")
+    sources = [{"name": "bad", "task": "retrieval", "path": str(bad), "columns": {"query": "question", "positive": "context"}, "licence": "CC0-1.0"}]
+    result = run_cli("run", str(write_manifest(tmp_path, sources, STAGE1_STAGES)), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    quarantine = pl.read_parquet(tmp_path / "run" / "quarantine")
+    assert dict(zip(quarantine["origin"].str.extract(r":(\d+)$").to_list(), quarantine["reason"])) == {
+        "2": "bad_json", "3": "invalid_encoding", "4": "empty_text", "5": "oversize", "6": "missing_field"}
+    assert pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")["query"].to_list() == ["Where is the Eiffel Tower?"]
+
+
+def _wait_for_nodes(ray_cli: str, port: str, env: dict, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = subprocess.run([ray_cli, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=60).stdout
+        active = status.split("Active:")[1].split("Pending:")[0] if "Active:" in status else ""
+        if active.count("node_") >= count and f"/{count}.0 CPU" in status:
+            return
+        assert time.monotonic() < deadline, f"cluster did not reach {count} nodes:\n{status}"
+        time.sleep(2)
+
+
+def test_same_manifest_on_a_two_node_loopback_cluster(stage1_run, tmp_path):
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = str(random.Random().randint(20000, 40000))
+    start = [ray_cli, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([*start, "--head", f"--port={port}", "--include-dashboard=false"], check=True, env=env, capture_output=True, timeout=120)
+        subprocess.run([*start, f"--address=127.0.0.1:{port}"], check=True, env=env, capture_output=True, timeout=120)
+        _wait_for_nodes(ray_cli, port, env, 2)
+        result = run_cli("run", str(_stage1(tmp_path)), "--quiet", "--ray-address", f"127.0.0.1:{port}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert _shard_digests(tmp_path / "run") == _shard_digests(stage1_run)
