@@ -30,6 +30,9 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
             cpus = num_cpus or os.cpu_count() or 1
             store = (object_store_mb << 20) if object_store_mb else None
             ray.init(num_cpus=cpus, object_store_memory=store, **kwargs)
+    if quiet:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     ctx.print_on_execution_start = False
