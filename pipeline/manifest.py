@@ -6,7 +6,6 @@ Errors name the file, the line and the key path (`stage1.yaml:14: sources[0].col
 from __future__ import annotations
 
 import glob
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -141,9 +140,6 @@ class Manifest(_Strict):
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {dupes}")
         return self
-
-    def fingerprint_data(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
 
 # --- loading with line numbers -------------------------------------------------------------------

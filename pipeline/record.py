@@ -10,9 +10,6 @@ import pyarrow as pa
 
 TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
 
-# Text fields that are tagged with a language; `negatives` is tagged as one set.
-TEXT_FIELDS = ("query", "positive", "negatives")
-
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -55,6 +52,3 @@ def record_id(record: dict[str, Any]) -> str:
     content = json.dumps([record.get(f) for f in CONTENT_FIELDS], ensure_ascii=False, separators=(",", ":"))
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
 
-
-def empty_table(schema: pa.Schema = WORK_SCHEMA) -> pa.Table:
-    return schema.empty_table()

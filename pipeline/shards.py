@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.record import COLUMNS, DROP, SCHEMA
@@ -46,7 +45,3 @@ def write_shards(files: list[str], out: Path, settings: Any) -> list[dict[str, A
             written.append({"path": str(path.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
     return written
 
-
-def read_shards(out: Path) -> pa.Table:
-    """All shards of a run as one table (for tests and small runs)."""
-    return pq.ParquetDataset(sorted(str(p) for p in out.rglob("*.parquet")), partitioning=None).read()

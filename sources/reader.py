@@ -115,7 +115,7 @@ def load_hf(source: Any) -> Any:
 Parsed = tuple[str, bytes | None, Any]
 
 
-def _read_lines(unit: Unit, source: Any) -> Iterator[tuple[int, bytes]]:
+def _read_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
     with open_binary(unit.path) as f:
         if unit.start:
             f.seek(unit.start)
@@ -129,7 +129,7 @@ def _read_lines(unit: Unit, source: Any) -> Iterator[tuple[int, bytes]]:
 
 
 def _jsonl(unit: Unit, source: Any) -> Iterator[Parsed]:
-    for line_no, line in _read_lines(unit, source):
+    for line_no, line in _read_lines(unit):
         origin = f"{unit.path}:{line_no}"
         line = line.rstrip(b"\r\n")
         if not line.strip():
@@ -153,7 +153,7 @@ def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
     current = {"line": 0, "raw": b""}
 
     def decoded_lines() -> Iterator[str]:
-        for line_no, line in _read_lines(unit, source):
+        for line_no, line in _read_lines(unit):
             current["line"], current["raw"] = line_no, line.rstrip(b"\r\n")
             if len(line) > source.max_record_bytes:
                 bad.append((f"{unit.path}:{line_no}", line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")))
