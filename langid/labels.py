@@ -1,46 +1,131 @@
-"""Map a model's labels onto one scheme: ISO 639-3 + '_' + ISO 15924 script (`eng_Latn`)."""
+"""One label scheme for every model: ISO 639-3 + '_' + ISO 15924 script (`eng_Latn`), `und`, `code:<lang>`.
+
+Models disagree on labels: lid.176 says `__label__zh` (no script, ISO 639-1), OpenLID `zho_Hans`
+(a macrolanguage), GlotLID `cmn_Hani` (Han without the variant). Everything that differs between
+them is data in `langid/data/` (short codes, equivalent codes, script switches), so adding a model
+means adding rows, not code.
+"""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 
 from langid.scripts import dominant_script
 
 UNDETERMINED = "und"
+CODE_PREFIX = "code:"
+# Script codes that leave the variant open: decided from the text (`Hani` -> Hans or Hant).
+_OPEN_SCRIPTS = {"Hani": ("Hans", "Hant")}
+
+
+def read_table(name: str) -> list[dict[str, str]]:
+    """Rows of a TSV shipped in `langid/data` (lines starting with '#' are comments)."""
+    text = resources.files("langid").joinpath("data", name).read_text(encoding="utf-8")
+    return list(csv.DictReader((line for line in text.splitlines() if line and not line.startswith("#")), delimiter="\t"))
 
 
 @dataclass(frozen=True)
-class LabelInfo:
+class ShortCode:
+    """A label without a script (`en`, `zh`, `ckb`): the language and the scripts it is written in."""
+
     iso639_3: str
-    scripts: tuple[str, ...]
+    scripts: tuple[str, ...]  # first = default
     name: str
 
-    def label_for(self, text: str) -> str:
-        script = self.scripts[0] if len(self.scripts) == 1 else dominant_script(text, self.scripts)
-        return f"{self.iso639_3}_{script}"
+
+@lru_cache(maxsize=None)
+def short_codes() -> dict[str, ShortCode]:
+    return {r["label"]: ShortCode(r["iso639_3"], tuple(r["scripts"].split(",")), r["name"]) for r in read_table("short_codes.tsv")}
 
 
-def load_table(name: str = "lid176.tsv") -> dict[str, LabelInfo]:
-    """Read a label table shipped in `langid/data` (comment lines start with '#')."""
-    text = resources.files("langid").joinpath("data", name).read_text(encoding="utf-8")
-    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
-    return {r["label"]: LabelInfo(r["iso639_3"], tuple(r["scripts"].split(",")), r["name"]) for r in rows}
+@lru_cache(maxsize=None)
+def equivalents() -> dict[str, str]:
+    return {r["code"]: r["canonical"] for r in read_table("equivalents.tsv")}
+
+
+@lru_cache(maxsize=None)
+def script_switches() -> dict[str, dict[str, str]]:
+    """language -> {script: label} for languages that are another label in another script."""
+    out: dict[str, dict[str, str]] = {}
+    for r in read_table("script_switch.tsv"):
+        out.setdefault(r["language"], {})[r["script"]] = r["label"]
+    return out
+
+
+def is_scheme_label(label: str) -> bool:
+    """`xxx_Xxxx` (ISO 639-3 + ISO 15924), or the special labels."""
+    if label == UNDETERMINED or label.startswith(CODE_PREFIX):
+        return True
+    lang, _, script = label.partition("_")
+    return len(lang) == 3 and lang.isalpha() and lang.islower() and len(script) == 4 and script.isalpha() and script[0].isupper()
+
+
+def canonical(label: str) -> str:
+    """A scheme label (or a bare ISO 639-3 code) with equivalent codes unified: `zho_Hans` -> `cmn_Hans`."""
+    if label == UNDETERMINED or label.startswith(CODE_PREFIX):
+        return label
+    lang, sep, script = label.partition("_")
+    return equivalents().get(lang, lang) + sep + script
+
+
+def language_of(label: str) -> str:
+    """The language part of a label (`srp` for `srp_Cyrl`), after equivalences."""
+    return canonical(label).partition("_")[0]
 
 
 class LabelMapper:
-    """Turns raw fastText labels into scheme labels; labels already in the scheme pass through."""
+    """Turns one model's raw labels into scheme labels, deciding scripts from the text where needed.
 
-    def __init__(self, table: dict[str, LabelInfo]):
-        self.table = table
+    The decision per raw label is computed once (`_plan`); per text only labels with several
+    possible scripts look at the characters, so mapping costs little next to the prediction.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def _plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
+        """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
+        label = raw.removeprefix("__label__")
+        if label.startswith(CODE_PREFIX) or label == UNDETERMINED:
+            return label, ()
+        if "_" in label:  # GlotLID / OpenLID / SIB-200 style: the model says the script
+            lang, _, script = canonical(label).partition("_")
+            scripts = _OPEN_SCRIPTS.get(script, (script,))
+        elif label in short_codes():
+            info = short_codes()[label]
+            lang, scripts = canonical(info.iso639_3), info.scripts
+        else:
+            return UNDETERMINED, ()
+        switches = script_switches().get(lang, {})
+        return lang, scripts + tuple(s for s in switches if s not in scripts)
 
     def __call__(self, raw_label: str, text: str) -> str:
-        label = raw_label.removeprefix("__label__")
-        info = self.table.get(label)
-        if info is not None:
-            return info.label_for(text)
-        # GlotLID / OpenLID style labels (`eng_Latn`) are already in the scheme.
-        if len(label) >= 8 and label[3] == "_":
-            return label
-        return UNDETERMINED
+        plan = self._plans.get(raw_label)
+        if plan is None:
+            plan = self._plans[raw_label] = self._plan(raw_label)
+        lang, scripts = plan
+        if not scripts:
+            return lang
+        script = scripts[0] if len(scripts) == 1 else dominant_script(text, scripts)
+        return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
+
+
+@lru_cache(maxsize=None)
+def language_name(label: str) -> str:
+    """English name of a label's language (`srp_Cyrl` -> `Serbian (Cyrillic)`), via pycountry's ISO tables."""
+    import pycountry
+
+    if label == UNDETERMINED:
+        return "Undetermined"
+    if label.startswith(CODE_PREFIX):
+        return label.removeprefix(CODE_PREFIX).capitalize() + " (code)"
+    lang, _, script = label.partition("_")
+    found = pycountry.languages.get(alpha_3=lang)
+    name = found.name if found else lang
+    if script:
+        found_script = pycountry.scripts.get(alpha_4=script)
+        name += f" ({found_script.name if found_script else script})"
+    return name

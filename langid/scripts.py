@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import regex
 
-# Unicode script property per ISO 15924 code; `regex` knows the Unicode tables, so we need no ranges.
-_SCRIPT_PATTERNS = {
-    "Latn": regex.compile(r"\p{Script=Latin}"),
-    "Cyrl": regex.compile(r"\p{Script=Cyrillic}"),
-    "Arab": regex.compile(r"\p{Script=Arabic}"),
-    "Deva": regex.compile(r"\p{Script=Devanagari}"),
-    "Guru": regex.compile(r"\p{Script=Gurmukhi}"),
-    "Mong": regex.compile(r"\p{Script=Mongolian}"),
+# ISO 15924 code -> Unicode script property name; `regex` knows the Unicode tables, so we need no
+# character ranges. Patterns are compiled on first use.
+_UNICODE_SCRIPT = {
+    "Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Deva": "Devanagari", "Guru": "Gurmukhi",
+    "Mong": "Mongolian", "Grek": "Greek", "Hebr": "Hebrew", "Beng": "Bengali", "Thaa": "Thaana",
+    "Geor": "Georgian", "Armn": "Armenian", "Ethi": "Ethiopic", "Tfng": "Tifinagh", "Olck": "Ol_Chiki",
+    "Nkoo": "Nko", "Tibt": "Tibetan", "Mymr": "Myanmar", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
+    "Hang": "Hangul", "Gujr": "Gujarati", "Orya": "Oriya", "Taml": "Tamil", "Telu": "Telugu",
+    "Knda": "Kannada", "Mlym": "Malayalam", "Sinh": "Sinhala",
 }
+
+
+@lru_cache(maxsize=None)
+def _pattern(script: str) -> regex.Pattern | None:
+    name = _UNICODE_SCRIPT.get(script)
+    return regex.compile(rf"\p{{Script={name}}}") if name else None
+
 
 # Frequent characters whose simplified and traditional forms differ. Unicode gives both forms the
 # script "Han", so the variant is told apart by which of these the text uses.
@@ -55,7 +65,7 @@ def dominant_script(text: str, candidates: tuple[str, ...]) -> str:
         return han_variant(text, candidates[0])
     best, best_count = candidates[0], 0
     for script in candidates:
-        pattern = _SCRIPT_PATTERNS.get(script)
+        pattern = _pattern(script)
         count = len(pattern.findall(text)) if pattern else 0
         if count > best_count:
             best, best_count = script, count

@@ -1,4 +1,8 @@
-"""Row accounting: every step's rows in, out and dropped (by reason), per source and language."""
+"""Row accounting: every step's rows in, out and dropped (by reason), per source and language.
+
+Rows a step kept but flagged (e.g. `language_mismatch`, `cross_lingual`) are counted as kind
+`flagged`, by reason; flags are information and take no part in the balance.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.record import DROP
+from pipeline.record import DROP, FLAGS
 
 LEDGER_SCHEMA = {"step": pl.String, "source": pl.String, "language": pl.String, "kind": pl.String, "reason": pl.String, "rows": pl.Int64}
 
@@ -25,10 +29,19 @@ def count_outcomes(step: str, files: list[str]) -> pl.DataFrame:
         .agg(pl.len().cast(pl.Int64).alias("rows"))
         .collect()
     )
-    return counts.with_columns(
-        pl.lit(step).alias("step"),
-        pl.when(pl.col("reason").is_null()).then(pl.lit("out")).otherwise(pl.lit("dropped")).alias("kind"),
-    ).select(list(LEDGER_SCHEMA))
+    flagged = (
+        pl.scan_parquet(files)
+        .select("source", pl.col(FLAGS))
+        .explode(FLAGS)
+        .drop_nulls(FLAGS)
+        .unnest(FLAGS)
+        .group_by("source", pl.col("language").fill_null("und"), "reason")
+        .agg(pl.len().cast(pl.Int64).alias("rows"))
+        .with_columns(pl.lit("flagged").alias("kind"))
+        .collect()
+    )
+    counts = counts.with_columns(pl.when(pl.col("reason").is_null()).then(pl.lit("out")).otherwise(pl.lit("dropped")).alias("kind"))
+    return pl.concat([counts, flagged], how="diagonal").with_columns(pl.lit(step).alias("step")).select(list(LEDGER_SCHEMA)).cast(LEDGER_SCHEMA)
 
 
 def entries(step: str, outcomes: pl.DataFrame, rows_in: pl.DataFrame | None) -> pl.DataFrame:

@@ -63,6 +63,17 @@ class SourceConfig(_Strict):
     split: str | None = Field(None, description="`datasets` split (format hf).")
     max_text_chars: int = Field(100_000, ge=1, description="Longer texts are quarantined as oversize.")
     max_record_bytes: int = Field(4 << 20, ge=64, description="Longer raw records (lines) are quarantined unparsed.")
+    language: str | dict[Literal["query", "positive", "negatives"], str] | None = Field(
+        None,
+        description="Declared language of the texts: one label for all fields or one per field ({query: eng_Latn, positive: fra_Latn}); "
+        "a label (xxx_Xxxx), a programming language (python, code:go) or a file name with a known extension. "
+        "A `language` column (see `columns`) declares it per row instead.",
+    )
+    language_policy: Literal["trusted", "verified", "ignored"] = Field(
+        "verified",
+        description="trusted: use the declared language, no prediction; verified: predict, count (and optionally drop) confident "
+        "disagreements; ignored: predict as if nothing were declared.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -95,6 +106,27 @@ class SourceConfig(_Strict):
         except LookupError:
             raise ValueError(f"unknown text encoding {encoding!r}") from None
         return encoding
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, language: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        from langid.declared import declared_label
+
+        if language is None:
+            return None
+        values = {"*": language} if isinstance(language, str) else language
+        parsed = {}
+        for field, value in values.items():
+            parsed[field] = declared_label(value)
+            if parsed[field] is None:
+                raise ValueError(f"{value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension")
+        return parsed["*"] if isinstance(language, str) else parsed
+
+    def declared_language(self, field: str) -> str | None:
+        """The label this source declares for a text field (`query`, `positive`, `negatives`)."""
+        if isinstance(self.language, dict):
+            return self.language.get(field)
+        return self.language
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:

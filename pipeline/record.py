@@ -29,6 +29,7 @@ SCHEMA = pa.schema(
         pa.field("positive_lang_conf", pa.float32()),
         pa.field("negatives_lang", pa.string()),
         pa.field("negatives_lang_conf", pa.float32()),
+        pa.field("cross_lingual", pa.bool_()),
         pa.field("dup_count", pa.int32()),
         pa.field("licence", pa.string()),
         pa.field("origin", pa.string(), nullable=False),
@@ -38,9 +39,14 @@ COLUMNS = tuple(SCHEMA.names)
 
 # Columns that live only inside the run folder (stage checkpoints), never in the shards:
 # `_drop` is the reason a stage dropped the row (null = kept), `_detail` says more, `_raw` holds the
-# original bytes of a row that could not be parsed.
-DROP, DETAIL, RAW = "_drop", "_detail", "_raw"
-WORK_SCHEMA = SCHEMA.append(pa.field(DROP, pa.string())).append(pa.field(DETAIL, pa.string()))
+# original bytes of a row that could not be parsed, `_lang` the language a source declared for the
+# row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger).
+DROP, DETAIL, RAW, DECLARED_LANG, FLAGS = "_drop", "_detail", "_raw", "_lang", "_flags"
+FLAG_TYPE = pa.struct([pa.field("reason", pa.string()), pa.field("language", pa.string())])
+WORK_SCHEMA = pa.schema(
+    list(SCHEMA)
+    + [pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]
+)
 INGEST_SCHEMA = WORK_SCHEMA.append(pa.field(RAW, pa.binary()))
 
 # The fields that define a record's content, and so its id.

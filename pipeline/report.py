@@ -10,11 +10,12 @@ from rich.table import Table
 
 def print_summary(result: Any, console: Console, top_languages: int = 15) -> None:
     steps = Table(title=f"run {result.run_dir}", title_justify="left")
-    for col in ("step", "in", "out", "dropped", "seconds"):
-        steps.add_column(col, justify="left" if col in ("step", "dropped") else "right")
+    for col in ("step", "in", "out", "dropped", "flagged (kept)", "seconds"):
+        steps.add_column(col, justify="left" if col in ("step", "dropped", "flagged (kept)") else "right")
     for st in result.steps:
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(st.dropped.items())) or "-"
-        steps.add_row(st.name, f"{st.rows_in:,}", f"{st.rows_out:,}", drops, f"{st.seconds:.1f}" + (" (done before)" if st.resumed else ""))
+        flags = ", ".join(f"{k} {v:,}" for k, v in sorted(st.flagged.items())) or "-"
+        steps.add_row(st.name, f"{st.rows_in:,}", f"{st.rows_out:,}", drops, flags, f"{st.seconds:.1f}" + (" (done before)" if st.resumed else ""))
     console.print(steps)
 
     import polars as pl

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 
 import pipeline
 from pipeline import ledger as ledger_mod
+from pipeline.arrow_utils import replace_column
 from pipeline.card import write_card
 from pipeline.checkpoint import Checkpoint, fingerprint
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, SourceConfig
-from pipeline.record import DETAIL, DROP, RAW, WORK_SCHEMA
+from pipeline.record import DETAIL, DROP, FLAGS, RAW, WORK_SCHEMA
 from pipeline.shards import write_shards
 from pipeline.stage import STAGES, RunContext, ShuffleStage, Stage
 from sources.reader import Unit, plan_units, read_unit
@@ -41,6 +42,7 @@ class StepResult:
     dropped: dict[str, int]
     seconds: float
     resumed: bool
+    flagged: dict[str, int] = field(default_factory=dict)  # kept rows a stage flagged, by reason
 
 
 @dataclass
@@ -64,7 +66,9 @@ def _ingest_units(batch: pa.Table, sources: dict[str, SourceConfig]) -> pa.Table
 
 
 def _kept(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column(DROP)))
+    """The rows a stage gets: those no earlier step dropped, with the previous step's flags cleared."""
+    batch = batch.filter(pc.is_null(batch.column(DROP)))
+    return replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))
 
 
 def _apply(batch: pa.Table, stage_cls: type[Stage], config: Any, context: RunContext) -> pa.Table:
@@ -107,7 +111,7 @@ class Runner:
         self.ray_address = ray_address or manifest.ray.address
         self.quiet = quiet
         self.log = log
-        self.context = RunContext(self.run_dir, tuple(s.name for s in manifest.sources))
+        self.context = RunContext(self.run_dir, tuple(s.name for s in manifest.sources), {s.name: s for s in manifest.sources})
         self.cpus = 1.0
 
     def _steps(self, units: list[Unit]) -> list[_Step]:
@@ -238,9 +242,11 @@ class Runner:
         def total(kind: str) -> int:
             return int(part.filter(pl.col("kind") == kind)["rows"].sum())
 
-        dropped = part.filter(pl.col("kind") == "dropped").group_by("reason").agg(pl.col("rows").sum())
+        def by_reason(kind: str) -> dict[str, int]:
+            return dict(part.filter(pl.col("kind") == kind).group_by("reason").agg(pl.col("rows").sum()).iter_rows())
+
         seconds = (ckpt.marker() or {}).get("seconds", 0.0)
-        return StepResult(name, total("in"), total("out"), dict(dropped.iter_rows()), seconds, resumed)
+        return StepResult(name, total("in"), total("out"), by_reason("dropped"), seconds, resumed, by_reason("flagged"))
 
     def _write_quarantine(self, ingest: Checkpoint) -> None:
         """Rows that could not be read or mapped, with their original bytes, place and reason."""

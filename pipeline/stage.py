@@ -6,12 +6,15 @@ account for every row (rows in = rows out + dropped by reason) and keep the drop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from pipeline.manifest import SourceConfig
 
 
 class StageConfig(BaseModel):
@@ -26,6 +29,7 @@ class RunContext:
 
     run_dir: Path
     source_order: tuple[str, ...]  # sources in manifest order, e.g. for deterministic priorities
+    sources: Mapping[str, SourceConfig] = field(default_factory=dict)  # by name: declared languages...
 
 
 class Stage:

@@ -6,8 +6,9 @@ import json
 import math
 from typing import Any
 
-from pipeline.record import record_id
-from sources.tasks import LABEL_FIELDS, NUMBER_FIELDS, NUMBER_LIST_FIELDS, TASK_SPECS, TEXT_LIST_FIELDS
+from langid.declared import declared_label
+from pipeline.record import DECLARED_LANG, record_id
+from sources.tasks import LABEL_FIELDS, LANGUAGE_FIELDS, NUMBER_FIELDS, NUMBER_LIST_FIELDS, TASK_SPECS, TEXT_LIST_FIELDS
 
 
 class RowError(Exception):
@@ -87,6 +88,11 @@ def map_row(row: Any, source: Any) -> dict[str, Any]:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise RowError("wrong_type", f"{field}: expected text or an integer, got {type(value).__name__}")
             record[field] = str(value)
+        elif field in LANGUAGE_FIELDS:
+            record[DECLARED_LANG] = declared_label(_text(field, value, 200))
+            if record[DECLARED_LANG] is None:
+                raise RowError("unknown_language", f"{field}: {value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension")
+            continue
         else:
             record[field] = _text(field, value, source.max_text_chars)
         mapped = record[field]

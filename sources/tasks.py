@@ -27,4 +27,7 @@ TEXT_LIST_FIELDS = ("negatives",)
 NUMBER_FIELDS = ("score", "positive_score")
 NUMBER_LIST_FIELDS = ("negative_scores",)
 LABEL_FIELDS = ("label",)
-MAPPABLE_FIELDS = TEXT_FIELDS + TEXT_LIST_FIELDS + NUMBER_FIELDS + NUMBER_LIST_FIELDS + LABEL_FIELDS
+# The row's declared language (a label, a programming language, or a file name whose extension names
+# one); checked or trusted by the langid stage as the source's `language_policy` says.
+LANGUAGE_FIELDS = ("language",)
+MAPPABLE_FIELDS = TEXT_FIELDS + TEXT_LIST_FIELDS + NUMBER_FIELDS + NUMBER_LIST_FIELDS + LABEL_FIELDS + LANGUAGE_FIELDS

@@ -1,77 +1,169 @@
-"""Language tagging of each text field with a fastText model (bundled lid.176 by default)."""
+"""Language tagging of each text field (query, positive, negatives as a set) with a fastText model.
+
+Per field it sets `<field>_lang` (ISO 639-3 + script, `und`, or `code:<lang>`) and its confidence;
+`cross_lingual` says whether query and positive are in different languages (kept, not dropped).
+A source's declared language is trusted, verified or ignored as its `language_policy` says; every
+confident disagreement is counted in the ledger (`flagged`, reason `language_mismatch`, under the
+declared language) and, with `drop_mismatch`, drops the row.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from langid import UNDETERMINED, LanguageTagger
-from pipeline.arrow_utils import replace_column, set_where
-from pipeline.record import DROP
+from langid.declared import agrees
+from langid.labels import is_scheme_label, language_of, read_table
+from langid.tagger import BUNDLED_MODELS
+from pipeline.arrow_utils import replace_column
+from pipeline.record import DECLARED_LANG, DETAIL, DROP, FLAG_TYPE, FLAGS
 from pipeline.stage import RunContext, Stage, StageConfig, register
+
+
+@lru_cache(maxsize=None)
+def default_thresholds(model: str) -> dict[str, float]:
+    """The shipped per-label thresholds of a bundled model (`thresholds_<model>.tsv`), if any."""
+    try:
+        return {r["label"]: float(r["threshold"]) for r in read_table(f"thresholds_{model}.tsv")}
+    except FileNotFoundError:
+        return {}
 
 
 class LangTagConfig(StageConfig):
     stage: Literal["langid"]
-    model: str = Field("lid176", description="`lid176` (bundled) or the path of any fastText language-ID model.")
-    min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und`.")
-    drop_below: bool = Field(False, description="Drop rows whose query is `und` after the threshold.")
+    model: str = Field("lid176", description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
+    min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und` (labels without their own threshold).")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-label thresholds ({eng_Latn: 0.8}); override the model's default table.")
+    drop_below: bool = Field(False, description="Drop rows whose query is `und` after the thresholds.")
+    drop_mismatch: bool = Field(False, description="Drop rows where a verified declared language is confidently contradicted.")
+    max_chars: int = Field(3000, ge=30, description="Longer texts are predicted on three windows (start, middle, end) of max_chars/3.")
+    detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, model: str, info: ValidationInfo) -> str:
+        if model in BUNDLED_MODELS:
+            return model
+        path = Path(model)
+        if not path.is_absolute():
+            path = Path((info.context or {}).get("base_dir", ".")) / path
+        if not path.is_file():
+            raise ValueError(f"no fastText model at {path} (bundled models: {', '.join(BUNDLED_MODELS)})")
+        return str(path.resolve())
+
+    @field_validator("thresholds")
+    @classmethod
+    def _labels(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in thresholds.items() if not is_scheme_label(k) or not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"thresholds need labels like eng_Latn and values in [0, 1]: {bad}")
+        return thresholds
 
 
 @register
 class LangTag(Stage):
-    """Sets `<field>_lang` and `<field>_lang_conf` for query, positive and the negatives (as a set)."""
-
     name = "langid"
     config_model = LangTagConfig
+    version = "2"
     stateful = True  # the model is loaded once per actor
     config: LangTagConfig
 
     def __init__(self, config: LangTagConfig, context: RunContext):
         super().__init__(config, context)
-        self.tagger = LanguageTagger(config.model)
+        self.tagger = LanguageTagger(config.model, max_chars=config.max_chars, detect_code=config.detect_code)
+        self.thresholds = {**default_thresholds(config.model), **config.thresholds}
 
-    def _tag(self, texts: list[str | None]) -> tuple[list[str], np.ndarray]:
-        labels, conf = self.tagger.predict(texts)
-        low = conf < self.config.min_confidence
-        return [UNDETERMINED if lo else lab for lab, lo in zip(labels, low)], conf
+    def _declared(self, batch: pa.Table, field: str) -> tuple[list[str | None], list[str]]:
+        """Per row: the declared label of `field` (row column first, then the source) and the policy."""
+        per_row = batch.column(DECLARED_LANG).to_pylist()
+        labels, policies = [], []
+        for source, row_lang in zip(batch.column("source").to_pylist(), per_row):
+            config = self.context.sources.get(source)
+            declared = row_lang or (config.declared_language(field) if config else None)
+            policy = config.language_policy if config and declared else "ignored"
+            labels.append(declared)
+            policies.append(policy)
+        return labels, policies
+
+    def _tag_field(self, texts: list[str | None], declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, list[int]]:
+        """Labels (None where the text is missing), confidences and the indices of mismatches."""
+        labels: list[str | None] = [None] * len(texts)
+        conf = np.zeros(len(texts), dtype=np.float32)
+        todo = [i for i, t in enumerate(texts) if t is not None and policies[i] != "trusted"]
+        predicted, pconf = self.tagger.predict([texts[i] for i in todo])
+        for i, label, c in zip(todo, predicted, pconf.tolist()):
+            if c < self.thresholds.get(label, self.config.min_confidence):
+                label = UNDETERMINED
+            labels[i], conf[i] = label, c
+        mismatches = []
+        for i, text in enumerate(texts):
+            if text is None or declared[i] is None or policies[i] == "ignored":
+                continue
+            if policies[i] == "trusted":
+                labels[i], conf[i] = declared[i], 1.0
+            elif agrees(declared[i], labels[i]):
+                labels[i] = declared[i]
+            else:
+                mismatches.append(i)
+        return labels, conf, mismatches
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        queries = batch.column("query").to_pylist()
-        positives = batch.column("positive").to_pylist()
+        flags: list[list[dict]] = [[] for _ in range(n)]
+        drop = batch.column(DROP).to_pylist()
+        detail = batch.column(DETAIL).to_pylist()
+        out: dict[str, list[str | None]] = {}
+
+        for field in ("query", "positive"):
+            texts = batch.column(field).to_pylist()
+            declared, policies = self._declared(batch, field)
+            labels, conf, mismatches = self._tag_field(texts, declared, policies)
+            for i in mismatches:
+                flags[i].append({"reason": "language_mismatch", "language": declared[i]})
+                if self.config.drop_mismatch and drop[i] is None:
+                    drop[i], detail[i] = "language_mismatch", f"{field}: declared {declared[i]}, predicted {labels[i]} ({conf[i]:.2f})"
+            out[field] = labels
+            batch = replace_column(batch, f"{field}_lang", pa.array(labels, pa.string()))
+            batch = replace_column(batch, f"{field}_lang_conf", pa.array([None if l is None else float(c) for l, c in zip(labels, conf)], pa.float32()))
+
+        # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
         negatives = batch.column("negatives").to_pylist()
-        flat_neg = [t for negs in negatives for t in (negs or [])]
-        # One predict call for every text of the batch: fastText's per-call overhead is what we save.
-        labels, conf = self._tag(queries + positives + flat_neg)
-
-        for i, field in enumerate(("query", "positive")):
-            lab, cf = labels[i * n : (i + 1) * n], conf[i * n : (i + 1) * n]
-            present = [t is not None for t in (queries if i == 0 else positives)]
-            batch = replace_column(batch, f"{field}_lang", pa.array([l if p else None for l, p in zip(lab, present)], pa.string()))
-            batch = replace_column(batch, f"{field}_lang_conf", pa.array([c if p else None for c, p in zip(cf.tolist(), present)], pa.float32()))
-
-        neg_lang, neg_conf, pos = [], [], 2 * n
-        for negs in negatives:
-            k = len(negs or [])
-            if k == 0:
-                neg_lang.append(None)
-                neg_conf.append(None)
-                continue
-            # The set's label is its most common label; its confidence the mean over those texts.
-            chunk = labels[pos : pos + k]
-            top = Counter(chunk).most_common(1)[0][0]
-            neg_lang.append(top)
-            neg_conf.append(float(np.mean([c for l, c in zip(chunk, conf[pos : pos + k]) if l == top])))
-            pos += k
+        owner = [i for i, negs in enumerate(negatives) for _ in (negs or [])]
+        declared, policies = self._declared(batch, "negatives")
+        labels, conf, mismatches = self._tag_field(
+            [t for negs in negatives for t in (negs or [])], [declared[i] for i in owner], [policies[i] for i in owner]
+        )
+        for j in mismatches:
+            if not flags[owner[j]] or flags[owner[j]][-1]["reason"] != "language_mismatch":
+                flags[owner[j]].append({"reason": "language_mismatch", "language": declared[owner[j]]})
+        neg_lang: list[str | None] = [None] * n
+        neg_conf: list[float | None] = [None] * n
+        by_row: dict[int, list[int]] = {}
+        for j, i in enumerate(owner):
+            by_row.setdefault(i, []).append(j)
+        for i, js in by_row.items():
+            top = Counter(labels[j] for j in js).most_common(1)[0][0]
+            neg_lang[i] = top
+            neg_conf[i] = float(np.mean([conf[j] for j in js if labels[j] == top]))
         batch = replace_column(batch, "negatives_lang", pa.array(neg_lang, pa.string()))
         batch = replace_column(batch, "negatives_lang_conf", pa.array(neg_conf, pa.float32()))
 
-        if self.config.drop_below:
-            und = pa.array([l == UNDETERMINED for l in labels[:n]])
-            batch = replace_column(batch, DROP, set_where(batch.column(DROP), und, "low_language_confidence"))
-        return batch
+        cross = []
+        for i, (q, p) in enumerate(zip(out["query"], out["positive"])):
+            known = q not in (None, UNDETERMINED) and p not in (None, UNDETERMINED)
+            cross.append(language_of(q) != language_of(p) if known else None)
+            if cross[-1]:
+                flags[i].append({"reason": "cross_lingual", "language": q})
+            if self.config.drop_below and q == UNDETERMINED and drop[i] is None:
+                drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
+        batch = replace_column(batch, "cross_lingual", pa.array(cross, pa.bool_()))
+        batch = replace_column(batch, FLAGS, pa.array([f or None for f in flags], pa.list_(FLAG_TYPE)))
+        batch = replace_column(batch, DROP, pa.array(drop, pa.string()))
+        return replace_column(batch, DETAIL, pa.array(detail, pa.string()))

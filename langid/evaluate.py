@@ -1,0 +1,98 @@
+"""Accuracy, macro-F1, per-language precision/recall and confusions of a tagger on labelled text.
+
+Gold and predicted labels both go through `canonical` (so FLORES' `zho_Hans` and lid.176's `zh`
+meet as `cmn_Hans`). A gold label without a script (UDHR's file names) is compared on the language
+only. Figures are given over every text and over the texts whose language the model covers, since
+a model cannot be right about a language it has no label for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from langid.corpora import Labelled
+from langid.labels import CODE_PREFIX, UNDETERMINED, LabelMapper, canonical, language_of, script_switches
+from langid.tagger import LanguageTagger
+
+
+def covered_labels(tagger: LanguageTagger) -> set[str]:
+    """Every scheme label the tagger's model can produce (all scripts of multi-script labels)."""
+    mapper = LabelMapper()
+    out: set[str] = set()
+    for raw in tagger.model.get_labels():
+        lang, scripts = mapper._plan(raw)
+        if lang == UNDETERMINED:
+            continue
+        out.update(script_switches().get(lang, {}).get(s) or f"{lang}_{s}" for s in scripts)
+    return out
+
+
+def _matches(gold: str, predicted: str) -> bool:
+    return predicted == gold if "_" in gold else language_of(predicted) == gold
+
+
+@dataclass
+class Report:
+    n: int
+    accuracy: float
+    macro_f1: float
+    covered_n: int
+    covered_accuracy: float
+    covered_macro_f1: float
+    per_language: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusions: list[tuple[str, str, int]] = field(default_factory=list)
+    not_covered: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "confusions": [{"gold": g, "predicted": p, "count": c} for g, p, c in self.confusions]}
+
+
+def score(gold: list[str], predicted: list[str], covered: set[str]) -> Report:
+    """The report for parallel lists of gold and predicted labels (both canonicalised here)."""
+    gold = [canonical(g) for g in gold]
+    predicted = [canonical(p) for p in predicted]
+    covered_langs = {language_of(c) for c in covered}
+    is_covered = [(g in covered) if "_" in g else (g in covered_langs) for g in gold]
+    # A prediction counts for a script-less gold label when its language matches.
+    as_gold = [g if _matches(g, p) else p for g, p in zip(gold, predicted)]
+
+    def f1_table(idx: list[int]) -> tuple[float, float, dict[str, dict[str, float]]]:
+        tp, gold_n, pred_n = Counter(), Counter(), Counter()
+        for i in idx:
+            gold_n[gold[i]] += 1
+            pred_n[as_gold[i]] += 1
+            tp[gold[i]] += as_gold[i] == gold[i]
+        table = {}
+        for lang in sorted(gold_n):
+            p = tp[lang] / pred_n[lang] if pred_n[lang] else 0.0
+            r = tp[lang] / gold_n[lang]
+            table[lang] = {"n": gold_n[lang], "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+        acc = sum(tp.values()) / len(idx) if idx else 0.0
+        macro = sum(v["f1"] for v in table.values()) / len(table) if table else 0.0
+        return acc, macro, table
+
+    everything = list(range(len(gold)))
+    covered_idx = [i for i in everything if is_covered[i]]
+    acc, macro, table = f1_table(everything)
+    c_acc, c_macro, _ = f1_table(covered_idx)
+    for lang in table:
+        table[lang]["covered"] = float(lang in covered or lang in covered_langs)
+    confusions = Counter((gold[i], predicted[i]) for i in covered_idx if as_gold[i] != gold[i])
+    return Report(
+        n=len(gold), accuracy=acc, macro_f1=macro, covered_n=len(covered_idx), covered_accuracy=c_acc, covered_macro_f1=c_macro,
+        per_language=table, confusions=[(g, p, c) for (g, p), c in confusions.most_common(25)],
+        not_covered=sorted({g for g, c in zip(gold, is_covered) if not c}),
+    )
+
+
+def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096) -> tuple[Report, list[str]]:
+    """Tag `data` with `tagger` (no confidence threshold) and score it; also returns the predictions."""
+    predicted: list[str] = []
+    for start in range(0, len(data), batch):
+        predicted += tagger.predict(data.texts[start : start + batch])[0]
+    gold = [g for g in data.labels]
+    covered = covered_labels(tagger)
+    if any(g.startswith(CODE_PREFIX) for g in gold):
+        covered |= {g for g in gold if g.startswith(CODE_PREFIX)}
+    return score(gold, predicted, covered), predicted
