@@ -106,8 +106,9 @@ def guess_language(text: str) -> tuple[str | None, float]:
 class CodeDetector:
     """Finds the texts of a batch that are code and names their language.
 
-    `min_punct` is the code-punctuation share (see `code_punctuation_share`) a text needs before its
-    lines are examined; `min_lines` the share of its lines that language markers must match.
+    A text is code when language markers match at least `min_lines` of its lines and its
+    code-punctuation share (see `code_punctuation_share`) is at least `min_punct`, or half of that
+    when markers match most lines (Python and shell carry little punctuation).
     """
 
     def __init__(self, min_punct: float = 0.06, min_lines: float = 0.2):
@@ -118,8 +119,8 @@ class CodeDetector:
         """{index: (`code:<lang>`, confidence)} for the texts judged to be code."""
         share = code_punctuation_share(pa.array(texts, pa.string()))
         found: dict[int, tuple[str, float]] = {}
-        for i in np.flatnonzero(share >= self.min_punct):
+        for i in np.flatnonzero(share >= self.min_punct / 2):
             lang, covered = guess_language(texts[i])
-            if lang is not None and covered >= self.min_lines:
+            if lang is not None and covered >= (self.min_lines if share[i] >= self.min_punct else 0.5):
                 found[int(i)] = (CODE_PREFIX + lang, min(1.0, covered))
         return found

@@ -91,7 +91,7 @@ class LabelMapper:
         label = raw.removeprefix("__label__")
         if label.startswith(CODE_PREFIX) or label == UNDETERMINED:
             return label, ()
-        if "_" in label:  # GlotLID / OpenLID / SIB-200 style: the model says the script
+        if is_scheme_label(label):  # GlotLID / OpenLID / SIB-200 style: the model says the script
             lang, _, script = canonical(label).partition("_")
             scripts = _OPEN_SCRIPTS.get(script, (script,))
         elif label in short_codes():

@@ -17,8 +17,8 @@ from sources.tasks import MAPPABLE_FIELDS, TASK_SPECS
 
 import pipeline.stages  # noqa: F401  (registers the built-in stages before the union is built)
 
-FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf")
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf", "text")
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".txt": "text"}
 _COMPRESSIONS = (".gz", ".zst")
 
 
@@ -52,7 +52,10 @@ def infer_format(path: str) -> str | None:
 class SourceConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name; becomes the `source` column and shard folder.")
     task: Literal["retrieval", "classification", "clustering", "sts", "pair_classification", "bitext"]
-    format: Literal["jsonl", "csv", "tsv", "parquet", "hf"] | None = Field(None, description="Inferred from the extension when empty.")
+    format: Literal["jsonl", "csv", "tsv", "parquet", "hf", "text"] | None = Field(
+        None, description="Inferred from the extension when empty. `text`: plain text with columns `text` and `path`."
+    )
+    text_unit: Literal["line", "file"] = Field("line", description="Format text: a row per non-blank line, or per file (documents, code files).")
     path: str = Field(description="File or glob (relative to the manifest), or a `datasets` folder / hub id when format is hf.")
     columns: dict[str, str] = Field(description="Record field -> source column, e.g. {query: question, positive: context}.")
     licence: str = Field(min_length=1, description="Licence of the data (SPDX id where there is one).")

@@ -186,6 +186,35 @@ def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
     yield from bad
 
 
+def _text(unit: Unit, source: Any) -> Iterator[Parsed]:
+    """Plain text: each non-blank line is a row, or (`text_unit: file`) the whole file is one; rows
+    have the columns `text` and `path` (so a code file's extension can declare its language)."""
+    if source.text_unit == "file":
+        with open_binary(unit.path) as f:
+            raw = f.read()
+        if len(raw) > source.max_record_bytes:
+            yield unit.path, None, RowError("oversize", f"file of {len(raw):,} bytes, limit {source.max_record_bytes:,}")
+            return
+        try:
+            yield unit.path, raw, {"text": raw.decode(source.encoding), "path": unit.path}
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            yield f"{unit.path}:{line}", raw, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start} (line {line})")
+        return
+    for line_no, line in _read_lines(unit):
+        origin = f"{unit.path}:{line_no}"
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        if len(line) > source.max_record_bytes:
+            yield origin, line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")
+            continue
+        try:
+            yield origin, line, {"text": line.decode(source.encoding), "path": unit.path}
+        except UnicodeDecodeError as exc:
+            yield origin, line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0):exc.start + 10]!r}")
+
+
 def _parquet(unit: Unit, source: Any) -> Iterator[Parsed]:
     table = pq.ParquetFile(unit.path).read_row_group(unit.start)
     for i, row in enumerate(table.to_pylist()):
@@ -199,7 +228,7 @@ def _hf(unit: Unit, source: Any) -> Iterator[Parsed]:
         yield f"{source.path}{split}:row={unit.start + i}", None, row
 
 
-_READERS = {"jsonl": _jsonl, "csv": _delimited, "tsv": _delimited, "parquet": _parquet, "hf": _hf}
+_READERS = {"jsonl": _jsonl, "csv": _delimited, "tsv": _delimited, "parquet": _parquet, "hf": _hf, "text": _text}
 
 
 def read_unit(unit: Unit, source: Any) -> pa.Table:

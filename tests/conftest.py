@@ -32,7 +32,7 @@ def stage1_sources(xquad_glob: str = "*.jsonl.gz", bitext_glob: str = "*.tsv.gz"
         {"name": "xquad_r", "task": "retrieval", "path": str(SAMPLES / "xquad_r" / xquad_glob),
          "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"},
         {"name": "sib200_bitext", "task": "bitext", "path": str(SAMPLES / "sib200_bitext" / bitext_glob),
-         "columns": {"query": "source", "positive": "target"}, "licence": "CC-BY-SA-4.0"},
+         "columns": {"query": "source", "positive": "target"}, "licence": "CC-BY-SA-4.0", "language": {"query": "eng_Latn"}},
     ]
 
 

@@ -63,6 +63,16 @@ def test_run_folder_ledger_and_readers(stage1_run):
     langs = by_polars.filter(source="xquad_r")["query_lang"].value_counts().sort("count", descending=True)["query_lang"].head(8).to_list()
     assert set(langs) == {"arb_Arab", "deu_Latn", "ell_Grek", "eng_Latn", "spa_Latn", "hin_Deva", "rus_Cyrl", "cmn_Hans"}
     assert by_polars["dup_count"].min() >= 1
+    # Bitext is flagged cross-lingual, not dropped; its declared English side is verified.
+    flagged = ledger.filter(step="02-langid", kind="flagged", source="sib200_bitext")
+    tagged = ledger.filter(step="02-langid", kind="out", source="sib200_bitext")["rows"].sum()
+    cross = flagged.filter(reason="cross_lingual")["rows"].sum()
+    assert 0.9 * tagged <= cross < tagged
+    assert flagged.filter(reason="language_mismatch")["rows"].sum() < 0.02 * tagged
+    assert set(flagged.filter(reason="language_mismatch")["language"].to_list()) <= {"eng_Latn"}
+    bitext = by_polars.filter(source="sib200_bitext")
+    assert bitext["cross_lingual"].sum() >= 0.9 * bitext.height and not by_polars.filter(source="xquad_r")["cross_lingual"].any()
+    assert (bitext["query_lang"] == "eng_Latn").sum() >= 0.98 * bitext.height
     # every file of a partition holds one source, at most rows_per_shard rows
     for path in (stage1_run / "shards").rglob("*.parquet"):
         table = pq.read_table(path)

@@ -1,0 +1,120 @@
+"""Language-tagging throughput: the `langid` stage against raw fastText `predict` on the same texts.
+
+Baseline: `model.predict(texts, k=1)` on a Python list, the fastest way to call fastText from Python.
+Measured, all on one core, in one run:
+  raw       the baseline, texts already in a list
+  stage     the langid stage called on Arrow batches (prepare, code detector, label mapping,
+            thresholds, cross-lingual flag, Arrow columns out): what each Ray actor does per batch
+  ray       the same stage inside Ray Data (one actor, batches from the object store)
+Prints docs/s for each and the ratios stage/raw and ray/raw (the goal is >= 0.8).
+
+    python bench/langid_throughput.py --records 100000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+
+from langid.corpora import sib200  # noqa: E402
+from langid.tagger import LanguageTagger  # noqa: E402
+from pipeline.record import WORK_SCHEMA  # noqa: E402
+from pipeline.stage import RunContext  # noqa: E402
+from pipeline.stages.langtag import LangTag, LangTagConfig  # noqa: E402
+
+SIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200-train-dev.tar.xz"
+
+
+def records(n: int) -> pa.Table:
+    """`n` bitext-like records (query, positive) over SIB-200's 205 languages, repeated as needed."""
+    data = sib200(SIB, "train")
+    texts = data.texts
+    rows = {name: [] for name in WORK_SCHEMA.names}
+    for i in range(n):
+        for name in rows:
+            rows[name].append(None)
+        rows["id"][i] = str(i)
+        rows["source"][i] = "bench"
+        rows["task"][i] = "bitext"
+        rows["query"][i] = texts[i % len(texts)]
+        rows["positive"][i] = texts[(i * 7919 + 13) % len(texts)]
+        rows["origin"][i] = f"bench:{i}"
+    return pa.Table.from_pydict(rows, schema=WORK_SCHEMA)
+
+
+def bench_raw(table: pa.Table, model) -> float:
+    texts = table.column("query").to_pylist() + table.column("positive").to_pylist()
+    start = time.perf_counter()
+    model.predict(texts, k=1)
+    return time.perf_counter() - start
+
+
+def bench_stage(table: pa.Table, stage: LangTag, batch_rows: int) -> float:
+    start = time.perf_counter()
+    for offset in range(0, table.num_rows, batch_rows):
+        stage(table.slice(offset, batch_rows))
+    return time.perf_counter() - start
+
+
+def bench_ray(table: pa.Table, config: LangTagConfig, batch_rows: int) -> float:
+    import ray
+    import ray.data
+
+    from pipeline.runner import _StageActor
+
+    ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // batch_rows)).materialize()
+    start = time.perf_counter()
+    ds.map_batches(
+        _StageActor, fn_constructor_args=(LangTag, config, RunContext(Path("."), ("bench",))), batch_format="pyarrow",
+        batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+    ).materialize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-rows", type=int, default=8192)
+    parser.add_argument("--no-ray", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core for both sides
+
+    table = records(args.records)
+    docs = 2 * args.records
+    config = LangTagConfig(stage="langid")
+    stage = LangTag(config, RunContext(Path("."), ("bench",)))
+    raw_model = LanguageTagger().model
+    times = {"raw": [], "stage": [], "ray": []}
+    if not args.no_ray:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    for r in range(args.repeats):
+        times["raw"].append(bench_raw(table, raw_model))
+        times["stage"].append(bench_stage(table, stage, args.batch_rows))
+        if not args.no_ray:
+            times["ray"].append(bench_ray(table, config, args.batch_rows))
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 sentences, 205 languages), median of {args.repeats}:")
+    for k, s in med.items():
+        print(f"  {k:6s} {s:7.2f} s  {docs / s:10,.0f} docs/s per core")
+    print(f"ratio stage/raw: {med['raw'] / med['stage']:.2f}")
+    if "ray" in med:
+        print(f"ratio ray/raw:   {med['raw'] / med['ray']:.2f}  (one actor on one CPU; Ray moves the batches)")
+
+
+if __name__ == "__main__":
+    main()

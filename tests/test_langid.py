@@ -1,0 +1,211 @@
+"""langid/: label scheme on real text, code detection on real code, the tagger's text handling,
+declared languages in the stage, evaluation and training commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from langid.code import CodeDetector, declared_code_label
+from langid.corpora import Labelled, sib200, udhr_label
+from langid.declared import declared_label
+from langid.evaluate import score
+from langid.labels import LabelMapper, canonical, language_name
+from langid.tagger import LanguageTagger, prepare
+from pipeline.manifest import SourceConfig
+from pipeline.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
+from pipeline.stage import RunContext
+from pipeline.stages.langtag import LangTag, LangTagConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def udhr(shared_data) -> dict[str, str]:
+    with zipfile.ZipFile(shared_data / "udhr2.zip") as z:
+        return {Path(n).stem: z.read(n).decode("utf-8") for n in z.namelist() if n.endswith(".txt")}
+
+
+@pytest.fixture(scope="module")
+def sib_dev(shared_data) -> Labelled:
+    return sib200(shared_data / "sib200-train-dev.tar.xz", "dev")
+
+
+@pytest.fixture(scope="module")
+def tagger() -> LanguageTagger:
+    return LanguageTagger()
+
+
+def _paragraph(text: str) -> str:
+    return max(text.splitlines(), key=len)
+
+
+def test_label_table_decides_scripts_and_macrolanguages_from_real_text(udhr, sib_dev):
+    m = LabelMapper()
+    first = {lab: t for t, lab in zip(reversed(sib_dev.texts), reversed(sib_dev.labels))}
+    # lid.176 labels without a script: the script comes from the text.
+    assert m("__label__sr", _paragraph(udhr["srp_cyrl"])) == "srp_Cyrl"
+    assert m("__label__sr", _paragraph(udhr["srp_latn"])) == "srp_Latn"
+    assert m("__label__zh", _paragraph(udhr["cmn_hans"])) == "cmn_Hans"
+    assert m("__label__zh", _paragraph(udhr["cmn_hant"])) == "cmn_Hant"
+    assert m("__label__mn", _paragraph(udhr["khk_mong"])) == "khk_Mong"
+    assert m("__label__mn", first["khk_Cyrl"]) == "khk_Cyrl"
+    assert m("__label__uz", _paragraph(udhr["uzn_cyrl"] if "uzn_cyrl" in udhr else udhr["uzn"])).startswith("uzn_")
+    # Hindustani: Hindi written in Arabic script is Urdu, Urdu in Devanagari is Hindi.
+    assert m("__label__hi", first["urd_Arab"]) == "urd_Arab"
+    assert m("__label__ur", first["hin_Deva"]) == "hin_Deva"
+    assert m("__label__hi", first["hin_Deva"]) == "hin_Deva"
+    # GlotLID / OpenLID labels: macrolanguages unified, open Han script decided from the text.
+    assert m("__label__zho_Hans", first["zho_Hans"]) == "cmn_Hans"
+    assert m("__label__cmn_Hani", first["zho_Hant"]) == "cmn_Hant"
+    assert m("__label__ekk_Latn", "x") == m("__label__et", "x") == "est_Latn"
+    assert m("__label__arb_Arab", "x") == "arb_Arab" and m("__label__not_a_label", "x") == "und"
+    assert canonical("zho_Hant") == "cmn_Hant" and canonical("code:python") == "code:python"
+    assert language_name("srp_Cyrl") == "Serbian (Cyrillic)" and language_name("code:go") == "Go (code)"
+
+
+def test_declared_languages_parse():
+    assert declared_label("zho_Hans") == "cmn_Hans" and declared_label("de") == "deu_Latn"
+    assert declared_label("pl") == "pol_Latn"  # a language code before a file extension
+    assert declared_label("Python") == "code:python" and declared_label("src/lib.rs") == "code:rust"
+    assert declared_label("c++") == declared_code_label("x.hpp") == "code:cpp"
+    assert declared_label("zh") is None  # two scripts: the declaration must say which
+    assert declared_label("klingon") is None
+
+
+def _snippets(files: list[Path], lines: int = 12, per_file: int = 2) -> list[str]:
+    out = []
+    for f in files:
+        body = [ln for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        for start in range(0, min(len(body) - lines, per_file * 40), 40):
+            out.append("\n".join(body[start : start + lines]))
+    return out
+
+
+def test_code_detector_on_real_code_and_prose(sib_dev, udhr):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    python = _snippets(sorted(stdlib.glob("*.py"))[:60])
+    site = Path(sysconfig.get_paths()["purelib"])
+    c_like = _snippets(sorted(site.glob("numpy/_core/include/numpy/*.h"))[:30])
+    detector = CodeDetector()
+    for snippets, lang, min_rate in ((python, "code:python", 0.5), (c_like, "code:c", 0.5)):
+        assert len(snippets) >= 5, lang
+        found = detector(snippets)
+        assert len(found) / len(snippets) >= min_rate, (lang, len(found), len(snippets))
+        named = [label for label, _ in found.values()]
+        assert named.count(lang) / len(named) >= 0.8, (lang, named)
+    # Prose in 205 languages and scripts, and whole UDHR texts, are never taken for code.
+    prose = sib_dev.texts[::4] + [t for t in list(udhr.values())[::10]]
+    assert detector(prose) == {}
+
+
+def test_tagger_prepares_texts(tagger, udhr):
+    assert prepare("  123 456 !!! ", 3000) is None and prepare("", 3000) is None and prepare(None, 3000) is None
+    long = prepare("a" * 5000, 3000)
+    assert long is not None and len(long) <= 3002
+    assert "\n" not in prepare("first line\nsecond line", 3000)
+    labels, conf = tagger.predict(["12:30 - 45%", None, udhr["deu_1901"], "Le chat dort.\nLe chien aboie.", "def f(x):\n    return x + 1\nif f(2) == 3:\n    print('ok')\n"])
+    assert labels[:2] == ["und", "und"] and conf[0] == conf[1] == 0.0
+    assert labels[2] == "deu_Latn" and conf[2] > 0.5  # a whole document (long-text windows)
+    assert labels[3] == "fra_Latn"
+    assert labels[4] == "code:python"
+
+
+def _stage_batch(rows: list[dict], source: str = "src") -> pa.Table:
+    base = {"id": "", "source": source, "task": "bitext", "query": "", "licence": "x", "origin": ""}
+    return pa.Table.from_pylist([{**base, **r} for r in rows], schema=WORK_SCHEMA)
+
+
+def _src(**kw) -> SourceConfig:
+    return SourceConfig.model_construct(name="src", **kw)
+
+
+def test_stage_declared_language_policies_and_cross_lingual(sib_dev):
+    by = {}
+    for t, lab in zip(sib_dev.texts, sib_dev.labels):
+        by.setdefault(lab, []).append(t)
+    rows = [
+        {"query": by["eng_Latn"][0], "positive": by["fra_Latn"][0]},  # declared right
+        {"query": by["deu_Latn"][1], "positive": by["fra_Latn"][1]},  # query declared wrong
+        {"query": by["eng_Latn"][2], "positive": by["eng_Latn"][3], DECLARED_LANG: "spa_Latn"},  # row-level declaration wins
+    ]
+    declared = {"query": "eng_Latn", "positive": "fra_Latn"}
+    results = {}
+    for policy in ("verified", "trusted", "ignored"):
+        src = _src(language=declared, language_policy=policy)
+        for drop in (False, True):
+            stage = LangTag(LangTagConfig(stage="langid", drop_mismatch=drop), RunContext(Path("."), ("src",), {"src": src}))
+            results[policy, drop] = stage(_stage_batch(rows)).to_pylist()
+    v = results["verified", False]
+    assert [r["query_lang"] for r in v] == ["eng_Latn", "deu_Latn", "eng_Latn"]
+    assert v[0][FLAGS] is None or all(f["reason"] == "cross_lingual" for f in v[0][FLAGS])
+    assert {"reason": "language_mismatch", "language": "eng_Latn"} in v[1][FLAGS]
+    assert {"reason": "language_mismatch", "language": "spa_Latn"} in v[2][FLAGS]
+    assert [r["cross_lingual"] for r in v] == [True, True, False]
+    assert all(r[DROP] is None for r in v)
+    vd = results["verified", True]
+    assert [r[DROP] for r in vd] == [None, "language_mismatch", "language_mismatch"]
+    t = results["trusted", False]
+    assert [r["query_lang"] for r in t] == ["eng_Latn", "eng_Latn", "spa_Latn"] and t[1]["query_lang_conf"] == 1.0
+    assert all(not any(f["reason"] == "language_mismatch" for f in (r[FLAGS] or [])) for r in t)
+    i = results["ignored", True]
+    assert [r["query_lang"] for r in i] == ["eng_Latn", "deu_Latn", "eng_Latn"] and all(r[DROP] is None for r in i)
+
+
+def test_stage_thresholds_table_and_manifest_override(sib_dev):
+    eng = [t for t, lab in zip(sib_dev.texts, sib_dev.labels) if lab == "eng_Latn"][:20]
+    ctx = RunContext(Path("."), ("src",))
+    default = LangTag(LangTagConfig(stage="langid"), ctx)
+    assert default.thresholds["eng_Latn"] == 0.8  # the shipped lid.176 table
+    strict = LangTag(LangTagConfig(stage="langid", thresholds={"eng_Latn": 1.0}), ctx)
+    assert {r["query_lang"] for r in strict(_stage_batch([{"query": t} for t in eng])).to_pylist()} == {"und"}
+    with pytest.raises(ValueError, match="thresholds"):
+        LangTagConfig(stage="langid", thresholds={"english": 0.5})
+    with pytest.raises(ValueError, match="no fastText model"):
+        LangTagConfig(stage="langid", model="missing.bin")
+
+
+def test_score_handles_scriptless_gold_and_coverage():
+    report = score(["deu", "srp_Cyrl", "zho_Hans", "xxx_Latn"], ["deu_Latn", "srp_Latn", "cmn_Hans", "eng_Latn"], {"deu_Latn", "srp_Cyrl", "srp_Latn", "cmn_Hans", "eng_Latn"})
+    assert report.covered_n == 3 and report.covered_accuracy == pytest.approx(2 / 3)
+    assert report.not_covered == ["xxx_Latn"] and report.accuracy == 0.5
+    assert ("srp_Cyrl", "srp_Latn", 1) in report.confusions
+    assert udhr_label("deu_1901.txt") == "deu" and udhr_label("srp_cyrl.txt") == "srp_Cyrl" and udhr_label("007.txt") is None
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "langid", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_eval_and_train_commands(shared_data, tmp_path):
+    out = _cli("eval", "--sib200", str(shared_data / "sib200-train-dev.tar.xz"), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 205 * 99 and 0.75 < report["covered_accuracy"] < 0.9
+    assert report["per_language"]["fra_Latn"]["recall"] > 0.95 and report["confusions"][0]["count"] > 50
+    assert "top confusions" in out.stdout and "macro-F1" in out.stdout
+
+    # Train on 12 SIB-200 languages (Parquet of text,label), choose between two settings on dev.
+    import pyarrow.parquet as pq
+
+    langs = ["eng_Latn", "deu_Latn", "fra_Latn", "srp_Cyrl", "rus_Cyrl", "zho_Hans", "jpn_Jpan", "hin_Deva", "arb_Arab", "tha_Thai", "amh_Ethi", "kor_Hang"]
+    for split in ("train", "dev"):
+        d = sib200(shared_data / "sib200-train-dev.tar.xz", split)
+        keep = [i for i, lab in enumerate(d.labels) if lab in langs]
+        pq.write_table(pa.table({"text": [d.texts[i] for i in keep], "label": [d.labels[i] for i in keep]}), tmp_path / f"{split}.parquet")
+    model = tmp_path / "small.ftz"
+    out = _cli("train", "--data", str(tmp_path / "train.parquet"), "--dev-data", str(tmp_path / "dev.parquet"), "--out", str(model),
+               "--epoch", "3", "8", "--dim", "16", "--bucket", "200000", "--cutoff", "50000")
+    assert out.returncode == 0, out.stderr
+    chosen = json.loads(model.with_suffix(".json").read_text())
+    assert len(chosen["tried"]) == 2 and chosen["labels"] == 12
+    out = _cli("eval", "--model", str(model), "--data", str(tmp_path / "dev.parquet"), "--json", str(tmp_path / "s.json"))
+    small = json.loads((tmp_path / "s.json").read_text())
+    assert out.returncode == 0 and small["accuracy"] > 0.9 and small["covered_n"] == small["n"]
