@@ -110,6 +110,8 @@ class LabelMapper:
         if not scripts:
             return lang
         script = scripts[0] if len(scripts) == 1 else dominant_script(text, scripts)
+        if script is None:
+            return UNDETERMINED
         return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
 
 

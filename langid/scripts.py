@@ -59,11 +59,16 @@ def han_variant(text: str, default: str) -> str:
     return "Hans" if simplified > traditional else "Hant"
 
 
-def dominant_script(text: str, candidates: tuple[str, ...]) -> str:
-    """The candidate script with the most characters in `text`; the first candidate on a tie."""
+_HAN = regex.compile(r"\p{Script=Han}")
+
+
+def dominant_script(text: str, candidates: tuple[str, ...]) -> str | None:
+    """The candidate script with the most characters in `text` (the first on a tie); None when the
+    text has none of them (the model's language cannot be right: a Mongolian-script text that
+    lid.176 calls Chinese)."""
     if set(candidates) <= {"Hans", "Hant"}:
-        return han_variant(text, candidates[0])
-    best, best_count = candidates[0], 0
+        return han_variant(text, candidates[0]) if _HAN.search(text) else None
+    best, best_count = None, 0
     for script in candidates:
         pattern = _pattern(script)
         count = len(pattern.findall(text)) if pattern else 0

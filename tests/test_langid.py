@@ -209,3 +209,33 @@ def test_eval_and_train_commands(shared_data, tmp_path):
     out = _cli("eval", "--model", str(model), "--data", str(tmp_path / "dev.parquet"), "--json", str(tmp_path / "s.json"))
     small = json.loads((tmp_path / "s.json").read_text())
     assert out.returncode == 0 and small["accuracy"] > 0.9 and small["covered_n"] == small["n"]
+
+
+def test_legacy_encoded_udhr_is_quarantined_or_decoded_as_declared(shared_data, tmp_path, tagger):
+    from types import SimpleNamespace
+
+    from sources.reader import Unit, read_unit
+
+    def read(path: Path, encoding: str, unit: str) -> list[dict]:
+        source = SimpleNamespace(name="udhr", task="clustering", licence="public-domain", format="text", text_unit=unit, encoding=encoding,
+                                 max_record_bytes=1 << 24, columns={"query": "text", "label": "path"}, instruction=None, max_text_chars=1 << 24)
+        return read_unit(Unit("udhr", str(path)), source).to_pylist()
+
+    expected = {"French_Francais-Latin1": ("latin-1", "fra_Latn"), "Czech_Cesky-Latin2": ("iso8859-2", "ces_Latn"),
+                "Russian_Russky-Cyrillic": ("cp1251", "rus_Cyrl"), "Japanese_Nihongo-SJIS": ("shift_jis", "jpn_Jpan")}
+    with zipfile.ZipFile(shared_data / "udhr.zip") as z:
+        for name, (codec, label) in expected.items():
+            path = tmp_path / name
+            path.write_bytes(z.read(f"udhr/{name}"))
+            # Undeclared: read as UTF-8, the file is quarantined with the line of the first bad byte...
+            [whole] = read(path, "utf-8", "file")
+            assert whole["_drop"] == "invalid_encoding" and whole["origin"].startswith(f"{path}:") and whole["_raw"] == path.read_bytes()
+            # ...and line by line, every line with non-UTF-8 bytes is, while no row holds mojibake.
+            lines = read(path, "utf-8", "line")
+            assert any(r["_drop"] == "invalid_encoding" for r in lines)
+            assert all("\ufffd" not in r["query"] for r in lines if r["_drop"] is None)
+            # Declared: decoded, and tagged as its language, not as a garbage one.
+            [decoded] = read(path, codec, "file")
+            assert decoded["_drop"] is None
+            labels, conf = tagger.predict([decoded["query"]])
+            assert labels[0] == label and conf[0] > 0.5, (name, labels, conf)
