@@ -74,12 +74,15 @@ def declared_code_label(declared: str) -> str | None:
 
 
 def code_punctuation_share(texts: pa.Array) -> np.ndarray:
-    """Per text: (code punctuation + statement-like line ends) / characters, vectorised."""
+    """Per text: (code punctuation + statement-like line ends) / characters, vectorised; 0 for
+    texts too short or with a single line."""
     length = pc.utf8_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
     punct = pc.count_substring_regex(texts, _CODE_PUNCT).fill_null(0).to_numpy(zero_copy_only=False)
     ends = pc.count_substring_regex(texts, _CODE_LINE_END).fill_null(0).to_numpy(zero_copy_only=False)
+    lines = pc.count_substring(texts, "\n").fill_null(0).to_numpy(zero_copy_only=False)
     share = (punct + 4.0 * ends) / np.maximum(length, 1.0)
-    share[length < MIN_CHARS] = 0.0
+    # Code is told by its lines (markers must hit two): a one-line text is never called code.
+    share[(length < MIN_CHARS) | (lines < 1)] = 0.0
     return share
 
 
@@ -115,12 +118,19 @@ class CodeDetector:
         self.min_punct = min_punct
         self.min_lines = min_lines
 
-    def __call__(self, texts: list[str]) -> dict[int, tuple[str, float]]:
+    def __call__(self, texts: list[str | None] | pa.Array) -> dict[int, tuple[str, float]]:
         """{index: (`code:<lang>`, confidence)} for the texts judged to be code."""
-        share = code_punctuation_share(pa.array(texts, pa.string()))
+        column = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+        multiline = np.flatnonzero(pc.fill_null(pc.match_substring(column, "\n"), False).to_numpy(zero_copy_only=False))
+        if not len(multiline):
+            return {}  # code is told by its lines: single-line batches cost one vectorised pass
+        candidates = column.take(pa.array(multiline))
+        share = code_punctuation_share(candidates)
         found: dict[int, tuple[str, float]] = {}
-        for i in np.flatnonzero(share >= self.min_punct / 2):
-            lang, covered = guess_language(texts[i])
-            if lang is not None and covered >= (self.min_lines if share[i] >= self.min_punct else 0.5):
-                found[int(i)] = (CODE_PREFIX + lang, min(1.0, covered))
+        for j in np.flatnonzero(share >= self.min_punct / 2):
+            i = int(multiline[j])
+            text = column[i].as_py()
+            lang, covered = guess_language(text)
+            if lang is not None and covered >= (self.min_lines if share[j] >= self.min_punct else 0.5):
+                found[i] = (CODE_PREFIX + lang, min(1.0, covered))
         return found

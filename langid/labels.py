@@ -63,6 +63,7 @@ def is_scheme_label(label: str) -> bool:
     return len(lang) == 3 and lang.isalpha() and lang.islower() and len(script) == 4 and script.isalpha() and script[0].isupper()
 
 
+@lru_cache(maxsize=65536)
 def canonical(label: str) -> str:
     """A scheme label (or a bare ISO 639-3 code) with equivalent codes unified: `zho_Hans` -> `cmn_Hans`."""
     if label == UNDETERMINED or label.startswith(CODE_PREFIX):
@@ -71,6 +72,7 @@ def canonical(label: str) -> str:
     return equivalents().get(lang, lang) + sep + script
 
 
+@lru_cache(maxsize=65536)
 def language_of(label: str) -> str:
     """The language part of a label (`srp` for `srp_Cyrl`), after equivalences."""
     return canonical(label).partition("_")[0]
@@ -85,6 +87,7 @@ class LabelMapper:
 
     def __init__(self) -> None:
         self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.without_text: dict[str, str] = {}  # raw label -> scheme label, for single-script labels
 
     def _plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
         """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
@@ -106,6 +109,9 @@ class LabelMapper:
         plan = self._plans.get(raw_label)
         if plan is None:
             plan = self._plans[raw_label] = self._plan(raw_label)
+            lang, scripts = plan
+            if len(scripts) <= 1:
+                self.without_text[raw_label] = f"{lang}_{scripts[0]}" if scripts else lang
         lang, scripts = plan
         if not scripts:
             return lang

@@ -21,7 +21,7 @@ _UNICODE_SCRIPT = {
 @lru_cache(maxsize=None)
 def _pattern(script: str) -> regex.Pattern | None:
     name = _UNICODE_SCRIPT.get(script)
-    return regex.compile(rf"\p{{Script={name}}}") if name else None
+    return regex.compile(rf"\p{{Script={name}}}+") if name else None
 
 
 # Frequent characters whose simplified and traditional forms differ. Unicode gives both forms the
@@ -60,18 +60,19 @@ def han_variant(text: str, default: str) -> str:
 
 
 _HAN = regex.compile(r"\p{Script=Han}")
-
+SAMPLE_CHARS = 600  # the script is decided on a text's first characters: enough, and bounded
 
 def dominant_script(text: str, candidates: tuple[str, ...]) -> str | None:
     """The candidate script with the most characters in `text` (the first on a tie); None when the
     text has none of them (the model's language cannot be right: a Mongolian-script text that
     lid.176 calls Chinese)."""
+    text = text[:SAMPLE_CHARS]
     if set(candidates) <= {"Hans", "Hant"}:
         return han_variant(text, candidates[0]) if _HAN.search(text) else None
     best, best_count = None, 0
     for script in candidates:
         pattern = _pattern(script)
-        count = len(pattern.findall(text)) if pattern else 0
+        count = sum(map(len, pattern.findall(text))) if pattern else 0
         if count > best_count:
             best, best_count = script, count
     return best

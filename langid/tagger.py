@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import regex
 
 from langid.code import CodeDetector
@@ -64,23 +66,30 @@ class LanguageTagger:
         self.max_chars = max_chars
         self.code = CodeDetector() if detect_code else None
 
-    def predict(self, texts: list[str | None]) -> tuple[list[str], np.ndarray]:
-        """Label and confidence per text (`und`, 0.0 where there is nothing to identify)."""
+    def predict(self, texts: list[str | None] | pa.Array) -> tuple[list[str], np.ndarray]:
+        """Label and confidence per text (`und`, 0.0 where there is nothing to identify). Takes a
+        list or an Arrow string array (a batch column: no conversion needed for the checks)."""
+        column = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+        texts = column.to_pylist() if not isinstance(texts, list) else texts
         labels = [UNDETERMINED] * len(texts)
         confidence = np.zeros(len(texts), dtype=np.float32)
         if self.code is not None:
-            for i, (label, conf) in self.code(texts).items():
+            for i, (label, conf) in self.code(column).items():
                 labels[i], confidence[i] = label, conf
+        # Which texts need work, decided column-wise: a letter to identify, line breaks to join.
+        has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
         todo, lines = [], []
-        for i, text in enumerate(texts):
-            line = prepare(text, self.max_chars) if labels[i] == UNDETERMINED else None
-            if line is not None:
+        for i in np.flatnonzero(has_letter).tolist():
+            if labels[i] == UNDETERMINED:
+                text = texts[i]
                 todo.append(i)
-                lines.append(line)
+                lines.append(text if len(text) <= self.max_chars and "\n" not in text and "\r" not in text else prepare(text, self.max_chars))
         if not lines:
             return labels, confidence
         raw, probs = self.model.predict(lines, k=1)
+        plain = self.map_label.without_text  # labels that need no look at the text, computed once
         for i, line, raw_labels, p in zip(todo, lines, raw, probs):
-            labels[i] = self.map_label(raw_labels[0], line)
-            confidence[i] = min(float(p[0]), 1.0)
+            raw_label = raw_labels[0]
+            labels[i] = plain.get(raw_label) or self.map_label(raw_label, line)
+            confidence[i] = p[0] if p[0] < 1.0 else 1.0
         return labels, confidence

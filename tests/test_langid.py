@@ -239,3 +239,24 @@ def test_legacy_encoded_udhr_is_quarantined_or_decoded_as_declared(shared_data, 
             assert decoded["_drop"] is None
             labels, conf = tagger.predict([decoded["query"]])
             assert labels[0] == label and conf[0] > 0.5, (name, labels, conf)
+
+
+def test_code_source_declares_its_language_by_file_extension(tmp_path):
+    from types import SimpleNamespace
+
+    from sources.reader import Unit, read_unit
+
+    script = tmp_path / "tool.py"
+    script.write_text("import sys\n\ndef main():\n    print(sys.argv)\n", encoding="utf-8")
+    unknown = tmp_path / "notes.xyz"
+    unknown.write_text("some notes\n", encoding="utf-8")
+    src = SimpleNamespace(name="code", task="clustering", licence="MIT", format="text", text_unit="file", encoding="utf-8", max_record_bytes=1 << 20,
+                          columns={"query": "text", "label": "path", "language": "path"}, instruction=None, max_text_chars=1 << 20,
+                          language=None, language_policy="verified")
+    rows = read_unit(Unit("code", str(script)), src).to_pylist() + read_unit(Unit("code", str(unknown)), src).to_pylist()
+    assert rows[0][DECLARED_LANG] == "code:python" and rows[0]["query"].startswith("import sys")
+    assert rows[1]["_drop"] == "unknown_language" and "notes.xyz" in rows[1]["_detail"]
+    src.declared_language = lambda field: None
+    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("code",), {"code": src}))
+    out = stage(pa.Table.from_pylist([{k: rows[0].get(k) for k in WORK_SCHEMA.names}], schema=WORK_SCHEMA)).to_pylist()
+    assert out[0]["query_lang"] == "code:python" and out[0]["query_lang_conf"] == 1.0

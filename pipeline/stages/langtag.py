@@ -16,11 +16,12 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
-from langid.labels import is_scheme_label, language_of, read_table
+from langid.labels import CODE_PREFIX, is_scheme_label, language_of, read_table
 from langid.tagger import BUNDLED_MODELS
 from pipeline.arrow_utils import replace_column
 from pipeline.record import DECLARED_LANG, DETAIL, DROP, FLAG_TYPE, FLAGS
@@ -82,29 +83,41 @@ class LangTag(Stage):
 
     def _declared(self, batch: pa.Table, field: str) -> tuple[list[str | None], list[str]]:
         """Per row: the declared label of `field` (row column first, then the source) and the policy."""
-        per_row = batch.column(DECLARED_LANG).to_pylist()
+        n = batch.num_rows
+        by_source = {}
+        for name, config in self.context.sources.items():
+            if config.declared_language(field):
+                by_source[name] = (config.declared_language(field), config.language_policy)
+        per_row = batch.column(DECLARED_LANG)
+        if not by_source and per_row.null_count == n:
+            return [None] * n, ["ignored"] * n  # nothing declared: the common case, kept cheap
         labels, policies = [], []
-        for source, row_lang in zip(batch.column("source").to_pylist(), per_row):
-            config = self.context.sources.get(source)
-            declared = row_lang or (config.declared_language(field) if config else None)
-            policy = config.language_policy if config and declared else "ignored"
+        for source, row_lang in zip(batch.column("source").to_pylist(), per_row.to_pylist()):
+            declared, policy = by_source.get(source, (None, "ignored"))
+            if row_lang is not None:
+                config = self.context.sources.get(source)
+                declared, policy = row_lang, (config.language_policy if config else "verified")
             labels.append(declared)
             policies.append(policy)
         return labels, policies
 
-    def _tag_field(self, texts: list[str | None], declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, list[int]]:
+    def _tag_field(self, texts: pa.Array, declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, list[int]]:
         """Labels (None where the text is missing), confidences and the indices of mismatches."""
+        texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+        present = texts.is_valid().to_numpy(zero_copy_only=False)
         labels: list[str | None] = [None] * len(texts)
         conf = np.zeros(len(texts), dtype=np.float32)
-        todo = [i for i, t in enumerate(texts) if t is not None and policies[i] != "trusted"]
-        predicted, pconf = self.tagger.predict([texts[i] for i in todo])
-        for i, label, c in zip(todo, predicted, pconf.tolist()):
+        # A declared programming language is trusted: a language-ID model cannot check it.
+        policies = ["trusted" if d is not None and d.startswith(CODE_PREFIX) and p == "verified" else p for d, p in zip(declared, policies)]
+        todo = np.flatnonzero(present & (np.array(policies) != "trusted"))
+        predicted, pconf = self.tagger.predict(texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())))
+        for i, label, c in zip(todo.tolist(), predicted, pconf.tolist()):
             if c < self.thresholds.get(label, self.config.min_confidence):
                 label = UNDETERMINED
             labels[i], conf[i] = label, c
         mismatches = []
-        for i, text in enumerate(texts):
-            if text is None or declared[i] is None or policies[i] == "ignored":
+        for i in np.flatnonzero(present).tolist():
+            if declared[i] is None or policies[i] == "ignored":
                 continue
             if policies[i] == "trusted":
                 labels[i], conf[i] = declared[i], 1.0
@@ -122,9 +135,8 @@ class LangTag(Stage):
         out: dict[str, list[str | None]] = {}
 
         for field in ("query", "positive"):
-            texts = batch.column(field).to_pylist()
             declared, policies = self._declared(batch, field)
-            labels, conf, mismatches = self._tag_field(texts, declared, policies)
+            labels, conf, mismatches = self._tag_field(batch.column(field), declared, policies)
             for i in mismatches:
                 flags[i].append({"reason": "language_mismatch", "language": declared[i]})
                 if self.config.drop_mismatch and drop[i] is None:
@@ -134,12 +146,11 @@ class LangTag(Stage):
             batch = replace_column(batch, f"{field}_lang_conf", pa.array([None if l is None else float(c) for l, c in zip(labels, conf)], pa.float32()))
 
         # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
-        negatives = batch.column("negatives").to_pylist()
-        owner = [i for i, negs in enumerate(negatives) for _ in (negs or [])]
+        negatives = batch.column("negatives").combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
+        owner = np.repeat(np.arange(n), lengths).tolist()
         declared, policies = self._declared(batch, "negatives")
-        labels, conf, mismatches = self._tag_field(
-            [t for negs in negatives for t in (negs or [])], [declared[i] for i in owner], [policies[i] for i in owner]
-        )
+        labels, conf, mismatches = self._tag_field(pc.list_flatten(negatives), [declared[i] for i in owner], [policies[i] for i in owner])
         for j in mismatches:
             if not flags[owner[j]] or flags[owner[j]][-1]["reason"] != "language_mismatch":
                 flags[owner[j]].append({"reason": "language_mismatch", "language": declared[owner[j]]})
