@@ -105,7 +105,8 @@ def main() -> None:
         times["stage"].append(bench_stage(table, stage, args.batch_rows))
         if not args.no_ray:
             times["ray"].append(bench_ray(table, config, args.batch_rows))
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
+        ratios = ", ".join(f"{k}/raw {times['raw'][-1] / v[-1]:.2f}" for k, v in times.items() if v and k != "raw")
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v) + f" ({ratios})", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 sentences, 205 languages), median of {args.repeats}:")

@@ -21,7 +21,7 @@ def covered_labels(tagger: LanguageTagger) -> set[str]:
     mapper = LabelMapper()
     out: set[str] = set()
     for raw in tagger.model.get_labels():
-        lang, scripts = mapper._plan(raw)
+        lang, scripts = mapper.plan(raw)
         if lang == UNDETERMINED:
             continue
         out.update(script_switches().get(lang, {}).get(s) or f"{lang}_{s}" for s in scripts)

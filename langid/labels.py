@@ -81,7 +81,7 @@ def language_of(label: str) -> str:
 class LabelMapper:
     """Turns one model's raw labels into scheme labels, deciding scripts from the text where needed.
 
-    The decision per raw label is computed once (`_plan`); per text only labels with several
+    The decision per raw label is computed once (`plan`); per text only labels with several
     possible scripts look at the characters, so mapping costs little next to the prediction.
     """
 
@@ -89,7 +89,7 @@ class LabelMapper:
         self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.without_text: dict[str, str] = {}  # raw label -> scheme label, for single-script labels
 
-    def _plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
+    def plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
         """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
         label = raw.removeprefix("__label__")
         if label.startswith(CODE_PREFIX) or label == UNDETERMINED:
@@ -108,7 +108,7 @@ class LabelMapper:
     def __call__(self, raw_label: str, text: str) -> str:
         plan = self._plans.get(raw_label)
         if plan is None:
-            plan = self._plans[raw_label] = self._plan(raw_label)
+            plan = self._plans[raw_label] = self.plan(raw_label)
             lang, scripts = plan
             if len(scripts) <= 1:
                 self.without_text[raw_label] = f"{lang}_{scripts[0]}" if scripts else lang

@@ -11,7 +11,7 @@ from rich.table import Table
 def print_summary(result: Any, console: Console, top_languages: int = 15) -> None:
     steps = Table(title=f"run {result.run_dir}", title_justify="left")
     for col in ("step", "in", "out", "dropped", "flagged (kept)", "seconds"):
-        steps.add_column(col, justify="left" if col in ("step", "dropped", "flagged (kept)") else "right")
+        steps.add_column(col, justify="left" if col in ("step", "dropped", "flagged (kept)") else "right", no_wrap=col in ("step", "seconds"))
     for st in result.steps:
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(st.dropped.items())) or "-"
         flags = ", ".join(f"{k} {v:,}" for k, v in sorted(st.flagged.items())) or "-"

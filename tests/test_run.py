@@ -71,7 +71,8 @@ def test_run_folder_ledger_and_readers(stage1_run):
     assert flagged.filter(reason="language_mismatch")["rows"].sum() < 0.02 * tagged
     assert set(flagged.filter(reason="language_mismatch")["language"].to_list()) <= {"eng_Latn"}
     bitext = by_polars.filter(source="sib200_bitext")
-    assert bitext["cross_lingual"].sum() >= 0.9 * bitext.height and not by_polars.filter(source="xquad_r")["cross_lingual"].any()
+    xquad = by_polars.filter(source="xquad_r")  # question and paragraph share a language: few model slips
+    assert bitext["cross_lingual"].sum() >= 0.9 * bitext.height and xquad["cross_lingual"].sum() < 0.03 * xquad.height
     assert (bitext["query_lang"] == "eng_Latn").sum() >= 0.98 * bitext.height
     # every file of a partition holds one source, at most rows_per_shard rows
     for path in (stage1_run / "shards").rglob("*.parquet"):
