@@ -36,9 +36,9 @@ def snippets(roots: list[str], per_language: int, rng: random.Random) -> list[tu
     for root in roots:
         for folder, _, names in os.walk(root):
             for name in names:
-                ext = name.rsplit(".", 1)[-1]
-                if ext in EXTENSIONS:
-                    files.setdefault(declared_code_label(name).removeprefix("code:"), []).append(os.path.join(folder, name))
+                label = declared_code_label(name) if name.rsplit(".", 1)[-1] in EXTENSIONS else None
+                if label is not None:
+                    files.setdefault(label.removeprefix("code:"), []).append(os.path.join(folder, name))
     out = []
     for lang, paths in sorted(files.items()):
         rng.shuffle(paths)

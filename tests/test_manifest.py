@@ -81,3 +81,18 @@ def test_cli_validate_and_schema(tmp_path):
     stage_names = json.dumps(schema)
     for name in ("normalize", "langid", "exact_dedup"):
         assert f'"const": "{name}"' in stage_names
+
+
+def test_language_settings_are_checked_with_lines(tmp_path):
+    text = _base(tmp_path, "  - stage: langid\n    model: nothere.ftz\n    thresholds: {english: 0.5}\n").replace(
+        "    licence: CC-BY-SA-4.0\n", "    licence: CC-BY-SA-4.0\n    language: {query: klingon, positive: fr}\n", 1)
+    msg = _error(tmp_path, text)
+    assert "m.yaml:8: sources[0].language: Value error, 'klingon' is not a language label" in msg
+    assert "m.yaml:11: stages[0].model: Value error, no fastText model at" in msg and "bundled models: lid176, sib200" in msg
+    assert "m.yaml:12: stages[0].thresholds" in msg
+    ok = _base(tmp_path, "  - stage: langid\n    model: sib200\n").replace(
+        "    licence: CC-BY-SA-4.0\n", "    licence: CC-BY-SA-4.0\n    language: {query: zho_Hans, positive: de}\n    language_policy: trusted\n", 1)
+    (tmp_path / "ok.yaml").write_text(ok)
+    source = load_manifest(tmp_path / "ok.yaml").sources[0]
+    assert source.declared_language("query") == "cmn_Hans" and source.declared_language("positive") == "deu_Latn"
+    assert source.declared_language("negatives") is None and source.language_policy == "trusted"
