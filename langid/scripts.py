@@ -1,9 +1,13 @@
-"""Decide a text's script among a few candidates, for labels that do not say (Serbian, Chinese...)."""
+"""Scripts of texts: decide among a few candidates for labels that do not say (Serbian, Chinese...),
+and check that a label's script occurs in its text at all."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import regex
 
 # ISO 15924 code -> Unicode script property name; `regex` knows the Unicode tables, so we need no
@@ -16,6 +20,26 @@ _UNICODE_SCRIPT = {
     "Hang": "Hangul", "Gujr": "Gujarati", "Orya": "Oriya", "Taml": "Tamil", "Telu": "Telugu",
     "Knda": "Kannada", "Mlym": "Malayalam", "Sinh": "Sinhala",
 }
+
+
+# Scripts written with several Unicode scripts, as RE2 classes for Arrow's vectorised regexes.
+_RE2_CLASS = {"Hans": r"\p{Han}", "Hant": r"\p{Han}", "Jpan": r"[\p{Han}\p{Hiragana}\p{Katakana}]", "Kore": r"[\p{Hangul}\p{Han}]"}
+
+
+def script_present(texts: pa.Array, scripts: list[str]) -> np.ndarray:
+    """Per text, whether it contains any character of the script paired with it (`Latn`, `Hans`...);
+    True for scripts this module has no table for. One vectorised pass per distinct script."""
+    ok = np.ones(len(scripts), dtype=bool)
+    by_script: dict[str, list[int]] = {}
+    for i, script in enumerate(scripts):
+        by_script.setdefault(script, []).append(i)
+    for script, idx in by_script.items():
+        cls = _RE2_CLASS.get(script) or (rf"\p{{{_UNICODE_SCRIPT[script]}}}" if script in _UNICODE_SCRIPT else None)
+        if cls is None:
+            continue
+        found = pc.match_substring_regex(texts.take(pa.array(idx, pa.int64())), cls)
+        ok[idx] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+    return ok
 
 
 @lru_cache(maxsize=None)

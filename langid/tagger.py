@@ -7,6 +7,8 @@ How texts are prepared (fastText reads one line per prediction and averages n-gr
 - a text longer than `max_chars` is predicted on three windows of `max_chars / 3` characters taken
   from its start, middle and end, joined: the cost stays bounded and a long document's boilerplate
   header or footer does not decide its language alone;
+- a predicted label whose script does not occur in the text at all becomes `und` (a model error,
+  e.g. Mongolian-script text that lid.176 calls Chinese);
 - with `detect_code`, texts that look like source code get `code:<lang>` (langid/code.py) instead of
   whatever natural language the model would have guessed.
 """
@@ -23,6 +25,7 @@ import regex
 
 from langid.code import CodeDetector
 from langid.labels import UNDETERMINED, LabelMapper
+from langid.scripts import script_present
 
 # Models shipped with the package, by the name a manifest uses.
 BUNDLED_MODELS = {"lid176": "lid.176.ftz", "sib200": "sib200.ftz"}
@@ -92,4 +95,10 @@ class LanguageTagger:
             raw_label = raw_labels[0]
             labels[i] = plain.get(raw_label) or self.map_label(raw_label, line)
             confidence[i] = p[0] if p[0] < 1.0 else 1.0
+        # A label whose script does not occur in the text is a model error (Mongolian script called
+        # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
+        scripts = [labels[i].partition("_")[2] for i in todo]
+        missing = ~script_present(column.take(pa.array(todo, pa.int64())), scripts)
+        for j in np.flatnonzero(missing).tolist():
+            labels[todo[j]] = UNDETERMINED
         return labels, confidence
