@@ -1,11 +1,15 @@
 """Language-tagging throughput: the `langid` stage against raw fastText `predict` on the same texts.
 
 Baseline: `model.predict(texts, k=1)` on a Python list, the fastest way to call fastText from Python.
-Measured, all on one core, in one run:
+Measured in one run, the tagging work always on the same core (CPU 0): the raw baseline and the
+in-process stage run pinned there; in Ray the actor pins itself there, while Ray's own processes
+(scheduler, object store, the driver's executor) use the other core, as in a real run:
   raw       the baseline, texts already in a list
   stage     the langid stage called on Arrow batches (prepare, code detector, label mapping,
             thresholds, cross-lingual flag, Arrow columns out): what each Ray actor does per batch
   ray       the same stage inside Ray Data (one actor, batches from the object store)
+  ray-fixed the same Ray Data map on 100 records: the fixed cost of a run (actor start, imports,
+            model load), so the steady-state ratio (ray minus fixed) can be told from start-up
 Prints docs/s for each and the ratios stage/raw and ray/raw (the goal is >= 0.8).
 
     python bench/langid_throughput.py --records 100000 --repeats 3
@@ -31,6 +35,7 @@ from pipeline.stage import RunContext  # noqa: E402
 from pipeline.stages.langtag import LangTag, LangTagConfig  # noqa: E402
 
 SIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200-train-dev.tar.xz"
+TAG_CPU = 0
 
 
 def records(n: int) -> pa.Table:
@@ -64,16 +69,26 @@ def bench_stage(table: pa.Table, stage: LangTag, batch_rows: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_ray(table: pa.Table, config: LangTagConfig, batch_rows: int) -> float:
-    import ray
-    import ray.data
+class PinnedStageActor:
+    """The runner's stage actor, pinned to CPU 0 like the baseline."""
 
-    from pipeline.runner import _StageActor
+    def __init__(self, *args):
+        from pipeline.runner import _StageActor
+
+        os.sched_setaffinity(0, {TAG_CPU})
+        self.actor = _StageActor(*args)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.actor(batch)
+
+
+def bench_ray(table: pa.Table, config: LangTagConfig, batch_rows: int) -> float:
+    import ray.data
 
     ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // batch_rows)).materialize()
     start = time.perf_counter()
     ds.map_batches(
-        _StageActor, fn_constructor_args=(LangTag, config, RunContext(Path("."), ("bench",))), batch_format="pyarrow",
+        PinnedStageActor, fn_constructor_args=(LangTag, config, RunContext(Path("."), ("bench",))), batch_format="pyarrow",
         batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     ).materialize()
     return time.perf_counter() - start
@@ -87,34 +102,43 @@ def main() -> None:
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core for both sides
+    all_cpus = os.sched_getaffinity(0)
 
     table = records(args.records)
     docs = 2 * args.records
     config = LangTagConfig(stage="langid")
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
     raw_model = LanguageTagger().model
-    times = {"raw": [], "stage": [], "ray": []}
+    times = {"raw": [], "stage": [], "ray": [], "ray-fixed": []}
+    # Raw and stage first, with no Ray process running beside them; then Ray.
+    os.sched_setaffinity(0, {TAG_CPU})
+    for r in range(args.repeats):
+        times["raw"].append(bench_raw(table, raw_model))
+        times["stage"].append(bench_stage(table, stage, args.batch_rows))
+        print(f"repeat {r + 1}: raw {times['raw'][-1]:.2f} s, stage {times['stage'][-1]:.2f} s "
+              f"(stage/raw {times['raw'][-1] / times['stage'][-1]:.2f})", flush=True)
+    os.sched_setaffinity(0, all_cpus)
     if not args.no_ray:
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-    for r in range(args.repeats):
-        times["raw"].append(bench_raw(table, raw_model))
-        times["stage"].append(bench_stage(table, stage, args.batch_rows))
-        if not args.no_ray:
+        for r in range(args.repeats):
             times["ray"].append(bench_ray(table, config, args.batch_rows))
-        ratios = ", ".join(f"{k}/raw {times['raw'][-1] / v[-1]:.2f}" for k, v in times.items() if v and k != "raw")
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v) + f" ({ratios})", flush=True)
+            times["ray-fixed"].append(bench_ray(table.slice(0, 100), config, args.batch_rows))
+            print(f"repeat {r + 1}: ray {times['ray'][-1]:.2f} s, fixed cost {times['ray-fixed'][-1]:.2f} s "
+                  f"(ray/raw {times['raw'][r] / times['ray'][-1]:.2f})", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 sentences, 205 languages), median of {args.repeats}:")
     for k, s in med.items():
-        print(f"  {k:6s} {s:7.2f} s  {docs / s:10,.0f} docs/s per core")
+        rate = f"{docs / s:10,.0f} docs/s per core" if k != "ray-fixed" else "(100 records)"
+        print(f"  {k:9s} {s:7.2f} s  {rate}")
     print(f"ratio stage/raw: {med['raw'] / med['stage']:.2f}")
     if "ray" in med:
+        steady = statistics.median(r / (y - f) for r, y, f in zip(times["raw"], times["ray"], times["ray-fixed"]))
         print(f"ratio ray/raw:   {med['raw'] / med['ray']:.2f}  (one actor on one CPU; Ray moves the batches)")
+        print(f"ratio ray/raw without the fixed start-up cost: {steady:.2f}")
 
 
 if __name__ == "__main__":

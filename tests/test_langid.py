@@ -260,3 +260,15 @@ def test_code_source_declares_its_language_by_file_extension(tmp_path):
     stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("code",), {"code": src}))
     out = stage(pa.Table.from_pylist([{k: rows[0].get(k) for k in WORK_SCHEMA.names}], schema=WORK_SCHEMA)).to_pylist()
     assert out[0]["query_lang"] == "code:python" and out[0]["query_lang_conf"] == 1.0
+
+
+def test_labelled_folders_read_both_layouts(tmp_path):
+    from langid.corpora import read_labelled
+
+    (tmp_path / "fra_Latn").mkdir()
+    (tmp_path / "fra_Latn" / "a.txt").write_text("Bonjour à tous.\n\nLe chat dort.\n", encoding="utf-8")
+    (tmp_path / "deu_Latn.txt").write_text("Guten Morgen.\n", encoding="utf-8")
+    data = read_labelled(tmp_path)
+    assert sorted(zip(data.labels, data.texts)) == [("deu_Latn", "Guten Morgen."), ("fra_Latn", "Bonjour à tous."), ("fra_Latn", "Le chat dort.")]
+    with pytest.raises(FileNotFoundError, match="no labelled data"):
+        read_labelled(tmp_path / "missing")
