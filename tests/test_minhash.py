@@ -1,0 +1,89 @@
+"""MinHash signatures with script-aware shingles, band keys and the choice of bands x rows, on real
+UDHR and SIB-200 text."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.minhash import Shingling, band_keys, choose_bands, probability_of_candidate, signatures, tokens
+
+
+@pytest.fixture(scope="module")
+def udhr(shared_data) -> dict[str, str]:
+    with zipfile.ZipFile(shared_data / "udhr2.zip") as z:
+        return {n.split("/")[-1][:-4]: z.read(n).decode("utf-8") for n in z.namelist() if n.endswith(".txt")}
+
+
+def _estimate(a: str, b: str, num_perm: int = 256, shingling: Shingling = Shingling()) -> float:
+    sig = signatures(pa.array([a, b]), num_perm, shingling=shingling)
+    return float((sig[0] == sig[1]).mean())
+
+
+def test_tokens_are_words_or_characters_by_script():
+    split, unspaced = tokens(pa.array(["Hello,\u00a0World! (The quick-brown fox.)", "人人生而自由，在尊严。", "ประชาชนทุกคน", "東京 is big", "", None]), "auto")
+    assert split.to_pylist()[:2] == [["hello", "world", "the", "quick", "brown", "fox"], ["人", "人", "生", "而", "自", "由", "在", "尊", "严"]]
+    assert split.to_pylist()[2] == ["ป", "ร", "ะ", "ช", "า", "ช", "น", "ทุ", "ก", "ค", "น"]  # marks stay with their letter
+    assert split.to_pylist()[3:] == [["東", "京", "is", "big"], [], []]
+    assert unspaced.tolist() == [False, True, True, False, False, False]
+    words, _ = tokens(pa.array(["人人生而自由"]), "words")
+    assert words.to_pylist() == [["人人生而自由"]]  # what whitespace shingling does to Chinese
+
+
+def test_estimates_follow_real_similarity(udhr):
+    # Two editions of the same text are near-duplicates; different languages share nothing.
+    assert _estimate(udhr["deu"], udhr["deu_1901"]) > 0.85
+    assert _estimate(udhr["ron_1953"], udhr["ron_1993"]) > 0.3
+    assert _estimate(udhr["deu"], udhr["eng"]) < 0.05
+    assert 0.1 < _estimate(udhr["bos_latn"], udhr["hrv"]) < 0.8  # related, not duplicates
+    # Unspaced scripts: one edited character leaves most character shingles intact.
+    zh = udhr["cmn_hans"]
+    edited = zh[:500] + "的" + zh[501:]
+    assert _estimate(zh[:1000], edited[:1000]) > 0.9
+    assert _estimate(zh[:1000], edited[:1000], shingling=Shingling(kind="words")) < 0.9  # whitespace words: long runs break
+
+
+def test_estimate_matches_exact_jaccard(udhr):
+    """Signature agreement is an unbiased estimate of the Jaccard similarity of the shingle sets."""
+    rng = random.Random(0)
+    words = udhr["eng"].split()
+    a = " ".join(words[:400])
+    b_words = list(words[:400])
+    for _ in range(60):  # typos and insertions
+        b_words[rng.randrange(len(b_words))] = rng.choice(words)
+    b = " ".join(b_words)
+
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        toks = tokens(pa.array([text]), "auto")[0].to_pylist()[0]
+        return {tuple(toks[i : i + 5]) for i in range(len(toks) - 4)}
+
+    sa, sb = shingles(a), shingles(b)
+    exact = len(sa & sb) / len(sa | sb)
+    assert abs(_estimate(a, b, num_perm=512) - exact) < 0.06
+
+
+def test_empty_texts_match_nothing_and_signatures_are_deterministic():
+    sig = signatures(pa.array(["", None, "  ...  ", "a b c d e f"]), 32)
+    assert (sig[:3] == np.iinfo(np.uint32).max).all()
+    assert (signatures(pa.array(["a b c d e f"]), 32) == sig[3]).all()
+    assert not (signatures(pa.array(["a b c d e f"]), 32, seed=2) == sig[3]).all()
+
+
+def test_band_keys_and_band_choice():
+    sig = signatures(pa.array(["the same text here ok", "the same text here ok", "something else entirely now"]), 64)
+    keys = band_keys(sig, 16, 4)
+    assert keys.shape == (3, 16) and (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).any()
+    assert len(set(keys[0].tolist())) == 16  # the band index is part of the key
+    with pytest.raises(ValueError, match="need 72 hashes"):
+        band_keys(sig, 18, 4)
+    b, r = choose_bands(0.8, 128)
+    assert b * r <= 128
+    p = probability_of_candidate(np.array([0.5, 0.8, 0.95]), b, r)
+    assert p[0] < 0.2 and p[2] > 0.95 and p[0] < p[1] < p[2]
+    # Weighting false positives more pushes the curve right (fewer candidates below the threshold).
+    b2, r2 = choose_bands(0.8, 128, fp_weight=0.9)
+    assert probability_of_candidate(np.array([0.7]), b2, r2)[0] <= probability_of_candidate(np.array([0.7]), b, r)[0]
