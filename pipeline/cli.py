@@ -1,4 +1,4 @@
-"""`python -m pipeline run|validate|schema`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
+"""`python -m pipeline run|validate|schema|dedup-eval`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
     sub.add_parser("schema", help="print the manifest JSON Schema")
+    de = sub.add_parser("dedup-eval", help="precision/recall of near-duplicate detection per script on labelled pairs")
+    de.add_argument("--data-dir", default="../shared/data", help="folder with udhr2.zip and udhr.zip (builds the calibration set)")
+    de.add_argument("--pairs", help="Parquet/JSONL of labelled pairs (a, b, duplicate[, kind, script]) instead")
+    de.add_argument("--shingle", choices=["auto", "words", "chars"], default="auto")
+    de.add_argument("--n-words", type=int, default=3)
+    de.add_argument("--n-chars", type=int, default=3)
+    de.add_argument("--threshold", type=float, default=None, help="estimated Jaccard threshold (default: the stage's)")
+    de.add_argument("--num-perm", type=int, default=128)
+    de.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
@@ -27,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
+    if args.command == "dedup-eval":
+        return _dedup_eval(args)
     try:
         manifest = load_manifest(args.manifest)
     except ManifestError as exc:
@@ -51,6 +62,29 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     print_summary(result, Console())
+    return 0
+
+
+def _dedup_eval(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from pipeline.dedup_eval import DEFAULT_THRESHOLD, NearDupParams, run
+    from pipeline.minhash import Shingling
+
+    params = NearDupParams(Shingling(args.shingle, args.n_words, args.n_chars), args.threshold or DEFAULT_THRESHOLD, args.num_perm)
+    by_script, by_kind = run(args.data_dir, args.pairs, params)
+    console = Console()
+    for title, figures in (("per script", by_script), ("per kind of pair", by_kind)):
+        table = Table(title=f"near-duplicate detection {title}: {params.shingling}, threshold {params.threshold}, {params.num_perm} hashes")
+        for col in (title.split()[-1], "pairs", "duplicates", "precision", "recall", "F1"):
+            table.add_column(col, justify="left" if col in ("script", "pair") else "right")
+        for name, m in sorted(figures.items(), key=lambda kv: (kv[0] != "all", -kv[1]["pairs"])):
+            table.add_row(name, str(m["pairs"]), str(m["duplicates"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
+        console.print(table)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"params": {"shingle": args.shingle, "n_words": args.n_words, "n_chars": args.n_chars, "threshold": params.threshold,
+                                  "num_perm": args.num_perm}, "per_script": by_script, "per_kind": by_kind}, f, indent=1)
     return 0
 
 

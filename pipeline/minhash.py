@@ -33,8 +33,11 @@ class Shingling:
     """How texts become shingles: `auto` picks words or characters per text by its script."""
 
     kind: Literal["auto", "words", "chars"] = "auto"
-    n_words: int = 5
-    n_chars: int = 5
+    # 3-grams: on the calibration set (`python -m pipeline dedup-eval`) word and character 3-grams
+    # at threshold 0.5 reach precision 1.0 and recall >= 0.99 in every tested script, where 5-grams
+    # lose a tenth of the typo and insertion duplicates (one typo breaks five 5-word shingles).
+    n_words: int = 3
+    n_chars: int = 3
 
 
 def tokens(texts: pa.Array, kind: str) -> tuple[pa.ListArray, np.ndarray]:
