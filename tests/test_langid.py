@@ -272,3 +272,16 @@ def test_labelled_folders_read_both_layouts(tmp_path):
     assert sorted(zip(data.labels, data.texts)) == [("deu_Latn", "Guten Morgen."), ("fra_Latn", "Bonjour à tous."), ("fra_Latn", "Le chat dort.")]
     with pytest.raises(FileNotFoundError, match="no labelled data"):
         read_labelled(tmp_path / "missing")
+
+
+def test_negatives_set_label_and_one_mismatch_count_per_row(sib_dev):
+    by = {}
+    for t, lab in zip(sib_dev.texts, sib_dev.labels):
+        by.setdefault(lab, []).append(t)
+    rows = [{"query": by["eng_Latn"][0], "positive": by["eng_Latn"][1], "negatives": by["deu_Latn"][:3] + by["fra_Latn"][:1]}]
+    src = _src(language={"negatives": "eng_Latn"}, language_policy="verified")
+    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": src}))
+    [out] = stage(_stage_batch(rows)).to_pylist()
+    assert out["negatives_lang"] == "deu_Latn" and 0 < out["negatives_lang_conf"] <= 1
+    assert out[FLAGS] == [{"reason": "language_mismatch", "language": "eng_Latn"}]  # four wrong negatives, one count
+    assert out["cross_lingual"] is False

@@ -2,9 +2,10 @@
 
 Per field it sets `<field>_lang` (ISO 639-3 + script, `und`, or `code:<lang>`) and its confidence;
 `cross_lingual` says whether query and positive are in different languages (kept, not dropped).
-A source's declared language is trusted, verified or ignored as its `language_policy` says; every
+A source's declared language is trusted, verified or ignored as its `language_policy` says; a
 confident disagreement is counted in the ledger (`flagged`, reason `language_mismatch`, under the
-declared language) and, with `drop_mismatch`, drops the row.
+declared language; once per field: query, positive, the set of negatives) and, with
+`drop_mismatch`, drops the row (query or positive).
 """
 
 from __future__ import annotations
@@ -151,9 +152,8 @@ class LangTag(Stage):
         owner = np.repeat(np.arange(n), lengths).tolist()
         declared, policies = self._declared(batch, "negatives")
         labels, conf, mismatches = self._tag_field(pc.list_flatten(negatives), [declared[i] for i in owner], [policies[i] for i in owner])
-        for j in mismatches:
-            if not flags[owner[j]] or flags[owner[j]][-1]["reason"] != "language_mismatch":
-                flags[owner[j]].append({"reason": "language_mismatch", "language": declared[owner[j]]})
+        for i in sorted({owner[j] for j in mismatches}):  # one count per row for its set of negatives
+            flags[i].append({"reason": "language_mismatch", "language": declared[i]})
         neg_lang: list[str | None] = [None] * n
         neg_conf: list[float | None] = [None] * n
         by_row: dict[int, list[int]] = {}
