@@ -95,35 +95,62 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _shingle(token_hash, first, width):  # pragma: no cover (compiled)
+    """The hash of the shingle made of tokens first .. first+width-1 (order matters)."""
+    s = np.uint64(0)
+    for k in range(width):
+        s = (s ^ token_hash[first + k]) * np.uint64(0x9E3779B97F4A7C15)
+        s ^= s >> np.uint64(29)
+    return s
+
+
 @numba.njit(cache=True, nogil=True)
 def _minhash(token_hash, token_start, token_count, n, a, b, out):  # pragma: no cover (compiled)
-    mix = np.uint64(0x9E3779B97F4A7C15)
     for d in range(token_start.shape[0]):
-        start, count, width = token_start[d], token_count[d], n[d]
-        if count == 0:
-            continue
-        if width > count:
-            width = count  # a short text is one shingle of all its tokens
-        for j in range(count - width + 1):
-            s = np.uint64(0)
-            for k in range(width):
-                s = (s ^ token_hash[start + j + k]) * mix
-                s ^= s >> np.uint64(29)
+        count, width = token_count[d], min(n[d], token_count[d])  # a short text: one shingle of all its tokens
+        for j in range(count - width + 1 if count else 0):
+            s = _shingle(token_hash, token_start[d] + j, width)
             for p in range(a.shape[0]):
                 v = np.uint32((a[p] * s + b[p]) >> np.uint64(32))
                 if v < out[d, p]:
                     out[d, p] = v
 
 
-def signatures(texts: pa.Array, num_perm: int = 128, seed: int = 1, shingling: Shingling = Shingling()) -> np.ndarray:
-    """MinHash signatures, shape (len(texts), num_perm), uint32. A text without tokens keeps the
-    all-max row, which shares no band with anything."""
+@numba.njit(cache=True, nogil=True)
+def _shingles(token_hash, token_start, token_count, n, offsets, out):  # pragma: no cover (compiled)
+    for d in range(token_start.shape[0]):
+        count, width = token_count[d], min(n[d], token_count[d])
+        for j in range(count - width + 1 if count else 0):
+            out[offsets[d] + j] = _shingle(token_hash, token_start[d] + j, width)
+
+
+def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(token hashes, first token of each text, tokens per text, shingle size per text)."""
     split, unspaced = tokens(texts, shingling.kind)
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
     hashes = _token_hashes(flat) if len(flat) else np.zeros(0, np.uint64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
+    return hashes, starts, counts, n
+
+
+def shingle_hashes(texts: pa.Array, shingling: Shingling = Shingling()) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 shingle hashes, int64 offsets of len(texts)+1): text d's shingles are
+    flat[offsets[d]:offsets[d+1]]. The same shingles the signatures are made of."""
+    hashes, starts, counts, n = _prepare(texts, shingling)
+    per_text = np.where(counts > 0, counts - np.minimum(n, counts) + 1, 0)
+    offsets = np.concatenate([[0], np.cumsum(per_text)]).astype(np.int64)
+    out = np.empty(int(offsets[-1]), dtype=np.uint64)
+    _shingles(hashes, starts, counts, n, offsets, out)
+    return out, offsets
+
+
+def signatures(texts: pa.Array, num_perm: int = 128, seed: int = 1, shingling: Shingling = Shingling()) -> np.ndarray:
+    """MinHash signatures, shape (len(texts), num_perm), uint32. A text without tokens keeps the
+    all-max row, which shares no band with anything."""
+    hashes, starts, counts, n = _prepare(texts, shingling)
     a, b = permutations(num_perm, seed)
     out = np.full((len(counts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
     _minhash(hashes, starts, counts, n, a, b, out)
