@@ -1,0 +1,158 @@
+"""Remove (or flag) training records that overlap a named evaluation set, so scores stay honest.
+
+A text overlaps an evaluation set when, after normalisation (lower case, punctuation removed,
+spaces collapsed), it equals one of the set's texts, or when at least `min_overlap` of its n-grams
+occur in the set: word 13-grams where scripts separate words, character 13-grams for Han, kana,
+Thai and the other unspaced scripts (the shingles of `pipeline/minhash.py`). Texts shorter than n
+tokens are matched exactly only, so a short, common query cannot match by chance.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from pipeline.minhash import Shingling, _token_hashes, shingle_hashes, tokens
+from pipeline.record import DETAIL, DROP, FLAG_TYPE, FLAGS
+from pipeline.arrow_utils import replace_column
+from pipeline.stage import RunContext, Stage, StageConfig, register
+
+
+class EvalSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Named in drop reasons and the ledger: `eval_overlap:<name>`.")
+    path: str = Field(description="File or glob, relative to the manifest (JSONL, CSV, TSV, Parquet, or plain text: one text per line).")
+    columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, description="Text columns of the evaluation set (ignored for plain text).")
+
+    @field_validator("path")
+    @classmethod
+    def _files_exist(cls, path: str, info: ValidationInfo) -> str:
+        pattern = path if Path(path).is_absolute() else str(Path((info.context or {}).get("base_dir", ".")) / path)
+        if not glob.glob(pattern, recursive=True):
+            raise ValueError(f"no file matches {path!r} (looked for {pattern})")
+        return str(Path(pattern).absolute())
+
+    def texts(self) -> list[str]:
+        out: list[str] = []
+        for file in sorted(glob.glob(self.path, recursive=True)):
+            name = file.lower().removesuffix(".gz").removesuffix(".zst")
+            if name.endswith((".txt", ".text")):
+                from sources.reader import open_binary
+
+                with open_binary(file) as f:
+                    out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
+                continue
+            if name.endswith(".parquet"):
+                frame = pl.read_parquet(file)
+            elif name.endswith((".csv", ".tsv")):
+                frame = pl.read_csv(file, separator="\t" if name.endswith(".tsv") else ",", quote_char=None if name.endswith(".tsv") else '"')
+            else:
+                frame = pl.read_ndjson(file)
+            for column in self.columns:
+                if column not in frame.columns:
+                    raise ValueError(f"evaluation set {self.name!r}: {file} has no column {column!r} (columns: {frame.columns})")
+                out += [t for t in frame[column].cast(pl.String).to_list() if t]
+        return out
+
+
+class DecontaminateConfig(StageConfig):
+    stage: Literal["decontaminate"]
+    eval_sets: list[EvalSet] = Field(min_length=1, description="Evaluation sets whose texts must not be trained on.")
+    fields: list[Literal["query", "positive", "negatives"]] = Field(default_factory=lambda: ["query", "positive"], min_length=1)
+    n_words: int = Field(13, ge=1, description="Word n-gram size (spaced scripts).")
+    n_chars: int = Field(13, ge=1, description="Character n-gram size (unspaced scripts).")
+    min_overlap: float = Field(0.5, gt=0.0, le=1.0, description="Share of a text's n-grams found in an evaluation set that counts as overlap.")
+    action: Literal["drop", "flag"] = Field("drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it.")
+
+
+def _exact_keys(texts: pa.Array) -> np.ndarray:
+    """A hash of each text's normalised form (its tokens joined by one space); 0 for no tokens."""
+    split, _ = tokens(texts, "words")
+    joined = pc.binary_join(split, " ")
+    keys = _token_hashes(joined.fill_null(""))
+    keys[pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False) == 0] = 0
+    return keys
+
+
+@register
+class Decontaminate(Stage):
+    name = "decontaminate"
+    config_model = DecontaminateConfig
+    stateful = True  # the evaluation sets' hashes are built once per actor
+    config: DecontaminateConfig
+
+    def __init__(self, config: DecontaminateConfig, context: RunContext):
+        super().__init__(config, context)
+        self.shingling = Shingling("auto", config.n_words, config.n_chars)
+        self.sets: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, exact keys, long-enough n-grams
+        for eval_set in config.eval_sets:
+            texts = pa.array(eval_set.texts(), pa.string())
+            flat, offsets = shingle_hashes(texts, self.shingling)
+            self.sets.append((eval_set.name, np.unique(_exact_keys(texts)), np.unique(flat[self._full_ngrams(texts, offsets)])))
+
+    def _full_ngrams(self, texts: pa.Array, offsets: np.ndarray) -> np.ndarray:
+        """Mask over the flat shingles: True for real n-grams, False for the one whole-text shingle
+        of a text shorter than n tokens (those are matched exactly only)."""
+        split, unspaced = tokens(texts, "auto")
+        counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False)
+        n = np.where(unspaced, self.shingling.n_chars, self.shingling.n_words)
+        per_text = np.diff(offsets)
+        return np.repeat(counts >= n, per_text)
+
+    def _matches(self, texts: pa.Array) -> tuple[list[str | None], list[str | None]]:
+        """Per text: the first evaluation set it overlaps (or None) and why."""
+        found: list[str | None] = [None] * len(texts)
+        why: list[str | None] = [None] * len(texts)
+        if not len(texts):
+            return found, why
+        keys = _exact_keys(texts)
+        flat, offsets = shingle_hashes(texts, self.shingling)
+        full = self._full_ngrams(texts, offsets)
+        owner = np.repeat(np.arange(len(texts)), np.diff(offsets))
+        total = np.bincount(owner, weights=full, minlength=len(texts))
+        for name, exact, ngrams in self.sets:
+            shared = np.bincount(owner, weights=np.isin(flat, ngrams) & full, minlength=len(texts))
+            share = np.divide(shared, total, out=np.zeros(len(texts)), where=total > 0)
+            is_exact = np.isin(keys, exact) & (keys != 0)
+            for i in np.flatnonzero(is_exact | (share >= self.config.min_overlap)).tolist():
+                if found[i] is None:
+                    found[i] = name
+                    why[i] = "exact match" if is_exact[i] else f"{share[i]:.0%} of its n-grams"
+        return found, why
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        hit: list[str | None] = [None] * n
+        detail = batch.column(DETAIL).to_pylist()
+        for field in self.config.fields:
+            column = batch.column(field).combine_chunks()
+            if field == "negatives":
+                lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+                owner = np.repeat(np.arange(n), lengths)
+                column = pc.list_flatten(column)
+            else:
+                owner = np.arange(n)
+            found, why = self._matches(pc.fill_null(column, ""))
+            for j, name in enumerate(found):
+                i = int(owner[j])
+                if name is not None and hit[i] is None:
+                    hit[i] = name
+                    detail[i] = f"{field}: {why[j]} in evaluation set {name}"
+        reasons = [None if h is None else f"eval_overlap:{h}" for h in hit]
+        if self.config.action == "drop":
+            drop = [r or d for r, d in zip(reasons, batch.column(DROP).to_pylist())]
+            batch = replace_column(batch, DROP, pa.array(drop, pa.string()))
+            batch = replace_column(batch, DETAIL, pa.array(detail, pa.string()))
+        else:
+            lang = batch.column("query_lang").to_pylist()
+            flags = [[{"reason": r, "language": lang[i] or "und"}] if r else None for i, r in enumerate(reasons)]
+            batch = replace_column(batch, FLAGS, pa.array(flags, pa.list_(FLAG_TYPE)))
+        return batch
