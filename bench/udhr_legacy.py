@@ -17,13 +17,13 @@ import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from langid.evaluate import covered_labels  # noqa: E402
 from langid.labels import canonical, language_of  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
+from pipeline.manifest import SourceConfig  # noqa: E402
 from sources.reader import Unit, read_unit  # noqa: E402
 
 UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr.zip"
@@ -48,11 +48,11 @@ def language_from_name(name: str) -> str | None:
     return None
 
 
-def source(name: str, encoding: str) -> SimpleNamespace:
-    """The few settings the text reader looks at (a full SourceConfig needs a manifest)."""
-    return SimpleNamespace(name=name, task="clustering", licence="public-domain", format="text", text_unit="file",
-                           encoding=encoding, max_record_bytes=1 << 24, columns={"query": "text", "label": "path"},
-                           instruction=None, max_text_chars=1 << 24)
+def read(path: Path, encoding: str) -> dict:
+    """The one row the pipeline's plain-text reader makes of a whole file."""
+    source = SourceConfig(name="udhr", task="clustering", path=str(path), format="text", text_unit="file", encoding=encoding,
+                          columns={"query": "text", "label": "path"}, licence="public-domain")
+    return read_unit(Unit(source.name, str(path)), source).to_pylist()[0]
 
 
 def main() -> None:
@@ -67,14 +67,14 @@ def main() -> None:
             name = Path(member).name
             path = Path(tmp) / name
             path.write_bytes(archive.read(member))
-            as_utf8 = read_unit(Unit("udhr", str(path)), source("udhr", "utf-8")).to_pylist()[0]
+            as_utf8 = read(path, "utf-8")
             valid = as_utf8["_drop"] is None
             codec = CODECS.get(name.rsplit("-", 1)[-1]) if "-" in name else None
             row = {"file": name, "valid_utf8": valid, "utf8_reason": as_utf8["_drop"], "origin": as_utf8["origin"], "codec": codec}
             stats["files"] += 1
             stats["valid_utf8" if valid else "quarantined_as_utf8"] += 1
             if codec:
-                decoded = read_unit(Unit("udhr", str(path)), source("udhr", codec)).to_pylist()[0]
+                decoded = read(path, codec)
                 if decoded["_drop"] is None:
                     label, conf = tagger.predict([decoded["query"]])
                     expected = language_from_name(name)

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from langid.corpora import Labelled
-from langid.labels import CODE_PREFIX, UNDETERMINED, LabelMapper, canonical, language_of, script_switches
+from langid.labels import CODE_PREFIX, UNDETERMINED, LabelMapper, canonical, language_of
 from langid.tagger import LanguageTagger
 
 
@@ -24,7 +24,7 @@ def covered_labels(tagger: LanguageTagger) -> set[str]:
         lang, scripts = mapper.plan(raw)
         if lang == UNDETERMINED:
             continue
-        out.update(script_switches().get(lang, {}).get(s) or f"{lang}_{s}" for s in scripts)
+        out.update(mapper.label(lang, s) for s in scripts)
     return out
 
 

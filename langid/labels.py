@@ -105,20 +105,23 @@ class LabelMapper:
         switches = script_switches().get(lang, {})
         return lang, scripts + tuple(s for s in switches if s not in scripts)
 
+    @staticmethod
+    def label(lang: str, script: str) -> str:
+        """The scheme label of a language written in a script (`hin` in `Arab` is `urd_Arab`)."""
+        return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
+
     def __call__(self, raw_label: str, text: str) -> str:
         plan = self._plans.get(raw_label)
         if plan is None:
             plan = self._plans[raw_label] = self.plan(raw_label)
             lang, scripts = plan
             if len(scripts) <= 1:
-                self.without_text[raw_label] = f"{lang}_{scripts[0]}" if scripts else lang
+                self.without_text[raw_label] = self.label(lang, scripts[0]) if scripts else lang
         lang, scripts = plan
         if not scripts:
             return lang
         script = scripts[0] if len(scripts) == 1 else dominant_script(text, scripts)
-        if script is None:
-            return UNDETERMINED
-        return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
+        return UNDETERMINED if script is None else self.label(lang, script)
 
 
 @lru_cache(maxsize=None)

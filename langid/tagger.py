@@ -53,6 +53,11 @@ def prepare(text: str | None, max_chars: int) -> str | None:
     """The single line the model sees for `text`, or None when there is nothing to identify."""
     if not text or not _LETTER.search(text):
         return None
+    return _one_line(text, max_chars)
+
+
+def _one_line(text: str, max_chars: int) -> str:
+    """Long texts cut to three windows, line breaks joined."""
     if len(text) > max_chars:
         w = max_chars // 3
         mid = (len(text) - w) // 2
@@ -84,9 +89,8 @@ class LanguageTagger:
         todo, lines = [], []
         for i in np.flatnonzero(has_letter).tolist():
             if labels[i] == UNDETERMINED:
-                text = texts[i]
                 todo.append(i)
-                lines.append(text if len(text) <= self.max_chars and "\n" not in text and "\r" not in text else prepare(text, self.max_chars))
+                lines.append(_one_line(texts[i], self.max_chars))
         if not lines:
             return labels, confidence
         raw, probs = self.model.predict(lines, k=1)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.stage import STAGES
+from pipeline.stage import STAGES, from_manifest, matching_files
 from sources.tasks import MAPPABLE_FIELDS, TASK_SPECS
 
 import pipeline.stages  # noqa: F401  (registers the built-in stages before the union is built)
@@ -82,14 +82,10 @@ class SourceConfig(_Strict):
     @classmethod
     def _resolve_path(cls, path: str, info: ValidationInfo) -> str:
         """Make the path absolute (relative to the manifest) and check that it matches files."""
-        base = Path((info.context or {}).get("base_dir", "."))
         if (info.data.get("format") or infer_format(path)) == "hf":
-            local = base / path
+            local = from_manifest(path, info)
             return str(local.resolve()) if local.exists() else path  # else: a hub id
-        pattern = path if Path(path).is_absolute() else str(base / path)
-        if not glob.glob(pattern, recursive=True):
-            raise ValueError(f"no file matches {path!r} (looked for {pattern})")
-        return str(Path(pattern).absolute())
+        return matching_files(path, info)
 
     @field_validator("columns")
     @classmethod

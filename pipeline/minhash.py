@@ -125,32 +125,43 @@ def _shingles(token_hash, token_start, token_count, n, offsets, out):  # pragma:
             out[offsets[d] + j] = _shingle(token_hash, token_start[d] + j, width)
 
 
-def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(token hashes, first token of each text, tokens per text, shingle size per text)."""
+def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[pa.ListArray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, token hashes, first token of each text, tokens per text, shingle size per text)."""
     split, unspaced = tokens(texts, shingling.kind)
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
     hashes = _token_hashes(flat) if len(flat) else np.zeros(0, np.uint64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
-    return hashes, starts, counts, n
+    return split, hashes, starts, counts, n
 
 
-def shingle_hashes(texts: pa.Array, shingling: Shingling = Shingling()) -> tuple[np.ndarray, np.ndarray]:
-    """(flat uint64 shingle hashes, int64 offsets of len(texts)+1): text d's shingles are
-    flat[offsets[d]:offsets[d+1]]. The same shingles the signatures are made of."""
-    hashes, starts, counts, n = _prepare(texts, shingling)
+@dataclass(frozen=True)
+class Shingles:
+    """The shingles of a batch of texts: text d's are `hashes[offsets[d]:offsets[d+1]]`."""
+
+    hashes: np.ndarray  # uint64, flat
+    offsets: np.ndarray  # int64, len(texts) + 1
+    short: np.ndarray  # bool per text: fewer tokens than n, so its one shingle is the whole text
+    normalised: np.ndarray  # uint64 per text: hash of its tokens joined by one space (0: no tokens)
+
+
+def shingle_hashes(texts: pa.Array, shingling: Shingling = Shingling()) -> Shingles:
+    """The same shingles the signatures are made of, with what exact matching needs."""
+    split, hashes, starts, counts, n = _prepare(texts, shingling)
     per_text = np.where(counts > 0, counts - np.minimum(n, counts) + 1, 0)
     offsets = np.concatenate([[0], np.cumsum(per_text)]).astype(np.int64)
     out = np.empty(int(offsets[-1]), dtype=np.uint64)
     _shingles(hashes, starts, counts, n, offsets, out)
-    return out, offsets
+    normalised = _token_hashes(pc.binary_join(split, " ").fill_null(""))
+    normalised[counts == 0] = 0
+    return Shingles(out, offsets, counts < n, normalised)
 
 
 def signatures(texts: pa.Array, num_perm: int = 128, seed: int = 1, shingling: Shingling = Shingling()) -> np.ndarray:
     """MinHash signatures, shape (len(texts), num_perm), uint32. A text without tokens keeps the
     all-max row, which shares no band with anything."""
-    hashes, starts, counts, n = _prepare(texts, shingling)
+    _, hashes, starts, counts, n = _prepare(texts, shingling)
     a, b = permutations(num_perm, seed)
     out = np.full((len(counts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
     _minhash(hashes, starts, counts, n, a, b, out)

@@ -6,15 +6,30 @@ account for every row (rows in = rows out + dropped by reason) and keep the drop
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 if TYPE_CHECKING:
     from pipeline.manifest import SourceConfig
+
+
+def from_manifest(path: str, info: ValidationInfo) -> Path:
+    """A path written in a manifest, relative to the manifest's folder unless absolute (for the
+    validators of sources and stage settings; `load_manifest` passes the folder as `base_dir`)."""
+    return Path(path) if Path(path).is_absolute() else Path((info.context or {}).get("base_dir", ".")) / path
+
+
+def matching_files(path: str, info: ValidationInfo) -> str:
+    """`from_manifest` for a file or glob that must match at least one file, as an absolute pattern."""
+    pattern = str(from_manifest(path, info))
+    if not glob.glob(pattern, recursive=True):
+        raise ValueError(f"no file matches {path!r} (looked for {pattern})")
+    return str(Path(pattern).absolute())
 
 
 class StageConfig(BaseModel):

@@ -211,15 +211,23 @@ def test_eval_and_train_commands(shared_data, tmp_path):
     assert out.returncode == 0 and small["accuracy"] > 0.9 and small["covered_n"] == small["n"]
 
 
-def test_legacy_encoded_udhr_is_quarantined_or_decoded_as_declared(shared_data, tmp_path, tagger):
-    from types import SimpleNamespace
+def _text_source(path: Path, **settings) -> SourceConfig:
+    """A plain-text source over one file, one row per file unless `text_unit` says otherwise."""
+    fields = {"name": "texts", "task": "clustering", "path": str(path), "format": "text", "text_unit": "file",
+              "columns": {"query": "text", "label": "path"}, "licence": "public-domain", **settings}
+    return SourceConfig(**fields)
 
+
+def _read_text_source(path: Path, **settings) -> list[dict]:
     from sources.reader import Unit, read_unit
 
+    source = _text_source(path, **settings)
+    return read_unit(Unit(source.name, str(path)), source).to_pylist()
+
+
+def test_legacy_encoded_udhr_is_quarantined_or_decoded_as_declared(shared_data, tmp_path, tagger):
     def read(path: Path, encoding: str, unit: str) -> list[dict]:
-        source = SimpleNamespace(name="udhr", task="clustering", licence="public-domain", format="text", text_unit=unit, encoding=encoding,
-                                 max_record_bytes=1 << 24, columns={"query": "text", "label": "path"}, instruction=None, max_text_chars=1 << 24)
-        return read_unit(Unit("udhr", str(path)), source).to_pylist()
+        return _read_text_source(path, encoding=encoding, text_unit=unit)
 
     expected = {"French_Francais-Latin1": ("latin-1", "fra_Latn"), "Czech_Cesky-Latin2": ("iso8859-2", "ces_Latn"),
                 "Russian_Russky-Cyrillic": ("cp1251", "rus_Cyrl"), "Japanese_Nihongo-SJIS": ("shift_jis", "jpn_Jpan")}
@@ -242,22 +250,16 @@ def test_legacy_encoded_udhr_is_quarantined_or_decoded_as_declared(shared_data, 
 
 
 def test_code_source_declares_its_language_by_file_extension(tmp_path):
-    from types import SimpleNamespace
-
-    from sources.reader import Unit, read_unit
-
     script = tmp_path / "tool.py"
     script.write_text("import sys\n\ndef main():\n    print(sys.argv)\n", encoding="utf-8")
     unknown = tmp_path / "notes.xyz"
     unknown.write_text("some notes\n", encoding="utf-8")
-    src = SimpleNamespace(name="code", task="clustering", licence="MIT", format="text", text_unit="file", encoding="utf-8", max_record_bytes=1 << 20,
-                          columns={"query": "text", "label": "path", "language": "path"}, instruction=None, max_text_chars=1 << 20,
-                          language=None, language_policy="verified")
-    rows = read_unit(Unit("code", str(script)), src).to_pylist() + read_unit(Unit("code", str(unknown)), src).to_pylist()
+    columns = {"query": "text", "label": "path", "language": "path"}
+    rows = _read_text_source(script, columns=columns) + _read_text_source(unknown, columns=columns)
     assert rows[0][DECLARED_LANG] == "code:python" and rows[0]["query"].startswith("import sys")
     assert rows[1]["_drop"] == "unknown_language" and "notes.xyz" in rows[1]["_detail"]
-    src.declared_language = lambda field: None
-    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("code",), {"code": src}))
+    src = _text_source(script, columns=columns)
+    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), (src.name,), {src.name: src}))
     out = stage(pa.Table.from_pylist([{k: rows[0].get(k) for k in WORK_SCHEMA.names}], schema=WORK_SCHEMA)).to_pylist()
     assert out[0]["query_lang"] == "code:python" and out[0]["query_lang_conf"] == 1.0
 

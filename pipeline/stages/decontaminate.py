@@ -10,7 +10,6 @@ tokens are matched exactly only, so a short, common query cannot match by chance
 from __future__ import annotations
 
 import glob
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from pipeline.minhash import Shingling, _token_hashes, shingle_hashes, tokens
-from pipeline.record import DETAIL, DROP, FLAG_TYPE, FLAGS
+from pipeline.minhash import Shingling, shingle_hashes
 from pipeline.arrow_utils import replace_column
-from pipeline.stage import RunContext, Stage, StageConfig, register
+from pipeline.record import DETAIL, DROP, FLAG_TYPE, FLAGS
+from pipeline.stage import RunContext, Stage, StageConfig, matching_files, register
+from sources.reader import open_binary
 
 
 class EvalSet(BaseModel):
@@ -35,18 +35,13 @@ class EvalSet(BaseModel):
     @field_validator("path")
     @classmethod
     def _files_exist(cls, path: str, info: ValidationInfo) -> str:
-        pattern = path if Path(path).is_absolute() else str(Path((info.context or {}).get("base_dir", ".")) / path)
-        if not glob.glob(pattern, recursive=True):
-            raise ValueError(f"no file matches {path!r} (looked for {pattern})")
-        return str(Path(pattern).absolute())
+        return matching_files(path, info)
 
     def texts(self) -> list[str]:
         out: list[str] = []
         for file in sorted(glob.glob(self.path, recursive=True)):
             name = file.lower().removesuffix(".gz").removesuffix(".zst")
             if name.endswith((".txt", ".text")):
-                from sources.reader import open_binary
-
                 with open_binary(file) as f:
                     out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
                 continue
@@ -73,15 +68,6 @@ class DecontaminateConfig(StageConfig):
     action: Literal["drop", "flag"] = Field("drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it.")
 
 
-def _exact_keys(texts: pa.Array) -> np.ndarray:
-    """A hash of each text's normalised form (its tokens joined by one space); 0 for no tokens."""
-    split, _ = tokens(texts, "words")
-    joined = pc.binary_join(split, " ")
-    keys = _token_hashes(joined.fill_null(""))
-    keys[pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False) == 0] = 0
-    return keys
-
-
 @register
 class Decontaminate(Stage):
     name = "decontaminate"
@@ -92,20 +78,11 @@ class Decontaminate(Stage):
     def __init__(self, config: DecontaminateConfig, context: RunContext):
         super().__init__(config, context)
         self.shingling = Shingling("auto", config.n_words, config.n_chars)
-        self.sets: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, exact keys, long-enough n-grams
+        self.sets: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, exact keys, n-grams of long-enough texts
         for eval_set in config.eval_sets:
-            texts = pa.array(eval_set.texts(), pa.string())
-            flat, offsets = shingle_hashes(texts, self.shingling)
-            self.sets.append((eval_set.name, np.unique(_exact_keys(texts)), np.unique(flat[self._full_ngrams(texts, offsets)])))
-
-    def _full_ngrams(self, texts: pa.Array, offsets: np.ndarray) -> np.ndarray:
-        """Mask over the flat shingles: True for real n-grams, False for the one whole-text shingle
-        of a text shorter than n tokens (those are matched exactly only)."""
-        split, unspaced = tokens(texts, "auto")
-        counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False)
-        n = np.where(unspaced, self.shingling.n_chars, self.shingling.n_words)
-        per_text = np.diff(offsets)
-        return np.repeat(counts >= n, per_text)
+            sh = shingle_hashes(pa.array(eval_set.texts(), pa.string()), self.shingling)
+            full = np.repeat(~sh.short, np.diff(sh.offsets))
+            self.sets.append((eval_set.name, np.unique(sh.normalised[sh.normalised != 0]), np.unique(sh.hashes[full])))
 
     def _matches(self, texts: pa.Array) -> tuple[list[str | None], list[str | None]]:
         """Per text: the first evaluation set it overlaps (or None) and why."""
@@ -113,15 +90,15 @@ class Decontaminate(Stage):
         why: list[str | None] = [None] * len(texts)
         if not len(texts):
             return found, why
-        keys = _exact_keys(texts)
-        flat, offsets = shingle_hashes(texts, self.shingling)
-        full = self._full_ngrams(texts, offsets)
-        owner = np.repeat(np.arange(len(texts)), np.diff(offsets))
+        sh = shingle_hashes(texts, self.shingling)
+        # The one shingle of a text shorter than n is the whole text: matched exactly only.
+        full = np.repeat(~sh.short, np.diff(sh.offsets))
+        owner = np.repeat(np.arange(len(texts)), np.diff(sh.offsets))
         total = np.bincount(owner, weights=full, minlength=len(texts))
         for name, exact, ngrams in self.sets:
-            shared = np.bincount(owner, weights=np.isin(flat, ngrams) & full, minlength=len(texts))
+            shared = np.bincount(owner, weights=np.isin(sh.hashes, ngrams) & full, minlength=len(texts))
             share = np.divide(shared, total, out=np.zeros(len(texts)), where=total > 0)
-            is_exact = np.isin(keys, exact) & (keys != 0)
+            is_exact = np.isin(sh.normalised, exact)
             for i in np.flatnonzero(is_exact | (share >= self.config.min_overlap)).tolist():
                 if found[i] is None:
                     found[i] = name

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,7 +25,7 @@ from langid.labels import CODE_PREFIX, is_scheme_label, language_of, read_table
 from langid.tagger import BUNDLED_MODELS
 from pipeline.arrow_utils import replace_column
 from pipeline.record import DECLARED_LANG, DETAIL, DROP, FLAG_TYPE, FLAGS
-from pipeline.stage import RunContext, Stage, StageConfig, register
+from pipeline.stage import RunContext, Stage, StageConfig, from_manifest, register
 
 
 @lru_cache(maxsize=None)
@@ -53,9 +52,7 @@ class LangTagConfig(StageConfig):
     def _model_exists(cls, model: str, info: ValidationInfo) -> str:
         if model in BUNDLED_MODELS:
             return model
-        path = Path(model)
-        if not path.is_absolute():
-            path = Path((info.context or {}).get("base_dir", ".")) / path
+        path = from_manifest(model, info)
         if not path.is_file():
             raise ValueError(f"no fastText model at {path} (bundled models: {', '.join(BUNDLED_MODELS)})")
         return str(path.resolve())
@@ -81,14 +78,16 @@ class LangTag(Stage):
         super().__init__(config, context)
         self.tagger = LanguageTagger(config.model, max_chars=config.max_chars, detect_code=config.detect_code)
         self.thresholds = {**default_thresholds(config.model), **config.thresholds}
+        # field -> {source: (declared label, policy)} for the sources that declare one
+        self.declared = {
+            field: {name: (src.declared_language(field), src.language_policy) for name, src in context.sources.items() if src.declared_language(field)}
+            for field in ("query", "positive", "negatives")
+        }
 
     def _declared(self, batch: pa.Table, field: str) -> tuple[list[str | None], list[str]]:
         """Per row: the declared label of `field` (row column first, then the source) and the policy."""
         n = batch.num_rows
-        by_source = {}
-        for name, config in self.context.sources.items():
-            if config.declared_language(field):
-                by_source[name] = (config.declared_language(field), config.language_policy)
+        by_source = self.declared[field]
         per_row = batch.column(DECLARED_LANG)
         if not by_source and per_row.null_count == n:
             return [None] * n, ["ignored"] * n  # nothing declared: the common case, kept cheap
