@@ -129,3 +129,25 @@ def build(data_dir: str | Path, seed: int = 0, per_text: int = 4, min_per_script
                 pairs.append(Pair(pa_[k], pb_[k], False, "related_language", script_of(texts[a])))
             pairs.append(Pair(texts[a], texts[b], False, "related_language_text", script_of(texts[a])))
     return pairs
+
+
+def planted_corpus(data_dir: str | Path, texts: int = 40, dup_share: float = 0.3, seed: int = 0) -> list[dict]:
+    """Rows `{text, language, cluster}` for testing a near-dup run end to end: the paragraphs of
+    `texts` UDHR texts (spread over scripts), and for `dup_share` of them one to three edited
+    copies (the edits of `build`) that share the original's `cluster`; every other row is alone."""
+    rng = random.Random(seed)
+    with zipfile.ZipFile(Path(data_dir) / "udhr2.zip") as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".txt"))
+        chosen = [names[i] for i in sorted(rng.sample(range(len(names)), min(texts, len(names))))]
+        paragraphs = {Path(n).stem: _paragraphs(z.read(n).decode("utf-8")) for n in chosen}
+    rows: list[dict] = []
+    for language, paras in paragraphs.items():
+        for k, p in enumerate(paras):
+            cluster = f"{language}:{k}"
+            rows.append({"text": p, "language": language, "cluster": cluster})
+            if len(paras) > 1 and rng.random() < dup_share:
+                for c in range(rng.randint(1, 3)):
+                    donor = paras[(k + 1) % len(paras)]
+                    rows.append({"text": edit(p, EDITS[(k + c) % len(EDITS)], rng, donor), "language": language, "cluster": cluster})
+    rng.shuffle(rows)
+    return rows

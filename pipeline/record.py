@@ -31,6 +31,8 @@ SCHEMA = pa.schema(
         pa.field("negatives_lang_conf", pa.float32()),
         pa.field("cross_lingual", pa.bool_()),
         pa.field("dup_count", pa.int32()),
+        pa.field("dup_cluster", pa.string()),
+        pa.field("near_dup_count", pa.int32()),
         pa.field("licence", pa.string()),
         pa.field("origin", pa.string(), nullable=False),
     ]

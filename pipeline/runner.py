@@ -1,7 +1,8 @@
 """Runs a manifest: sources -> stages -> shards, on Ray Data, with checkpoints, ledger and resume.
 
 The runner knows stages only through the `Stage` contract (`pipeline/stage.py`): plain stages run as
-Ray tasks, stateful ones in an actor pool, shuffle stages behind a hash partitioning on their key.
+Ray tasks, stateful ones in an actor pool, shuffle stages behind a hash partitioning on their key,
+dataset stages (near-dup) plan their own distributed work over the whole dataset.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, SourceConfig
 from pipeline.record import DETAIL, DROP, FLAGS, RAW, WORK_SCHEMA
 from pipeline.shards import write_shards
-from pipeline.stage import STAGES, RunContext, ShuffleStage, Stage
+from pipeline.stage import STAGES, DatasetStage, RunContext, ShuffleStage, Stage
 from sources.reader import Unit, plan_units, read_unit
 
 BATCH_ROWS = 8192
@@ -148,6 +149,9 @@ class Runner:
             import ray.data
 
             ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(2 * int(self.cpus), len(files)))
+            if issubclass(cls, DatasetStage):
+                kept = ds.map_batches(_kept, batch_format="pyarrow", batch_size=BATCH_ROWS)
+                return cls(config, self.context).plan(kept, rows).map_batches(_to_work_schema, batch_format="pyarrow", batch_size=None)
             if issubclass(cls, ShuffleStage):
                 partitions = max(int(self.cpus), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
                 ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)

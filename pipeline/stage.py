@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationInfo
@@ -72,6 +72,17 @@ class ShuffleStage(Stage):
     """
 
     def key(self, batch: pa.Table) -> pa.Array:
+        raise NotImplementedError
+
+
+class DatasetStage(Stage):
+    """A stage that must see the whole dataset at once (near-duplicate detection compares every
+    row with every other). The runner hands `plan` the lazy Ray dataset of the rows no earlier step
+    dropped and writes what it returns: the same rows, with `_drop` set on the ones it drops.
+    A plan must keep the work distributed: it may never gather rows (or per-row data) on the driver.
+    """
+
+    def plan(self, ds: Any, rows: int) -> Any:
         raise NotImplementedError
 
 
