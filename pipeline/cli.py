@@ -22,11 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     de = sub.add_parser("dedup-eval", help="precision/recall of near-duplicate detection per script on labelled pairs")
     de.add_argument("--data-dir", default="../shared/data", help="folder with udhr2.zip and udhr.zip (builds the calibration set)")
     de.add_argument("--pairs", help="Parquet/JSONL of labelled pairs (a, b, duplicate[, kind, script]) instead")
-    de.add_argument("--shingle", choices=["auto", "words", "chars"], default="auto")
-    de.add_argument("--n-words", type=int, default=3)
-    de.add_argument("--n-chars", type=int, default=3)
-    de.add_argument("--threshold", type=float, default=None, help="estimated Jaccard threshold (default: the stage's)")
-    de.add_argument("--num-perm", type=int, default=128)
+    de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)")
     de.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -68,14 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 def _dedup_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from pipeline.dedup_eval import DEFAULT_THRESHOLD, NearDupParams, run
-    from pipeline.minhash import Shingling
+    from pydantic import ValidationError
 
-    params = NearDupParams(Shingling(args.shingle, args.n_words, args.n_chars), args.threshold or DEFAULT_THRESHOLD, args.num_perm)
-    by_script, by_kind = run(args.data_dir, args.pairs, params)
+    from pipeline.dedup_eval import run
+    from pipeline.stages.near_dedup import NearDedupConfig
+
+    try:
+        config = NearDedupConfig(stage="near_dedup", **dict(kv.split("=", 1) for kv in args.set))
+    except (ValidationError, ValueError) as e:
+        Console(stderr=True).print(f"[red]invalid --set:[/] {e}")
+        return 2
+    by_script, by_kind = run(args.data_dir, args.pairs, config)
     console = Console()
+    settings = config.model_dump(exclude={"stage", "cross_language", "fields"})
+    described = ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
     for title, figures in (("per script", by_script), ("per kind of pair", by_kind)):
-        table = Table(title=f"near-duplicate detection {title}: {params.shingling}, threshold {params.threshold}, {params.num_perm} hashes")
+        table = Table(title=f"near-duplicate detection {title}\n{described}, bands x rows {config.banding()}")
         for col in (title.split()[-1], "pairs", "duplicates", "precision", "recall", "F1"):
             table.add_column(col, justify="left" if col in ("script", "pair") else "right")
         for name, m in sorted(figures.items(), key=lambda kv: (kv[0] != "all", -kv[1]["pairs"])):
@@ -83,8 +88,7 @@ def _dedup_eval(args: argparse.Namespace) -> int:
         console.print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"params": {"shingle": args.shingle, "n_words": args.n_words, "n_chars": args.n_chars, "threshold": params.threshold,
-                                  "num_perm": args.num_perm}, "per_script": by_script, "per_kind": by_kind}, f, indent=1)
+            json.dump({"settings": settings, "bands_rows": config.banding(), "per_script": by_script, "per_kind": by_kind}, f, indent=1)
     return 0
 
 

@@ -133,11 +133,13 @@ def build(data_dir: str | Path, seed: int = 0, per_text: int = 4, min_per_script
 
 def planted_corpus(data_dir: str | Path, texts: int = 40, dup_share: float = 0.3, seed: int = 0) -> list[dict]:
     """Rows `{text, language, cluster}` for testing a near-dup run end to end: the paragraphs of
-    `texts` UDHR texts (spread over scripts), and for `dup_share` of them one to three edited
-    copies (the edits of `build`) that share the original's `cluster`; every other row is alone."""
+    `texts` UDHR texts of different languages (so no two editions of one text), and for `dup_share`
+    of them one to three edited copies (the edits of `build`) that share the original's `cluster`;
+    every other row is alone."""
     rng = random.Random(seed)
     with zipfile.ZipFile(Path(data_dir) / "udhr2.zip") as z:
-        names = sorted(n for n in z.namelist() if n.endswith(".txt"))
+        by_language = {Path(n).stem.split("_")[0]: n for n in sorted(z.namelist(), reverse=True) if n.endswith(".txt")}
+        names = sorted(by_language.values())
         chosen = [names[i] for i in sorted(rng.sample(range(len(names)), min(texts, len(names))))]
         paragraphs = {Path(n).stem: _paragraphs(z.read(n).decode("utf-8")) for n in chosen}
     rows: list[dict] = []

@@ -1,31 +1,21 @@
 """`python -m pipeline dedup-eval`: precision, recall and F1 of near-duplicate detection per script,
 on labelled pairs (the UDHR-based calibration set, or a file of pairs).
 
-A pair is predicted duplicate exactly as the near-dup stage decides it: the two MinHash signatures
-share at least one LSH band (bands x rows chosen for the threshold) and agree on at least
-`threshold` of their hashes (the estimated Jaccard similarity of their shingle sets).
+A pair is predicted duplicate exactly as the `near_dedup` stage with the same settings decides it:
+the two MinHash signatures share at least one LSH band and (with `verify`, the default) agree on at
+least `threshold` of their hashes (the estimated Jaccard similarity of their shingle sets).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.dedup_calibration import Pair, build, script_of
-from pipeline.minhash import Shingling, band_keys, choose_bands, signatures
-
-DEFAULT_THRESHOLD = 0.5  # estimated Jaccard of the default shingles; chosen with this command (README)
-
-
-@dataclass(frozen=True)
-class NearDupParams:
-    shingling: Shingling = Shingling()
-    threshold: float = DEFAULT_THRESHOLD
-    num_perm: int = 128
-    seed: int = 1
+from pipeline.minhash import band_keys, signatures
+from pipeline.stages.near_dedup import NearDedupConfig
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -38,12 +28,12 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return [Pair(r["a"], r["b"], bool(r["duplicate"]), r.get("kind") or "pair", r.get("script") or script_of(r["a"])) for r in rows]
 
 
-def predict(pairs: list[Pair], params: NearDupParams) -> np.ndarray:
-    a = signatures(pa.array([p.a for p in pairs]), params.num_perm, params.seed, params.shingling)
-    b = signatures(pa.array([p.b for p in pairs]), params.num_perm, params.seed, params.shingling)
-    bands, rows = choose_bands(params.threshold, params.num_perm)
-    candidate = (band_keys(a, bands, rows) == band_keys(b, bands, rows)).any(axis=1)
-    return candidate & ((a == b).mean(axis=1) >= params.threshold)
+def predict(pairs: list[Pair], config: NearDedupConfig) -> np.ndarray:
+    a = signatures(pa.array([p.a for p in pairs]), config.num_perm, config.seed, config.shingling())
+    b = signatures(pa.array([p.b for p in pairs]), config.num_perm, config.seed, config.shingling())
+    banding = config.banding()
+    candidate = (band_keys(a, *banding) == band_keys(b, *banding)).any(axis=1)
+    return candidate & ((a == b).mean(axis=1) >= config.threshold) if config.verify else candidate
 
 
 def scores(pairs: list[Pair], predicted: np.ndarray, key: str = "script") -> dict[str, dict[str, float]]:
@@ -63,7 +53,7 @@ def scores(pairs: list[Pair], predicted: np.ndarray, key: str = "script") -> dic
     return out
 
 
-def run(data_dir: str | None, pairs_file: str | None, params: NearDupParams) -> tuple[dict, dict]:
+def run(data_dir: str | None, pairs_file: str | None, config: NearDedupConfig) -> tuple[dict, dict]:
     pairs = read_pairs(pairs_file) if pairs_file else build(data_dir)
-    predicted = predict(pairs, params)
+    predicted = predict(pairs, config)
     return scores(pairs, predicted, "script"), scores(pairs, predicted, "kind")

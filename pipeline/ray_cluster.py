@@ -29,7 +29,9 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
         else:
             cpus = num_cpus or os.cpu_count() or 1
             store = (object_store_mb << 20) if object_store_mb else None
-            ray.init(num_cpus=cpus, object_store_memory=store, **kwargs)
+            # "local": a new embedded cluster even when `ray start` left one running on this machine
+            # (which a bare ray.init() would silently join); pass an address (or "auto") to join one.
+            ray.init(address="local", num_cpus=cpus, object_store_memory=store, **kwargs)
     if quiet:
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.WARNING)

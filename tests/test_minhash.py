@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.dedup_eval import NearDupParams, read_pairs, run
+from pipeline.dedup_eval import read_pairs, run
+from pipeline.stages.near_dedup import NearDedupConfig
 from pipeline.minhash import Shingling, band_keys, choose_bands, probability_of_candidate, signatures, tokens
 from tests.conftest import run_cli
 
@@ -34,6 +35,8 @@ def test_tokens_are_words_or_characters_by_script():
     assert unspaced.tolist() == [False, True, True, False, False, False]
     words, _ = tokens(pa.array(["人人生而自由"]), "words")
     assert words.to_pylist() == [["人人生而自由"]]  # what whitespace shingling does to Chinese
+    chunked = pa.chunked_array([["東京 is big"], ["Hello", "人人"]])  # a table column
+    assert tokens(chunked, "auto")[0].to_pylist() == [["東", "京", "is", "big"], ["hello"], ["人", "人"]]
 
 
 def test_estimates_follow_real_similarity(udhr):
@@ -93,14 +96,14 @@ def test_band_keys_and_band_choice():
 
 def test_dedup_eval_on_the_udhr_calibration_set(shared_data):
     """The acceptance bar: precision and recall >= 0.95 per script at the default parameters."""
-    by_script, by_kind = run(str(shared_data), None, NearDupParams())
+    by_script, by_kind = run(str(shared_data), None, NearDedupConfig(stage="near_dedup"))
     for script in ("Latin", "Cyrillic", "Arabic", "Han", "Devanagari", "Thai"):
         assert by_script[script]["duplicates"] >= 40, script
         assert by_script[script]["precision"] >= 0.95 and by_script[script]["recall"] >= 0.95, (script, by_script[script])
     assert by_kind["edition"]["recall"] == 1.0  # two editions of the same declaration are found
     assert by_kind["related_language"]["precision"] == 1.0  # Bosnian/Croatian & co. are not duplicates
     # Whitespace words in unspaced scripts (what text-dedup does) lose the Thai and Chinese duplicates.
-    words, _ = run(str(shared_data), None, NearDupParams(Shingling(kind="words")))
+    words, _ = run(str(shared_data), None, NearDedupConfig(stage="near_dedup", shingles="words"))
     assert words["Thai"]["recall"] < 0.8 or words["Han"]["recall"] < 0.8
 
 

@@ -3,7 +3,6 @@ crash and resume, a locked folder, bad input, and a two-node cluster on loopback
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -18,14 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.lock import RunLock
-from tests.conftest import ROOT, STAGE1_STAGES, run_cli, stage1_sources, write_manifest
+from tests.conftest import ROOT, STAGE1_STAGES, run_cli, shard_digests, stage1_sources, write_manifest
 
 pytestmark = pytest.mark.slow
-
-
-def _shard_digests(run_dir: Path) -> dict[str, str]:
-    shards = run_dir / "shards"
-    return {str(p.relative_to(shards)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.rglob("*.parquet"))}
 
 
 def _stage1(folder: Path) -> Path:
@@ -81,10 +75,10 @@ def test_run_folder_ledger_and_readers(stage1_run):
 
 
 def test_rerun_is_a_no_op_and_changed_settings_rerun_from_that_stage(stage1_run, tmp_path):
-    before = _shard_digests(stage1_run)
+    before = shard_digests(stage1_run)
     again = run_cli("run", str(stage1_run.parent / "manifest.yaml"), "--quiet")
     assert again.returncode == 0 and again.stdout.count("(done before)") == 4
-    assert _shard_digests(stage1_run) == before
+    assert shard_digests(stage1_run) == before
 
 
 def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run, tmp_path):
@@ -98,7 +92,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run
         proc.wait()
     finished = run_cli("run", str(manifest), "--quiet")
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert _shard_digests(tmp_path / "run") == _shard_digests(stage1_run)
+    assert shard_digests(tmp_path / "run") == shard_digests(stage1_run)
 
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path):
@@ -128,28 +122,7 @@ def test_bad_input_ends_in_quarantine_and_the_run_finishes(tmp_path):
     assert pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")["query"].to_list() == ["Where is the Eiffel Tower?"]
 
 
-def _wait_for_nodes(ray_cli: str, port: str, env: dict, count: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = subprocess.run([ray_cli, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=60).stdout
-        active = status.split("Active:")[1].split("Pending:")[0] if "Active:" in status else ""
-        if active.count("node_") >= count and f"/{count}.0 CPU" in status:
-            return
-        assert time.monotonic() < deadline, f"cluster did not reach {count} nodes:\n{status}"
-        time.sleep(2)
-
-
-def test_same_manifest_on_a_two_node_loopback_cluster(stage1_run, tmp_path):
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    port = str(random.Random().randint(20000, 40000))
-    start = [ray_cli, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    try:
-        subprocess.run([*start, "--head", f"--port={port}", "--include-dashboard=false"], check=True, env=env, capture_output=True, timeout=120)
-        subprocess.run([*start, f"--address=127.0.0.1:{port}"], check=True, env=env, capture_output=True, timeout=120)
-        _wait_for_nodes(ray_cli, port, env, 2)
-        result = run_cli("run", str(_stage1(tmp_path)), "--quiet", "--ray-address", f"127.0.0.1:{port}")
-        assert result.returncode == 0, result.stderr[-3000:]
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-    assert _shard_digests(tmp_path / "run") == _shard_digests(stage1_run)
+def test_same_manifest_on_a_two_node_loopback_cluster(stage1_run, loopback_cluster, tmp_path):
+    result = run_cli("run", str(_stage1(tmp_path)), "--quiet", "--ray-address", loopback_cluster)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert shard_digests(tmp_path / "run") == shard_digests(stage1_run)

@@ -82,5 +82,6 @@ def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
     assert out["c"][DROP] is None and out["c"]["dup_count"] == 3  # earliest source wins over smaller id
     assert out["a"][DROP] == out["b"][DROP] == "exact_duplicate" and out["a"]["_detail"] == "duplicate of c"
     assert out["d"][DROP] is None and out["d"]["dup_count"] == 1
+    assert out["a"]["dup_cluster"] == out["b"]["dup_cluster"] == out["c"]["dup_cluster"] == f"{keys[0]:016x}" != out["d"]["dup_cluster"]
     case_sensitive = _stage("exact_dedup", key=["query"], casefold=False)
     assert len(set(case_sensitive.key(batch).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"

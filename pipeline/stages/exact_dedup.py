@@ -28,7 +28,8 @@ class ExactDedup(ShuffleStage):
     """Keeps one row per key: the one from the earliest source in the manifest, then the smallest id.
 
     The kept row's `dup_count` is the size of its duplicate cluster; the others are dropped with
-    `_detail` naming the kept id.
+    `_detail` naming the kept id. Every row gets `dup_cluster`, the 64-bit hash of its key in hex: a
+    cluster id that does not depend on which row was kept, so runs can be compared.
     """
 
     name = "exact_dedup"
@@ -55,6 +56,7 @@ class ExactDedup(ShuffleStage):
         priority = {name: i for i, name in enumerate(self.context.source_order)}
         df = pl.from_arrow(batch).with_columns(
             pl.Series("_k", self._key_text(batch)),
+            pl.Series("dup_cluster", [f"{k:016x}" for k in self.key(batch).to_pylist()], pl.String),
             pl.col("source").replace_strict(priority, return_dtype=pl.Int32).alias("_prio"),
         )
         df = df.sort("_k", "_prio", "id", "origin").with_columns(

@@ -46,11 +46,15 @@ class NearDedupConfig(StageConfig):
     shingles: Literal["auto", "words", "chars"] = Field("auto", description="auto: words, or characters for unspaced scripts.")
     n_words: int = Field(3, ge=1)
     n_chars: int = Field(3, ge=1)
+    # 0.5 with 3-gram shingles: precision 1.0 and recall >= 0.99 per script on the UDHR calibration
+    # set (`python -m pipeline dedup-eval`, README), where 5-grams lose a tenth of the typo duplicates.
     threshold: float = Field(0.5, gt=0, lt=1, description="Estimated Jaccard similarity from which rows are duplicates.")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash hashes per signature.")
     bands: int | None = Field(None, ge=1, description="LSH bands; with `rows`, or chosen from the threshold.")
     rows: int | None = Field(None, ge=1, description="Hashes per band.")
-    fp_weight: float = Field(0.5, gt=0, lt=1, description="Weight of false positives against misses when choosing bands.")
+    fp_weight: float | None = Field(None, gt=0, lt=1, description=(
+        "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
+        "(verification removes false candidates, nothing brings back a miss), else 0.5."))
     verify: bool = Field(True, description="Keep only candidate pairs whose signatures agree on >= threshold.")
     cross_language: bool = Field(False, description="Compare rows of different languages too.")
     seed: int = 1
@@ -66,7 +70,8 @@ class NearDedupConfig(StageConfig):
     def banding(self) -> tuple[int, int]:
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
-        return choose_bands(self.threshold, self.num_perm, self.fp_weight)
+        weight = self.fp_weight if self.fp_weight is not None else (0.1 if self.verify else 0.5)
+        return choose_bands(self.threshold, self.num_perm, weight)
 
     def shingling(self) -> Shingling:
         return Shingling(self.shingles, self.n_words, self.n_chars)
