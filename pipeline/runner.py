@@ -234,7 +234,7 @@ class Runner:
         out = ckpt.begin()
         rows_in = 0 if prev_ledger is None else int(prev_ledger.filter(pl.col("kind") == "out")["rows"].sum())
         ds = step.build(prev.files() if prev else [], rows_in)
-        ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE)
+        ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
         outcomes = ledger_mod.count_outcomes(step.name, sorted(str(p) for p in out.glob("*.parquet")))
         part = ledger_mod.entries(step.name, outcomes, prev_ledger)
         ledger_mod.check_balance(part)

@@ -1,13 +1,18 @@
 """Final shards: Parquet files of kept rows, one folder per partition, deterministic and atomic.
 
-Rows are sorted by (id, origin) inside each partition, so the shards do not depend on the order in
-which Ray happened to finish blocks: a resumed run writes the same bytes as an uninterrupted one.
+Layout that does not depend on the order in which Ray finished blocks (a resumed run writes the same
+bytes as an uninterrupted one) and never needs a whole partition in memory: ids are uniform
+BLAKE2b hashes, so a partition of N rows is cut into ranges of the id space expected to hold about
+0.8 x `rows_per_shard` rows each. One pass spills every row to its range's file; then each range is
+sorted by (id, origin) and written as one shard (or more, should a range overflow).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +21,65 @@ import pyarrow.parquet as pq
 
 from pipeline.record import COLUMNS, DROP, SCHEMA
 
+ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
+
 
 def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
+def _ranges(rows: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(rows / (0.8 * rows_per_shard)))
+
+
 def write_shards(files: list[str], out: Path, settings: Any) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out`; return one entry per shard file (path, rows, partition)."""
-    kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     keys = settings.partition_by
-    partitions = kept.select(keys).unique().sort(keys, nulls_last=True).collect().iter_rows()
+    kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
+    counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
+    plan = counts.with_columns(pl.col("_rows").map_elements(lambda n: _ranges(n, settings.rows_per_shard), pl.Int64).alias("_ranges"))
+    spill = out / "_spill"
+    _spill(files, keys, plan, spill)
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
-    for values in partitions:
-        condition = pl.lit(True)
-        for key, value in zip(keys, values):
-            condition = condition & (pl.col(key).is_null() if value is None else (pl.col(key) == value))
-        # One partition in memory at a time; its rows sorted for a deterministic layout.
-        part = kept.filter(condition).sort("id", "origin").collect().to_arrow().cast(SCHEMA)
+    for p, row in enumerate(plan.iter_rows(named=True)):
+        values = [row[k] for k in keys]
         folder = out.joinpath(*(_folder_name(v) for v in values))
         folder.mkdir(parents=True, exist_ok=True)
-        for i, start in enumerate(range(0, part.num_rows, settings.rows_per_shard)):
-            path = folder / f"part-{i:05d}.parquet"
-            tmp = path.with_suffix(".parquet.tmp")
-            chunk = part.slice(start, settings.rows_per_shard)
-            pq.write_table(chunk, tmp, compression=compression, compression_level=settings.compression_level)
-            os.replace(tmp, path)
-            written.append({"path": str(path.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
+        shard = 0
+        for r in range(row["_ranges"]):
+            path = spill / f"{p}-{r}.parquet"
+            if not path.exists():
+                continue
+            part = pl.read_parquet(path).sort("id", "origin").to_arrow().cast(SCHEMA)
+            for start in range(0, part.num_rows, settings.rows_per_shard):
+                chunk = part.slice(start, settings.rows_per_shard)
+                target = folder / f"part-{shard:05d}.parquet"
+                tmp = target.with_suffix(".parquet.tmp")
+                pq.write_table(chunk, tmp, compression=compression, compression_level=settings.compression_level)
+                os.replace(tmp, target)
+                written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
+                shard += 1
+    shutil.rmtree(spill)
     return written
 
+
+def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path) -> None:
+    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`."""
+    spill.mkdir(parents=True)
+    index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
+    writers: dict[tuple[int, int], pq.ParquetWriter] = {}
+    try:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, DROP]):
+                df = pl.from_arrow(batch).filter(pl.col(DROP).is_null()).select(COLUMNS)
+                df = df.join(index, on=keys, how="left", nulls_equal=True).with_columns(
+                    (pl.col("id").str.slice(0, ID_PREFIX).str.to_integer(base=16).cast(pl.Int64) * pl.col("_ranges") // 16**ID_PREFIX).alias("_range"))
+                for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
+                    table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
+                    if (p, r) not in writers:
+                        writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="lz4")
+                    writers[(p, r)].write_table(table)
+    finally:
+        for w in writers.values():
+            w.close()
