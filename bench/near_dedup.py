@@ -5,7 +5,7 @@ Input: documents of four SIB-200 sentences of one language (205 languages, FLORE
 edited copy (typos, an inserted sentence, reordering, boilerplate) of 5% of them, written to Parquet
 (id, text, language), `--records` rows. Parameters on both sides: word 5-gram shingles, 112 hashes
 as 14 bands x 8 rows, 32-bit hashes. datatrove gets a plain whitespace word tokenizer (its default
-for most languages needs spaCy models); its input is split into as many files as ours.
+for most languages needs spaCy models); both read the same Parquet files (50k rows each), one task per file.
 
 Timed: datatrove's four executors (2 workers each: stage 2 runs one task per band, stage 3 is one
 process by design); ours, the `near_dedup` step of `python -m pipeline run` (reading its input and
@@ -45,7 +45,7 @@ from pipeline.dedup_calibration import EDITS, edit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIB = ROOT.parent / "shared" / "data" / "sib200-train-dev.tar.xz"
-FILES = 10
+ROWS_PER_FILE = 50_000  # fixed, so per-task memory compares across corpus sizes
 PARAMS = {"n_grams": 5, "bands": 14, "rows": 8}
 
 
@@ -82,8 +82,8 @@ def build_corpus(records: int, folder: Path, seed: int = 0) -> Path:
     order = list(range(records))
     rng.shuffle(order)
     table = pa.table({"id": [f"doc-{i:08d}" for i in order], "text": [texts[i] for i in order], "language": [languages[i] for i in order]})
-    for k, start in enumerate(range(0, records, -(-records // FILES))):
-        pq.write_table(table.slice(start, -(-records // FILES)), target / f"part-{k:03d}.parquet")
+    for k, start in enumerate(range(0, records, ROWS_PER_FILE)):
+        pq.write_table(table.slice(start, ROWS_PER_FILE), target / f"part-{k:03d}.parquet")
     (target / "_done").touch()
     return target
 
@@ -217,7 +217,8 @@ def datatrove(corpus: Path, work: Path) -> dict:
     work.mkdir(parents=True)
     script = work / "datatrove_minhash.py"
     script.write_text(DATATROVE, encoding="utf-8")
-    args = [str(corpus), str(work), str(FILES), str(PARAMS["n_grams"]), str(PARAMS["bands"]), str(PARAMS["rows"])]
+    files = len(list(corpus.glob("*.parquet")))
+    args = [str(corpus), str(work), str(files), str(PARAMS["n_grams"]), str(PARAMS["bands"]), str(PARAMS["rows"])]
     seconds, memory, out = run_measured([sys.executable, str(script), *args], cwd=work)
     stages = json.loads(out.split("SECONDS", 1)[1].strip().splitlines()[0])
     removed = pq.read_table(work / "removed").num_rows if (work / "removed").exists() else 0

@@ -172,6 +172,16 @@ class Manifest(_Strict):
             raise ValueError(f"source names must be unique; repeated: {dupes}")
         return self
 
+    @field_validator("stages")
+    @classmethod
+    def _known_sources(cls, stages: list[Any], info: ValidationInfo) -> list[Any]:
+        names = [s.name for s in info.data.get("sources") or []]
+        for i, stage in enumerate(stages):
+            unknown = stage.unknown_sources(set(names))
+            if unknown:
+                raise ValueError(f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})")
+        return stages
+
 
 # --- loading with line numbers -------------------------------------------------------------------
 

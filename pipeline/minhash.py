@@ -76,9 +76,14 @@ def _hash_bytes(data, offsets, out):  # pragma: no cover (compiled)
         out[i] = h ^ (h >> np.uint64(31))
 
 
-def _token_hashes(flat: pa.Array) -> np.ndarray:
-    """A 64-bit hash per token, straight from the Arrow string buffers (no Python string per token)."""
+def hash_strings(flat: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash per string (token), straight from the Arrow buffers (no Python string each).
+    Nulls hash as empty strings."""
     flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    if flat.null_count:
+        flat = pc.fill_null(flat, "")
+    if flat.type != pa.string():
+        flat = flat.cast(pa.string())
     _, offsets_buf, data_buf = flat.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1].astype(np.int64)
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
@@ -130,7 +135,7 @@ def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[pa.ListArray, np.nd
     split, unspaced = tokens(texts, shingling.kind)
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
-    hashes = _token_hashes(flat) if len(flat) else np.zeros(0, np.uint64)
+    hashes = hash_strings(flat) if len(flat) else np.zeros(0, np.uint64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
     return split, hashes, starts, counts, n
@@ -153,7 +158,7 @@ def shingle_hashes(texts: pa.Array, shingling: Shingling = Shingling()) -> Shing
     offsets = np.concatenate([[0], np.cumsum(per_text)]).astype(np.int64)
     out = np.empty(int(offsets[-1]), dtype=np.uint64)
     _shingles(hashes, starts, counts, n, offsets, out)
-    normalised = _token_hashes(pc.binary_join(split, " ").fill_null(""))
+    normalised = hash_strings(pc.binary_join(split, " ").fill_null(""))
     normalised[counts == 0] = 0
     return Shingles(out, offsets, counts < n, normalised)
 

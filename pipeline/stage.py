@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
 if TYPE_CHECKING:
     from pipeline.manifest import SourceConfig
@@ -36,6 +36,25 @@ class StageConfig(BaseModel):
     """Base of every stage's settings; subclasses add a `stage: Literal[...]` tag and their fields."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def unknown_sources(self, names: set[str]) -> list[str]:
+        """Source names these settings refer to that the manifest lacks (checked at validation)."""
+        return []
+
+
+class DedupConfig(StageConfig):
+    """Settings every dedup stage shares: which row of a cluster is kept."""
+
+    priority: list[str] = Field(default_factory=list, description=(
+        "Sources whose rows are kept first, in this order; the others follow in manifest order, then by smallest id."))
+
+    def unknown_sources(self, names: set[str]) -> list[str]:
+        return [n for n in self.priority if n not in names]
+
+    def ranks(self, context: RunContext) -> dict[str, int]:
+        """Source -> rank (smaller is kept first)."""
+        order = list(dict.fromkeys([*self.priority, *context.source_order]))
+        return {name: i for i, name in enumerate(order)}
 
 
 @dataclass(frozen=True)

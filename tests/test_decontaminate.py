@@ -80,3 +80,16 @@ def test_run_counts_overlap_per_eval_set_and_language(tmp_path):
     # Every English question (1,190), whatever language ID made of the short ones, and little else.
     assert 1190 <= hits["rows"].sum() <= 1200
     assert "eval_overlap" in result.stdout  # the run summary shows the drop reason
+
+
+def test_eval_set_from_a_saved_datasets_folder(tmp_path):
+    import datasets
+
+    en = _rows("en")
+    datasets.Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in en[:50]]).save_to_disk(str(tmp_path / "xq"))
+    sets = [{"name": "xquad_hf", "format": "hf", "path": str(tmp_path / "xq"), "columns": ["question", "context"]}]
+    stage = Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets), RunContext(Path("."), ("s",)))
+    out = stage(_batch([{"query": en[3]["question"], "positive": "unrelated"}, {"query": en[60]["question"], "positive": "unrelated"}])).to_pylist()
+    assert [r[DROP] for r in out] == ["eval_overlap:xquad_hf", None]
+    with pytest.raises(ValueError, match="no column"):
+        Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{**sets[0], "columns": ["answer"]}]), RunContext(Path("."), ()))

@@ -96,3 +96,8 @@ def test_language_settings_are_checked_with_lines(tmp_path):
     source = load_manifest(tmp_path / "ok.yaml").sources[0]
     assert source.declared_language("query") == "cmn_Hans" and source.declared_language("positive") == "deu_Latn"
     assert source.declared_language("negatives") is None and source.language_policy == "trusted"
+
+
+def test_dedup_priority_must_name_sources(tmp_path):
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: exact_dedup\n    priority: [x, nope]\n"))
+    assert "m.yaml:8: stages: Value error, stages[0] (exact_dedup) names sources the manifest lacks: ['nope']" in msg

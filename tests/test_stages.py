@@ -85,3 +85,11 @@ def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
     assert out["a"]["dup_cluster"] == out["b"]["dup_cluster"] == out["c"]["dup_cluster"] == f"{keys[0]:016x}" != out["d"]["dup_cluster"]
     case_sensitive = _stage("exact_dedup", key=["query"], casefold=False)
     assert len(set(case_sensitive.key(batch).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"
+
+
+def test_dedup_priority_puts_named_sources_first():
+    rows = [{"id": "a", "source": "first", "query": "Same question?", "origin": "f:1"},
+            {"id": "b", "source": "second", "query": "same question?", "origin": "f:2"}]
+    default = {r["id"]: r[DROP] for r in _stage("exact_dedup")(_batch(rows)).to_pylist()}
+    preferred = {r["id"]: r[DROP] for r in _stage("exact_dedup", priority=["second"])(_batch(rows)).to_pylist()}
+    assert default == {"a": None, "b": "exact_duplicate"} and preferred == {"a": "exact_duplicate", "b": None}

@@ -21,23 +21,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pipeline.minhash import Shingling, shingle_hashes
 from pipeline.arrow_utils import replace_column
 from pipeline.record import DETAIL, DROP, FLAG_TYPE, FLAGS
-from pipeline.stage import RunContext, Stage, StageConfig, matching_files, register
-from sources.reader import open_binary
+from pipeline.stage import RunContext, Stage, StageConfig, from_manifest, matching_files, register
+from sources.reader import load_hf, open_binary
 
 
 class EvalSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Named in drop reasons and the ledger: `eval_overlap:<name>`.")
-    path: str = Field(description="File or glob, relative to the manifest (JSONL, CSV, TSV, Parquet, or plain text: one text per line).")
+    format: Literal["file", "hf"] = Field("file", description="file: JSONL, CSV, TSV, Parquet or plain text; hf: a `datasets` folder or hub id.")
+    path: str = Field(description="File or glob, relative to the manifest (one text per line for plain text); for hf a saved or data folder, or a hub id.")
     columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, description="Text columns of the evaluation set (ignored for plain text).")
+    hf_config: str | None = Field(None, description="`datasets` config name (format hf).")
+    split: str | None = Field(None, description="`datasets` split (format hf).")
 
     @field_validator("path")
     @classmethod
     def _files_exist(cls, path: str, info: ValidationInfo) -> str:
+        if info.data.get("format") == "hf":  # a local folder, or else a hub id (looked up when the stage starts)
+            local = from_manifest(path, info)
+            return str(local.absolute()) if local.exists() else path
         return matching_files(path, info)
 
     def texts(self) -> list[str]:
+        if self.format == "hf":
+            ds = load_hf(self)
+            missing = [c for c in self.columns if c not in ds.column_names]
+            if missing:
+                raise ValueError(f"evaluation set {self.name!r}: {self.path} has no column {missing} (columns: {ds.column_names})")
+            return [t for c in self.columns for t in ds[c] if t]
         out: list[str] = []
         for file in sorted(glob.glob(self.path, recursive=True)):
             name = file.lower().removesuffix(".gz").removesuffix(".zst")

@@ -12,10 +12,10 @@ from pydantic import Field
 
 from pipeline.arrow_utils import HSPACE
 from pipeline.record import DETAIL, DROP, WORK_SCHEMA
-from pipeline.stage import ShuffleStage, StageConfig, register
+from pipeline.stage import DedupConfig, ShuffleStage, register
 
 
-class ExactDedupConfig(StageConfig):
+class ExactDedupConfig(DedupConfig):
     stage: Literal["exact_dedup"]
     key: list[Literal["query", "positive", "negatives", "instruction", "label"]] = Field(
         default_factory=lambda: ["query"], min_length=1, description="Fields whose normalised values form the key."
@@ -25,7 +25,8 @@ class ExactDedupConfig(StageConfig):
 
 @register
 class ExactDedup(ShuffleStage):
-    """Keeps one row per key: the one from the earliest source in the manifest, then the smallest id.
+    """Keeps one row per key: the one from the first source in `priority` (default: manifest order),
+    then the smallest id.
 
     The kept row's `dup_count` is the size of its duplicate cluster; the others are dropped with
     `_detail` naming the kept id. Every row gets `dup_cluster`, the 64-bit hash of its key in hex: a
@@ -53,7 +54,7 @@ class ExactDedup(ShuffleStage):
         return pa.array([xxhash.xxh3_64_intdigest(k.encode()) for k in self._key_text(batch).to_pylist()], pa.uint64())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        priority = {name: i for i, name in enumerate(self.context.source_order)}
+        priority = self.config.ranks(self.context)
         df = pl.from_arrow(batch).with_columns(
             pl.Series("_k", self._key_text(batch)),
             pl.Series("dup_cluster", [f"{k:016x}" for k in self.key(batch).to_pylist()], pl.String),

@@ -12,8 +12,8 @@ The work is a chain of Ray task rounds over the blocks of the dataset (`pipeline
    block, picking up both signatures; it is kept when they agree on at least `threshold` of their
    hashes (the estimated Jaccard similarity), exactly as `python -m pipeline dedup-eval` scores.
 4. connected components of the verified edges (`pipeline/components.py`).
-5. representative: per component, the row of the earliest source in the manifest, then the
-   smallest id (then origin) is kept and gets `near_dup_count` = component size; the others are
+5. representative: per component, the row of the first source in `priority` (default: manifest
+   order), then the smallest id (then origin) is kept and gets `near_dup_count` = component size; the others are
    dropped as `near_duplicate`, naming the kept id.
 """
 
@@ -30,15 +30,15 @@ from pydantic import Field, model_validator
 
 from pipeline import exchange
 from pipeline.components import connected_components, route_undirected
-from pipeline.minhash import Shingling, _token_hashes, band_keys, choose_bands, signatures
+from pipeline.minhash import Shingling, band_keys, choose_bands, hash_strings, signatures
 from pipeline.record import DETAIL, DROP
-from pipeline.stage import DatasetStage, StageConfig, register
+from pipeline.stage import DatasetStage, DedupConfig, register
 
 ROW_BITS = 32
 BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node, rank) rows per bucket task: ~100 MB
 
 
-class NearDedupConfig(StageConfig):
+class NearDedupConfig(DedupConfig):
     stage: Literal["near_dedup"]
     fields: list[Literal["query", "positive"]] = Field(
         default_factory=lambda: ["query"], min_length=1, description="Fields compared (joined by a line break)."
@@ -80,10 +80,6 @@ class NearDedupConfig(StageConfig):
 # --- the task rounds (each runs as a Ray task; see the module docstring) -----------------------------
 
 
-def _hash_strings(column: pa.Array) -> np.ndarray:
-    return _token_hashes(pc.fill_null(column, "").cast(pa.string()))
-
-
 def _texts(block: pa.Table, fields: list[str]) -> pa.Array:
     parts = [pc.fill_null(block.column(f), "") for f in fields]
     return pc.binary_join_element_wise(*parts, "\n") if len(parts) > 1 else parts[0]
@@ -94,12 +90,12 @@ def _signature_task(index: int, config: NearDedupConfig, parts: int, block: pa.T
     sig = signatures(_texts(block, config.fields), config.num_perm, config.seed, config.shingling())
     keys = band_keys(sig, *config.banding())
     if not config.cross_language:
-        lang = _hash_strings(block.column(f"{config.fields[0]}_lang"))
+        lang = hash_strings(block.column(f"{config.fields[0]}_lang"))
         keys = (keys ^ lang[:, None]) * np.uint64(0x9E3779B97F4A7C15)
     has_tokens = ~(sig == np.iinfo(np.uint32).max).all(axis=1)  # a text without tokens matches nothing
     rows = np.flatnonzero(has_tokens)
     node = (np.int64(index) << ROW_BITS) | rows.astype(np.int64)
-    rank = _hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
+    rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
     bands = keys.shape[1]
     table = pa.table({
         "bucket": keys[rows].reshape(-1),
@@ -226,7 +222,7 @@ class NearDedup(DatasetStage):
             edges = exchange.submit(_bucket_task, [(None, parts, *exchange.column(band_parts, j)) for j in range(parts)], parts)
         labels, _ = connected_components(edges, parts)
         owned = exchange.submit(_by_owner_task, [(blocks, lab) for lab in labels], blocks)
-        priority = {name: i for i, name in enumerate(self.context.source_order)}
+        priority = self.config.ranks(self.context)
         members = exchange.submit(_members_task, [(parts, priority, blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)], parts)
         chosen = exchange.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(parts)], blocks)
         done = exchange.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1)
