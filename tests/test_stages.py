@@ -93,3 +93,16 @@ def test_dedup_priority_puts_named_sources_first():
     default = {r["id"]: r[DROP] for r in _stage("exact_dedup")(_batch(rows)).to_pylist()}
     preferred = {r["id"]: r[DROP] for r in _stage("exact_dedup", priority=["second"])(_batch(rows)).to_pylist()}
     assert default == {"a": None, "b": "exact_duplicate"} and preferred == {"a": "exact_duplicate", "b": None}
+
+
+def test_instruct_sets_source_then_task_instructions():
+    rows = [{"id": "a", "source": "first", "task": "retrieval", "query": "q"},
+            {"id": "b", "source": "second", "task": "retrieval", "query": "q"},
+            {"id": "c", "source": "second", "task": "classification", "query": "q", "instruction": "Given by the source"},
+            {"id": "d", "source": "second", "task": "sts", "query": "q"}]
+    config = dict(tasks={"retrieval": "Retrieve passages that answer the question", "classification": "Classify the text"},
+                  sources={"first": "Retrieve Wikipedia paragraphs that answer the question"})
+    out = [r["instruction"] for r in _stage("instruct", **config)(_batch(rows)).to_pylist()]
+    assert out == ["Retrieve Wikipedia paragraphs that answer the question", "Retrieve passages that answer the question", "Given by the source", None]
+    replaced = [r["instruction"] for r in _stage("instruct", overwrite=True, **config)(_batch(rows)).to_pylist()]
+    assert replaced[2] == "Classify the text" and replaced[3] is None
