@@ -1,7 +1,8 @@
 """Row accounting: every step's rows in, out and dropped (by reason), per source and language.
 
 Rows a step kept but flagged (e.g. `language_mismatch`, `cross_lingual`) are counted as kind
-`flagged`, by reason; flags are information and take no part in the balance.
+`flagged`, by reason (a flag may count several items: the mining stage counts removed candidates);
+flags are information and take no part in the balance.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def count_outcomes(step: str, files: list[str]) -> pl.DataFrame:
         .drop_nulls(FLAGS)
         .unnest(FLAGS)
         .group_by("source", pl.col("language").fill_null("und"), "reason")
-        .agg(pl.len().cast(pl.Int64).alias("rows"))
+        .agg(pl.col("count").fill_null(1).cast(pl.Int64).sum().alias("rows"))
         .with_columns(pl.lit("flagged").alias("kind"))
         .collect()
     )

@@ -42,9 +42,10 @@ COLUMNS = tuple(SCHEMA.names)
 # Columns that live only inside the run folder (stage checkpoints), never in the shards:
 # `_drop` is the reason a stage dropped the row (null = kept), `_detail` says more, `_raw` holds the
 # original bytes of a row that could not be parsed, `_lang` the language a source declared for the
-# row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger).
+# row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger:
+# `count` items, 1 when null; e.g. the mining stage counts the candidates each filter removed).
 DROP, DETAIL, RAW, DECLARED_LANG, FLAGS = "_drop", "_detail", "_raw", "_lang", "_flags"
-FLAG_TYPE = pa.struct([pa.field("reason", pa.string()), pa.field("language", pa.string())])
+FLAG_TYPE = pa.struct([pa.field("reason", pa.string()), pa.field("language", pa.string()), pa.field("count", pa.int32())])
 WORK_SCHEMA = pa.schema(
     list(SCHEMA)
     + [pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]

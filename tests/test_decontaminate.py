@@ -55,8 +55,8 @@ def test_exact_and_ngram_overlap_in_latin_and_han():
     assert out[1][DETAIL].startswith("positive: ") and "of its n-grams in evaluation set xquad_en" in out[1][DETAIL]
     flagged = _stage(action="flag", min_overlap=0.2)(_batch(rows)).to_pylist()
     assert all(r[DROP] is None for r in flagged)
-    assert [r[FLAGS] for r in flagged][:4] == [[{"reason": "eval_overlap:xquad_en", "language": "eng_Latn"}]] * 2 + [
-        [{"reason": "eval_overlap:xquad_zh", "language": "eng_Latn"}], [{"reason": "eval_overlap:xquad_en", "language": "eng_Latn"}]]
+    assert [r[FLAGS] for r in flagged][:4] == [[{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}]] * 2 + [
+        [{"reason": "eval_overlap:xquad_zh", "language": "eng_Latn", "count": None}], [{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}]]
 
 
 def test_eval_set_errors_name_the_problem(tmp_path):

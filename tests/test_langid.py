@@ -146,8 +146,8 @@ def test_stage_declared_language_policies_and_cross_lingual(sib_dev):
     v = results["verified", False]
     assert [r["query_lang"] for r in v] == ["eng_Latn", "deu_Latn", "eng_Latn"]
     assert v[0][FLAGS] is None or all(f["reason"] == "cross_lingual" for f in v[0][FLAGS])
-    assert {"reason": "language_mismatch", "language": "eng_Latn"} in v[1][FLAGS]
-    assert {"reason": "language_mismatch", "language": "spa_Latn"} in v[2][FLAGS]
+    assert {"reason": "language_mismatch", "language": "eng_Latn", "count": None} in v[1][FLAGS]
+    assert {"reason": "language_mismatch", "language": "spa_Latn", "count": None} in v[2][FLAGS]
     assert [r["cross_lingual"] for r in v] == [True, True, False]
     assert all(r[DROP] is None for r in v)
     vd = results["verified", True]
@@ -285,5 +285,5 @@ def test_negatives_set_label_and_one_mismatch_count_per_row(sib_dev):
     stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": src}))
     [out] = stage(_stage_batch(rows)).to_pylist()
     assert out["negatives_lang"] == "deu_Latn" and 0 < out["negatives_lang_conf"] <= 1
-    assert out[FLAGS] == [{"reason": "language_mismatch", "language": "eng_Latn"}]  # four wrong negatives, one count
+    assert out[FLAGS] == [{"reason": "language_mismatch", "language": "eng_Latn", "count": None}]  # four wrong negatives, one count
     assert out["cross_lingual"] is False
