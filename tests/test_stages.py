@@ -106,3 +106,33 @@ def test_instruct_sets_source_then_task_instructions():
     assert out == ["Retrieve Wikipedia paragraphs that answer the question", "Retrieve passages that answer the question", "Given by the source", None]
     replaced = [r["instruction"] for r in _stage("instruct", overwrite=True, **config)(_batch(rows)).to_pylist()]
     assert replaced[2] == "Classify the text" and replaced[3] is None
+
+
+def test_build_pairs_for_labelled_sts_and_nli_rows(shared_data):
+    with tarfile.open(shared_data / "sib200-train-dev.tar.xz", "r:xz") as tar:
+        f = io.TextIOWrapper(tar.extractfile("sib200/annotated/eng_Latn/dev.tsv"), "utf-8")
+        topics = [(r["text"], r["category"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:60]
+    rows = [{"id": f"t{i}", "source": "first", "task": "clustering", "query": t, "label": c, "origin": f"f:{i}"} for i, (t, c) in enumerate(topics)]
+    rows += [{"id": f"c{i}", "source": "second", "task": "classification", "query": t, "label": c, "origin": f"g:{i}"} for i, (t, c) in enumerate(topics)]
+    rows += [{"id": "lonely", "source": "first", "task": "clustering", "query": "one of a kind", "label": "unique", "origin": "f:x"},
+             {"id": "s1", "source": "first", "task": "sts", "query": "A man is dancing.", "positive": "A man dances.", "score": 4.6, "origin": "s:1"},
+             {"id": "s2", "source": "first", "task": "sts", "query": "A man is dancing.", "positive": "A cat sleeps.", "score": 0.4, "origin": "s:2"},
+             {"id": "n1", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "An animal is outside.", "label": "entailment", "origin": "n:1"},
+             {"id": "n2", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is asleep indoors.", "label": "contradiction", "origin": "n:2"},
+             {"id": "n3", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is brown.", "label": "neutral", "origin": "n:3"},
+             {"id": "n4", "source": "first", "task": "pair_classification", "query": "Rain.", "positive": "It is dry.", "label": "contradiction", "origin": "n:4"}]
+    descriptions = {"second": {"sports": "The text is about sports."}}
+    stage = _stage("build_pairs", label_descriptions=descriptions)
+    out = {r["id"]: r for r in stage(_batch(rows)).to_pylist()}
+    label_of = {**{t: c for t, c in topics}, "one of a kind": "unique"}
+    for i, (text, cat) in enumerate(topics):
+        clustered, classified = out[f"t{i}"], out[f"c{i}"]
+        assert clustered[DROP] is None and clustered["positive"] != text and label_of[clustered["positive"]] == cat
+        assert all(label_of[n] != cat for n in clustered["negatives"]) and len(clustered["negatives"]) == min(7, len(set(label_of.values())) - 1)  # one per other cluster
+        assert len(classified["negatives"]) == 1 and label_of[classified["negatives"][0]] != cat
+        assert classified["positive"] == "The text is about sports." if cat == "sports" else label_of[classified["positive"]] == cat
+    assert out["lonely"][DROP] == "no_positive"
+    assert out["s1"][DROP] is None and out["s2"][DROP] == "sts_low_score"
+    assert out["n1"][DROP] is None and out["n1"]["negatives"] == ["The dog is asleep indoors."]
+    assert (out["n2"][DROP], out["n3"][DROP], out["n4"][DROP]) == ("merged_into_pair", "neutral_pair", "no_entailment")
+    assert stage(_batch(rows)).to_pylist() == list(out.values())  # seeded: the same choices again
