@@ -53,6 +53,20 @@ def submit(fn: Callable[..., list[Any]], args: Sequence[tuple], returns: int) ->
     return [list(remote.remote(*a)) for a in args]
 
 
+def track(outputs: list[list[Any]], description: str) -> list[list[Any]]:
+    """Wait for a round, with a progress bar of its tasks unless the run is quiet (Ray Data's
+    progress-bar setting, which `--quiet` turns off). Returns `outputs`."""
+    import ray.data
+    from tqdm import tqdm
+
+    pending = [out[0] for out in outputs]
+    with tqdm(total=len(pending), desc=description, unit="task", disable=not ray.data.DataContext.get_current().enable_progress_bars) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
+            bar.update(len(done))
+    return outputs
+
+
 def column(outputs: list[list[Any]], j: int) -> list[Any]:
     """Part `j` of every producer: what task `j` of the next round receives."""
     return [out[j] for out in outputs]

@@ -212,12 +212,14 @@ class NearDedup(DatasetStage):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         parts = max(2 * cpus, math.ceil(rows * config.banding()[0] / BAND_ENTRIES_PER_PARTITION))
 
-        signed = exchange.submit(_signature_task, [(i, config, parts, b) for i, b in enumerate(blocks_in)], parts + 1)
+        signed = exchange.track(exchange.submit(_signature_task, [(i, config, parts, b) for i, b in enumerate(blocks_in)], parts + 1),
+                                "near_dedup: signatures")
         sigs, band_parts = [s[0] for s in signed], [s[1:] for s in signed]
         if config.verify:
             centred = exchange.submit(_bucket_task, [(blocks, parts, *exchange.column(band_parts, j)) for j in range(parts)], blocks)
             attached = exchange.submit(_attach_task, [(blocks, sigs[i], *exchange.column(centred, i)) for i in range(blocks)], blocks)
-            edges = exchange.submit(_verify_task, [(parts, config.threshold, sigs[i], *exchange.column(attached, i)) for i in range(blocks)], parts)
+            edges = exchange.track(exchange.submit(_verify_task, [(parts, config.threshold, sigs[i], *exchange.column(attached, i)) for i in range(blocks)], parts),
+                                   "near_dedup: candidate pairs")
         else:
             edges = exchange.submit(_bucket_task, [(None, parts, *exchange.column(band_parts, j)) for j in range(parts)], parts)
         labels, _ = connected_components(edges, parts)
@@ -225,5 +227,6 @@ class NearDedup(DatasetStage):
         priority = self.config.ranks(self.context)
         members = exchange.submit(_members_task, [(parts, priority, blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)], parts)
         chosen = exchange.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(parts)], blocks)
-        done = exchange.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1)
+        done = exchange.track(exchange.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1),
+                              "near_dedup: clusters")
         return ray.data.from_arrow_refs([d[0] for d in done])
