@@ -16,10 +16,13 @@ from pipeline.record import SCHEMA
 
 def write_card(manifest: Any, result: Any, ledger: pl.DataFrame) -> None:
     shards = result.shards
-    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/**/*.parquet"}]}]
+    # The tag in the patterns: `datasets` caches by config and patterns, not by file contents, so
+    # another run (or a re-run with other settings) in a folder of the same name must not match.
+    files = f"*-{result.shards_tag}.parquet"
+    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": f"shards/**/{files}"}]}]
     if manifest.shards.partition_by[0] == "source":
         for src in sorted({s["source"] for s in shards}):
-            configs.append({"config_name": src, "data_files": [{"split": "train", "path": f"shards/{src}/**/*.parquet"}]})
+            configs.append({"config_name": src, "data_files": [{"split": "train", "path": f"shards/{src}/**/{files}"}]})
     header = yaml.safe_dump({"configs": configs, "license": "other", "pretty_name": result.run_dir.name}, sort_keys=False, allow_unicode=True)
 
     rows_by_source: dict[str, int] = {}

@@ -51,6 +51,7 @@ class RunResult:
     run_dir: Path
     steps: list[StepResult] = field(default_factory=list)
     shards: list[dict[str, Any]] = field(default_factory=list)
+    shards_tag: str = ""  # in every shard's file name; see pipeline/shards.py
     seconds: float = 0.0
 
 
@@ -214,9 +215,10 @@ class Runner:
             if not shards_done:
                 self.log("writing shards")
                 out = shards_ckpt.begin()
-                written = write_shards(checkpoints[-1].files(), out, self.manifest.shards)
+                written = write_shards(checkpoints[-1].files(), out, self.manifest.shards, shards_fp[:8])
                 shards_ckpt.commit(shards_fp, {"shards": written})
             result.shards = shards_ckpt.marker()["shards"]  # type: ignore[index]
+            result.shards_tag = shards_fp[:8]
             result.seconds = time.perf_counter() - started
             write_card(self.manifest, result, ledger)
         return result

@@ -32,8 +32,10 @@ def _ranges(rows: int, rows_per_shard: int) -> int:
     return max(1, math.ceil(rows / (0.8 * rows_per_shard)))
 
 
-def write_shards(files: list[str], out: Path, settings: Any) -> list[dict[str, Any]]:
-    """Write kept rows of `files` under `out`; return one entry per shard file (path, rows, partition)."""
+def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
+    """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
+    shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
+    caches a local dataset by its file patterns, so other content must mean other names."""
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
@@ -54,7 +56,7 @@ def write_shards(files: list[str], out: Path, settings: Any) -> list[dict[str, A
             part = pl.read_parquet(path).sort("id", "origin").to_arrow().cast(SCHEMA)
             for start in range(0, part.num_rows, settings.rows_per_shard):
                 chunk = part.slice(start, settings.rows_per_shard)
-                target = folder / f"part-{shard:05d}.parquet"
+                target = folder / f"part-{shard:05d}-{tag}.parquet"
                 tmp = target.with_suffix(".parquet.tmp")
                 pq.write_table(chunk, tmp, compression=compression, compression_level=settings.compression_level)
                 os.replace(tmp, target)

@@ -39,7 +39,8 @@ def stage1_sources(xquad_glob: str = "*.jsonl.gz", bitext_glob: str = "*.tsv.gz"
     ]
 
 
-STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]}]
+STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
+                 {"stage": "near_dedup", "fields": ["query", "positive"]}]
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

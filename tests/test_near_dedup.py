@@ -174,3 +174,17 @@ def test_run_finds_the_planted_clusters_and_a_two_node_cluster_gives_identical_s
     ledger = pl.read_parquet(runs["local"] / "ledger.parquet").filter(step="02-near_dedup")
     assert ledger.filter(kind="dropped", reason="near_duplicate")["rows"].sum() == len(rows) - shards.height
     assert shards["near_dup_count"].sum() == len(rows)
+
+
+def test_several_fields_must_all_be_alike(ray_local):
+    passage = ("The Panthers defense gave up just 308 points, ranking sixth in the league, while also leading the NFL in "
+               "interceptions with 24 and boasting four Pro Bowl selections.")
+    rows = [("a", "How many points did the Panthers defense surrender?", passage),
+            ("b", "How many interceptions did the Panthers defense make?", passage),  # same passage, another question
+            ("c", "How many points did the Panthers' defense surrender?", passage + " Source: Wikipedia."),  # both alike
+            ("d", "How many points did the Panthers defense surrender?", "An unrelated passage about the weather in Paris in May.")]
+    table = pa.Table.from_pylist([{"id": i, "source": "early", "task": "retrieval", "query": q, "positive": p, "licence": "x", "origin": f"f:{i}",
+                                   "query_lang": "eng_Latn"} for i, q, p in rows], schema=WORK_SCHEMA)
+    both = _run(table, blocks=2, fields=["query", "positive"])
+    assert both.filter(pl.col(DROP).is_not_null())["id"].to_list() == ["c"]
+    assert _run(table, blocks=2, fields=["positive"]).filter(pl.col(DROP).is_not_null())["id"].to_list() == ["b", "c"]  # passage alone

@@ -39,11 +39,12 @@ def test_run_folder_ledger_and_readers(stage1_run):
         assert (stage1_run / name).exists(), name
     ledger = pl.read_parquet(stage1_run / "ledger.parquet")
     per_step = ledger.group_by("step", "source", "kind").agg(pl.col("rows").sum()).pivot("kind", index=["step", "source"], values="rows").fill_null(0)
-    assert per_step.height == 8  # 4 steps x 2 sources
+    assert per_step.height == 10  # 5 steps x 2 sources
     assert (per_step["in"] == per_step["out"] + per_step["dropped"]).all()
     ingest_in = ledger.filter(step="00-ingest", kind="in")["rows"].sum()
     assert ingest_in == 8 * 1190 + 37 * 250  # every line of every sample file
-    final_out = ledger.filter(step="03-exact_dedup", kind="out")["rows"].sum()
+    final_out = ledger.filter(step="04-near_dedup", kind="out")["rows"].sum()
+    assert 0 < ledger.filter(step="04-near_dedup", kind="dropped", reason="near_duplicate")["rows"].sum() < 0.02 * final_out
 
     import datasets
 
@@ -77,7 +78,7 @@ def test_run_folder_ledger_and_readers(stage1_run):
 def test_rerun_is_a_no_op_and_changed_settings_rerun_from_that_stage(stage1_run, tmp_path):
     before = shard_digests(stage1_run)
     again = run_cli("run", str(stage1_run.parent / "manifest.yaml"), "--quiet")
-    assert again.returncode == 0 and again.stdout.count("(done before)") == 4
+    assert again.returncode == 0 and again.stdout.count("(done before)") == 5
     assert shard_digests(stage1_run) == before
 
 
@@ -126,3 +127,21 @@ def test_same_manifest_on_a_two_node_loopback_cluster(stage1_run, loopback_clust
     result = run_cli("run", str(_stage1(tmp_path)), "--quiet", "--ray-address", loopback_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard_digests(tmp_path / "run") == shard_digests(stage1_run)
+
+
+def test_datasets_reads_each_run_not_a_cached_one(tmp_path):
+    """`datasets` caches local datasets by folder name and file patterns: two runs in folders of the
+    same name, with different rows, must each load their own rows."""
+    import datasets
+
+    loaded = []
+    for name, lines in (("a", ["Where is the Eiffel Tower?"]), ("b", ["What is MRL?", "Who wrote Faust?"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        data = folder / "q.jsonl"
+        data.write_text("".join(json.dumps({"question": q, "context": "a passage"}) + "\n" for q in lines), encoding="utf-8")
+        sources = [{"name": "s", "task": "retrieval", "path": str(data), "columns": {"query": "question", "positive": "context"}, "licence": "CC0-1.0"}]
+        result = run_cli("run", str(write_manifest(folder, sources, [])), "--quiet")
+        assert result.returncode == 0, result.stderr[-3000:]
+        loaded.append(sorted(datasets.load_dataset(str(folder / "run"), split="train")["query"]))
+    assert loaded == [["Where is the Eiffel Tower?"], ["What is MRL?", "Who wrote Faust?"]]

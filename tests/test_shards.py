@@ -37,15 +37,16 @@ def test_shards_hold_every_kept_row_once_sorted_and_do_not_depend_on_input_layou
         rows.append({"id": record_id({"task": "retrieval", "query": query}), "source": "a" if i % 4 else "b", "task": "retrieval",
                      "query": query, "licence": "x", "origin": f"f:{i}", DROP: "exact_duplicate" if i % 10 == 0 else None})
     settings = ShardSettings(rows_per_shard=250)
-    first = write_shards(_checkpoint(tmp_path / "in1", rows, 3), tmp_path / "out1", settings)
+    first = write_shards(_checkpoint(tmp_path / "in1", rows, 3), tmp_path / "out1", settings, "t4g")
     rng.shuffle(rows)
-    second = write_shards(_checkpoint(tmp_path / "in2", rows, 7)[::-1], tmp_path / "out2", settings)
+    second = write_shards(_checkpoint(tmp_path / "in2", rows, 7)[::-1], tmp_path / "out2", settings, "t4g")
     assert _digests(tmp_path / "out1") == _digests(tmp_path / "out2") and first == second
     table = pq.read_table(tmp_path / "out1")
     kept = [r for r in rows if r[DROP] is None]
     assert sorted(table["origin"].to_pylist()) == sorted(r["origin"] for r in kept)
     assert not (tmp_path / "out1" / "_spill").exists()
     for entry in first:
+        assert entry["path"].endswith("-t4g.parquet")
         part = pq.read_table(tmp_path / "out1" / entry["path"])
         assert 0 < part.num_rows <= 250 and part.num_rows == entry["rows"]
         assert part["id"].to_pylist() == sorted(part["id"].to_pylist()) and set(part["source"].to_pylist()) == {entry["source"]}

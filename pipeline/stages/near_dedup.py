@@ -2,15 +2,15 @@
 
 The work is a chain of Ray task rounds over the blocks of the dataset (`pipeline/exchange.py`):
 
-1. signatures: per block, MinHash signatures of the chosen fields (`pipeline/minhash.py`) and one
-   LSH bucket key per band (mixed with the row's language unless `cross_language`). The signatures
+1. signatures: per block, MinHash signatures of each chosen field (`pipeline/minhash.py`) and one
+   LSH bucket key per band of the first field (mixed with the row's language unless `cross_language`). The signatures
    stay in the object store beside their block; only (bucket, node) pairs travel, partitioned by
    bucket. A node is `block << 32 | row`, so anything about a node can be sent back to its block.
 2. buckets: rows sharing a bucket are candidates. Each is linked to the bucket's centre (the member
    with the smallest content-hash rank, so the choice does not depend on how rows were blocked).
 3. verification (`verify`): each candidate edge visits the centre's block, then the other node's
    block, picking up both signatures; it is kept when they agree on at least `threshold` of their
-   hashes (the estimated Jaccard similarity), exactly as `python -m pipeline dedup-eval` scores.
+   hashes (the estimated Jaccard similarity) in every field, as `python -m pipeline dedup-eval` scores.
 4. connected components of the verified edges (`pipeline/components.py`).
 5. representative: per component, the row of the first source in `priority` (default: manifest
    order), then the smallest id (then origin) is kept and gets `near_dup_count` = component size; the others are
@@ -41,8 +41,9 @@ BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node, rank) rows per bucket t
 class NearDedupConfig(DedupConfig):
     stage: Literal["near_dedup"]
     fields: list[Literal["query", "positive"]] = Field(
-        default_factory=lambda: ["query"], min_length=1, description="Fields compared (joined by a line break)."
-    )
+        default_factory=lambda: ["query"], min_length=1, description=(
+            "Fields compared, each on its own: two rows are near duplicates when every field is (so retrieval "
+            "rows sharing a passage but asking different questions are not)."))
     shingles: Literal["auto", "words", "chars"] = Field("auto", description="auto: words, or characters for unspaced scripts.")
     n_words: int = Field(3, ge=1)
     n_chars: int = Field(3, ge=1)
@@ -55,7 +56,7 @@ class NearDedupConfig(DedupConfig):
     fp_weight: float | None = Field(None, gt=0, lt=1, description=(
         "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
         "(verification removes false candidates, nothing brings back a miss), else 0.5."))
-    verify: bool = Field(True, description="Keep only candidate pairs whose signatures agree on >= threshold.")
+    verify: bool = Field(True, description="Keep only candidate pairs whose signatures agree on >= threshold (in every field; unverified, only the first field decides).")
     cross_language: bool = Field(False, description="Compare rows of different languages too.")
     seed: int = 1
 
@@ -80,19 +81,15 @@ class NearDedupConfig(DedupConfig):
 # --- the task rounds (each runs as a Ray task; see the module docstring) -----------------------------
 
 
-def _texts(block: pa.Table, fields: list[str]) -> pa.Array:
-    parts = [pc.fill_null(block.column(f), "") for f in fields]
-    return pc.binary_join_element_wise(*parts, "\n") if len(parts) > 1 else parts[0]
-
-
 def _signature_task(index: int, config: NearDedupConfig, parts: int, block: pa.Table) -> list[Any]:
-    """[signatures of the block, *(bucket, node, rank) tables by bucket partition]."""
-    sig = signatures(_texts(block, config.fields), config.num_perm, config.seed, config.shingling())
-    keys = band_keys(sig, *config.banding())
+    """[signatures of the block (the fields' side by side), *(bucket, node, rank) tables by bucket
+    partition]. Buckets come from the first field: rows alike in every field are alike in it."""
+    sig = np.hstack([signatures(block.column(f), config.num_perm, config.seed, config.shingling()) for f in config.fields])
+    keys = band_keys(sig[:, : config.num_perm], *config.banding())
     if not config.cross_language:
         lang = hash_strings(block.column(f"{config.fields[0]}_lang"))
         keys = (keys ^ lang[:, None]) * np.uint64(0x9E3779B97F4A7C15)
-    has_tokens = ~(sig == np.iinfo(np.uint32).max).all(axis=1)  # a text without tokens matches nothing
+    has_tokens = ~(sig[:, : config.num_perm] == np.iinfo(np.uint32).max).all(axis=1)  # a text without tokens matches nothing
     rows = np.flatnonzero(has_tokens)
     node = (np.int64(index) << ROW_BITS) | rows.astype(np.int64)
     rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
@@ -139,12 +136,13 @@ def _attach_task(blocks: int, sig: np.ndarray, *tables: pa.Table) -> list[pa.Tab
     return exchange.split(with_sig, _owner(edges.column("v").to_numpy()), blocks)
 
 
-def _verify_task(parts: int, threshold: float, sig: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
-    """Edges whose other node lives in this block: kept when the two signatures agree enough."""
+def _verify_task(parts: int, config: NearDedupConfig, sig: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
+    """Edges whose other node lives in this block: kept when the signatures agree enough in every field."""
     edges = exchange.concat(tables)
     v = edges.column("v").to_numpy()
     sig_u = pc.list_flatten(edges.column("sig_u")).to_numpy().reshape(len(v), sig.shape[1])
-    keep = (sig_u == sig[_row(v)]).mean(axis=1) >= threshold
+    agreement = (sig_u == sig[_row(v)]).reshape(len(v), len(config.fields), config.num_perm).mean(axis=2)
+    keep = agreement.min(axis=1) >= config.threshold
     return route_undirected(edges.select(["u", "v"]).filter(pa.array(keep)), parts)
 
 
@@ -218,7 +216,7 @@ class NearDedup(DatasetStage):
         if config.verify:
             centred = exchange.submit(_bucket_task, [(blocks, parts, *exchange.column(band_parts, j)) for j in range(parts)], blocks)
             attached = exchange.submit(_attach_task, [(blocks, sigs[i], *exchange.column(centred, i)) for i in range(blocks)], blocks)
-            edges = exchange.track(exchange.submit(_verify_task, [(parts, config.threshold, sigs[i], *exchange.column(attached, i)) for i in range(blocks)], parts),
+            edges = exchange.track(exchange.submit(_verify_task, [(parts, config, sigs[i], *exchange.column(attached, i)) for i in range(blocks)], parts),
                                    "near_dedup: candidate pairs")
         else:
             edges = exchange.submit(_bucket_task, [(None, parts, *exchange.column(band_parts, j)) for j in range(parts)], parts)
