@@ -1,0 +1,94 @@
+"""Mixing: per-source caps and per-language temperature sampling, seeded, without gathering rows.
+
+Counts per (source, language) are aggregated first (a small table). Each row then gets a uniform
+number from a hash of (seed, id, origin) and is kept when it falls below its group's keep rate, so
+the choice is reproducible, independent of blocking, and needs no second pass over the data.
+Caps and targets are met in expectation (a binomial spread of about sqrt(n) rows).
+
+- `max_rows_per_source` (ML-Embed caps every source at 80,000 rows): rate cap / n for a larger source.
+- `temperature_alpha`: target language shares p_l ~ n_l^alpha (alpha < 1 flattens the mixture).
+  Rows are never repeated, so a language can only shrink: rates are min(1, T p_l / n_l) with T the
+  total after caps, and the realised shares (in the ledger) approach the targets from above for
+  small languages. The plan (counts, targets, rates) is written to `mix_plan.json` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from pipeline.arrow_utils import replace_column, set_where
+from pipeline.minhash import hash_strings
+from pipeline.record import DROP
+from pipeline.stage import DatasetStage, StageConfig, register
+
+
+class MixConfig(StageConfig):
+    stage: Literal["mix"]
+    max_rows_per_source: int | None = Field(None, ge=1, description="Cap per source (rows kept in expectation).")
+    temperature_alpha: float | None = Field(None, gt=0, le=1, description="Language shares ~ n^alpha; none: keep shares.")
+    seed: int = 0
+
+
+def plan_rates(counts: list[dict[str, Any]], config: MixConfig) -> list[dict[str, Any]]:
+    """Keep rates per (source, language) from their row counts; each entry gains `cap_rate`,
+    `language_rate`, `target_share` (of its language) and `rate`."""
+    per_source: dict[str, int] = {}
+    for c in counts:
+        per_source[c["source"]] = per_source.get(c["source"], 0) + c["rows"]
+    for c in counts:
+        cap = config.max_rows_per_source
+        c["cap_rate"] = min(1.0, cap / per_source[c["source"]]) if cap else 1.0
+    capped: dict[str, float] = {}
+    for c in counts:
+        capped[c["language"]] = capped.get(c["language"], 0.0) + c["rows"] * c["cap_rate"]
+    total = sum(capped.values())
+    alpha = config.temperature_alpha or 1.0
+    weights = {lang: n**alpha for lang, n in capped.items()}
+    norm = sum(weights.values())
+    for c in counts:
+        target = weights[c["language"]] / norm if norm else 0.0
+        c["target_share"] = target
+        c["language_rate"] = min(1.0, total * target / capped[c["language"]]) if capped[c["language"]] else 1.0
+        c["rate"] = c["cap_rate"] * c["language_rate"]
+    return counts
+
+
+def _uniform(batch: pa.Table, seed: int) -> np.ndarray:
+    keys = pc.binary_join_element_wise(pa.scalar(str(seed)), batch.column("id"), batch.column("origin"), "\x1f")
+    return (hash_strings(keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _sample(batch: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], seed: int) -> pa.Table:
+    u = _uniform(batch, seed)
+    langs = pc.fill_null(batch.column("query_lang"), "und").to_pylist()
+    cap, lang = np.array([rates[(s, l)] for s, l in zip(batch.column("source").to_pylist(), langs)]).reshape(-1, 2).T
+    over_cap = u >= cap
+    over_language = ~over_cap & (u >= cap * lang)
+    drop = set_where(batch.column(DROP), pa.array(over_cap), "mix_source_cap")
+    return replace_column(batch, DROP, set_where(drop, pa.array(over_language), "mix_language_temperature"))
+
+
+@register
+class Mix(DatasetStage):
+    name = "mix"
+    config_model = MixConfig
+    config: MixConfig
+
+    def plan(self, ds: Any, rows: int) -> Any:
+        grouped = ds.map_batches(_group_columns, batch_format="pyarrow").groupby(["source", "language"]).count()
+        counts = [{"source": r["source"], "language": r["language"], "rows": int(r["count()"])} for r in grouped.take_all()]
+        planned = plan_rates(sorted(counts, key=lambda c: (c["source"], c["language"])), self.config)
+        self.context.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.context.run_dir / "mix_plan.json").write_text(json.dumps(planned, indent=1), encoding="utf-8")
+        rates = {(c["source"], c["language"]): (c["cap_rate"], c["language_rate"]) for c in planned}
+        return ds.map_batches(_sample, batch_format="pyarrow", fn_args=(rates, self.config.seed))
+
+
+def _group_columns(batch: pa.Table) -> pa.Table:
+    return pa.table({"source": batch.column("source"), "language": pc.fill_null(batch.column("query_lang"), "und")})
