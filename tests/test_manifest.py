@@ -15,6 +15,8 @@ def test_shipped_manifest_is_valid():
     assert [s.name for s in manifest.sources] == ["xquad_r", "sib200_bitext"]
     assert [s.stage for s in manifest.stages] == ["normalize", "langid", "exact_dedup", "near_dedup"]
     assert manifest.output == str((ROOT / "runs" / "stage1").resolve())
+    stage2 = load_manifest(ROOT / "manifests" / "stage2.yaml")
+    assert {s.task for s in stage2.sources} == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}
 
 
 def _error(tmp_path, text: str) -> str:

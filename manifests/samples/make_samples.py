@@ -28,6 +28,13 @@ BITEXT_LANGS = (
 )
 BITEXT_ROWS = 250
 STS_LANGS = ("de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "zh")
+# Topic classification: SIB-200 dev (7 topics) in English and the bitext languages; topic
+# clustering: SIB-200 train in a few languages (other sentences than the classification sample).
+TOPIC_LANGS = ("eng_Latn",) + BITEXT_LANGS
+CLUSTER_LANGS = ("eng_Latn", "arb_Arab", "zho_Hans", "hin_Deva", "rus_Cyrl", "swh_Latn", "tha_Thai", "yor_Latn")
+# STS test pairs (not the dev pairs of the STS sample) as pair classification: paraphrase
+# (score >= 4) or not (score <= 1).
+PAIR_LANGS = ("de", "en", "es", "fr", "ja", "ru", "zh")
 
 
 def _gzip(path: Path, text: str) -> None:
@@ -77,13 +84,37 @@ def sts(tar: tarfile.TarFile) -> None:
         (out / f"stsb-{lang}-dev.csv.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(raw))
 
 
+def topics(tar: tarfile.TarFile) -> None:
+    for folder, split, codes in (("sib200_topics", "dev", TOPIC_LANGS), ("sib200_clusters", "train", CLUSTER_LANGS)):
+        out = HERE / folder
+        out.mkdir(exist_ok=True)
+        for code in codes:
+            raw = tar.extractfile(f"sib200/annotated/{code}/{split}.tsv").read()
+            _gzip(out / f"{code}.tsv.gz", raw.decode("utf-8"))
+
+
+def pairs(tar: tarfile.TarFile) -> None:
+    out = HERE / "stsb_pairs"
+    out.mkdir(exist_ok=True)
+    for lang in PAIR_LANGS:
+        rows = csv.reader(io.TextIOWrapper(tar.extractfile(f"stsb-multi-mt/stsb-{lang}-test.csv"), "utf-8"))
+        lines = []
+        for s1, s2, score in rows:
+            label = "paraphrase" if float(score) >= 4 else "not_paraphrase" if float(score) <= 1 else None
+            if label:
+                lines.append(json.dumps({"sentence1": s1, "sentence2": s2, "label": label}, ensure_ascii=False))
+        _gzip(out / f"{lang}.jsonl.gz", "\n".join(lines) + "\n")
+
+
 def main(data: Path) -> None:
     with tarfile.open(data / "xquad-r-dev.tar.xz", "r:xz") as tar:
         xquad(tar)
     with tarfile.open(data / "sib200-train-dev.tar.xz", "r:xz") as tar:
         bitext(tar)
+        topics(tar)
     with tarfile.open(data / "stsb-multi-mt.tar.xz", "r:xz") as tar:
         sts(tar)
+        pairs(tar)
 
 
 if __name__ == "__main__":
