@@ -1,4 +1,4 @@
-"""`python -m pipeline run|validate|schema|dedup-eval`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
+"""`python -m pipeline run|validate|schema|dedup-eval|export`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)")
     de.add_argument("--json", help="write the figures here")
+    ex = sub.add_parser("export", help="write a run's shards as flat query, passage, negative_1..N Parquet")
+    ex.add_argument("run_dir")
+    ex.add_argument("out")
+    ex.add_argument("--negatives", type=int, help="negative columns (default: the longest list)")
+    ex.add_argument("--template", help='join instructions to queries, e.g. "Instruct: {instruction}\\nQuery: {query}"')
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
@@ -35,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dedup-eval":
         return _dedup_eval(args)
+    if args.command == "export":
+        from pipeline.export import export
+
+        template = args.template.replace("\\n", "\n") if args.template else None
+        rows = export(args.run_dir, args.out, args.negatives, template)
+        console.print(f"{rows:,} rows written under {args.out}")
+        return 0
     try:
         manifest = load_manifest(args.manifest)
     except ManifestError as exc:
