@@ -9,7 +9,6 @@ sorted by (id, origin) and written as one shard (or more, should a range overflo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -28,10 +27,6 @@ def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
-def _ranges(rows: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(rows / (0.8 * rows_per_shard)))
-
-
 def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
@@ -39,7 +34,8 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[d
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
-    plan = counts.with_columns(pl.col("_rows").map_elements(lambda n: _ranges(n, settings.rows_per_shard), pl.Int64).alias("_ranges"))
+    ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
+    plan = counts.with_columns(ranges.alias("_ranges"))
     spill = out / "_spill"
     _spill(files, keys, plan, spill)
     compression = None if settings.compression == "none" else settings.compression

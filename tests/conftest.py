@@ -49,6 +49,17 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded two-CPU Ray for tests that call a stage's Ray plan directly."""
+    from pipeline import ray_cluster
+
+    started = ray_cluster.start(None, 2, None, True)
+    yield
+    if started:
+        ray_cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

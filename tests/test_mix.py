@@ -27,16 +27,6 @@ def test_rates_cap_sources_and_flatten_languages():
     assert flat[0]["rate"] < 1.0 and flat[2]["rate"] == 1.0  # only what is over its target shrinks
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from pipeline import ray_cluster
-
-    started = ray_cluster.start(None, 2, None, True)
-    yield
-    if started:
-        ray_cluster.stop()
-
-
 def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
     import ray
     import ray.data

@@ -21,16 +21,6 @@ from pipeline.stages.near_dedup import NearDedup, NearDedupConfig
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    from pipeline import ray_cluster
-
-    started = ray_cluster.start(None, 2, None, True)
-    yield
-    if started:
-        ray_cluster.stop()
-
-
-@pytest.fixture(scope="module")
 def planted(shared_data) -> tuple[pa.Table, dict[str, str]]:
     rows = planted_corpus(shared_data, texts=50)
     records = [{"id": f"{i:06d}", "source": "late" if i % 3 else "early", "task": "retrieval", "query": r["text"], "licence": "x",

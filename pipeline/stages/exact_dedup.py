@@ -48,16 +48,21 @@ class ExactDedup(ShuffleStage):
             parts.append(pc.utf8_lower(col) if self.config.casefold else col)
         return pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
 
+    @staticmethod
+    def _hash(key_text: pa.Array) -> list[int]:
+        return [xxhash.xxh3_64_intdigest(k.encode()) for k in key_text.to_pylist()]
+
     def key(self, batch: pa.Table) -> pa.Array:
         # Only for partitioning: the grouping below compares the full key text, so a hash collision
         # can put two keys in one partition but never merge them.
-        return pa.array([xxhash.xxh3_64_intdigest(k.encode()) for k in self._key_text(batch).to_pylist()], pa.uint64())
+        return pa.array(self._hash(self._key_text(batch)), pa.uint64())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         priority = self.config.ranks(self.context)
+        key_text = self._key_text(batch)
         df = pl.from_arrow(batch).with_columns(
-            pl.Series("_k", self._key_text(batch)),
-            pl.Series("dup_cluster", [f"{k:016x}" for k in self.key(batch).to_pylist()], pl.String),
+            pl.Series("_k", key_text),
+            pl.Series("dup_cluster", [f"{k:016x}" for k in self._hash(key_text)], pl.String),
             pl.col("source").replace_strict(priority, return_dtype=pl.Int32).alias("_prio"),
         )
         df = df.sort("_k", "_prio", "id", "origin").with_columns(

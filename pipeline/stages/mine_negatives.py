@@ -54,6 +54,14 @@ class MineNegativesConfig(StageConfig):
         return self.num_negatives if isinstance(self.num_negatives, int) else self.num_negatives.get(task, 0)
 
 
+def _top(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the `depth` best scores, best first, ties by index (as a full stable sort gives),
+    without sorting the whole pool."""
+    kth = np.partition(scores, len(scores) - depth)[len(scores) - depth]
+    candidates = np.flatnonzero(scores >= kth)
+    return candidates[np.argsort(-scores[candidates], kind="stable")][:depth]
+
+
 @register
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
@@ -100,7 +108,7 @@ class MineNegatives(ShuffleStage):
             if not q:
                 continue
             scores = retriever.get_scores(q)
-            ranked = np.argsort(-scores, kind="stable")[:depth]
+            ranked = _top(scores, depth)
             pos = index[rows[i]["positive"]]
             removed = dict.fromkeys(FILTERS, 0)
             survivors = []

@@ -35,6 +35,7 @@ from pipeline.record import DETAIL, DROP
 from pipeline.stage import DatasetStage, DedupConfig, register
 
 ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
 BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node, rank) rows per bucket task: ~100 MB
 
 
@@ -107,7 +108,7 @@ def _owner(nodes: np.ndarray) -> np.ndarray:
 
 
 def _row(nodes: np.ndarray) -> np.ndarray:
-    return nodes & ((1 << ROW_BITS) - 1)
+    return nodes & ROW_MASK
 
 
 def _bucket_task(blocks: int | None, parts: int, *tables: pa.Table) -> list[pa.Table]:
@@ -177,7 +178,7 @@ def _choose_task(blocks: int, *tables: pa.Table) -> list[pa.Table]:
 
 def _filter_task(block: pa.Table, *tables: pa.Table) -> list[pa.Table]:
     """The block with its duplicates marked and its representatives' cluster sizes."""
-    chosen = pl.from_arrow(exchange.concat(tables)).with_columns((pl.col("node") & ((1 << ROW_BITS) - 1)).alias("_row"))
+    chosen = pl.from_arrow(exchange.concat(tables)).with_columns((pl.col("node") & ROW_MASK).alias("_row"))
     df = pl.from_arrow(block).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     df = df.join(chosen, on="_row", how="left", maintain_order="left")
     is_dup = pl.col("kept_node").is_not_null() & (pl.col("kept_node") != pl.col("node"))
