@@ -27,6 +27,15 @@ def test_rates_cap_sources_and_flatten_languages():
     assert flat[0]["rate"] < 1.0 and flat[2]["rate"] == 1.0  # only what is over its target shrinks
 
 
+def test_without_temperature_and_under_the_cap_every_rate_is_exactly_one():
+    # Counts whose shares do not round-trip in floating point (total * n / total / n != 1).
+    counts = [{"source": f"s{i % 2}", "language": f"l{i}", "rows": n} for i, n in enumerate([3076, 15987, 929, 12774, 14181])]
+    total = float(sum(c["rows"] for c in counts))
+    assert total * (3076 / total) / 3076 < 1.0
+    planned = plan_rates(counts, MixConfig(stage="mix", max_rows_per_source=80_000))
+    assert all(c["rate"] == 1.0 for c in planned)
+
+
 def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
     import ray
     import ray.data

@@ -52,9 +52,13 @@ def plan_rates(counts: list[dict[str, Any]], config: MixConfig) -> list[dict[str
     weights = {lang: n**alpha for lang, n in capped.items()}
     norm = sum(weights.values())
     for c in counts:
+        n = capped[c["language"]]
         target = weights[c["language"]] / norm if norm else 0.0
         c["target_share"] = target
-        c["language_rate"] = min(1.0, total * target / capped[c["language"]]) if capped[c["language"]] else 1.0
+        # Without a temperature every language keeps its share: rate exactly 1, not a float that
+        # rounds to 0.9999999 and drops a row or two.
+        sampled = config.temperature_alpha is not None and n > 0
+        c["language_rate"] = min(1.0, total * target / n) if sampled else 1.0
         c["rate"] = c["cap_rate"] * c["language_rate"]
     return counts
 
