@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,7 +132,8 @@ class Runner:
         for i, config in enumerate(self.manifest.stages, start=1):
             cls = STAGES[config.stage]
             fp = fingerprint(fp, cls.name, cls.version, config.model_dump(mode="json"))
-            steps.append(_Step(f"{i:02d}-{cls.name}", fp, self._stage_builder(cls, config)))
+            name = f"{i:02d}-{cls.name}"
+            steps.append(_Step(name, fp, self._stage_builder(cls, config, self._work_dir(name, fp))))
         return steps
 
     @staticmethod
@@ -143,8 +144,12 @@ class Runner:
         except OSError:  # a hub dataset id: nothing local to fingerprint
             return 0, 0
 
-    def _stage_builder(self, cls: type[Stage], config: Any) -> Callable[[list[str], int], Any]:
-        args = (cls, config, self.context)
+    def _work_dir(self, step: str, fp: str) -> Path:
+        return self.run_dir / "work" / f"{step}-{fp[:12]}"
+
+    def _stage_builder(self, cls: type[Stage], config: Any, work_dir: Path) -> Callable[[list[str], int], Any]:
+        context = replace(self.context, work_dir=work_dir)
+        args = (cls, config, context)
 
         def build(files: list[str], rows: int) -> Any:
             import ray.data
@@ -152,10 +157,11 @@ class Runner:
             ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(2 * int(self.cpus), len(files)))
             if issubclass(cls, DatasetStage):
                 kept = ds.map_batches(_kept, batch_format="pyarrow", batch_size=BATCH_ROWS)
-                return cls(config, self.context).plan(kept, rows).map_batches(_to_work_schema, batch_format="pyarrow", batch_size=None)
+                return cls(config, context).plan(kept, rows).map_batches(_to_work_schema, batch_format="pyarrow", batch_size=None)
             if issubclass(cls, ShuffleStage):
                 partitions = max(int(self.cpus), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
                 ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
+                ds = cls(config, context).prepare(ds)
                 ds = ds.repartition(partitions, keys=["_key"])
                 # batch_size=None: a whole partition per call, so every row of a key is seen together.
                 return ds.map_batches(_apply, batch_format="pyarrow", fn_args=args, batch_size=None)
@@ -178,6 +184,8 @@ class Runner:
             checkpoints = [Checkpoint(stages_dir, s.name) for s in steps]
             first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
             self._remove_stale(stages_dir, {s.name for s in steps[:first_todo]})
+            # A step's work folder is kept only while the same step (same fingerprint) is unfinished.
+            self._remove_stale(self.run_dir / "work", {self._work_dir(s.name, s.fingerprint).name for s in steps[first_todo:]})
             shards_fp = fingerprint(steps[-1].fingerprint, self.manifest.shards.model_dump(mode="json"))
             shards_done = first_todo == len(steps) and Checkpoint(self.run_dir, "shards").is_done(shards_fp)
 
@@ -242,6 +250,9 @@ class Runner:
         ledger_mod.check_balance(part)
         part.write_parquet(out / "_ledger.parquet")
         ckpt.commit(step.fingerprint, {"seconds": time.perf_counter() - started})
+        shutil.rmtree(self._work_dir(step.name, step.fingerprint), ignore_errors=True)
+        if (self.run_dir / "work").is_dir() and not any((self.run_dir / "work").iterdir()):
+            (self.run_dir / "work").rmdir()
 
     @staticmethod
     def _step_result(name: str, part: pl.DataFrame, ckpt: Checkpoint, resumed: bool) -> StepResult:

@@ -64,6 +64,10 @@ class RunContext:
     run_dir: Path
     source_order: tuple[str, ...]  # sources in manifest order, e.g. for deterministic priorities
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)  # by name: declared languages...
+    # The step's own scratch folder: partial results kept here survive a crash, so a re-run can
+    # skip finished work units (mining shards); named by the step's fingerprint, removed when the
+    # step's checkpoint commits.
+    work_dir: Path | None = None
 
 
 class Stage:
@@ -92,6 +96,11 @@ class ShuffleStage(Stage):
 
     def key(self, batch: pa.Table) -> pa.Array:
         raise NotImplementedError
+
+    def prepare(self, ds: Any) -> Any:
+        """Dataset-level work before the shuffle, on the kept rows (e.g. embedding them in an actor
+        pool); columns it adds travel with the rows to `__call__`. Default: nothing."""
+        return ds
 
 
 class DatasetStage(Stage):

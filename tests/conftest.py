@@ -67,6 +67,31 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a crash or an OOM kill of the machine
+    would. Ray's worker processes are children of the raylet but lead their own process groups, so
+    killing the driver's group alone leaves workers running (and writing) until they notice."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def shard_digests(run_dir: Path) -> dict[str, str]:
     """SHA-256 of every shard file of a run, by path: equal digests mean byte-identical output."""
     shards = run_dir / "shards"
@@ -98,3 +123,32 @@ def loopback_cluster():
         yield address
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """A small BERT-style encoder with a WordPiece vocabulary trained on the XQuAD-R sample, built
+    locally (tests may not download a model). Untrained weights rank at random, so its layers are
+    made pass-through (zero position embeddings and residual branches): it then embeds a text as the
+    mean of its normalised token vectors, a lexical retriever, which ranks like a weak real model."""
+    import gzip
+    import json
+
+    import torch
+    from transformers import BertModel
+
+    from train.small_model import build_small_model
+
+    texts = [json.loads(line)[k] for lang in ("en", "de", "zh") for line in gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt")
+             for k in ("question", "context")]
+    path = build_small_model(texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2)
+    model = BertModel.from_pretrained(path)
+    with torch.no_grad():
+        model.embeddings.position_embeddings.weight.zero_()
+        model.embeddings.token_type_embeddings.weight.zero_()
+        for layer in model.encoder.layer:
+            for dense in (layer.attention.output.dense, layer.output.dense):
+                dense.weight.zero_()
+                dense.bias.zero_()
+    model.save_pretrained(path)
+    return path

@@ -4,12 +4,10 @@ hashing on a real Ray dataset; the realised mixture follows the plan."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pytest
 
 from pipeline.record import DROP, WORK_SCHEMA
 from pipeline.stage import RunContext

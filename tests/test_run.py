@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.lock import RunLock
-from tests.conftest import ROOT, STAGE1_STAGES, run_cli, shard_digests, stage1_sources, write_manifest
+from tests.conftest import ROOT, STAGE1_STAGES, kill_tree, run_cli, shard_digests, stage1_sources, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +88,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(rng.uniform(4, 22))
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        kill_tree(proc.pid)  # the driver and every Ray process it started
         proc.wait()
     finished = run_cli("run", str(manifest), "--quiet")
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -1,8 +1,8 @@
-"""Hard-negative mining with BM25 and positive-aware filtering.
+"""Hard-negative mining (BM25 or dense retrieval) with positive-aware filtering, resumable by shard.
 
-For each row with a positive, candidates are retrieved from a pool (by default the positives of the
-same source and language) and filtered before any is kept, because a "negative" that answers the
-query (a false negative) teaches the model the wrong thing:
+For each row with a positive, candidates are retrieved from a pool (the positives of the same source
+and language) and filtered before any is kept, because a "negative" that answers the query (a false
+negative) teaches the model the wrong thing:
 - the rank window: candidates ranked above `skip_top` or below `max_rank` are not used;
 - the positive itself, other known positives of the same query, and near duplicates of the positive
   (MinHash estimated Jaccard >= `near_dup_threshold`, script-aware shingles as in `near_dedup`);
@@ -10,33 +10,52 @@ query (a false negative) teaches the model the wrong thing:
   the positive's score; and an absolute `max_score` ceiling.
 Then the best `num_negatives` (per task) are kept, or a seeded sample of the survivors.
 
+How it runs: with `retriever: dense`, the kept rows are embedded first by a pool of Ray actors
+(one per GPU when the cluster has GPUs, else CPU actors), each loading the model once
+(`pipeline/embed.py`). Rows are then grouped by source and language (a shuffle), and each group's
+queries are mined in shards of `shard_queries` against the group's pool (`pipeline/retrieval.py`).
+Every finished shard (and embedded batch) is written to the step's work folder, so a run killed
+during mining re-runs only the unfinished shards; rows taken from a finished shard are counted in
+the ledger as flagged `mining_resumed`. A progress bar counts queries per second.
+
 Each row's removed candidates are counted in the ledger per filter (`negatives_filtered:<filter>`,
 flagged kind), so a run reports how much each filter removed, per source and language.
-
-Tokens for BM25 are `pipeline.minhash.tokens`: words for spaced scripts, characters for Han, kana,
-Thai and the other unspaced scripts (bm25s's own tokenizer splits on spaces only).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+import pyarrow.parquet as pq
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.minhash import hash_strings, signatures, tokens
+from pipeline.embed import is_model_dir
+from pipeline.minhash import hash_strings, signatures
 from pipeline.record import FLAGS, WORK_SCHEMA
-from pipeline.stage import ShuffleStage, StageConfig, register
+from pipeline.retrieval import Bm25Search, DenseSearch, Search
+from pipeline.stage import RunContext, ShuffleStage, StageConfig, from_manifest, register
 
 FILTERS = ("rank_window", "positive", "known_positive", "near_duplicate", "above_positive_ratio", "above_max_score")
+QUERY_VEC, POSITIVE_VEC = "_query_vec", "_positive_vec"
+SHARD_SCHEMA = pa.schema([("origin", pa.string()), ("negatives", pa.list_(pa.string())), ("negative_scores", pa.list_(pa.float32())),
+                          ("positive_score", pa.float32()), ("removed", pa.list_(pa.int32()))])
 
 
 class MineNegativesConfig(StageConfig):
     stage: Literal["mine_negatives"]
-    retriever: Literal["bm25"] = "bm25"
+    retriever: Literal["bm25", "dense"] = Field("bm25", description="bm25 (offline, no model) or dense (needs `model`).")
+    model: str | None = Field(None, description="Local model folder for dense retrieval (sentence-transformers or transformers format, or `python -m train export` output).")
+    query_prompt: str = Field("", description="Prepended to queries before embedding (e.g. 'query: ' for E5 models).")
+    passage_prompt: str = Field("", description="Prepended to pool passages before embedding.")
+    embed_batch_size: int = Field(64, ge=1)
+    max_seq_length: int | None = Field(None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's).")
     tasks: list[Literal["retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"]] = Field(
         default_factory=lambda: ["retrieval"], description="Tasks whose rows get mined negatives.")
     per_language: bool = Field(True, description="Pool and queries grouped by source and query language (else by source).")
@@ -48,18 +67,88 @@ class MineNegativesConfig(StageConfig):
     num_negatives: int | dict[str, int] = Field(24, description="Negatives kept per row: one number, or per task.")
     sampling: Literal["top", "random"] = Field("top", description="Keep the best-scoring survivors, or a seeded sample of them.")
     keep_existing: bool = Field(True, description="Rows that already carry negatives are left as they are.")
+    shard_queries: int = Field(2048, ge=1, description="Queries per mining shard: the unit of progress and of resume.")
+    pool_shard_rows: int = Field(100_000, ge=1, description="Dense search scores the pool this many vectors at a time.")
     seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _model_dir(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None:
+            return None
+        local = from_manifest(path, info)
+        if not is_model_dir(local):
+            raise ValueError(f"{path!r} is not a model folder (no config.json or modules.json in {local.absolute()})")
+        return str(local.absolute())
+
+    @model_validator(mode="after")
+    def _dense_needs_model(self) -> MineNegativesConfig:
+        if self.retriever == "dense" and not self.model:
+            raise ValueError("retriever: dense needs `model` (a local model folder)")
+        return self
 
     def count(self, task: str) -> int:
         return self.num_negatives if isinstance(self.num_negatives, int) else self.num_negatives.get(task, 0)
 
+    def wants(self, row: dict[str, Any]) -> bool:
+        """Whether this row gets negatives mined."""
+        return bool(row["positive"]) and row["task"] in self.tasks and self.count(row["task"]) > 0 \
+            and not (self.keep_existing and row["negatives"])
 
-def _top(scores: np.ndarray, depth: int) -> np.ndarray:
-    """Indices of the `depth` best scores, best first, ties by index (as a full stable sort gives),
-    without sorting the whole pool."""
-    kth = np.partition(scores, len(scores) - depth)[len(scores) - depth]
-    candidates = np.flatnonzero(scores >= kth)
-    return candidates[np.argsort(-scores[candidates], kind="stable")][:depth]
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    tmp.rename(path)
+
+
+class _Embed:
+    """Ray Data actor: adds unit vectors of each row's query (rows to be mined) and positive.
+    Each embedded batch is kept in the work folder, so a re-run after a crash reads it back."""
+
+    def __init__(self, config: MineNegativesConfig, context: RunContext):
+        from pipeline.embed import device, load_encoder
+
+        self.config = config
+        self.model = load_encoder(config.model, device(), config.max_seq_length)  # type: ignore[arg-type]
+        self.cache = context.work_dir / "embeddings" if context.work_dir else None
+        if self.cache:
+            self.cache.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from pipeline.embed import dimension, encode
+
+        path = self.cache / f"{_digest(*batch.column('origin').to_pylist())}.npy" if self.cache else None
+        if path and path.exists():
+            both = np.load(path, allow_pickle=False)
+        else:
+            rows = batch.select(["task", "query", "positive", "negatives"]).to_pylist()
+            ask = [i for i, r in enumerate(rows) if self.config.wants(r)]
+            have = [i for i, r in enumerate(rows) if r["positive"]]
+            q = encode(self.model, [rows[i]["query"] for i in ask], self.config.query_prompt, self.config.embed_batch_size)
+            p = encode(self.model, [rows[i]["positive"] for i in have], self.config.passage_prompt, self.config.embed_batch_size)
+            dim = dimension(self.model)
+            both = np.zeros((2, batch.num_rows, dim), np.float32)
+            both[0, ask], both[1, have] = q, p
+            if path:
+                tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+                np.save(tmp, both, allow_pickle=False)
+                tmp.rename(path)
+        dim = both.shape[2]
+        for name, vectors in ((QUERY_VEC, both[0]), (POSITIVE_VEC, both[1])):
+            batch = batch.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
+        return batch
+
+
+def _vectors(batch: pa.Table, name: str) -> np.ndarray | None:
+    if name not in batch.column_names:
+        return None
+    column = batch.column(name).combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
 
 
 @register
@@ -75,71 +164,153 @@ class MineNegatives(ShuffleStage):
     def key(self, batch: pa.Table) -> pa.Array:
         return pa.array(hash_strings(self._group(batch)), pa.uint64())
 
+    def prepare(self, ds: Any) -> Any:
+        if self.config.retriever != "dense":
+            return ds
+        import ray
+        import ray.data
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        # Leave a CPU for the reading and shuffling tasks: a pool that takes every CPU deadlocks.
+        size = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+        return ds.map_batches(_Embed, fn_constructor_args=(self.config, self.context), batch_format="pyarrow",
+                              batch_size=16 * self.config.embed_batch_size, num_gpus=1 if gpus else 0, num_cpus=1,
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size))
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        query_vecs, positive_vecs = _vectors(batch, QUERY_VEC), _vectors(batch, POSITIVE_VEC)
+        rows = batch.select(WORK_SCHEMA.names).to_pylist()
         groups: dict[str, list[int]] = {}
         for i, g in enumerate(self._group(batch).to_pylist()):
             groups.setdefault(g, []).append(i)
-        for members in groups.values():
-            self._mine(rows, members)
+        with _progress(sum(self.config.wants(r) for r in rows)) as bar:
+            for group, members in sorted(groups.items()):
+                self._mine(group, rows, members, query_vecs, positive_vecs, bar)
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
 
-    def _mine(self, rows: list[dict], members: list[int]) -> None:
-        import bm25s
-
+    def _mine(self, group: str, rows: list[dict], members: list[int], query_vecs: np.ndarray | None,
+              positive_vecs: np.ndarray | None, bar: Any) -> None:
         config = self.config
-        pool = sorted({rows[i]["positive"] for i in members if rows[i]["positive"]})
-        targets = [i for i in members if rows[i]["positive"] and rows[i]["task"] in config.tasks and config.count(rows[i]["task"]) > 0
-                   and not (config.keep_existing and rows[i]["negatives"])]
-        if len(pool) < 2 or not targets:
-            return
-        index = {text: k for k, text in enumerate(pool)}
-        retriever = bm25s.BM25()
-        retriever.index(tokens(pa.array(pool), "auto")[0].to_pylist(), show_progress=False)
-        pool_sig = signatures(pa.array(pool))
-        positives_of: dict[str, set[int]] = {}
+        members = sorted(members, key=lambda i: rows[i]["origin"])  # rows arrive in any order after the shuffle
+        first_of: dict[str, int] = {}
         for i in members:
             if rows[i]["positive"]:
-                positives_of.setdefault(rows[i]["query"], set()).add(index[rows[i]["positive"]])
-        query_tokens = tokens(pa.array([rows[i]["query"] for i in targets]), "auto")[0].to_pylist()
-        depth = min(config.max_rank, len(pool))
-        rng = random.Random(config.seed)
-        for i, q in zip(targets, query_tokens):
-            if not q:
-                continue
-            scores = retriever.get_scores(q)
-            ranked = _top(scores, depth)
-            pos = index[rows[i]["positive"]]
-            removed = dict.fromkeys(FILTERS, 0)
-            survivors = []
-            for rank, cand in enumerate(ranked.tolist()):
-                reason = self._filter(rank, cand, pos, positives_of[rows[i]["query"]], scores, pool_sig)
-                if reason:
-                    removed[reason] += 1
+                first_of.setdefault(rows[i]["positive"], i)
+        pool = sorted(first_of)
+        targets = [i for i in members if config.wants(rows[i])]
+        if len(pool) < 2 or not targets:
+            bar.update(len(targets))
+            return
+        index = {text: k for k, text in enumerate(pool)}
+        positives = np.array([index[rows[i]["positive"]] for i in targets])
+        known: dict[str, set[int]] = {}
+        for i in members:
+            if rows[i]["positive"]:
+                known.setdefault(rows[i]["query"], set()).add(index[rows[i]["positive"]])
+        state: dict[str, Any] = {}  # built on the first shard that is not already in the work folder
+
+        def search() -> tuple[Search, np.ndarray]:
+            if not state:
+                if query_vecs is not None and positive_vecs is not None:
+                    state["search"] = DenseSearch(positive_vecs[[first_of[t] for t in pool]], query_vecs[targets], config.pool_shard_rows)
                 else:
-                    survivors.append(cand)
-            n = config.count(rows[i]["task"])
-            chosen = survivors[:n] if config.sampling == "top" else sorted(rng.sample(survivors, min(n, len(survivors))), key=lambda c: -scores[c])
-            rows[i]["negatives"] = [pool[c] for c in chosen]
-            rows[i]["negative_scores"] = [float(scores[c]) for c in chosen]
-            rows[i]["positive_score"] = float(scores[pos])
-            lang = rows[i]["query_lang"] or "und"
-            rows[i][FLAGS] = [{"reason": f"negatives_filtered:{k}", "language": lang, "count": v} for k, v in removed.items() if v] or None
+                    state["search"] = Bm25Search(pool, [rows[i]["query"] for i in targets])
+                state["signatures"] = signatures(pa.array(pool))
+            return state["search"], state["signatures"]
 
-    def _filter(self, rank: int, cand: int, pos: int, known: set[int], scores: np.ndarray, pool_sig: np.ndarray) -> str | None:
-        """The first filter that removes candidate `cand` at `rank`, or None."""
+        for start in range(0, len(targets), config.shard_queries):
+            chunk = list(range(start, min(start + config.shard_queries, len(targets))))
+            name = _digest(group, *(rows[targets[k]]["origin"] for k in chunk))
+            path = self.context.work_dir / "mined" / f"{name}.parquet" if self.context.work_dir else None
+            resumed = bool(path and path.exists())
+            if resumed:
+                mined = pq.read_table(path)
+            else:
+                mined = self._mine_shard(chunk, name, targets, rows, positives, known, pool, *search())
+                if path:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _write_atomic(mined, path)
+            for k, m in zip(chunk, mined.to_pylist()):
+                row = rows[targets[k]]
+                lang = row["query_lang"] or "und"
+                flags = [{"reason": "mining_resumed", "language": lang, "count": 1}] if resumed else []
+                if m["negatives"] is not None:
+                    row["negatives"], row["negative_scores"], row["positive_score"] = m["negatives"], m["negative_scores"], m["positive_score"]
+                    flags += [{"reason": f"negatives_filtered:{f}", "language": lang, "count": n} for f, n in zip(FILTERS, m["removed"]) if n]
+                row[FLAGS] = flags or None
+            bar.update(len(chunk))
+
+    def _mine_shard(self, chunk: list[int], name: str, targets: list[int], rows: list[dict], positives: np.ndarray,
+                    known: dict[str, set[int]], pool: list[str], search: Search, pool_sig: np.ndarray) -> pa.Table:
         config = self.config
-        if cand == pos:
-            return "positive"
-        if cand in known:
-            return "known_positive"
-        if rank < config.skip_top:
-            return "rank_window"
-        if (pool_sig[cand] == pool_sig[pos]).mean() >= config.near_dup_threshold:
-            return "near_duplicate"
-        if config.max_score_ratio is not None and scores[cand] > config.max_score_ratio * scores[pos]:
-            return "above_positive_ratio"
-        if config.max_score is not None and scores[cand] > config.max_score:
-            return "above_max_score"
-        return None
+        ranked, scored, pos_scores = search(chunk, positives[chunk], min(config.max_rank, len(pool)))
+        rng = random.Random(f"{config.seed}:{name}")  # per shard: the same sample whichever shards ran before
+        out = []
+        for k, cands, scores, pos_score in zip(chunk, ranked, scored, pos_scores):
+            row = rows[targets[k]]
+            if not len(cands):
+                out.append({"origin": row["origin"], "negatives": None, "negative_scores": None, "positive_score": None, "removed": None})
+                continue
+            reasons = self._filter(cands, scores, positives[k], pos_score, known[row["query"]], pool_sig)
+            keep = reasons < 0
+            survivors = list(zip(cands[keep].tolist(), scores[keep].tolist()))
+            removed = np.bincount(reasons[~keep], minlength=len(FILTERS))
+            n = config.count(row["task"])
+            chosen = survivors[:n] if config.sampling == "top" else sorted(rng.sample(survivors, min(n, len(survivors))), key=lambda c: -c[1])
+            out.append({"origin": row["origin"], "negatives": [pool[c] for c, _ in chosen], "negative_scores": [s for _, s in chosen],
+                        "positive_score": float(pos_score), "removed": removed.tolist()})
+        return pa.Table.from_pylist(out, schema=SHARD_SCHEMA)
 
+    def _filter(self, cands: np.ndarray, scores: np.ndarray, pos: int, pos_score: float, known: set[int], pool_sig: np.ndarray) -> np.ndarray:
+        """Per candidate (in rank order), the number in FILTERS of the first filter that removes it, or -1."""
+        config = self.config
+        never = np.zeros(len(cands), bool)
+        removed_by = np.stack([
+            np.arange(len(cands)) < config.skip_top,  # rank_window
+            cands == pos,  # positive
+            np.isin(cands, list(known)),  # known_positive
+            (pool_sig[cands] == pool_sig[pos]).mean(axis=1) >= config.near_dup_threshold,  # near_duplicate
+            scores > config.max_score_ratio * pos_score if config.max_score_ratio is not None else never,  # above_positive_ratio
+            scores > config.max_score if config.max_score is not None else never,  # above_max_score
+        ])
+        # The positive and known positives are named as such even inside the skipped window.
+        removed_by[0] &= ~(removed_by[1] | removed_by[2])
+        return np.where(removed_by.any(axis=0), removed_by.argmax(axis=0), -1)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _RayBar:
+    """A progress bar drawn by the driver for work inside a Ray task (queries/s)."""
+
+    def __init__(self, total: int):
+        from ray.experimental import tqdm_ray
+
+        self.bar = tqdm_ray.tqdm(total=total, desc="mining negatives", unit="query")
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def __enter__(self) -> _RayBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def _progress(total: int) -> _RayBar | _NoBar:
+    import ray
+    import ray.data
+
+    if total and ray.is_initialized() and ray.data.DataContext.get_current().enable_progress_bars:
+        return _RayBar(total)
+    return _NoBar()

@@ -1,0 +1,69 @@
+"""Dense hard-negative mining: exact sharded search, a run on Ray with a local model, and resume of
+mining shards after the run is killed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.conftest import ROOT, SAMPLES, kill_tree, run_cli, shard_digests, write_manifest
+from pipeline.retrieval import DenseSearch
+
+
+def test_sharded_dense_search_equals_a_full_sort():
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((1000, 16)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    queries = pool[rng.integers(0, 1000, 300)] + 0.3 * rng.standard_normal((300, 16)).astype(np.float32)
+    positives = rng.integers(0, 1000, 300)
+    ranked, scored, pos = DenseSearch(pool, queries, shard_rows=64)(list(range(300)), positives, 50)
+    full = queries @ pool.T
+    for q in range(300):
+        expected = np.argsort(-full[q], kind="stable")[:50]
+        assert ranked[q].tolist() == expected.tolist()
+        assert np.allclose(scored[q], full[q][expected], atol=1e-5)
+    assert np.allclose(pos, full[np.arange(300), positives], atol=1e-5)
+
+
+def _manifest(folder, model) -> object:
+    sources = [{"name": "xquad_r", "task": "retrieval", "path": str(SAMPLES / "xquad_r" / "[ez][nh].jsonl.gz"),
+                "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"}]
+    stages = [{"stage": "langid"}, {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40}]
+    return write_manifest(folder, sources, stages)
+
+
+@pytest.mark.slow
+def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(small_model, tmp_path):
+    (tmp_path / "clean").mkdir()
+    clean = run_cli("run", str(_manifest(tmp_path / "clean", small_model)), "--quiet")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    shards = pl.read_parquet(tmp_path / "clean" / "run" / "shards" / "**" / "*.parquet")
+    assert shards.height == 2380 and not (tmp_path / "clean" / "run" / "work").exists()
+    assert (shards["negatives"].list.len() == 24).mean() > 0.5  # a weak (lexical) model: many candidates outscore the positive
+    assert (shards["negative_scores"].list.max() <= 0.95 * shards["positive_score"] + 1e-6).all()
+    assert not shards.filter(pl.col("negatives").list.contains(pl.col("positive"))).height
+
+    manifest = _manifest(tmp_path, small_model)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(finished := list((tmp_path / "run" / "work").glob("*/mined/*.parquet"))) < 10:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before mining shards were written"
+        time.sleep(0.2)
+    kill_tree(proc.pid)  # the driver and every Ray process it started
+    proc.wait()
+    finished = list((tmp_path / "run" / "work").glob("*/mined/*.parquet"))
+    done_rows = sum(pl.read_parquet(p).height for p in finished)
+    assert 0 < done_rows < 2380
+
+    resumed = run_cli("run", str(manifest), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
+    flagged = ledger.filter(pl.col("kind") == "flagged", pl.col("reason") == "mining_resumed")["rows"].sum()
+    assert flagged == done_rows  # every finished shard was read back, none mined again
+    assert shard_digests(tmp_path / "run") == shard_digests(tmp_path / "clean" / "run")

@@ -1,0 +1,43 @@
+"""A small encoder built from scratch: a WordPiece tokenizer trained on given texts with `tokenizers`,
+and a randomly initialised BERT-style `transformers` model, saved as a standard model directory.
+
+Used where no pretrained model is on disk (tests, demos, CPU runs, benchmarks of the mining stage):
+nothing is downloaded. `transformers` and `sentence-transformers` load the folder as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+
+def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 8000, hidden: int = 128, layers: int = 2,
+                      heads: int = 2, max_length: int = 256, seed: int = 0) -> Path:
+    """Train a tokenizer on `texts`, build a BERT encoder of the given size, save both to `out_dir`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # NFKC and lower case; BERT's pre-tokenizer splits on spaces and punctuation, and the WordPiece
+    # vocabulary learns characters, so unspaced scripts (Han, Thai) fall back to sub-word pieces.
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+    from tokenizers.processors import TemplateProcessing
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    fast.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * hidden, max_position_embeddings=max_length)
+    out = Path(out_dir)
+    BertModel(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
