@@ -128,27 +128,12 @@ def loopback_cluster():
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory) -> Path:
     """A small BERT-style encoder with a WordPiece vocabulary trained on the XQuAD-R sample, built
-    locally (tests may not download a model). Untrained weights rank at random, so its layers are
-    made pass-through (zero position embeddings and residual branches): it then embeds a text as the
-    mean of its normalised token vectors, a lexical retriever, which ranks like a weak real model."""
+    locally (tests may not download a model), pass-through so that it ranks lexically."""
     import gzip
     import json
-
-    import torch
-    from transformers import BertModel
 
     from train.small_model import build_small_model
 
     texts = [json.loads(line)[k] for lang in ("en", "de", "zh") for line in gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt")
              for k in ("question", "context")]
-    path = build_small_model(texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2)
-    model = BertModel.from_pretrained(path)
-    with torch.no_grad():
-        model.embeddings.position_embeddings.weight.zero_()
-        model.embeddings.token_type_embeddings.weight.zero_()
-        for layer in model.encoder.layer:
-            for dense in (layer.attention.output.dense, layer.output.dense):
-                dense.weight.zero_()
-                dense.bias.zero_()
-    model.save_pretrained(path)
-    return path
+    return build_small_model(texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2, pass_through=True)

@@ -12,8 +12,14 @@ from typing import Iterable
 
 
 def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 8000, hidden: int = 128, layers: int = 2,
-                      heads: int = 2, max_length: int = 256, seed: int = 0) -> Path:
-    """Train a tokenizer on `texts`, build a BERT encoder of the given size, save both to `out_dir`."""
+                      heads: int = 2, max_length: int = 256, seed: int = 0, pass_through: bool = False) -> Path:
+    """Train a tokenizer on `texts`, build a BERT encoder of the given size, save both to `out_dir`.
+
+    `pass_through`: zero the position embeddings and every layer's residual branches, so the
+    untrained model embeds a text as the mean of its (normalised) token vectors: a lexical
+    retriever that ranks like a weak real model, where random weights rank at random. It costs the
+    same compute as the random model (every layer still runs), so it stands in for a real model
+    of that size in tests and benchmarks."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -38,6 +44,15 @@ def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: 
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=4 * hidden, max_position_embeddings=max_length)
     out = Path(out_dir)
-    BertModel(config).save_pretrained(out)
+    model = BertModel(config)
+    if pass_through:
+        with torch.no_grad():
+            model.embeddings.position_embeddings.weight.zero_()
+            model.embeddings.token_type_embeddings.weight.zero_()
+            for layer in model.encoder.layer:
+                for dense in (layer.attention.output.dense, layer.output.dense):
+                    dense.weight.zero_()
+                    dense.bias.zero_()
+    model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
