@@ -52,6 +52,7 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     shards: list[dict[str, Any]] = field(default_factory=list)
     shards_tag: str = ""  # in every shard's file name; see pipeline/shards.py
+    reports: dict[str, pl.DataFrame] = field(default_factory=dict)  # by step: stages' own summaries
     seconds: float = 0.0
 
 
@@ -104,6 +105,7 @@ class _Step:
     name: str
     fingerprint: str
     build: Callable[[list[str], int], Any]  # (input files, input rows) -> ray Dataset to write
+    stage: Stage | None = None  # None for ingest
 
 
 class Runner:
@@ -133,7 +135,7 @@ class Runner:
             cls = STAGES[config.stage]
             fp = fingerprint(fp, cls.name, cls.version, config.model_dump(mode="json"))
             name = f"{i:02d}-{cls.name}"
-            steps.append(_Step(name, fp, self._stage_builder(cls, config, self._work_dir(name, fp))))
+            steps.append(_Step(name, fp, self._stage_builder(cls, config, self._work_dir(name, fp)), cls(config, self.context)))
         return steps
 
     @staticmethod
@@ -219,6 +221,7 @@ class Runner:
             ledger = pl.concat(ledger_parts)
             ledger_mod.check_balance(ledger)
             ledger_mod.write(ledger, self.run_dir)
+            result.reports = self._write_reports(steps, checkpoints)
             shards_ckpt = Checkpoint(self.run_dir, "shards")
             if not shards_done:
                 self.log("writing shards")
@@ -230,6 +233,19 @@ class Runner:
             result.seconds = time.perf_counter() - started
             write_card(self.manifest, result, ledger)
         return result
+
+    def _write_reports(self, steps: list[_Step], checkpoints: list[Checkpoint]) -> dict[str, pl.DataFrame]:
+        """Each stage's own summary of its step (mining, mixing), as `reports/<step>.csv`."""
+        reports = {}
+        folder = self.run_dir / "reports"
+        shutil.rmtree(folder, ignore_errors=True)
+        for step, ckpt in zip(steps, checkpoints):
+            table = step.stage.report(ckpt.files()) if step.stage else None
+            if table is not None:
+                folder.mkdir(exist_ok=True)
+                table.write_csv(folder / f"{step.name}.csv")
+                reports[step.name] = table
+        return reports
 
     def _remove_stale(self, stages_dir: Path, keep: set[str]) -> None:
         if not stages_dir.exists():

@@ -86,6 +86,12 @@ class Stage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
 
+    def report(self, files: list[str]) -> Any:
+        """A polars DataFrame summarising what the step did, from its output files (read lazily),
+        which the runner writes to `reports/<step>.csv`; None when the stage has nothing to add to
+        the ledger's counts."""
+        return None
+
 
 class ShuffleStage(Stage):
     """A stage that needs all rows sharing a key in one batch (dedup, grouping).

@@ -14,15 +14,21 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.lock import RunLock
-from tests.conftest import ROOT, STAGE1_STAGES, kill_tree, run_cli, shard_digests, stage1_sources, write_manifest
+from tests.conftest import ROOT, SAMPLES, STAGE1_STAGES, kill_tree, run_cli, shard_digests, stage1_sources, write_manifest
 
 pytestmark = pytest.mark.slow
 
 
 def _stage1(folder: Path) -> Path:
-    return write_manifest(folder, stage1_sources(), STAGE1_STAGES, shards={"rows_per_shard": 4000})
+    """The shipped manifests/stage1.yaml, writing to `folder/run` (smaller shards, to have several)."""
+    manifest = yaml.safe_load((ROOT / "manifests" / "stage1.yaml").read_text(encoding="utf-8"))
+    stages = manifest["stages"]
+    for eval_set in (s for stage in stages for s in stage.get("eval_sets", [])):
+        eval_set["path"] = str(ROOT / "manifests" / eval_set["path"])
+    return write_manifest(folder, stage1_sources(), stages, shards={"rows_per_shard": 4000})
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +44,15 @@ def test_run_folder_ledger_and_readers(stage1_run):
         assert (stage1_run / name).exists(), name
     ledger = pl.read_parquet(stage1_run / "ledger.parquet")
     per_step = ledger.group_by("step", "source", "kind").agg(pl.col("rows").sum()).pivot("kind", index=["step", "source"], values="rows").fill_null(0)
-    assert per_step.height == 10  # 5 steps x 2 sources
+    assert per_step.height == 12  # 6 steps x 2 sources
     assert (per_step["in"] == per_step["out"] + per_step["dropped"]).all()
     ingest_in = ledger.filter(step="00-ingest", kind="in")["rows"].sum()
     assert ingest_in == 8 * 1190 + 37 * 250  # every line of every sample file
-    final_out = ledger.filter(step="04-near_dedup", kind="out")["rows"].sum()
-    assert 0 < ledger.filter(step="04-near_dedup", kind="dropped", reason="near_duplicate")["rows"].sum() < 0.02 * final_out
+    final_out = ledger.filter(step="05-near_dedup", kind="out")["rows"].sum()
+    assert 0 < ledger.filter(step="05-near_dedup", kind="dropped", reason="near_duplicate")["rows"].sum() < 0.02 * final_out
+    # The held-out split (148 questions of 6 articles per language) is decontaminated away.
+    held_out = ledger.filter(step="03-decontaminate", kind="dropped", reason="eval_overlap:xquad_r_heldout")
+    assert 0.95 * 8 * 148 <= held_out.filter(source="xquad_r")["rows"].sum() <= 8 * 148
 
     import datasets
 
@@ -57,6 +66,8 @@ def test_run_folder_ledger_and_readers(stage1_run):
     langs = by_polars.filter(source="xquad_r")["query_lang"].value_counts().sort("count", descending=True)["query_lang"].head(8).to_list()
     assert set(langs) == {"arb_Arab", "deu_Latn", "ell_Grek", "eng_Latn", "spa_Latn", "hin_Deva", "rus_Cyrl", "cmn_Hans"}
     assert by_polars["dup_count"].min() >= 1
+    held_out_contexts = pl.read_ndjson(sorted((SAMPLES / "xquad_r_heldout").glob("*.jsonl.gz")))["context"]
+    assert not by_polars.filter(pl.col("positive").is_in(held_out_contexts.implode())).height
     # Bitext is flagged cross-lingual, not dropped; its declared English side is verified.
     flagged = ledger.filter(step="02-langid", kind="flagged", source="sib200_bitext")
     tagged = ledger.filter(step="02-langid", kind="out", source="sib200_bitext")["rows"].sum()
@@ -77,7 +88,7 @@ def test_run_folder_ledger_and_readers(stage1_run):
 def test_rerun_is_a_no_op_and_changed_settings_rerun_from_that_stage(stage1_run, tmp_path):
     before = shard_digests(stage1_run)
     again = run_cli("run", str(stage1_run.parent / "manifest.yaml"), "--quiet")
-    assert again.returncode == 0 and again.stdout.count("(done before)") == 5
+    assert again.returncode == 0 and again.stdout.count("(done before)") == 6
     assert shard_digests(stage1_run) == before
 
 

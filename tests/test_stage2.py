@@ -32,6 +32,13 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(tmp_path):
     assert (shards.filter(task="classification")["negatives"].list.len() == 1).all()
     assert shards.filter(task="clustering")["negatives"].list.len().min() >= 1
     assert (shards.filter(task="sts")["score"] >= 4.0).all()
+    reports = tmp_path / "run" / "reports"
+    mining = pl.read_csv(next(reports.glob("*-mine_negatives.csv")))
+    assert 0.99 * retrieval.height <= mining["queries"].sum() <= retrieval.height
+    assert 0 < mining["removed_rank_window"].sum() <= 5 * mining["queries"].sum()
+    assert (mining["positive_score_p50"] > mining["hardest_negative_score_p50"]).all() and (mining["margin_p50"] > 0).all()
+    mix = pl.read_csv(next(reports.glob("*-mix.csv")))
+    assert mix["rows_after"].sum() == shards.height and abs(mix["share_after"].sum() - 1) < 1e-9
     plan = json.loads((tmp_path / "run" / "mix_plan.json").read_text())
     assert {p["source"] for p in plan} == set(shards["source"]) and all(p["rate"] == 1.0 for p in plan)  # no source reaches 80,000
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")

@@ -56,6 +56,20 @@ def xquad(tar: tarfile.TarFile) -> None:
         _gzip(out / f"{lang}.jsonl.gz", "\n".join(lines) + "\n")
 
 
+HELDOUT_EVERY = 8  # XQuAD-R articles 7, 15, 23, ... (6 of 48) are the held-out evaluation split
+
+
+def xquad_heldout() -> None:
+    """The held-out split: the questions of every 8th article of the XQuAD-R sample. Stage 1 removes
+    its overlap from training (decontaminate), and the trainer evaluates retrieval on it."""
+    out = HERE / "xquad_r_heldout"
+    out.mkdir(exist_ok=True)
+    for lang in XQUAD_LANGS:
+        with gzip.open(HERE / "xquad_r" / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
+            rows = [line for line in f if json.loads(line)["article"] % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+        _gzip(out / f"{lang}.jsonl.gz", "".join(rows))
+
+
 def _sib(tar: tarfile.TarFile, code: str) -> dict[str, str]:
     rows = csv.DictReader(io.TextIOWrapper(tar.extractfile(f"sib200/annotated/{code}/train.tsv"), "utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE)
     return {r["index_id"]: r["text"] for r in rows}
@@ -109,6 +123,7 @@ def pairs(tar: tarfile.TarFile) -> None:
 def main(data: Path) -> None:
     with tarfile.open(data / "xquad-r-dev.tar.xz", "r:xz") as tar:
         xquad(tar)
+    xquad_heldout()
     with tarfile.open(data / "sib200-train-dev.tar.xz", "r:xz") as tar:
         bitext(tar)
         topics(tar)

@@ -94,5 +94,22 @@ class Mix(DatasetStage):
         return ds.map_batches(_sample, batch_format="pyarrow", fn_args=(rates, self.config.seed))
 
 
+    def report(self, files: list[str]) -> Any:
+        """The mixture per language before and after sampling, against the planned target shares."""
+        import polars as pl
+
+        plan = json.loads((self.context.run_dir / "mix_plan.json").read_text(encoding="utf-8"))
+        targets = pl.DataFrame([{"language": p["language"], "target_share": p["target_share"]} for p in plan]).unique("language")
+        counts = (pl.scan_parquet(files)
+                  .group_by(pl.col("query_lang").fill_null("und").alias("language"))
+                  .agg(pl.len().alias("rows_before"), pl.col(DROP).is_null().sum().alias("rows_after"))
+                  .collect())
+        return (counts.with_columns((pl.col("rows_before") / pl.col("rows_before").sum()).alias("share_before"),
+                                    (pl.col("rows_after") / pl.col("rows_after").sum()).alias("share_after"))
+                .join(targets, on="language", how="left")
+                .select("language", "rows_before", "share_before", "target_share", "rows_after", "share_after")
+                .sort("rows_before", descending=True))
+
+
 def _group_columns(batch: pa.Table) -> pa.Table:
     return pa.table({"source": batch.column("source"), "language": pc.fill_null(batch.column("query_lang"), "und")})
