@@ -28,5 +28,13 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
     for lang, rows in langs.head(top_languages).iter_rows():
         table.add_row(str(lang), f"{rows:,}")
     console.print(table)
+    for step, report in result.reports.items():
+        shown = report.head(top_languages).select(report.columns[:8])
+        table = Table(title=f"{step} (all rows and columns: {result.run_dir / 'reports' / (step + '.csv')})", title_justify="left")
+        for col in shown.columns:
+            table.add_column(col, justify="right" if shown[col].dtype.is_numeric() else "left")
+        for row in shown.iter_rows():
+            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        console.print(table)
     total = sum(s["rows"] for s in result.shards)
     console.print(f"[bold]{total:,}[/] rows in {len(result.shards)} shard(s) under {result.run_dir / 'shards'} ({result.seconds:.1f} s)")

@@ -167,20 +167,23 @@ class MineNegatives(ShuffleStage):
 
         flags = pl.col(FLAGS).explode()
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
-        return (
+        table = (
             pl.scan_parquet(files)
             .filter(pl.col("_drop").is_null(), pl.col("positive_score").is_not_null())
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
             .agg(pl.len().alias("queries"),
                  (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
                  pl.col("negatives").list.len().mean().alias("negatives_per_query"),
-                 *[e.quantile(q).alias(f"{name}_score_p{int(q * 100)}") for name, e in score.items() for q in (0.1, 0.5, 0.9)],
+                 *[e.quantile(q).alias(f"{name}_score_p{int(q * 100)}") for name, e in score.items() for q in (0.5, 0.1, 0.9)],
                  (score["positive"] - score["hardest_negative"]).median().alias("margin_p50"),
                  *[flags.struct.field("count").filter(flags.struct.field("reason") == f"negatives_filtered:{f}").sum().alias(f"removed_{f}")
                    for f in FILTERS])
             .sort("source", "language")
             .collect()
         )
+        first = ["source", "language", "queries", "queries_without_negatives", "negatives_per_query", "positive_score_p50",
+                 "hardest_negative_score_p50", "margin_p50"]  # what the terminal summary shows
+        return table.select(first + [c for c in table.columns if c not in first])
 
     def _group(self, batch: pa.Table) -> pa.Array:
         lang = batch.column("query_lang") if self.config.per_language else pa.nulls(batch.num_rows, pa.string())
