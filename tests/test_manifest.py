@@ -103,3 +103,11 @@ def test_language_settings_are_checked_with_lines(tmp_path):
 def test_dedup_priority_must_name_sources(tmp_path):
     msg = _error(tmp_path, _base(tmp_path, "  - stage: exact_dedup\n    priority: [x, nope]\n"))
     assert "m.yaml:8: stages: Value error, stages[0] (exact_dedup) names sources the manifest lacks: ['nope']" in msg
+
+
+def test_dense_mining_needs_a_model_folder(tmp_path):
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    retriever: dense\n"))
+    assert "m.yaml:9: stages[0]" in msg and "retriever: dense needs `model`" in msg
+    (tmp_path / "not_a_model").mkdir()
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    retriever: dense\n    model: not_a_model\n"))
+    assert "m.yaml:11: stages[0].model" in msg and "is not a model folder" in msg
