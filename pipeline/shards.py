@@ -9,7 +9,6 @@ sorted by (id, origin) and written as one shard (or more, should a range overflo
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.checkpoint import write_atomic
 from pipeline.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
@@ -53,9 +53,8 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[d
             for start in range(0, part.num_rows, settings.rows_per_shard):
                 chunk = part.slice(start, settings.rows_per_shard)
                 target = folder / f"part-{shard:05d}-{tag}.parquet"
-                tmp = target.with_suffix(".parquet.tmp")
-                pq.write_table(chunk, tmp, compression=compression, compression_level=settings.compression_level)
-                os.replace(tmp, target)
+                write_atomic(target, lambda tmp: pq.write_table(chunk, tmp, compression=compression,
+                                                                 compression_level=settings.compression_level))
                 written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
                 shard += 1
     shutil.rmtree(spill)

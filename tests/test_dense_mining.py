@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -30,7 +31,7 @@ def test_sharded_dense_search_equals_a_full_sort():
     assert np.allclose(pos, full[np.arange(300), positives], atol=1e-5)
 
 
-def _manifest(folder, model) -> object:
+def _manifest(folder: Path, model: Path) -> Path:
     sources = [{"name": "xquad_r", "task": "retrieval", "path": str(SAMPLES / "xquad_r" / "[ez][nh].jsonl.gz"),
                 "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"}]
     stages = [{"stage": "langid"}, {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40}]

@@ -25,10 +25,10 @@ flagged kind), so a run reports how much each filter removed, per source and lan
 from __future__ import annotations
 
 import hashlib
-import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.embed import is_model_dir
+from pipeline.checkpoint import write_atomic
+from pipeline.embed import device, dimension, encode, is_model_dir, load_encoder
 from pipeline.minhash import hash_strings, signatures
-from pipeline.record import FLAGS, WORK_SCHEMA
+from pipeline.record import DROP, FLAGS, WORK_SCHEMA
 from pipeline.retrieval import Bm25Search, DenseSearch, Search
 from pipeline.stage import RunContext, ShuffleStage, StageConfig, from_manifest, register
 
@@ -100,20 +101,12 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
-
-
 class _Embed:
     """Ray Data actor: adds unit vectors of each row's query (rows to be mined) and positive.
     Each embedded batch is kept in the work folder, so a re-run after a crash reads it back."""
 
     def __init__(self, config: MineNegativesConfig, context: RunContext, threads: int):
         import torch
-
-        from pipeline.embed import device, load_encoder
 
         torch.set_num_threads(threads)
         self.config = config
@@ -123,8 +116,6 @@ class _Embed:
             self.cache.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline.embed import dimension, encode
-
         path = self.cache / f"{_digest(*batch.column('origin').to_pylist())}.npy" if self.cache else None
         if path and path.exists():
             both = np.load(path, allow_pickle=False)
@@ -134,13 +125,14 @@ class _Embed:
             have = [i for i, r in enumerate(rows) if r["positive"]]
             q = encode(self.model, [rows[i]["query"] for i in ask], self.config.query_prompt, self.config.embed_batch_size)
             p = encode(self.model, [rows[i]["positive"] for i in have], self.config.passage_prompt, self.config.embed_batch_size)
-            dim = dimension(self.model)
-            both = np.zeros((2, batch.num_rows, dim), np.float32)
+            both = np.zeros((2, batch.num_rows, dimension(self.model)), np.float32)
             both[0, ask], both[1, have] = q, p
             if path:
-                tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, both, allow_pickle=False)
-                tmp.rename(path)
+                def save(tmp: Path) -> None:
+                    with tmp.open("wb") as f:  # a file object: np.save would append ".npy" to the name
+                        np.save(f, both, allow_pickle=False)
+
+                write_atomic(path, save)
         dim = both.shape[2]
         for name, vectors in ((QUERY_VEC, both[0]), (POSITIVE_VEC, both[1])):
             batch = batch.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
@@ -169,7 +161,7 @@ class MineNegatives(ShuffleStage):
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
         table = (
             pl.scan_parquet(files)
-            .filter(pl.col("_drop").is_null(), pl.col("positive_score").is_not_null())
+            .filter(pl.col(DROP).is_null(), pl.col("positive_score").is_not_null())
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
             .agg(pl.len().alias("queries"),
                  (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
@@ -261,7 +253,7 @@ class MineNegatives(ShuffleStage):
                 mined = self._mine_shard(chunk, name, targets, rows, positives, known, pool, *search())
                 if path:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    _write_atomic(mined, path)
+                    write_atomic(path, lambda tmp: pq.write_table(mined, tmp))
             for k, m in zip(chunk, mined.to_pylist()):
                 row = rows[targets[k]]
                 lang = row["query_lang"] or "und"
@@ -310,39 +302,22 @@ class MineNegatives(ShuffleStage):
         return np.where(removed_by.any(axis=0), removed_by.argmax(axis=0), -1)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class _RayBar:
-    """A progress bar drawn by the driver for work inside a Ray task (queries/s)."""
-
-    def __init__(self, total: int):
-        from ray.experimental import tqdm_ray
-
-        self.bar = tqdm_ray.tqdm(total=total, desc="mining negatives", unit="query")
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def __enter__(self) -> _RayBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-
-def _progress(total: int) -> _RayBar | _NoBar:
+@contextmanager
+def _progress(total: int) -> Iterator[Any]:
+    """A queries/s bar drawn by the driver for work inside a Ray task (Ray's tqdm_ray); a disabled
+    tqdm when the run is quiet or outside Ray."""
     import ray
     import ray.data
 
     if total and ray.is_initialized() and ray.data.DataContext.get_current().enable_progress_bars:
-        return _RayBar(total)
-    return _NoBar()
+        from ray.experimental import tqdm_ray
+
+        bar = tqdm_ray.tqdm(total=total, desc="mining negatives", unit="query")
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, disable=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
