@@ -140,3 +140,35 @@ def language_name(label: str) -> str:
         found_script = pycountry.scripts.get(alpha_4=script)
         name += f" ({found_script.name if found_script else script})"
     return name
+
+
+@lru_cache(maxsize=None)
+def script_name(label: str) -> str | None:
+    """ISO 15924 name of a label's script (`srp_Cyrl` -> `Cyrillic`); None for `und` and code."""
+    import pycountry
+
+    script = label.partition("_")[2] if not label.startswith(CODE_PREFIX) else ""
+    if not script:
+        return None
+    found = pycountry.scripts.get(alpha_4=script)
+    return found.name if found else script
+
+
+@lru_cache(maxsize=None)
+def _families() -> dict[str, str]:
+    return {lang: r["family"] for r in read_table("language_families.tsv") for lang in r["languages"].split()}
+
+
+def language_family(label: str) -> str:
+    """Top-level family of a label's language (`langid/data/language_families.tsv`); `code` for
+    programming languages, `other` where the table has no row."""
+    if label.startswith(CODE_PREFIX):
+        return "code"
+    if label == UNDETERMINED:
+        return "undetermined"
+    return _families().get(language_of(label), "other")
+
+
+def label_kind(label: str) -> str:
+    """`natural`, `programming` or `undetermined`."""
+    return "programming" if label.startswith(CODE_PREFIX) else "undetermined" if label == UNDETERMINED else "natural"

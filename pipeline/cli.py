@@ -1,10 +1,11 @@
-"""`python -m pipeline run|validate|schema|dedup-eval|export`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
+"""`python -m pipeline run|validate|schema|stats|dashboard|dedup-eval|export`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -30,6 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("out")
     ex.add_argument("--negatives", type=int, help="negative columns (default: the longest list)")
     ex.add_argument("--template", help='join instructions to queries, e.g. "Instruct: {instruction}\\nQuery: {query}"')
+    st = sub.add_parser("stats", help="per-language statistics of a run as tables (computes them if the run has none)")
+    st.add_argument("run_dir")
+    st.add_argument("--lang", help="one language in detail, e.g. swh_Latn")
+    st.add_argument("--top", type=int, help="only the N largest languages")
+    st.add_argument("--reference", help="CSV of language,count to compare shares with (recomputes)")
+    st.add_argument("--tokenizer", help="tokenizer.json (or folder) for token counts (recomputes)")
+    st.add_argument("--recompute", action="store_true", help="compute the statistics again from the shards")
+    db = sub.add_parser("dashboard", help="write the run's self-contained HTML dashboard (stats/dashboard.html)")
+    db.add_argument("run_dir")
+    db.add_argument("--out", help="HTML file to write instead")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
@@ -47,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = export(args.run_dir, args.out, args.negatives, template)
         console.print(f"{rows:,} rows written under {args.out}")
         return 0
+    if args.command in ("stats", "dashboard"):
+        return _stats(args, console)
     try:
         manifest = load_manifest(args.manifest)
     except ManifestError as exc:
@@ -71,6 +84,27 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     print_summary(result, Console())
+    return 0
+
+
+def _stats(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import dashboard, stats
+    from pipeline.report import print_stats
+
+    run_dir = Path(args.run_dir)
+    recompute = args.command == "stats" and (args.recompute or args.reference or args.tokenizer)
+    try:
+        if recompute or not (run_dir / stats.STATS_DIR / "languages.parquet").exists():
+            stats.compute(run_dir, getattr(args, "tokenizer", None), getattr(args, "reference", None))
+        if args.command == "dashboard":
+            console.print(f"dashboard: {dashboard.render(run_dir, args.out)}")
+            return 0
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot compute statistics:[/] {exc}", highlight=False)
+        return 1
+    if not print_stats(stats.load(run_dir), Console(), args.lang, args.top):
+        console.print(f"[red]{args.lang!r} is not a language of this run[/] (see `python -m pipeline stats {run_dir}`)")
+        return 1
     return 0
 
 

@@ -152,6 +152,24 @@ class ShardSettings(_Strict):
     )
 
 
+class StatsSettings(_Strict):
+    enabled: bool = Field(True, description="Compute the statistics (stats/) and the dashboard at the end of the run.")
+    tokenizer: str | None = Field(None, description="A `tokenizers` tokenizer.json (or a folder with one), relative to the manifest, for "
+                                  "token counts; words by a script-aware rule when empty.")
+    reference: str | None = Field(None, description="CSV with columns language,count (another corpus, a target mix) to compare shares with.")
+    samples_per_language: int = Field(3, ge=0, description="Sample records per language shown on the dashboard.")
+
+    @field_validator("tokenizer", "reference")
+    @classmethod
+    def _exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None:
+            return None
+        resolved = from_manifest(path, info)
+        if not resolved.exists():
+            raise ValueError(f"no such file or folder: {path!r} (looked for {resolved})")
+        return str(resolved.resolve())
+
+
 def _stage_union() -> Any:
     configs = tuple(cls.config_model for cls in STAGES.values())
     return Annotated[Union[configs], Field(discriminator="stage")]  # type: ignore[valid-type]
@@ -163,6 +181,7 @@ class Manifest(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     stages: list[_stage_union()] = Field(default_factory=list)  # type: ignore[valid-type]
     shards: ShardSettings = Field(default_factory=ShardSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:

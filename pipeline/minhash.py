@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # Scripts written without spaces between words: every character is a token.
-_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
+UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def tokens(texts: pa.Array | pa.ChunkedArray, kind: str) -> tuple[pa.ListArray, 
     if kind == "words":
         unspaced = np.zeros(len(lower), dtype=bool)
     else:
-        pattern = r"([\p{L}\p{N}]\p{M}*)" if kind == "chars" else f"([{_UNSPACED}]\\p{{M}}*)"
+        pattern = r"([\p{L}\p{N}]\p{M}*)" if kind == "chars" else f"([{UNSPACED}]\\p{{M}}*)"
         counts = pc.count_substring_regex(lower, pattern).to_numpy(zero_copy_only=False)
         unspaced = counts * 2 > length if kind == "auto" else np.ones(len(lower), dtype=bool)
         has = counts > 0

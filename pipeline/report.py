@@ -37,4 +37,45 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
             table.add_row(*(f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
         console.print(table)
     total = sum(s["rows"] for s in result.shards)
+    if result.dashboard:
+        console.print(f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  (`python -m pipeline stats {result.run_dir}`)")
     console.print(f"[bold]{total:,}[/] rows in {len(result.shards)} shard(s) under {result.run_dir / 'shards'} ({result.seconds:.1f} s)")
+
+
+def _table(df: Any, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in df.columns:
+        table.add_column(col, justify="right" if df[col].dtype.is_numeric() else "left")
+    for row in df.iter_rows():
+        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+    return table
+
+
+# The terminal shows the main figures; every column is in stats/languages.csv.
+LANGUAGE_COLUMNS = ("language", "name", "records", "share", "tokens", "query_lang_conf_p50", "removed")
+
+
+def print_stats(tables: dict[str, Any], console: Console, lang: str | None = None, top: int | None = None) -> bool:
+    """The statistics of a run as rich tables: all languages, or one language in detail (False if
+    the run has no such language)."""
+    import polars as pl
+
+    languages = tables["languages"]
+    if lang is None:
+        shown = languages.select([c for c in LANGUAGE_COLUMNS + ("previous_share", "share_change") if c in languages.columns])
+        console.print(_table(shown.head(top) if top else shown, f"languages ({languages.height}; sorted by records)"))
+        console.print(_table(tables["tasks"].select("task", "records", "languages", "characters", "tokens", "with_negatives", "negatives"), "tasks"))
+        if "comparison" in tables:
+            console.print(_table(tables["comparison"].head(top or 30), "against the reference"))
+        return True
+    row = languages.filter(pl.col("language") == lang)
+    if row.height == 0:
+        return False
+    row = row.with_columns(pl.col(c).round(4) for c, t in row.schema.items() if t.is_float())
+    console.print(_table(row.transpose(include_header=True, header_name="figure", column_names=["value"]).with_columns(pl.col("value").cast(pl.String)),
+                         f"{row['name'][0]} ({lang})"))
+    console.print(_table(tables["sources"].filter(pl.col("language") == lang).select("source", "task", "records", "characters", "tokens", "negatives"),
+                         "per source"))
+    funnel = tables["funnel"].filter((pl.col("language") == lang) & (pl.col("kind") != "in")).with_columns(pl.col("reason").fill_null(""))
+    console.print(_table(funnel.pivot("kind", index=["step", "reason"], values="rows", aggregate_function="sum").sort("step"), "funnel (rows per step)"))
+    return True

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import pipeline
+from pipeline import dashboard, stats
 from pipeline import ledger as ledger_mod
 from pipeline.arrow_utils import replace_column
 from pipeline.card import write_card
@@ -53,6 +54,7 @@ class RunResult:
     shards: list[dict[str, Any]] = field(default_factory=list)
     shards_tag: str = ""  # in every shard's file name; see pipeline/shards.py
     reports: dict[str, pl.DataFrame] = field(default_factory=dict)  # by step: stages' own summaries
+    dashboard: Path | None = None
     seconds: float = 0.0
 
 
@@ -230,6 +232,11 @@ class Runner:
                 shards_ckpt.commit(shards_fp, {"shards": written})
             result.shards = shards_ckpt.marker()["shards"]  # type: ignore[index]
             result.shards_tag = shards_fp[:8]
+            if self.manifest.stats.enabled:
+                self.log("statistics and dashboard")
+                settings = self.manifest.stats
+                stats.compute(self.run_dir, settings.tokenizer, settings.reference, settings.samples_per_language, progress=not self.quiet)
+                result.dashboard = dashboard.render(self.run_dir)
             result.seconds = time.perf_counter() - started
             write_card(self.manifest, result, ledger)
         return result

@@ -137,3 +137,41 @@ def small_model(tmp_path_factory) -> Path:
     texts = [json.loads(line)[k] for lang in ("en", "de", "zh") for line in gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt")
              for k in ("question", "context")]
     return build_small_model(texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2, pass_through=True)
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium on a closed network: no background connections, no component updates (see README).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless system Chromium driven by playwright (which downloads no browser of its own)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (see README, development)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, path: Path, ready: str = "document.querySelectorAll('.js-plotly-plot').length > 0"):
+    """Open a local HTML file; returns the page and the list its console errors are collected in."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function(ready, timeout=30_000)
+    return page, errors
+
+
+def chart_sizes(page) -> dict[str, tuple[float, float, int]]:
+    """Per chart element: width, height of its drawn SVG, and how many marks (bars, paths) it drew."""
+    return {name: tuple(v) for name, v in page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
+             const svg = d.querySelector('.main-svg'); const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]]; }))""").items()}

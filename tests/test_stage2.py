@@ -9,20 +9,30 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, chart_sizes, open_page, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def test_stage2_sample_run_has_every_task_instructed_with_negatives(tmp_path):
+@pytest.fixture(scope="module")
+def stage2_run(tmp_path_factory):
+    """The shipped stage-2 manifest, run once, with a reference distribution for the statistics."""
+    tmp_path = tmp_path_factory.mktemp("stage2")
     manifest = yaml.safe_load((ROOT / "manifests" / "stage2.yaml").read_text(encoding="utf-8"))
     manifest["output"] = str(tmp_path / "run")
     for source in manifest["sources"]:
         source["path"] = str(ROOT / "manifests" / source["path"])
+    (tmp_path / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
+    manifest["stats"] = {"reference": str(tmp_path / "reference.csv")}
     path = tmp_path / "stage2.yaml"
     path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
     result = run_cli("run", str(path), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path
+
+
+def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
+    tmp_path = stage2_run
     shards = pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")
     assert set(shards["task"]) == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}
     assert shards["instruction"].is_not_null().all() and shards["positive"].is_not_null().all()
@@ -43,3 +53,52 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(tmp_path):
     assert {p["source"] for p in plan} == set(shards["source"]) and all(p["rate"] == 1.0 for p in plan)  # no source reaches 80,000
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
     assert ledger.filter(kind="flagged", reason="negatives_filtered:above_positive_ratio")["rows"].sum() > 0
+
+
+def test_dashboard_draws_every_chart_and_shows_the_shards_figures(stage2_run, browser):
+    run = stage2_run / "run"
+    page, errors = open_page(browser, run / "stats" / "dashboard.html")
+    sizes = chart_sizes(page)
+    expected = {"languages", "scripts", "families", "top_natural", "top_programming", "tasks", "funnel", "funnel_languages",
+                "confidence", "exact_clusters", "near_clusters", "negatives", "margins", "comparison"}
+    assert expected <= {k.removeprefix("fig-") for k in sizes}, sizes.keys()
+    for name, (width, height, marks) in sizes.items():
+        assert width > 300 and height > 300, (name, width, height)
+        if name != "fig-top_programming":  # no code in these samples: the chart says so instead
+            assert marks > 0, f"{name} drew no marks"
+    page.screenshot(path=str(run / "stats" / "dashboard.png"), full_page=True)
+    assert errors == []
+
+    # Figures on the page (the embedded data the charts and table are drawn from) against the shards.
+    shards = pl.read_parquet(run / "shards" / "**" / "*.parquet")
+    data = page.evaluate("() => JSON.parse(document.getElementById('stats-data').textContent)")
+    shown = {r["language"]: r for r in data["languages"]}
+    per_lang = shards.group_by(pl.col("query_lang").fill_null("und")).agg(
+        pl.len().alias("records"), pl.col("negatives").list.len().sum().alias("negatives"), pl.col("cross_lingual").sum().alias("cross"))
+    assert set(shown) == set(per_lang["query_lang"])
+    for lang, records, negatives, cross in per_lang.iter_rows():
+        assert shown[lang]["records"] == records and shown[lang]["negatives"] == negatives, lang
+        assert abs(shown[lang]["cross_lingual_share"] - cross / records) < 1e-9
+    bars = data["figures"]["languages"]["data"]
+    assert {x: y for trace in bars for x, y in zip(trace["x"], trace["y"])} == dict(per_lang.select("query_lang", "records").iter_rows())
+    tasks = data["figures"]["tasks"]["data"]
+    by_task = {}
+    for trace in tasks:
+        for task, n in zip(trace["x"], trace["y"]):
+            by_task[task] = by_task.get(task, 0) + n
+    assert by_task == dict(shards.group_by("task").len().iter_rows())
+    funnel = data["figures"]["funnel"]["data"][0]
+    assert funnel["x"][-1] == shards.height
+    margins = shards.select(pl.col("positive_score") - pl.col("negative_scores").list.max()).to_series().drop_nulls()
+    hist = pl.read_parquet(run / "stats" / "histograms.parquet").filter(metric="margin").sort("bin")
+    assert hist["count"].sum() == margins.len() > 0
+    median_bin = hist.filter(pl.col("count").cum_sum() >= margins.len() / 2).row(0, named=True)
+    assert median_bin["bin_lo"] - 1e-6 <= margins.median() <= median_bin["bin_hi"] + 1e-6
+    comparison = pl.read_csv(run / "stats" / "comparison.csv")
+    eng = comparison.filter(language="eng").row(0, named=True)  # a code without script sums every script of it
+    assert eng["records"] == shards.filter(pl.col("query_lang").str.starts_with("eng_")).height and abs(eng["reference_share"] - 0.5 / 1.01) < 1e-9
+
+    # Terminal view of one language agrees too.
+    out = run_cli("stats", str(run), "--lang", "deu_Latn")
+    assert out.returncode == 0, out.stderr
+    assert f"{shards.filter(query_lang='deu_Latn').height:,}" in out.stdout and "German" in out.stdout
