@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.near_dedup import PHASES, Peak, build_corpus, run_measured  # noqa: E402
+from bench.near_dedup import PHASES, build_corpus, run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES.update({"running 01-normalize": "normalize", "running 02-langid": "langid", "statistics and dashboard": "stats"})
