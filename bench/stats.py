@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ import sys, time, polars as pl
 from pipeline.stats import WORD_PATTERN
 started = time.perf_counter()
 df = pl.read_parquet(sys.argv[1] + "/shards/**/*.parquet")
-out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum(), pl.col("query").str.count_matches(WORD_PATTERN).sum(),
+out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum().alias("chars"), pl.col("query").str.count_matches(WORD_PATTERN).sum().alias("words"),
                                      pl.col("query_lang_conf").quantile(0.5))
 print("SECONDS", time.perf_counter() - started, out.height)
 '''
@@ -59,7 +60,8 @@ def main() -> None:
         "stages": [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query"]}, {"stage": "near_dedup", "fields": ["query"]}],
         "ray": {"num_cpus": 2},
     }
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh run: its time is what the statistics are compared with
+    folder.mkdir(parents=True)
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
     run_seconds, memory, _ = run_measured([sys.executable, "-m", "pipeline", "run", str(folder / "manifest.yaml"), "--quiet"], cwd=ROOT)
     run = folder / "run"

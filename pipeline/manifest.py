@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -20,6 +20,9 @@ import pipeline.stages  # noqa: F401  (registers the built-in stages before the 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf", "text")
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".txt": "text"}
 _COMPRESSIONS = (".gz", ".zst")
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ManifestError(Exception):
@@ -250,13 +253,14 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Parse and validate a manifest; raise ManifestError listing every problem with its line."""
+def load_yaml_model(path: str | Path, model: type[M], what: str = "manifest") -> M:
+    """Parse a YAML file and validate it as `model`; raise ManifestError listing every problem as
+    `file:line: key.path: message` (also used for the trainer's configs)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
+        raise ManifestError(f"{path}: cannot read {what}: {exc}") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -265,18 +269,23 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {exc.problem}") from None
     problems = [f"{path}:{line}: {msg}" for line, msg in _duplicate_keys(node)]
     if not isinstance(data, dict):
-        problems.append(f"{path}:1: the manifest must be a mapping with `output`, `sources`, ...")
+        problems.append(f"{path}:1: the {what} must be a mapping of settings")
     if problems:
         raise ManifestError("\n".join(problems))
     try:
-        manifest = Manifest.model_validate(data, context={"base_dir": path.parent})
+        return model.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             line, loc = _locate(node, tuple(err["loc"]))
             lines.append(f"{path}:{line}: {_format_loc(loc)}: {err['msg']}")
         raise ManifestError("\n".join(lines)) from None
-    manifest.output = str((path.parent / manifest.output).resolve())
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Parse and validate a manifest; raise ManifestError listing every problem with its line."""
+    manifest = load_yaml_model(path, Manifest)
+    manifest.output = str((Path(path).parent / manifest.output).resolve())
     return manifest
 
 
