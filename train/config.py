@@ -97,6 +97,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     save_every: int = Field(200, ge=1)
     eval: str | None = Field(None, description="Held-out pairs (folder of XQuAD-R-style .jsonl.gz: question, context) to evaluate at the end.")
+    eval_template: str | None = Field(None, description="Query template for the evaluation, e.g. with the retrieval instruction ({query}).")
 
     @field_validator("init_from", "eval")
     @classmethod

@@ -1,0 +1,82 @@
+"""Losses that wrap each other: InfoNCE, inside MRL (nested dims), inside MLL (several layers)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from train.model import normalize
+
+
+def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate `x` from every rank, keeping gradients for this rank's part; and this rank's offset."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x)), dist.get_rank() * x.shape[0]
+
+
+class InfoNCE:
+    """Query vs its positive, the batch's other positives (all ranks) when `in_batch`, and its own
+    hard negatives; cross-entropy over temperature-scaled cosine similarities."""
+
+    def __init__(self, temperature: float = 0.05):
+        self.temperature = temperature
+
+    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, owner: torch.Tensor, in_batch: bool) -> torch.Tensor:
+        q, p, n = normalize(q), normalize(p), normalize(n)
+        if in_batch:
+            everyone, offset = gather(p)
+            pos = q @ everyone.T
+            target = torch.arange(q.shape[0], device=q.device) + offset
+        else:
+            pos = (q * p).sum(-1, keepdim=True)
+            target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        logits = pos
+        if n.shape[0]:
+            own = owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
+            logits = torch.cat([pos, (q @ n.T).masked_fill(~own, float("-inf"))], dim=1)
+        return F.cross_entropy(logits / self.temperature, target)
+
+
+def mrl_weights(dims: list[int]) -> list[float]:
+    """ML-Embed's default: the n-th largest dim weighs 1 / (n * sqrt(d / dim))."""
+    d = max(dims)
+    order = sorted(dims, reverse=True)
+    return [1.0 / ((order.index(dim) + 1) * math.sqrt(d / dim)) for dim in dims]
+
+
+class Matryoshka:
+    """MRL: the inner loss on each nested prefix of the embedding (each normalised on its own), weighted."""
+
+    def __init__(self, inner: InfoNCE, dims: list[int], weights: list[float] | None = None):
+        self.inner, self.dims = inner, dims
+        self.weights = weights or mrl_weights(dims)
+
+    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, owner: torch.Tensor, in_batch: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], owner, in_batch) for d in self.dims}
+        total = sum(w * parts[d] for d, w in zip(self.dims, self.weights)) / sum(self.weights)
+        return total, {f"dim{d}": float(v) for d, v in parts.items()}
+
+
+class Layers:
+    """MLL: the inner loss on the pooled output of each chosen layer, weighted mean."""
+
+    def __init__(self, inner: Matryoshka, weights: dict[int, float] | None = None):
+        self.inner, self.weights = inner, weights or {}
+
+    def __call__(self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor], owner: torch.Tensor,
+                 in_batch: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        total, weight, log = 0.0, 0.0, {}
+        for layer in q:
+            loss, parts = self.inner(q[layer], p[layer], n[layer], owner, in_batch)
+            w = self.weights.get(layer, 1.0)
+            total, weight = total + w * loss, weight + w
+            log[f"layer{layer}"] = float(loss)
+            if layer == max(q):
+                log.update(parts)
+        return total / weight, log
