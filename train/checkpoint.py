@@ -19,6 +19,9 @@ from train.config import TrainConfig
 from train.model import Embedder, FactorizedEmbedding
 
 LATEST = "latest.json"
+# Dropout settings' names across transformers architectures.
+DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout", "dropout", "resid_pdrop",
+            "embd_pdrop", "attn_pdrop")
 
 
 def _texts_for_tokenizer(config: TrainConfig, limit: int = 50_000) -> list[str]:
@@ -39,7 +42,7 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     """The model to train: from `init_from` (a checkpoint), a local model folder, or a small model
     built from the shipped config with a tokenizer trained on the shards (rank 0 builds, others wait)."""
     import torch.distributed as dist
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if config.init_from:
         return load(config.init_from)
@@ -57,7 +60,12 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    backbone = AutoModel.from_pretrained(path, torch_dtype=torch.float32)
+    model_config = AutoConfig.from_pretrained(path)
+    if config.model.dropout is not None:
+        for name in DROPOUTS:
+            if hasattr(model_config, name):
+                setattr(model_config, name, config.model.dropout)
+    backbone = AutoModel.from_pretrained(path, config=model_config, torch_dtype=torch.float32)
     m = config.matryoshka
     mel_rank = (m.rank or backbone.config.hidden_size) if m.mel else None
     return Embedder(backbone, config.model.pooling, mel_rank), tokenizer

@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="train (resumes from the latest checkpoint in the config's `out`)")
     fit.add_argument("config")
+    fit.add_argument("--until", type=int, help="stop (checkpointed) at this step; a later `fit` resumes on the same schedule")
     ev = sub.add_parser("eval", help="held-out retrieval on the grid of MEL rank x layers x dims; CSV and HTML heatmaps")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", required=True, help="folder of held-out .jsonl.gz files (question, context)")
@@ -39,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from train.loop import Trainer
 
         trainer = Trainer(config)
-        history = trainer.fit()
-        if trainer.rank == 0:
+        history = trainer.fit(args.until)
+        if trainer.rank == 0 and history:
             console.print(f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; checkpoints under {Path(config.out) / 'checkpoints'}")
-            if config.eval:
+            if config.eval and trainer.step == config.steps:
                 _eval(trainer.model, trainer.tokenizer, config.eval, Path(config.out), config.eval_template, trainer.grid.ranks,
                       trainer.grid.layers, trainer.grid.dims, console)
         return 0

@@ -52,6 +52,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     path: str | None = Field(None, description="A local transformers model folder (encoder or decoder); a small model is built when empty.")
     pooling: Literal["mean", "cls", "last"] = Field("mean", description="mean of tokens, the first token, or the last (decoders).")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout rates (0: deterministic steps).")
     small: dict[str, int] = Field(default_factory=lambda: {"vocab_size": 8000, "hidden": 128, "layers": 4, "heads": 4},
                                   description="Size of the model built when `path` is empty (tokenizer trained on the shards).")
 

@@ -83,6 +83,7 @@ class Trainer:
         self.config = config
         self.rank, self.world, self.device = setup_distributed()
         self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         if config.batch_size % (self.world * config.grad_accum):
             raise ValueError(f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}")
         torch.manual_seed(config.seed)
@@ -147,15 +148,17 @@ class Trainer:
             next(data)
         yield from data
 
-    def fit(self) -> list[dict[str, Any]]:
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train to `config.steps` (or stop, checkpointed, at step `until`: e.g. a job's time slot)."""
         c = self.config
+        stop = min(until or c.steps, c.steps)
         log_path = self.out / "log.jsonl"
         history: list[dict[str, Any]] = []
         bar = tqdm(total=c.steps, initial=self.step, desc="training", disable=self.rank != 0, unit="step")
         data = self.batches()
         first = self.step
         self.tokens_seen, started = 0, time.perf_counter()
-        while self.step < c.steps:
+        while self.step < stop:
             batch = rank_slice(next(data), self.rank, self.world)
             mel_rank, layers = self.grid.for_step(self.step)
             self.model.set_rank(mel_rank)
@@ -173,6 +176,10 @@ class Trainer:
                 for p in self.model.parameters():
                     if p.grad is not None:
                         p.grad /= c.grad_accum
+            if self.world > 1:  # log the global batch's loss, as one process would
+                reduced = torch.tensor(total, device=self.device)
+                dist.all_reduce(reduced)
+                total = float(reduced) / self.world
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
             self.optimizer.step()
             self.scheduler.step()
@@ -180,7 +187,7 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}", source=batch.source)
-            if self.step % c.log_every == 0 or self.step == c.steps:
+            if self.step % c.log_every == 0 or self.step == stop:
                 elapsed = time.perf_counter() - started
                 entry = {"step": self.step, "loss": total, "source": batch.source, "task": batch.task, "mel_rank": mel_rank, "layers": layers,
                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(norm), "tokens_per_s": self.tokens_seen * self.world / elapsed,
@@ -189,7 +196,7 @@ class Trainer:
                 if self.rank == 0:
                     with log_path.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(entry) + "\n")
-            if self.rank == 0 and (self.step % c.save_every == 0 or self.step == c.steps):
+            if self.rank == 0 and (self.step % c.save_every == 0 or self.step == stop):
                 checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid)
         bar.close()
         if self.world > 1:

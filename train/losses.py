@@ -60,7 +60,7 @@ class Matryoshka:
     def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, owner: torch.Tensor, in_batch: bool) -> tuple[torch.Tensor, dict[str, float]]:
         parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], owner, in_batch) for d in self.dims}
         total = sum(w * parts[d] for d, w in zip(self.dims, self.weights)) / sum(self.weights)
-        return total, {f"dim{d}": float(v) for d, v in parts.items()}
+        return total, {f"dim{d}": float(v.detach()) for d, v in parts.items()}
 
 
 class Layers:
@@ -76,7 +76,7 @@ class Layers:
             loss, parts = self.inner(q[layer], p[layer], n[layer], owner, in_batch)
             w = self.weights.get(layer, 1.0)
             total, weight = total + w * loss, weight + w
-            log[f"layer{layer}"] = float(loss)
+            log[f"layer{layer}"] = float(loss.detach())
             if layer == max(q):
                 log.update(parts)
         return total / weight, log

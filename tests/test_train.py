@@ -1,0 +1,166 @@
+"""The trainer on small real data (XQuAD-R and SIB-200 samples written as shards): MEL factorisation,
+the batch stream, resume, export to sentence-transformers, and 2-process torchrun against 1 process."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from pipeline.manifest import ManifestError
+from pipeline.record import SCHEMA
+from tests.conftest import ROOT, SAMPLES
+from train.config import load_config
+from train.data import Batches, rank_slice
+from train.model import FactorizedEmbedding
+
+TOPICS = ["science", "travel", "politics", "sports", "health"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A run folder's shards/: XQuAD-R retrieval pairs (3 languages) and a classification source."""
+    root = tmp_path_factory.mktemp("train") / "run"
+    rows = []
+    for lang in ("en", "de", "es"):
+        with gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
+            for line in list(f)[:60]:
+                r = json.loads(line)
+                rows.append({"source": "xquad_r", "task": "retrieval", "query": r["question"], "positive": r["context"],
+                             "negatives": None, "instruction": None})
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows[:90]):
+        topic = TOPICS[i % 5]
+        rows.append({"source": "topics", "task": "classification", "query": r["positive"][:200], "positive": f"The text is about {topic}.",
+                     "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])], "instruction": "Classify the topic"})
+    for source in ("xquad_r", "topics"):
+        part = [dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r) for i, r in enumerate(rows) if r["source"] == source]
+        (root / "shards" / source).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), root / "shards" / source / "part-00000-test.parquet", row_group_size=50)
+    return root
+
+
+def _config(folder, shards, model_dir, **over) -> str:
+    data = {"out": str(folder / "out"), "data": {"shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40},
+            "model": {"path": str(model_dir), "dropout": 0.0}, "batch_size": 8, "steps": 4, "log_every": 1, "save_every": 2, "lr": 1e-3, "seed": 3,
+            "matryoshka": {"dims": [8, 16, 32], "layers": [1, 2], "ranks": [8, 32]}}
+    data.update(over)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, shards):
+    from train.small_model import build_small_model
+
+    texts = [t for t in pq.read_table(shards / "shards" / "xquad_r").column("positive").to_pylist()]
+    return build_small_model(texts, tmp_path_factory.mktemp("tiny") / "model", vocab_size=1500, hidden=32, layers=2, heads=2, max_length=64)
+
+
+def _train(*args: str, env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}", "--master-port=29533", "-m", "train"] if torchrun
+           else [sys.executable, "-m", "train"])
+    return subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_mel_factorisation_starts_at_the_embedding_and_gathers_then_projects():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 24)
+    mel = FactorizedEmbedding.from_embedding(weight, 24)
+    assert torch.allclose(mel.merged(24), weight, atol=1e-4)
+    ids = torch.randint(0, 300, (5, 7))
+    for rank in (4, 12, 24):
+        mel.rank = rank
+        assert torch.allclose(mel(ids), mel.merged(rank)[ids], atol=1e-5)
+    errors = [torch.linalg.norm(mel.merged(r) - weight) for r in (4, 12, 24)]
+    assert errors[0] > errors[1] > errors[2]  # the leading ranks carry the most
+
+
+def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, shards, tiny_model):
+    config = load_config(_config(tmp_path, shards, tiny_model))
+    a = iter(Batches(config.data, 8, seed=1))
+    b = iter(Batches(config.data, 8, seed=1))
+    sources = set()
+    for _ in range(12):
+        x, y = next(a), next(b)
+        assert (x.source, x.queries, x.negatives, x.owner) == (y.source, y.queries, y.negatives, y.owner)
+        sources.add(x.source)
+        if x.task == "classification":
+            assert x.owner == sorted(x.owner) and all(x.owner.count(i) == 2 for i in range(8)) and not x.in_batch
+            assert all(q.startswith("Instruct: Classify the topic\nQuery: ") for q in x.queries)
+        else:
+            assert x.negatives == [] and x.in_batch
+        halves = [rank_slice(x, r, 2) for r in (0, 1)]
+        assert halves[0].queries + halves[1].queries == x.queries
+        assert [x.negatives[i] for i, o in enumerate(x.owner) if o >= 4] == halves[1].negatives
+    assert sources == {"xquad_r", "topics"}
+    config.data.sampling, config.data.alpha = "temperature", 0.5
+    t = Batches(config.data, 8)
+    assert np.allclose(t.probabilities, np.sqrt([90, 180]) / np.sqrt([90, 180]).sum())  # topics, xquad_r (sorted)
+
+
+def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transformers(tmp_path, shards, tiny_model):
+    straight = _train("fit", _config(tmp_path / "a", shards, tiny_model))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _train("fit", _config(tmp_path / "b", shards, tiny_model), "--until", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _train("fit", _config(tmp_path / "b", shards, tiny_model))  # same folder: resumes at step 2
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "out" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "out" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log_b] == [1, 2, 3, 4]
+    assert [e["loss"] for e in log_a] == pytest.approx([e["loss"] for e in log_b], abs=1e-5)
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from train.checkpoint import latest, load
+    from train.evaluate import encode
+    from train.model import normalize
+
+    ckpt = latest(tmp_path / "a" / "out")
+    out = tmp_path / "export"
+    exported = _train("export", str(ckpt), str(out), "--rank", "8", "--layers", "1", "--dims", "16")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    texts = ["Wer hat das Spiel gewonnen?", "The Broncos defeated the Panthers 24-10.", "¿Dónde está la playa?"]
+    model, tokenizer = load(ckpt)
+    ours = normalize(encode(model, tokenizer, texts, rank=8, layer=1)[:, :16])
+    theirs = torch.tensor(SentenceTransformer(str(out), device="cpu").encode(texts))
+    assert theirs.shape == (3, 16) and (ours - theirs).abs().max() < 1e-4
+    plain = AutoModel.from_pretrained(out)
+    assert plain.config.num_hidden_layers == 1 and plain.get_input_embeddings().weight.shape[1] == 32
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path, shards, tiny_model):
+    runs = {}
+    for procs in (1, 2):
+        folder = tmp_path / f"p{procs}"
+        result = _train("fit", _config(folder, shards, tiny_model, steps=3), torchrun=procs)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[procs] = [json.loads(x) for x in (folder / "out" / "log.jsonl").read_text().splitlines()]
+    assert [e["source"] for e in runs[1]] == [e["source"] for e in runs[2]]
+    # Same global batch, positives gathered across ranks, gradients averaged: the same curves up to
+    # float noise (dropout is off, so nothing random differs between the two).
+    for one, two in zip(runs[1], runs[2]):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
+
+
+def test_invalid_config_names_the_line(tmp_path, shards):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n")
+    with pytest.raises(ManifestError) as err:
+        load_config(path)
+    assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
