@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("config")
     fit.add_argument("--until", type=int, help="stop (checkpointed) at this step; a later `fit` resumes on the same schedule")
     ev = sub.add_parser("eval", help="held-out retrieval on the grid of MEL rank x layers x dims; CSV and HTML heatmaps")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="a checkpoint, a training folder (its latest checkpoint), or a plain model folder (baseline)")
     ev.add_argument("--data", required=True, help="folder of held-out .jsonl.gz files (question, context)")
     ev.add_argument("--out", help="folder for eval.csv and eval.html (default: the checkpoint's)")
     ev.add_argument("--template", help='query template, e.g. "Instruct: retrieve passages\\nQuery: {query}"')
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "trainer_state.json").exists():
         checkpoint = latest(checkpoint) or checkpoint  # a training `out` folder: its latest checkpoint
-    if not (checkpoint / "trainer_state.json").exists():
+    plain_model = not (checkpoint / "trainer_state.json").exists() and (checkpoint / "config.json").exists()
+    if not (checkpoint / "trainer_state.json").exists() and not (args.command == "eval" and plain_model):
         console.print(f"[red]{args.checkpoint} is not a checkpoint (no trainer_state.json) nor a training folder[/]")
         return 1
     if args.command == "export":
@@ -67,8 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import json
 
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    model, tokenizer = load(checkpoint)
+    if plain_model:  # e.g. the untrained base model, for a baseline: its embedding factorised at full rank
+        from transformers import AutoModel, AutoTokenizer
+
+        from train.model import Embedder, default_dims, default_layers, default_ranks
+
+        backbone = AutoModel.from_pretrained(checkpoint)
+        model, tokenizer = Embedder(backbone, "mean", backbone.config.hidden_size), AutoTokenizer.from_pretrained(checkpoint)
+        width, n = backbone.config.hidden_size, backbone.config.num_hidden_layers
+        state = {"ranks": default_ranks(width), "layers": default_layers(n), "dims": default_dims(width)}
+    else:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        model, tokenizer = load(checkpoint)
     _eval(model, tokenizer, args.data, Path(args.out or checkpoint), args.template, args.ranks or state["ranks"],
           args.layers or state["layers"], args.dims or state["dims"], console)
     return 0
