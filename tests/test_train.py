@@ -164,3 +164,15 @@ def test_invalid_config_names_the_line(tmp_path, shards):
     with pytest.raises(ManifestError) as err:
         load_config(path)
     assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
+
+
+def test_grad_cache_gives_the_same_step_as_the_whole_batch(tmp_path, shards, tiny_model):
+    from train.loop import Trainer
+
+    steps = {}
+    for chunk in (None, 4):
+        config = load_config(_config(tmp_path / str(chunk), shards, tiny_model, grad_cache_chunk=chunk, steps=2))
+        steps[chunk] = Trainer(config).fit()
+    for whole, cached in zip(steps[None], steps[4]):
+        assert cached["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+        assert cached["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)

@@ -171,7 +171,7 @@ class Trainer:
                     loss, parts = self._micro_loss(micro, layers)
                     if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
                         (loss / c.grad_accum).backward()
-                total += float(loss) / c.grad_accum
+                total += float(loss.detach()) / c.grad_accum
             if c.grad_cache_chunk and c.grad_accum > 1:
                 for p in self.model.parameters():
                     if p.grad is not None:
