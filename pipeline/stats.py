@@ -73,6 +73,8 @@ METRICS = {
         Metric("near_dup_count", _geometric_edges(), "near-duplicate cluster size (per kept row)"),
     )
 }
+HIST_SCHEMA = {"language": pl.String, "metric": pl.String, "bin": pl.Int32, "count": pl.Int64}
+FOLD_EVERY = 64  # batches between foldings of the partial tables
 SUMS = ["records", "characters", "tokens", "query_chars", "positive_chars", "negative_chars", "query_tokens", "positive_tokens",
         "negative_tokens", "instructed", "cross_lingual", "with_negatives", "negatives", "exact_dup_clusters", "near_dup_clusters"]
 
@@ -150,9 +152,9 @@ def _histogram_counts(rows: pl.DataFrame) -> pl.DataFrame:
         if values.height == 0:
             continue
         bins = np.clip(np.searchsorted(metric.edges, values["value"].to_numpy(), side="right") - 1, 0, len(metric.edges) - 2)
-        parts.append(values.with_columns(pl.Series("bin", bins, pl.Int32)).group_by("language", "bin").agg(pl.len().cast(pl.Int64).alias("count"))
-                     .with_columns(pl.lit(metric.name).alias("metric")))
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"language": pl.String, "bin": pl.Int32, "count": pl.Int64, "metric": pl.String})
+        parts.append(values.with_columns(pl.Series("bin", bins, pl.Int32), pl.lit(metric.name).alias("metric"))
+                     .group_by("language", "metric", "bin").agg(pl.len().cast(pl.Int64).alias("count")))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=HIST_SCHEMA)
 
 
 def _samples(df: pl.DataFrame, per_language: int) -> pl.DataFrame:
@@ -237,7 +239,7 @@ def compute(run_dir: str | Path, tokenizer: str | None = None, reference: str | 
             if samples_per_language:
                 samples.append(_samples(df, samples_per_language))
             bar.update(df.height)
-            if len(sums) >= 64:  # keep the partials small: fold them as we go
+            if len(sums) >= FOLD_EVERY:  # keep the partials small: fold them as we go
                 sums = [pl.concat(sums).group_by("source", "task", "language").agg(pl.col(SUMS).sum())]
                 hists = [pl.concat(hists).group_by("language", "metric", "bin").agg(pl.col("count").sum())]
     sources = pl.concat(sums).group_by("source", "task", "language").agg(pl.col(SUMS).sum()).sort("source", "language")

@@ -65,6 +65,7 @@ def test_statistics_add_up_across_batches_and_match_the_shards(tmp_path, monkeyp
     run = _make_run(tmp_path / "run", rows)
     whole = stats.compute(run, progress=False)
     monkeypatch.setattr(stats, "BATCH_ROWS", 7)  # many batches: partials folded along the way
+    monkeypatch.setattr(stats, "FOLD_EVERY", 5)
     batched = stats.compute(run, progress=False)
     for name in ("languages", "sources", "tasks", "histograms"):
         assert whole[name].equals(batched[name]), name
