@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.stage import STAGES, from_manifest, matching_files
+from pipeline.stage import STAGES, existing_path, from_manifest, matching_files
 from sources.tasks import MAPPABLE_FIELDS, TASK_SPECS
 
 import pipeline.stages  # noqa: F401  (registers the built-in stages before the union is built)
@@ -162,15 +162,7 @@ class StatsSettings(_Strict):
     reference: str | None = Field(None, description="CSV with columns language,count (another corpus, a target mix) to compare shares with.")
     samples_per_language: int = Field(3, ge=0, description="Sample records per language shown on the dashboard.")
 
-    @field_validator("tokenizer", "reference")
-    @classmethod
-    def _exists(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path is None:
-            return None
-        resolved = from_manifest(path, info)
-        if not resolved.exists():
-            raise ValueError(f"no such file or folder: {path!r} (looked for {resolved})")
-        return str(resolved.resolve())
+    _exists = field_validator("tokenizer", "reference")(existing_path)
 
 
 def _stage_union() -> Any:

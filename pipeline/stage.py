@@ -24,6 +24,16 @@ def from_manifest(path: str, info: ValidationInfo) -> Path:
     return Path(path) if Path(path).is_absolute() else Path((info.context or {}).get("base_dir", ".")) / path
 
 
+def existing_path(path: str | None, info: ValidationInfo) -> str | None:
+    """`from_manifest` for an optional file or folder that must exist, as an absolute path."""
+    if path is None:
+        return None
+    resolved = from_manifest(path, info)
+    if not resolved.exists():
+        raise ValueError(f"no such file or folder: {path!r} (looked for {resolved})")
+    return str(resolved.resolve())
+
+
 def matching_files(path: str, info: ValidationInfo) -> str:
     """`from_manifest` for a file or glob that must match at least one file, as an absolute pattern."""
     pattern = str(from_manifest(path, info))

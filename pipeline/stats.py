@@ -110,14 +110,10 @@ def _batches(files: list[str]) -> Iterator[pl.DataFrame]:
 
 def _per_row(df: pl.DataFrame, count: TokenCounter) -> pl.DataFrame:
     """The figures of each row that the sums and histograms are made of."""
-    negatives = df["negatives"].explode()
-    row_of = df.select(pl.int_range(pl.len()).repeat_by(pl.col("negatives").list.len().fill_null(0))).to_series().explode()
-    flat = pl.DataFrame({"row": row_of.drop_nulls(), "chars": negatives.drop_nulls().str.len_chars(), "tokens": count(negatives.drop_nulls())})
-    per_neg = flat.group_by("row").agg(pl.col("chars").sum(), pl.col("tokens").sum())
-    neg_chars = np.zeros(df.height, dtype=np.int64)
-    neg_tokens = np.zeros(df.height, dtype=np.int64)
-    neg_chars[per_neg["row"].to_numpy()] = per_neg["chars"].to_numpy()
-    neg_tokens[per_neg["row"].to_numpy()] = per_neg["tokens"].to_numpy()
+    flat = df.with_row_index("row").select("row", "negatives").explode("negatives").drop_nulls("negatives")
+    per_row = (flat.with_columns(chars=pl.col("negatives").str.len_chars().cast(pl.Int64), tokens=count(flat["negatives"]))
+               .group_by("row").agg(pl.col("chars").sum().alias("negative_chars"), pl.col("tokens").sum().alias("negative_tokens")))
+    negatives = df.with_row_index("row").select("row").join(per_row, on="row", how="left", maintain_order="left").fill_null(0)
     out = df.select(
         "source", "task",
         pl.col("query_lang").fill_null("und").alias("language"),
@@ -130,7 +126,7 @@ def _per_row(df: pl.DataFrame, count: TokenCounter) -> pl.DataFrame:
         (pl.col("positive_score") - pl.col("negative_scores").list.max()).alias("margin"),
     ).with_columns(
         query_tokens=count(df["query"]), positive_tokens=count(df["positive"]),
-        negative_chars=pl.Series(neg_chars), negative_tokens=pl.Series(neg_tokens),
+        negative_chars=negatives["negative_chars"], negative_tokens=negatives["negative_tokens"],
     )
     return out.with_columns(
         records=pl.lit(1, pl.Int64),
@@ -242,12 +238,12 @@ def compute(run_dir: str | Path, tokenizer: str | None = None, reference: str | 
             if len(sums) >= FOLD_EVERY:  # keep the partials small: fold them as we go
                 sums = [pl.concat(sums).group_by("source", "task", "language").agg(pl.col(SUMS).sum())]
                 hists = [pl.concat(hists).group_by("language", "metric", "bin").agg(pl.col("count").sum())]
+                samples = [pl.concat(samples).group_by("language", maintain_order=True).head(samples_per_language)] if samples else []
     sources = pl.concat(sums).group_by("source", "task", "language").agg(pl.col(SUMS).sum()).sort("source", "language")
     hist = pl.concat(hists).group_by("language", "metric", "bin").agg(pl.col("count").sum()).sort("metric", "language", "bin")
-    hist = hist.with_columns(
-        bin_lo=pl.struct("metric", "bin").map_elements(lambda s: float(METRICS[s["metric"]].edges[s["bin"]]), return_dtype=pl.Float64),
-        bin_hi=pl.struct("metric", "bin").map_elements(lambda s: float(METRICS[s["metric"]].edges[s["bin"] + 1]), return_dtype=pl.Float64),
-    ).select("metric", "language", "bin", "bin_lo", "bin_hi", "count")
+    edges = pl.concat([pl.DataFrame({"metric": m.name, "bin": np.arange(len(m.edges) - 1, dtype=np.int32), "bin_lo": m.edges[:-1],
+                                     "bin_hi": m.edges[1:]}) for m in METRICS.values()])
+    hist = hist.join(edges, on=["metric", "bin"], how="left").select("metric", "language", "bin", "bin_lo", "bin_hi", "count")
     funnel = _funnel(run_dir)
     tables = {"sources": sources, "histograms": hist, "funnel": funnel}
     tables["tasks"] = sources.group_by("task").agg(pl.col(SUMS).sum(), pl.col("language").n_unique().alias("languages")).sort("records", "task", descending=[True, False])

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.manifest import load_yaml_model
-from pipeline.stage import from_manifest
+from pipeline.stage import existing_path, from_manifest
 
 TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
 
@@ -100,15 +100,7 @@ class TrainConfig(_Strict):
     eval: str | None = Field(None, description="Held-out pairs (folder of XQuAD-R-style .jsonl.gz: question, context) to evaluate at the end.")
     eval_template: str | None = Field(None, description="Query template for the evaluation, e.g. with the retrieval instruction ({query}).")
 
-    @field_validator("init_from", "eval")
-    @classmethod
-    def _exists(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path is None:
-            return None
-        resolved = from_manifest(path, info)
-        if not resolved.exists():
-            raise ValueError(f"no such file or folder: {path!r} (looked for {resolved})")
-        return str(resolved.resolve())
+    _exists = field_validator("init_from", "eval")(existing_path)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:
