@@ -24,6 +24,7 @@ from train.data import Batches, rank_slice
 from train.model import FactorizedEmbedding
 
 TOPICS = ["science", "travel", "politics", "sports", "health"]
+LANGS = {"en": ("eng_Latn", 60), "de": ("deu_Latn", 60), "es": ("spa_Latn", 60), "el": ("ell_Grek", 5)}  # XQuAD-R rows: Greek a small group
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,17 @@ def shards(tmp_path_factory):
     """A run folder's shards/: XQuAD-R retrieval pairs (3 languages) and a classification source."""
     root = tmp_path_factory.mktemp("train") / "run"
     rows = []
-    for lang in ("en", "de", "es"):
-        with gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
-            for line in list(f)[:60]:
+    for code, (lang, n) in LANGS.items():
+        with gzip.open(SAMPLES / "xquad_r" / f"{code}.jsonl.gz", "rt", encoding="utf-8") as f:
+            for line in list(f)[:n]:
                 r = json.loads(line)
                 rows.append({"source": "xquad_r", "task": "retrieval", "query": r["question"], "positive": r["context"],
-                             "negatives": None, "instruction": None})
+                             "negatives": None, "instruction": None, "query_lang": lang, "positive_lang": lang})
     rng = np.random.default_rng(0)
     for i, r in enumerate(rows[:90]):
         topic = TOPICS[i % 5]
         rows.append({"source": "topics", "task": "classification", "query": r["positive"][:200], "positive": f"The text is about {topic}.",
+                     "query_lang": r["query_lang"], "positive_lang": "eng_Latn",
                      "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])], "instruction": "Classify the topic"})
     for source in ("xquad_r", "topics"):
         part = [dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r) for i, r in enumerate(rows) if r["source"] == source]
@@ -108,7 +110,46 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
     assert sources == {"xquad_r", "topics"}
     config.data.sampling, config.data.alpha = "temperature", 0.5
     t = Batches(config.data, 8)
-    assert np.allclose(t.probabilities, np.sqrt([90, 180]) / np.sqrt([90, 180]).sum())  # topics, xquad_r (sorted)
+    assert np.allclose(t.probabilities, np.sqrt([90, 185]) / np.sqrt([90, 185]).sum())  # topics, xquad_r (sorted)
+
+
+def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path, shards, tiny_model):
+    config = load_config(_config(tmp_path, shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["source", "query_lang"], "sampling": "temperature"}))
+    table = pq.read_table(shards / "shards", columns=["source", "query", "query_lang"]).to_pylist()
+    lang_of = {(r["source"], r["query"]): r["query_lang"] for r in table}
+    batches = Batches(config.data, 8, seed=0)
+    # Greek (5 rows) cannot fill a batch: pooled into its source's "*" group, never dropped
+    assert batches.sizes == {("topics", "deu_Latn"): 30, ("topics", "eng_Latn"): 60, ("xquad_r", "*"): 5, ("xquad_r", "deu_Latn"): 60,
+                             ("xquad_r", "eng_Latn"): 60, ("xquad_r", "spa_Latn"): 60}
+    seen, shared = set(), 0
+    for batch in (b for b, _ in zip(batches, range(100))):
+        langs = {lang_of[(batch.source, q.split("Query: ")[-1])] for q in batch.queries}
+        seen |= langs
+        assert len(langs) == 1 or langs == {"ell_Grek"}, langs  # one language per batch (the pool: all of Greek)
+        for i, key in enumerate(batch.keys):  # a key names the first row with the same positive
+            assert batch.positives[key] == batch.positives[i] and batch.positives.index(batch.positives[i]) == key
+            shared += key != i
+    assert seen == {lang for lang, _ in LANGS.values()} and shared > 0
+    bad = _config(tmp_path / "bad", shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["query_lang"]})
+    with pytest.raises(ManifestError, match="batch_by"):
+        load_config(bad)
+
+
+def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():
+    from train.losses import InfoNCE, Pairing
+
+    torch.manual_seed(0)
+    q, p = torch.randn(4, 16), torch.randn(4, 16)
+    p[2] = p[0]  # rows 0 and 2 share their positive (several questions on one passage)
+    keys = torch.tensor([0, 1, 0, 3])
+    loss = InfoNCE(0.05)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
+    sims = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T / 0.05
+    expected = torch.stack([torch.nn.functional.cross_entropy(sims[i, [j for j in range(4) if j == i or keys[j] != keys[i]]][None],
+                                                              torch.tensor([[j for j in range(4) if j == i or keys[j] != keys[i]].index(i)]))
+                            for i in range(4)]).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    unmasked = InfoNCE(0.05)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, torch.arange(4), torch.arange(4)))
+    assert unmasked > loss
 
 
 def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transformers(tmp_path, shards, tiny_model):

@@ -21,6 +21,9 @@ class DataConfig(_Strict):
     shards: list[str] = Field(min_length=1, description="Run folders (their shards/) or Parquet files/globs, relative to the config.")
     sampling: Literal["size", "temperature"] = Field("size", description="Pick a batch's source by its size, or by size**alpha.")
     alpha: float = Field(0.5, gt=0, le=1, description="Exponent for temperature sampling.")
+    batch_by: list[Literal["source", "query_lang", "positive_lang"]] = Field(
+        ["source"], description="Columns every row of a batch shares: the source, and optionally the language (harder in-batch "
+        "negatives: same-language passages, not other scripts); groups too small for a batch are pooled per source.")
     shuffle_buffer: int = Field(10_000, ge=1, description="Rows per source held for shuffling.")
     template: str = Field("Instruct: {instruction}\nQuery: {query}", description="Joins an instruction to its query; {query} alone when none.")
     negatives: dict[str, int] = Field(default_factory=dict, description="Hard negatives per query by task (sampled each step from the "
@@ -39,6 +42,13 @@ class DataConfig(_Strict):
                 raise ValueError(f"no run folder or Parquet file at {s!r} (looked for {path})")
             out.append(str(path.resolve()) if path.exists() else str(path))
         return out
+
+    @field_validator("batch_by")
+    @classmethod
+    def _source_first(cls, columns: list[str]) -> list[str]:
+        if not columns or columns[0] != "source" or len(set(columns)) != len(columns):
+            raise ValueError(f"must start with 'source' and name each column once, e.g. [source, query_lang] (got {columns})")
+        return columns
 
     @field_validator("negatives")
     @classmethod

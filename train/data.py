@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -32,12 +33,15 @@ class Batch:
     negatives: list[str] = field(default_factory=list)  # all hard negatives of the batch, flat
     owner: list[int] = field(default_factory=list)  # per negative: the index of its query
     in_batch: bool = True
+    # per query: the global-batch index of the first row with the same positive text. XQuAD-style
+    # data has several questions per passage; such rows must not be each other's negatives.
+    keys: list[int] = field(default_factory=list)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Queries [start, stop) with their own negatives (owners renumbered from 0)."""
         keep = [i for i, o in enumerate(self.owner) if start <= o < stop]
         return Batch(self.source, self.task, self.queries[start:stop], self.positives[start:stop],
-                     [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch)
+                     [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch, self.keys[start:stop])
 
 
 def shard_files(paths: list[str]) -> list[str]:
@@ -55,11 +59,21 @@ def shard_files(paths: list[str]) -> list[str]:
     return sorted(files)
 
 
-class SourceStream:
-    """Endless rows of one source: files in a seeded order each epoch, rows through a shuffle buffer."""
+Group = tuple[str, ...]  # the values of `batch_by` that every row of a batch shares ("*": small groups pooled)
 
-    def __init__(self, name: str, files: list[str], buffer: int, rng: np.random.Generator):
-        self.name, self.files, self.size, self.rng = name, files, buffer, rng
+
+def group_keys(table: pa.Table, columns: list[str]) -> pa.Array:
+    """One string per row joining its values of `columns` (nulls as "")."""
+    return pc.binary_join_element_wise(*[pc.fill_null(table[c], "") for c in columns], "\x1f")
+
+
+class GroupStream:
+    """Endless rows of one group (or of pooled small groups): its files in a seeded order each epoch,
+    rows through a shuffle buffer."""
+
+    def __init__(self, columns: list[str], members: list[Group], files: list[str], buffer: int, rng: np.random.Generator):
+        self.columns, self.members = columns, pa.array(["\x1f".join(g) for g in members])
+        self.files, self.size, self.rng = files, buffer, rng  # size: at most one epoch, or a batch would repeat rows
         self.buffer: list[dict] = []
         self._rows = self._read()
 
@@ -68,12 +82,12 @@ class SourceStream:
             for i in self.rng.permutation(len(self.files)):
                 parquet = pq.ParquetFile(self.files[i])
                 for rg in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(rg, columns=COLUMNS)
-                    table = table.filter(pc.and_(pc.equal(table["source"], self.name), pc.is_valid(table["positive"])))
-                    yield from table.to_pylist()
+                    table = parquet.read_row_group(rg, columns=list(dict.fromkeys(COLUMNS + self.columns)))
+                    keep = pc.and_(pc.is_valid(table["positive"]), pc.is_in(group_keys(table, self.columns), self.members))
+                    yield from table.filter(keep).select(COLUMNS).to_pylist()
 
     def next(self) -> dict:
-        while len(self.buffer) < self.size:  # a source smaller than the buffer cycles its epochs in it
+        while len(self.buffer) < self.size:
             self.buffer.append(next(self._rows))
         i = int(self.rng.integers(len(self.buffer)))
         row = self.buffer[i]
@@ -82,28 +96,43 @@ class SourceStream:
         return row
 
 
+def count_groups(files: list[str], columns: list[str]) -> tuple[dict[Group, int], dict[Group, list[str]]]:
+    """Rows with a positive per group (the values of `columns`), and the files that hold each group."""
+    counts: dict[Group, int] = {}
+    where: dict[Group, list[str]] = {}
+    for f in files:
+        table = pq.read_table(f, columns=list(dict.fromkeys(["positive", *columns])))
+        table = table.filter(pc.is_valid(table["positive"]))
+        for key, n in zip(*pc.value_counts(group_keys(table, columns)).flatten()):
+            group, n = tuple(key.as_py().split("\x1f")), n.as_py()
+            counts[group] = counts.get(group, 0) + n
+            where.setdefault(group, []).append(f)
+    return counts, where
+
+
 class Batches:
-    """Global batches of `batch_size` rows; `local(step)` gives this rank's share of each."""
+    """Global batches of `batch_size` rows, all of one group (a source, or a source and language:
+    `batch_by`); every rank iterates the same batches and keeps its slice (`rank_slice`)."""
 
     def __init__(self, config: DataConfig, batch_size: int, seed: int = 0):
         self.config, self.batch_size = config, batch_size
         files = shard_files(config.shards)
-        counts: dict[str, int] = {}
-        by_source: dict[str, list[str]] = {}
-        for f in files:
-            table = pq.read_table(f, columns=["source", "positive"])
-            table = table.filter(pc.is_valid(table["positive"]))
-            for source, n in zip(*pc.value_counts(table["source"]).flatten()):
-                counts[source.as_py()] = counts.get(source.as_py(), 0) + n.as_py()
-                by_source.setdefault(source.as_py(), []).append(f)
-        self.sizes = dict(sorted(counts.items()))
-        if not self.sizes:
+        columns = config.batch_by
+        counts, where = count_groups(files, columns)
+        if not counts:
             raise ValueError(f"no rows with a positive in {files[:3]}...")
+        # Groups too small to fill a batch are pooled per source, so a long tail of languages still trains.
+        members: dict[Group, list[Group]] = {}
+        for group, n in sorted(counts.items()):
+            key = group if n >= batch_size else (group[0], *["*"] * (len(columns) - 1))
+            members.setdefault(key, []).append(group)
+        self.sizes = {key: sum(counts[g] for g in groups) for key, groups in members.items()}
         weights = np.array([n ** (config.alpha if config.sampling == "temperature" else 1.0) for n in self.sizes.values()], dtype=float)
         self.probabilities = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
-        self.streams = {s: SourceStream(s, by_source[s], config.shuffle_buffer, np.random.default_rng([seed, i]))
-                        for i, s in enumerate(self.sizes)}
+        self.streams = {key: GroupStream(columns, groups, sorted({f for g in groups for f in where[g]}),
+                                         min(config.shuffle_buffer, self.sizes[key]), np.random.default_rng([seed, i]))
+                        for i, (key, groups) in enumerate(members.items())}
 
     def _query(self, row: dict) -> str:
         if row["instruction"]:
@@ -111,12 +140,15 @@ class Batches:
         return row["query"]
 
     def __iter__(self) -> Iterator[Batch]:
-        names = list(self.sizes)
+        groups = list(self.sizes)
         while True:
-            source = names[int(self.rng.choice(len(names), p=self.probabilities))]
-            rows = [self.streams[source].next() for _ in range(self.batch_size)]
-            task = rows[0]["task"]
-            batch = Batch(source, task, [self._query(r) for r in rows], [r["positive"] for r in rows], in_batch=task in self.config.in_batch)
+            group = groups[int(self.rng.choice(len(groups), p=self.probabilities))]
+            rows = [self.streams[group].next() for _ in range(self.batch_size)]
+            source, task = rows[0]["source"], rows[0]["task"]
+            positives = [r["positive"] for r in rows]
+            first: dict[str, int] = {}
+            batch = Batch(source, task, [self._query(r) for r in rows], positives, in_batch=task in self.config.in_batch,
+                          keys=[first.setdefault(p, i) for i, p in enumerate(positives)])
             k = self.config.negatives.get(task, 0)
             for i, r in enumerate(rows):
                 own = r["negatives"] or []

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from train import checkpoint
 from train.config import TrainConfig
 from train.data import Batch, Batches, rank_slice
-from train.losses import InfoNCE, Layers, Matryoshka
+from train.losses import InfoNCE, Layers, Matryoshka, Pairing, gather_keys
 from train.model import Embedder, default_dims, default_layers, default_ranks
 
 
@@ -115,14 +115,15 @@ class Trainer:
         """Loss of one micro-batch, backpropagated; GradCache when `grad_cache_chunk` is set."""
         texts = batch.queries + batch.positives + batch.negatives
         b = len(batch.queries)
-        owner = torch.tensor(batch.owner, dtype=torch.long, device=self.device)
+        keys = torch.tensor(batch.keys, dtype=torch.long, device=self.device)
+        pairing = Pairing(torch.tensor(batch.owner, dtype=torch.long, device=self.device), batch.in_batch, keys, gather_keys(keys))
         chunk = self.config.grad_cache_chunk
 
         def split(reps: dict[int, torch.Tensor]) -> tuple[dict, dict, dict]:
             return ({k: v[:b] for k, v in reps.items()}, {k: v[b:2 * b] for k, v in reps.items()}, {k: v[2 * b:] for k, v in reps.items()})
 
         if not chunk:
-            loss, parts = self.loss(*split(self._embed(texts, layers)), owner, batch.in_batch)
+            loss, parts = self.loss(*split(self._embed(texts, layers)), pairing)
             return loss, parts
         # GradCache (Gao et al. 2021): embed without a graph, take the loss's gradient with respect to
         # the embeddings, then embed chunk by chunk again with a graph and push that gradient through.
@@ -132,7 +133,7 @@ class Trainer:
                 states.append(torch.get_rng_state())
                 pieces.append(self._embed(texts[i:i + chunk], layers))
         reps = {k: torch.cat([p[k] for p in pieces]).float().requires_grad_() for k in layers}
-        loss, parts = self.loss(*split(reps), owner, batch.in_batch)
+        loss, parts = self.loss(*split(reps), pairing)
         loss.backward()
         for n, i in enumerate(range(0, len(texts), chunk)):
             torch.set_rng_state(states[n])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,27 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(all_gather(x)), dist.get_rank() * x.shape[0]
 
 
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """`keys` of every rank, concatenated in rank order (no gradients: they are integers)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return keys
+    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, keys)
+    return torch.cat(parts)
+
+
+@dataclass
+class Pairing:
+    """Who is whose in a batch: each hard negative's query (`owner`), whether the queries score
+    against every positive of the batch (`in_batch`), and a key per query's positive: this rank's
+    (`keys`) and every rank's (`all_keys`); equal keys mean the same text, never a negative."""
+
+    owner: torch.Tensor
+    in_batch: bool
+    keys: torch.Tensor
+    all_keys: torch.Tensor
+
+
 class InfoNCE:
     """Query vs its positive, the batch's other positives (all ranks) when `in_batch`, and its own
     hard negatives; cross-entropy over temperature-scaled cosine similarities."""
@@ -27,18 +49,20 @@ class InfoNCE:
     def __init__(self, temperature: float = 0.05):
         self.temperature = temperature
 
-    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, owner: torch.Tensor, in_batch: bool) -> torch.Tensor:
+    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> torch.Tensor:
         q, p, n = normalize(q), normalize(p), normalize(n)
-        if in_batch:
+        if pairing.in_batch:
             everyone, offset = gather(p)
-            pos = q @ everyone.T
             target = torch.arange(q.shape[0], device=q.device) + offset
+            same = pairing.keys[:, None] == pairing.all_keys[None, :]  # another copy of the query's own positive
+            same[torch.arange(q.shape[0], device=q.device), target] = False
+            pos = (q @ everyone.T).masked_fill(same, float("-inf"))
         else:
             pos = (q * p).sum(-1, keepdim=True)
             target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         logits = pos
         if n.shape[0]:
-            own = owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
+            own = pairing.owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
             logits = torch.cat([pos, (q @ n.T).masked_fill(~own, float("-inf"))], dim=1)
         return F.cross_entropy(logits / self.temperature, target)
 
@@ -57,8 +81,8 @@ class Matryoshka:
         self.inner, self.dims = inner, dims
         self.weights = weights or mrl_weights(dims)
 
-    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, owner: torch.Tensor, in_batch: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], owner, in_batch) for d in self.dims}
+    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> tuple[torch.Tensor, dict[str, float]]:
+        parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], pairing) for d in self.dims}
         total = sum(w * parts[d] for d, w in zip(self.dims, self.weights)) / sum(self.weights)
         return total, {f"dim{d}": float(v.detach()) for d, v in parts.items()}
 
@@ -69,11 +93,11 @@ class Layers:
     def __init__(self, inner: Matryoshka, weights: dict[int, float] | None = None):
         self.inner, self.weights = inner, weights or {}
 
-    def __call__(self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor], owner: torch.Tensor,
-                 in_batch: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor],
+                 pairing: Pairing) -> tuple[torch.Tensor, dict[str, float]]:
         total, weight, log = 0.0, 0.0, {}
         for layer in q:
-            loss, parts = self.inner(q[layer], p[layer], n[layer], owner, in_batch)
+            loss, parts = self.inner(q[layer], p[layer], n[layer], pairing)
             w = self.weights.get(layer, 1.0)
             total, weight = total + w * loss, weight + w
             log[f"layer{layer}"] = float(loss.detach())
