@@ -39,7 +39,8 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
     retrieval = shards.filter(task="retrieval")
     assert (retrieval["negatives"].list.len() <= 24).all() and retrieval["negatives"].list.len().mean() > 20
     assert (retrieval["negative_scores"].list.len() == retrieval["negatives"].list.len()).all() and retrieval["positive_score"].is_not_null().all()
-    assert (shards.filter(task="classification")["negatives"].list.len() == 1).all()
+    classified = shards.filter(task="classification")
+    assert (classified["negatives"].list.len() == 1).all() and set(classified["negatives"].explode()) <= set(classified["positive"])  # label descriptions
     assert shards.filter(task="clustering")["negatives"].list.len().min() >= 1
     assert (shards.filter(task="sts")["score"] >= 4.0).all()
     reports = tmp_path / "run" / "reports"

@@ -121,16 +121,19 @@ def test_build_pairs_for_labelled_sts_and_nli_rows(shared_data):
              {"id": "n2", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is asleep indoors.", "label": "contradiction", "origin": "n:2"},
              {"id": "n3", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is brown.", "label": "neutral", "origin": "n:3"},
              {"id": "n4", "source": "first", "task": "pair_classification", "query": "Rain.", "positive": "It is dry.", "label": "contradiction", "origin": "n:4"}]
-    descriptions = {"second": {"sports": "The text is about sports."}}
-    stage = _stage("build_pairs", label_descriptions=descriptions)
+    described = {"sports": "The text is about sports.", "travel": "The text is about travel."}
+    stage = _stage("build_pairs", label_descriptions={"second": described})
     out = {r["id"]: r for r in stage(_batch(rows)).to_pylist()}
-    label_of = {**{t: c for t, c in topics}, "one of a kind": "unique"}
+    label_of = {**{t: c for t, c in topics}, "one of a kind": "unique", **{d: c for c, d in described.items()}}
     for i, (text, cat) in enumerate(topics):
         clustered, classified = out[f"t{i}"], out[f"c{i}"]
         assert clustered[DROP] is None and clustered["positive"] != text and label_of[clustered["positive"]] == cat
         assert all(label_of[n] != cat for n in clustered["negatives"]) and len(clustered["negatives"]) == min(7, len(set(label_of.values())) - 1)  # one per other cluster
-        assert len(classified["negatives"]) == 1 and label_of[classified["negatives"][0]] != cat
-        assert classified["positive"] == "The text is about sports." if cat == "sports" else label_of[classified["positive"]] == cat
+        negative = classified["negatives"][0]
+        assert len(classified["negatives"]) == 1 and label_of[negative] != cat
+        assert classified["positive"] == described[cat] if cat in described else label_of[classified["positive"]] == cat
+        if cat in described and label_of[negative] in described:  # a description's negative is another description
+            assert negative == described[label_of[negative]]
     assert out["lonely"][DROP] == "no_positive"
     assert out["s1"][DROP] is None and out["s2"][DROP] == "sts_low_score"
     assert out["n1"][DROP] is None and out["n1"]["negatives"] == ["The dog is asleep indoors."]

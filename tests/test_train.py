@@ -150,6 +150,9 @@ def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():
     assert torch.allclose(loss, expected, atol=1e-5)
     unmasked = InfoNCE(0.05)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, torch.arange(4), torch.arange(4)))
     assert unmasked > loss
+    both = InfoNCE(0.05, symmetric=True)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
+    back = InfoNCE(0.05)(p, q, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
+    assert torch.allclose(both, (loss + back) / 2, atol=1e-5)  # each positive vs every query, copies masked the same way
 
 
 def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transformers(tmp_path, shards, tiny_model):

@@ -103,6 +103,7 @@ class TrainConfig(_Strict):
     warmup: float = Field(0.05, ge=0, lt=1, description="Warm-up, as a fraction of the steps.")
     clip: float = Field(1.0, gt=0)
     temperature: float = Field(0.05, gt=0)
+    symmetric: bool = Field(False, description="In-batch tasks: also each positive against every query of the batch (both directions).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32.")
     seed: int = 0
     log_every: int = Field(10, ge=1)

@@ -90,7 +90,7 @@ class Trainer:
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device)
         self.grid = Grid(config, self.model)
-        self.loss = Layers(Matryoshka(InfoNCE(config.temperature), self.grid.dims, config.matryoshka.dim_weights),
+        self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
                            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]

@@ -44,10 +44,11 @@ class Pairing:
 
 class InfoNCE:
     """Query vs its positive, the batch's other positives (all ranks) when `in_batch`, and its own
-    hard negatives; cross-entropy over temperature-scaled cosine similarities."""
+    hard negatives; cross-entropy over temperature-scaled cosine similarities. `symmetric` adds the
+    other direction for in-batch tasks, each positive vs every query (averaged with the first)."""
 
-    def __init__(self, temperature: float = 0.05):
-        self.temperature = temperature
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False):
+        self.temperature, self.symmetric = temperature, symmetric
 
     def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> torch.Tensor:
         q, p, n = normalize(q), normalize(p), normalize(n)
@@ -64,7 +65,11 @@ class InfoNCE:
         if n.shape[0]:
             own = pairing.owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
             logits = torch.cat([pos, (q @ n.T).masked_fill(~own, float("-inf"))], dim=1)
-        return F.cross_entropy(logits / self.temperature, target)
+        loss = F.cross_entropy(logits / self.temperature, target)
+        if pairing.in_batch and self.symmetric:  # queries sharing the positive are all right answers: `same` masks them too
+            back = (p @ gather(q)[0].T).masked_fill(same, float("-inf"))
+            loss = (loss + F.cross_entropy(back / self.temperature, target)) / 2
+        return loss
 
 
 def mrl_weights(dims: list[int]) -> list[float]:

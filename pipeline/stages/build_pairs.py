@@ -1,7 +1,8 @@
 """Training pairs from non-retrieval tasks, built within each source (README: "Record construction").
 
 - classification: positive = the label's description when the manifest gives one, else another
-  text of the same label; negatives = texts of other labels (`negatives.classification`).
+  text of the same label; negatives = other labels' descriptions (or, without descriptions, texts
+  of other labels), `negatives.classification` of them.
 - clustering: positive = another text of the same cluster; negatives = texts of other clusters.
 - sts: pairs scoring at least `sts_min_score` stay as (query, positive); the others are dropped
   (`sts_low_score`).
@@ -91,7 +92,9 @@ class BuildPairs(ShuffleStage):
                 else:
                     r[DROP], r[DETAIL] = "no_positive", f"label {label!r} has no other text"
                     continue
-                picks = [rng.choice(by_label[lab])["query"] for lab in rng.sample(others, min(count, len(others)))] if others else []
+                # a description's negatives are other descriptions: the model learns to pick the label, not the text's language
+                picks = [descriptions[lab] if label in descriptions and lab in descriptions else rng.choice(by_label[lab])["query"]
+                         for lab in rng.sample(others, min(count, len(others)))] if others else []
                 r["negatives"] = picks or None
 
     def _nli(self, group: list[dict]) -> None:
