@@ -122,9 +122,8 @@ class Trainer:
         def split(reps: dict[int, torch.Tensor]) -> tuple[dict, dict, dict]:
             return ({k: v[:b] for k, v in reps.items()}, {k: v[b:2 * b] for k, v in reps.items()}, {k: v[2 * b:] for k, v in reps.items()})
 
-        if not chunk:
-            loss, parts = self.loss(*split(self._embed(texts, layers)), pairing)
-            return loss, parts
+        if not chunk:  # queries, positives and negatives each padded to their own longest (queries are short)
+            return self.loss(*(self._embed(part, layers) for part in (batch.queries, batch.positives, batch.negatives)), pairing)
         # GradCache (Gao et al. 2021): embed without a graph, take the loss's gradient with respect to
         # the embeddings, then embed chunk by chunk again with a graph and push that gradient through.
         pieces, states = [], []
