@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +54,7 @@ def shards(tmp_path_factory):
 
 def _config(folder, shards, model_dir, **over) -> str:
     data = {"out": str(folder / "out"), "data": {"shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40},
-            "model": {"path": str(model_dir), "dropout": 0.0}, "batch_size": 8, "steps": 4, "log_every": 1, "save_every": 2, "lr": 1e-3, "seed": 3,
+            "model": {"path": str(model_dir) if model_dir else None, "dropout": 0.0}, "batch_size": 8, "steps": 4, "log_every": 1, "save_every": 2, "lr": 1e-3, "seed": 3,
             "matryoshka": {"dims": [8, 16, 32], "layers": [1, 2], "ranks": [8, 32]}}
     data.update(over)
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,26 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
     bad = _config(tmp_path / "bad", shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["query_lang"]})
     with pytest.raises(ManifestError, match="batch_by"):
         load_config(bad)
+
+
+def test_small_model_starts_as_a_lexical_retriever_with_spread_similarities(tmp_path, shards):
+    from train.checkpoint import build_model
+    from train.evaluate import encode
+    from train.model import normalize
+
+    texts = pq.read_table(shards / "shards" / "xquad_r", columns=["positive"]).column("positive").to_pylist()[:60:5]
+    sims = {}
+    for init in ("pass_through", "random"):
+        config = load_config(_config(tmp_path / init, shards, None, model={"small": {"vocab_size": 800, "hidden": 32, "layers": 2, "heads": 2},
+                                                                          "small_init": init}))
+        model, tokenizer = build_model(config, Path(config.out))
+        reps = normalize(encode(model, tokenizer, texts, None, 2))
+        sims[init] = (reps @ reps.T)[~torch.eye(len(texts), dtype=torch.bool)]
+        if init == "pass_through":  # the last layer's output is each token's normalised vector: mean pooling is a bag of words
+            layer = model.backbone.encoder.layer[-1]
+            assert not layer.output.dense.weight.any() and not model.backbone.embeddings.position_embeddings.weight.any()
+    assert sims["random"].min() > 0.9  # every text nearly the same: a flat softmax at temperature 0.05
+    assert sims["pass_through"].mean() < sims["random"].mean() - 0.1
 
 
 def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():

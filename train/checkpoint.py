@@ -53,7 +53,7 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
             from train.small_model import build_small_model
 
             build_small_model(_texts_for_tokenizer(config), path, seed=config.seed, max_length=max(512, config.data.max_length),
-                              **config.model.small)
+                              pass_through=config.model.small_init == "pass_through", **config.model.small)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     tokenizer = AutoTokenizer.from_pretrained(path)

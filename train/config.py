@@ -65,6 +65,11 @@ class ModelConfig(_Strict):
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout rates (0: deterministic steps).")
     small: dict[str, int] = Field(default_factory=lambda: {"vocab_size": 8000, "hidden": 128, "layers": 4, "heads": 4},
                                   description="Size of the model built when `path` is empty (tokenizer trained on the shards).")
+    small_init: Literal["pass_through", "random"] = Field(
+        "pass_through", description="The built model's start: pass_through zeroes position embeddings and every residual branch "
+        "(the untrained model is the mean of its token vectors, a lexical retriever, and training grows the layers from there); "
+        "random: BERT's own initialisation (near-identical embeddings for every text, cosine ~0.98, so contrastive training "
+        "starts from a flat softmax).")
 
     @field_validator("path")
     @classmethod

@@ -17,9 +17,11 @@ def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: 
 
     `pass_through`: zero the position embeddings and every layer's residual branches, so the
     untrained model embeds a text as the mean of its (normalised) token vectors: a lexical
-    retriever that ranks like a weak real model, where random weights rank at random. It costs the
-    same compute as the random model (every layer still runs), so it stands in for a real model
-    of that size in tests and benchmarks."""
+    retriever that ranks like a weak real model (random weights give every text nearly the same
+    embedding). It costs the same compute as the random model (every layer still runs), so it
+    stands in for a real model of that size in tests and benchmarks; and it is the trainer's
+    default start, each layer growing from the identity (zero-initialised residual branches, as
+    in SkipInit and ReZero)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
