@@ -131,6 +131,8 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
             assert batch.positives[key] == batch.positives[i] and batch.positives.index(batch.positives[i]) == key
             shared += key != i
     assert seen == {lang for lang, _ in LANGS.values()} and shared > 0
+    by_source = {s: sum(p for g, p in zip(batches.sizes, batches.probabilities) if g[0] == s) for s in ("topics", "xquad_r")}
+    assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(np.sqrt(185 / 90))  # grouping keeps the sources' shares
     bad = _config(tmp_path / "bad", shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["query_lang"]})
     with pytest.raises(ManifestError, match="batch_by"):
         load_config(bad)

@@ -127,7 +127,13 @@ class Batches:
             key = group if n >= batch_size else (group[0], *["*"] * (len(columns) - 1))
             members.setdefault(key, []).append(group)
         self.sizes = {key: sum(counts[g] for g in groups) for key, groups in members.items()}
-        weights = np.array([n ** (config.alpha if config.sampling == "temperature" else 1.0) for n in self.sizes.values()], dtype=float)
+        # A source is drawn by its size (or size**alpha), then a group of it by the group's size, so
+        # grouping by language does not change how often each source is trained on.
+        per_source: dict[str, int] = {}
+        for key, n in self.sizes.items():
+            per_source[key[0]] = per_source.get(key[0], 0) + n
+        exponent = config.alpha if config.sampling == "temperature" else 1.0
+        weights = np.array([per_source[key[0]] ** exponent * n / per_source[key[0]] for key, n in self.sizes.items()], dtype=float)
         self.probabilities = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
         self.streams = {key: GroupStream(columns, groups, sorted({f for g in groups for f in where[g]}),

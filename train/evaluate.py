@@ -32,7 +32,7 @@ def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], li
 
 
 @torch.no_grad()
-def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, layer: int, max_length: int = 256,
+def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, layer: int, max_length: int = 512,
            batch_size: int = 64) -> torch.Tensor:
     """Pooled embeddings (full width, not normalised) at a MEL rank and a layer."""
     model.eval()
@@ -40,7 +40,8 @@ def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, 
     device = next(model.parameters()).device
     parts = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length),
+                        return_tensors="pt")
         parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer])[layer].float().cpu())
     model.train()
     return torch.cat(parts)
@@ -55,9 +56,10 @@ def retrieval_scores(queries: torch.Tensor, passages: torch.Tensor, gold: list[i
 
 
 def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | None], layers: list[int], dims: list[int],
-              instruction_template: str | None = None, max_length: int = 256) -> pl.DataFrame:
+              instruction_template: str | None = None, max_length: int = 512) -> pl.DataFrame:
     """One row per (rank, layers, dims, language); an embedding is computed once per (rank, layer)
-    and cut to each dim."""
+    and cut to each dim. Whole passages (up to `max_length` tokens, or the model's limit): XQuAD-R
+    paragraphs run to ~600 word pieces, longer than training's `max_length`, which bounds its cost."""
     rows = []
     for rank in ranks:
         for layer in layers:
