@@ -34,7 +34,9 @@ def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], li
 @torch.no_grad()
 def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, layer: int, max_length: int = 512,
            batch_size: int = 64) -> torch.Tensor:
-    """Pooled embeddings (full width, not normalised) at a MEL rank and a layer."""
+    """Pooled embeddings (full width, not normalised) at a MEL rank and a layer (in eval mode, then
+    the model's mode restored)."""
+    training = model.training
     model.eval()
     model.set_rank(rank)
     device = next(model.parameters()).device
@@ -43,7 +45,7 @@ def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, 
         enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length),
                         return_tensors="pt")
         parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer])[layer].float().cpu())
-    model.train()
+    model.train(training)
     return torch.cat(parts)
 
 

@@ -88,7 +88,7 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}")
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
-        self.model.to(self.device)
+        self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
         self.grid = Grid(config, self.model)
         self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
                            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
