@@ -103,8 +103,9 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
         if x.task == "classification":
             assert x.owner == sorted(x.owner) and all(x.owner.count(i) == 2 for i in range(8)) and not x.in_batch
             assert all(q.startswith("Instruct: Classify the topic\nQuery: ") for q in x.queries)
+            assert x.prompts == ["Instruct: Classify the topic\nQuery: "] * 8  # pooled without it (include_prompt: false)
         else:
-            assert x.negatives == [] and x.in_batch
+            assert x.negatives == [] and x.in_batch and x.prompts == [""] * 8
         halves = [rank_slice(x, r, 2) for r in (0, 1)]
         assert halves[0].queries + halves[1].queries == x.queries
         assert [x.negatives[i] for i, o in enumerate(x.owner) if o >= 4] == halves[1].negatives
@@ -204,8 +205,17 @@ def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transf
     texts = ["Wer hat das Spiel gewonnen?", "The Broncos defeated the Panthers 24-10.", "¿Dónde está la playa?"]
     model, tokenizer = load(ckpt)
     ours = normalize(encode(model, tokenizer, texts, rank=8, layer=1)[:, :16])
-    theirs = torch.tensor(SentenceTransformer(str(out), device="cpu").encode(texts))
+    st = SentenceTransformer(str(out), device="cpu")
+    theirs = torch.tensor(st.encode(texts))
     assert theirs.shape == (3, 16) and (ours - theirs).abs().max() < 1e-4
+    # trained with include_prompt false (the default): a query is pooled over its own tokens, the instruction excluded
+    assert not model.include_prompt
+    prompt = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+    ours = normalize(encode(model, tokenizer, texts, rank=8, layer=1, prompt=prompt)[:, :16])
+    theirs = torch.tensor(st.encode(texts, prompt=prompt))
+    assert (ours - theirs).abs().max() < 1e-4
+    whole = normalize(encode(model, tokenizer, [prompt + t for t in texts], rank=8, layer=1)[:, :16])
+    assert (whole - theirs).abs().max() > 1e-3  # pooling over the prompt too gives other embeddings
     plain = AutoModel.from_pretrained(out)
     assert plain.config.num_hidden_layers == 1 and plain.get_input_embeddings().weight.shape[1] == 32
 

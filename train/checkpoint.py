@@ -45,7 +45,9 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if config.init_from:
-        return load(config.init_from)
+        model, tokenizer = load(config.init_from)
+        model.include_prompt = config.model.include_prompt
+        return model, tokenizer
     path = config.model.path
     if path is None:
         path = str(out / "base_model")
@@ -68,7 +70,7 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     backbone = AutoModel.from_pretrained(path, config=model_config, torch_dtype=torch.float32)
     m = config.matryoshka
     mel_rank = (m.rank or backbone.config.hidden_size) if m.mel else None
-    return Embedder(backbone, config.model.pooling, mel_rank), tokenizer
+    return Embedder(backbone, config.model.pooling, mel_rank, config.model.include_prompt), tokenizer
 
 
 def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -97,7 +99,7 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     tokenizer.save_pretrained(tmp)
     mel = model.mel
     info = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": rest, "pooling": model.pooling,
-            "mel_rank": mel.full_rank if mel else None, "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims}
+            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None, "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims}
     (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -119,7 +121,7 @@ def load(folder: str | Path) -> tuple[Embedder, Any]:
     folder = Path(folder)
     info = json.loads((folder / "trainer_state.json").read_text())
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder), torch_dtype=torch.float32)
-    model = Embedder(backbone, info["pooling"], None)
+    model = Embedder(backbone, info["pooling"], None, info.get("include_prompt", True))
     if info["mel_rank"]:
         old = backbone.get_input_embeddings().weight
         backbone.set_input_embeddings(FactorizedEmbedding(torch.zeros(old.shape[0], info["mel_rank"]), torch.zeros(info["mel_rank"], old.shape[1])))

@@ -13,6 +13,13 @@ from pipeline.stage import existing_path, from_manifest
 TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
 
 
+def query_last(template: str | None) -> str | None:
+    """A query template is a prompt (the instruction) then `{query}`, as sentence-transformers' prompts are."""
+    if template is not None and (template.count("{query}") != 1 or not template.endswith("{query}")):
+        raise ValueError(f"must end with {{query}}, once (the instruction comes before it), got {template!r}")
+    return template
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +50,8 @@ class DataConfig(_Strict):
             out.append(str(path.resolve()) if path.exists() else str(path))
         return out
 
+    _template = field_validator("template")(query_last)
+
     @field_validator("batch_by")
     @classmethod
     def _source_first(cls, columns: list[str]) -> list[str]:
@@ -63,6 +72,9 @@ class ModelConfig(_Strict):
     path: str | None = Field(None, description="A local transformers model folder (encoder or decoder); a small model is built when empty.")
     pooling: Literal["mean", "cls", "last"] = Field("mean", description="mean of tokens, the first token, or the last (decoders).")
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout rates (0: deterministic steps).")
+    include_prompt: bool = Field(False, description="Mean pooling over the instruction's tokens too; false pools a query over its "
+                                 "own tokens (the instruction still steers them through attention), like sentence-transformers' "
+                                 "Pooling(include_prompt=False) with the instruction passed as the prompt.")
     small: dict[str, int] = Field(default_factory=lambda: {"vocab_size": 8000, "hidden": 128, "layers": 4, "heads": 4},
                                   description="Size of the model built when `path` is empty (tokenizer trained on the shards).")
     small_init: Literal["pass_through", "random"] = Field(
@@ -117,6 +129,7 @@ class TrainConfig(_Strict):
     eval_template: str | None = Field(None, description="Query template for the evaluation, e.g. with the retrieval instruction ({query}).")
 
     _exists = field_validator("init_from", "eval")(existing_path)
+    _template = field_validator("eval_template")(query_last)
 
     @model_validator(mode="after")
     def _batch(self) -> TrainConfig:

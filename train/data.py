@@ -36,12 +36,14 @@ class Batch:
     # per query: the global-batch index of the first row with the same positive text. XQuAD-style
     # data has several questions per passage; such rows must not be each other's negatives.
     keys: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # per query: the text before the query itself ("" without an instruction)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Queries [start, stop) with their own negatives (owners renumbered from 0)."""
         keep = [i for i, o in enumerate(self.owner) if start <= o < stop]
         return Batch(self.source, self.task, self.queries[start:stop], self.positives[start:stop],
-                     [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch, self.keys[start:stop])
+                     [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch, self.keys[start:stop],
+                     self.prompts[start:stop])
 
 
 def shard_files(paths: list[str]) -> list[str]:
@@ -140,10 +142,9 @@ class Batches:
                                          min(config.shuffle_buffer, self.sizes[key]), np.random.default_rng([seed, i]))
                         for i, (key, groups) in enumerate(members.items())}
 
-    def _query(self, row: dict) -> str:
-        if row["instruction"]:
-            return self.config.template.format(instruction=row["instruction"], query=row["query"])
-        return row["query"]
+    def _prompt(self, row: dict) -> str:
+        """The template's text before the query, with the row's instruction ("" when it has none)."""
+        return self.config.template.split("{query}")[0].format(instruction=row["instruction"]) if row["instruction"] else ""
 
     def __iter__(self) -> Iterator[Batch]:
         groups = list(self.sizes)
@@ -153,8 +154,10 @@ class Batches:
             source, task = rows[0]["source"], rows[0]["task"]
             positives = [r["positive"] for r in rows]
             first: dict[str, int] = {}
-            batch = Batch(source, task, [self._query(r) for r in rows], positives, in_batch=task in self.config.in_batch,
-                          keys=[first.setdefault(p, i) for i, p in enumerate(positives)])
+            prompts = [self._prompt(r) for r in rows]
+            queries = [self.config.template.format(instruction=r["instruction"], query=r["query"]) if r["instruction"] else r["query"] for r in rows]
+            batch = Batch(source, task, queries, positives, in_batch=task in self.config.in_batch,
+                          keys=[first.setdefault(p, i) for i, p in enumerate(positives)], prompts=prompts)
             k = self.config.negatives.get(task, 0)
             for i, r in enumerate(rows):
                 own = r["negatives"] or []

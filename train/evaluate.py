@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from train.model import Embedder, normalize
+from train.model import Embedder, normalize, prompt_mask
 
 
 def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], list[int]]]:
@@ -33,18 +33,21 @@ def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], li
 
 @torch.no_grad()
 def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, layer: int, max_length: int = 512,
-           batch_size: int = 64) -> torch.Tensor:
-    """Pooled embeddings (full width, not normalised) at a MEL rank and a layer (in eval mode, then
-    the model's mode restored)."""
+           batch_size: int = 64, prompt: str = "") -> torch.Tensor:
+    """Pooled embeddings (full width, not normalised) at a MEL rank and a layer, each text after
+    `prompt` (an instruction: pooled over or not as the model was trained); in eval mode, then the
+    model's mode restored."""
     training = model.training
     model.eval()
     model.set_rank(rank)
     device = next(model.parameters()).device
     parts = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length),
-                        return_tensors="pt")
-        parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer])[layer].float().cpu())
+        chunk = [prompt + t for t in texts[i:i + batch_size]]
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length), return_tensors="pt")
+        pool_mask = None if model.include_prompt or not prompt else prompt_mask(tokenizer, [prompt] * len(chunk), enc["attention_mask"], {})
+        parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer],
+                           None if pool_mask is None else pool_mask.to(device))[layer].float().cpu())
     model.train(training)
     return torch.cat(parts)
 
@@ -66,8 +69,8 @@ def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | 
     for rank in ranks:
         for layer in layers:
             for lang, (questions, passages, gold) in heldout.items():
-                qs = [instruction_template.format(query=q) for q in questions] if instruction_template else questions
-                q = encode(model, tokenizer, qs, rank, layer, max_length)
+                prompt = instruction_template.split("{query}")[0] if instruction_template else ""
+                q = encode(model, tokenizer, questions, rank, layer, max_length, prompt=prompt)
                 p = encode(model, tokenizer, passages, rank, layer, max_length)
                 for dim in dims:
                     rows.append({"rank": rank or model.width, "layers": layer, "dims": dim, "language": lang,

@@ -46,7 +46,7 @@ def export(checkpoint: str | Path, out: str | Path, rank: int | None = None, lay
     backbone.save_pretrained(out)
     tokenizer.save_pretrained(out)
     modules: list[nn.Module] = [Transformer(str(out), max_seq_length=max_seq_length),
-                                Pooling(width, pooling_mode=ST_POOLING[model.pooling])]
+                                Pooling(width, pooling_mode=ST_POOLING[model.pooling], include_prompt=model.include_prompt)]
     if dims < width:
         cut = Dense(width, dims, bias=False, activation_function=nn.Identity())
         with torch.no_grad():

@@ -20,7 +20,7 @@ from train import checkpoint
 from train.config import TrainConfig
 from train.data import Batch, Batches, rank_slice
 from train.losses import InfoNCE, Layers, Matryoshka, Pairing, gather_keys
-from train.model import Embedder, default_dims, default_layers, default_ranks
+from train.model import Embedder, default_dims, default_layers, default_ranks, prompt_mask
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -89,6 +89,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
+        self.prompt_lengths: dict[str, int] = {}
         self.grid = Grid(config, self.model)
         self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
                            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
@@ -99,21 +100,25 @@ class Trainer:
         self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
 
-    def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _tokens(self, texts: list[str], prompts: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.data.max_length, return_tensors="pt")
         self.tokens_seen += int(enc["attention_mask"].sum())
-        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+        out = {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+        if not self.model.include_prompt and any(prompts):
+            out["pool_mask"] = prompt_mask(self.tokenizer, prompts, out["attention_mask"], self.prompt_lengths)
+        return out
 
-    def _embed(self, texts: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
+    def _embed(self, texts: list[str], layers: list[int], prompts: list[str] | None = None) -> dict[int, torch.Tensor]:
         if not texts:
             return {layer: torch.zeros(0, self.model.width, device=self.device) for layer in layers}
         module = self.ddp or self.model
         with autocast(self.device, self.config.precision):
-            return module(layers=layers, **self._tokens(texts))
+            return module(layers=layers, **self._tokens(texts, prompts or []))
 
     def _micro_loss(self, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one micro-batch, backpropagated; GradCache when `grad_cache_chunk` is set."""
         texts = batch.queries + batch.positives + batch.negatives
+        prompts = batch.prompts + [""] * (len(texts) - len(batch.queries))
         b = len(batch.queries)
         keys = torch.tensor(batch.keys, dtype=torch.long, device=self.device)
         pairing = Pairing(torch.tensor(batch.owner, dtype=torch.long, device=self.device), batch.in_batch, keys, gather_keys(keys))
@@ -123,20 +128,21 @@ class Trainer:
             return ({k: v[:b] for k, v in reps.items()}, {k: v[b:2 * b] for k, v in reps.items()}, {k: v[2 * b:] for k, v in reps.items()})
 
         if not chunk:  # queries, positives and negatives each padded to their own longest (queries are short)
-            return self.loss(*(self._embed(part, layers) for part in (batch.queries, batch.positives, batch.negatives)), pairing)
+            return self.loss(self._embed(batch.queries, layers, batch.prompts), self._embed(batch.positives, layers),
+                             self._embed(batch.negatives, layers), pairing)
         # GradCache (Gao et al. 2021): embed without a graph, take the loss's gradient with respect to
         # the embeddings, then embed chunk by chunk again with a graph and push that gradient through.
         pieces, states = [], []
         with torch.no_grad():
             for i in range(0, len(texts), chunk):
                 states.append(torch.get_rng_state())
-                pieces.append(self._embed(texts[i:i + chunk], layers))
+                pieces.append(self._embed(texts[i:i + chunk], layers, prompts[i:i + chunk]))
         reps = {k: torch.cat([p[k] for p in pieces]).float().requires_grad_() for k in layers}
         loss, parts = self.loss(*split(reps), pairing)
         loss.backward()
         for n, i in enumerate(range(0, len(texts), chunk)):
             torch.set_rng_state(states[n])
-            again = self._embed(texts[i:i + chunk], layers)
+            again = self._embed(texts[i:i + chunk], layers, prompts[i:i + chunk])
             sync = contextlib.nullcontext() if self.ddp is None or i + chunk >= len(texts) else self.ddp.no_sync()
             with sync:
                 torch.autograd.backward([again[k].float() for k in layers], [reps[k].grad[i:i + chunk] for k in layers])

@@ -4,6 +4,7 @@ factorised for MEL, pooled outputs taken after chosen layers for MLL, and cut af
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,20 +62,35 @@ def final_norm(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """CLS, last real token (right padding), or mean over `pool_mask` (default: every real token)."""
     if how == "cls":
         return hidden[:, 0]
-    if how == "last":  # right padding: the last real token
+    if how == "last":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
-    m = mask.unsqueeze(-1).to(hidden.dtype)
+    m = (mask if pool_mask is None else pool_mask).unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def prompt_mask(tokenizer: Any, prompts: list[str], attention_mask: torch.Tensor, cache: dict[str, int]) -> torch.Tensor:
+    """The attention mask with each text's prompt (instruction) tokens zeroed, for pooling over the
+    text's own tokens. A prompt's length is counted as sentence-transformers counts it (its tokens
+    with special tokens, minus one), so an exported model with `include_prompt=False` pools alike."""
+    mask = attention_mask.clone()
+    for i, prompt in enumerate(prompts):
+        if prompt:
+            if prompt not in cache:
+                cache[prompt] = len(tokenizer(prompt)["input_ids"]) - 1
+            mask[i, : cache[prompt]] = 0
+    return mask
 
 
 class Embedder(nn.Module):
     """Backbone + pooling; `forward` returns one pooled embedding per requested layer."""
 
-    def __init__(self, backbone: nn.Module, pooling: str, mel_rank: int | None):
+    def __init__(self, backbone: nn.Module, pooling: str, mel_rank: int | None, include_prompt: bool = True):
         super().__init__()
+        self.include_prompt = include_prompt  # mean pooling over the instruction's tokens too
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT's pooler is not used for embeddings (and DDP wants every parameter used)
         self.backbone = backbone
@@ -97,7 +113,8 @@ class Embedder(nn.Module):
         if self.mel is not None:
             self.mel.rank = rank or self.mel.full_rank
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int],
+                pool_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         pooled = {}
         for layer in layers:
@@ -106,7 +123,7 @@ class Embedder(nn.Module):
             else:  # what a model cut to `layer` layers outputs: its final norm, if it has one, on that layer
                 hidden = out.hidden_states[layer]
                 hidden = self.norm(hidden) if self.norm is not None else hidden
-            pooled[layer] = pool(hidden, attention_mask, self.pooling)
+            pooled[layer] = pool(hidden, attention_mask, self.pooling, pool_mask)
         return pooled
 
 
