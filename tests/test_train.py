@@ -190,6 +190,8 @@ def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transf
     log_b = [json.loads(x) for x in (tmp_path / "b" / "out" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log_b] == [1, 2, 3, 4]
     assert [e["loss"] for e in log_a] == pytest.approx([e["loss"] for e in log_b], abs=1e-5)
+    other = _train("fit", _config(tmp_path / "b", shards, tiny_model, lr=5e-4, steps=6))  # same `out`, other settings: refused
+    assert other.returncode == 1 and "of other settings (lr, steps)" in " ".join(other.stderr.split()), other.stderr[-2000:]
 
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel

@@ -85,7 +85,17 @@ def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch.optim.Optimizer, scheduler: Any, grid: Any) -> Path:
+# Settings that may change between a run and its resumption (they do not change the trajectory).
+FREE_ON_RESUME = {"out", "eval", "eval_template", "log_every", "save_every"}
+
+
+def trajectory(config: TrainConfig) -> dict[str, Any]:
+    """The config's settings that decide the training trajectory, as JSON-able values."""
+    return config.model_dump(mode="json", exclude=FREE_ON_RESUME)
+
+
+def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch.optim.Optimizer, scheduler: Any, grid: Any,
+         config: TrainConfig) -> Path:
     """Write `out/checkpoints/step-NNNNNNN/` (via a temporary folder), then point `latest.json` at it."""
     folder = out / "checkpoints" / f"step-{step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
@@ -99,7 +109,8 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     tokenizer.save_pretrained(tmp)
     mel = model.mel
     info = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": rest, "pooling": model.pooling,
-            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None, "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims}
+            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None, "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims,
+            "config": trajectory(config)}
     (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -131,12 +142,18 @@ def load(folder: str | Path) -> tuple[Embedder, Any]:
     return model, tokenizer
 
 
-def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-    """Load the latest checkpoint of `out` into the given objects; the step to continue from (0 if none)."""
+def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> int:
+    """Load the latest checkpoint of `out` into the given objects; the step to continue from (0 if none).
+    A checkpoint of other settings is refused: resuming it would silently train (or skip) another run."""
     folder = latest(out)
     if folder is None:
         return 0
     info = json.loads((folder / "trainer_state.json").read_text())
+    saved, now = _flat(info.get("config", {})), _flat(trajectory(config))
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"{out} holds a checkpoint ({folder.name}) of other settings ({', '.join(changed)}): "
+                         f"train into another `out`, or delete {out} to start again")
     model.load_state_dict(load_file(folder / "model.safetensors"))
     tensors = load_file(folder / "optimizer.safetensors")
     state: dict[int, dict[str, Any]] = {}
@@ -147,3 +164,14 @@ def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, schedul
     scheduler.load_state_dict(info["scheduler"])
     torch.set_rng_state(load_file(folder / "rng.safetensors")["cpu"])
     return int(info["step"])
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (data.lr ...), to name what changed."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

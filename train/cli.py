@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from train.loop import Trainer
 
-        trainer = Trainer(config)
+        try:
+            trainer = Trainer(config)
+        except ValueError as exc:  # e.g. a batch size that does not divide, or `out` holding another run
+            console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+            return 1
         history = trainer.fit(args.until)
         if trainer.rank == 0 and history:
             console.print(f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; checkpoints under {Path(config.out) / 'checkpoints'}")

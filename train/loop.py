@@ -97,7 +97,7 @@ class Trainer:
         rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.steps, config.warmup))
-        self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler)
+        self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler, config)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
 
     def _tokens(self, texts: list[str], prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -203,7 +203,7 @@ class Trainer:
                     with log_path.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(entry) + "\n")
             if self.rank == 0 and (self.step % c.save_every == 0 or self.step == stop):
-                checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid)
+                checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid, c)
         bar.close()
         if self.world > 1:
             dist.barrier()
