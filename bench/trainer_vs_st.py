@@ -4,7 +4,7 @@ layers over MultipleNegativesRankingLoss), same model, batch, data and steps, in
 Model: the small shipped encoder (train/small_model.py; `--hidden`, `--layers`), built once. Data:
 query/positive pairs of a run's shards (default runs/stage1). Both sides: AdamW, in-batch
 negatives, max 128 tokens, fp32 on CPU (bf16 autocast on a GPU for ours). Sentence-transformers runs
-as a plain loop over its loss module (no HF Trainer, whose overhead would only slow it); its
+as a plain loop over its loss module in train mode (no HF Trainer, whose overhead would only slow it); its
 Matryoshka2dLoss samples one layer plus the last per step, so ours is set to two layers per step
 (`sample_layers: 2`) and all dims, without and with MEL. Samples/s: median over the timed steps
 after `--warmup` steps (ours: over the timed steps as one call, which replays the warm-up
@@ -52,6 +52,7 @@ def sentence_transformers_run(model_dir: Path, data: list[tuple[str, str]], batc
     torch.manual_seed(0)
     model = SentenceTransformer(str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu")
     model.max_seq_length = 128
+    model.train()  # as its trainer does (loading leaves eval mode: no dropout); ours trains in train mode too
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=dims, n_layers_per_step=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times, tokens = [], 0
