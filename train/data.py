@@ -155,7 +155,7 @@ class Batches:
             positives = [r["positive"] for r in rows]
             first: dict[str, int] = {}
             prompts = [self._prompt(r) for r in rows]
-            queries = [self.config.template.format(instruction=r["instruction"], query=r["query"]) if r["instruction"] else r["query"] for r in rows]
+            queries = [prompt + r["query"] for prompt, r in zip(prompts, rows)]  # the template ends with {query}
             batch = Batch(source, task, queries, positives, in_batch=task in self.config.in_batch,
                           keys=[first.setdefault(p, i) for i, p in enumerate(positives)], prompts=prompts)
             k = self.config.negatives.get(task, 0)
