@@ -243,6 +243,9 @@ def test_invalid_config_names_the_line(tmp_path, shards):
     with pytest.raises(ManifestError) as err:
         load_config(path)
     assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
+    from train.cli import main  # the eval command's --template follows a config's rule, before any model loads
+
+    assert main(["eval", str(tmp_path), "--data", str(tmp_path), "--template", "Instruct: find it"]) == 2
 
 
 def test_grad_cache_gives_the_same_step_as_the_whole_batch(tmp_path, shards, tiny_model):

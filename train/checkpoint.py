@@ -42,7 +42,7 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     """The model to train: from `init_from` (a checkpoint), a local model folder, or a small model
     built from the shipped config with a tokenizer trained on the shards (rank 0 builds, others wait)."""
     import torch.distributed as dist
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     if config.init_from:
         model, tokenizer = load(config.init_from)
@@ -58,10 +58,7 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
                               pass_through=config.model.small_init == "pass_through", **config.model.small)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _tokenizer(path)
     model_config = AutoConfig.from_pretrained(path)
     if config.model.dropout is not None:
         for name in DROPOUTS:
@@ -71,6 +68,18 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
     m = config.matryoshka
     mel_rank = (m.rank or backbone.config.hidden_size) if m.mel else None
     return Embedder(backbone, config.model.pooling, mel_rank, config.model.include_prompt), tokenizer
+
+
+def _tokenizer(path: str | Path) -> Any:
+    """The model's tokenizer, padding on the right (pooling finds the last token from the mask),
+    with a pad token (decoders often have none: their end-of-sequence token)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -109,8 +118,8 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     tokenizer.save_pretrained(tmp)
     mel = model.mel
     info = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": rest, "pooling": model.pooling,
-            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None, "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims,
-            "config": trajectory(config)}
+            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None,
+            "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims, "config": trajectory(config)}
     (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -127,7 +136,7 @@ def latest(out: Path) -> Path | None:
 
 def load(folder: str | Path) -> tuple[Embedder, Any]:
     """The model and tokenizer saved in a checkpoint folder."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     folder = Path(folder)
     info = json.loads((folder / "trainer_state.json").read_text())
@@ -137,9 +146,7 @@ def load(folder: str | Path) -> tuple[Embedder, Any]:
         old = backbone.get_input_embeddings().weight
         backbone.set_input_embeddings(FactorizedEmbedding(torch.zeros(old.shape[0], info["mel_rank"]), torch.zeros(info["mel_rank"], old.shape[1])))
     model.load_state_dict(load_file(folder / "model.safetensors"))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "right"
-    return model, tokenizer
+    return model, _tokenizer(folder)
 
 
 def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> int:
@@ -167,10 +174,10 @@ def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, schedul
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys (data.lr ...), to name what changed."""
+    """Nested settings as dotted keys (data.max_length ...), to name what changed."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+        if isinstance(v, dict) and v:
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

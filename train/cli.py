@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
                       trainer.grid.layers, trainer.grid.dims, console)
         return 0
     from train.checkpoint import latest, load
+    from train.config import query_last
 
+    try:  # the same rule as a config's `eval_template`
+        query_last(getattr(args, "template", None))
+    except ValueError as exc:
+        console.print(f"[red]--template {exc}[/]", highlight=False)
+        return 2
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "trainer_state.json").exists():
         checkpoint = latest(checkpoint) or checkpoint  # a training `out` folder: its latest checkpoint

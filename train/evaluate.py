@@ -41,11 +41,11 @@ def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, 
     model.eval()
     model.set_rank(rank)
     device = next(model.parameters()).device
-    parts = []
+    parts, lengths = [], {}
     for i in range(0, len(texts), batch_size):
         chunk = [prompt + t for t in texts[i:i + batch_size]]
         enc = tokenizer(chunk, padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length), return_tensors="pt")
-        pool_mask = None if model.include_prompt or not prompt else prompt_mask(tokenizer, [prompt] * len(chunk), enc["attention_mask"], {})
+        pool_mask = None if model.include_prompt or not prompt else prompt_mask(tokenizer, [prompt] * len(chunk), enc["attention_mask"], lengths)
         parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer],
                            None if pool_mask is None else pool_mask.to(device))[layer].float().cpu())
     model.train(training)
@@ -65,11 +65,11 @@ def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | 
     """One row per (rank, layers, dims, language); an embedding is computed once per (rank, layer)
     and cut to each dim. Whole passages (up to `max_length` tokens, or the model's limit): XQuAD-R
     paragraphs run to ~600 word pieces, longer than training's `max_length`, which bounds its cost."""
+    prompt = instruction_template.split("{query}")[0] if instruction_template else ""
     rows = []
     for rank in ranks:
         for layer in layers:
             for lang, (questions, passages, gold) in heldout.items():
-                prompt = instruction_template.split("{query}")[0] if instruction_template else ""
                 q = encode(model, tokenizer, questions, rank, layer, max_length, prompt=prompt)
                 p = encode(model, tokenizer, passages, rank, layer, max_length)
                 for dim in dims:
@@ -78,7 +78,7 @@ def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | 
     return pl.DataFrame(rows)
 
 
-def report(table: pl.DataFrame, out: Path, title: str, baseline: pl.DataFrame | None = None) -> Path:
+def report(table: pl.DataFrame, out: Path, title: str) -> Path:
     """Heatmaps of nDCG@10 (mean over languages): one per MEL rank, layers x dims."""
     import plotly.graph_objects as go
 
@@ -97,8 +97,6 @@ def report(table: pl.DataFrame, out: Path, title: str, baseline: pl.DataFrame | 
                           margin={"l": 60, "r": 20, "t": 50, "b": 50})
         figs.append((f"rank{rank}", fig))
     subtitle = f"held-out retrieval, mean over {table['language'].n_unique()} languages"
-    if baseline is not None:
-        subtitle += f"; untrained model at full size: nDCG@10 {float(baseline['ndcg@10'].mean()):.3f}"
     table_html = "<h2>All points</h2>" + _html_table(mean)
     out.write_text(figures_page(title, subtitle, figs, table_html), encoding="utf-8")
     return out

@@ -93,8 +93,8 @@ class Trainer:
         self.grid = Grid(config, self.model)
         self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
                            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        rest = [p for p in self.model.parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.steps, config.warmup))
         self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler, config)
