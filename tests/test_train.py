@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -134,6 +135,12 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
     assert seen == {lang for lang, _ in LANGS.values()} and shared > 0
     by_source = {s: sum(p for g, p in zip(batches.sizes, batches.probabilities) if g[0] == s) for s in ("topics", "xquad_r")}
     assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(np.sqrt(185 / 90))  # grouping keeps the sources' shares
+    relaid = tmp_path / "polars"  # the same shards written by polars (large_string columns) group the same way
+    for f in (shards / "shards").rglob("*.parquet"):
+        (relaid / f.parent.name).mkdir(parents=True, exist_ok=True)
+        pl.read_parquet(f).write_parquet(relaid / f.parent.name / f.name)
+    config.data.shards = [str(relaid)]
+    assert Batches(config.data, 8, seed=0).sizes == batches.sizes
     bad = _config(tmp_path / "bad", shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["query_lang"]})
     with pytest.raises(ManifestError, match="batch_by"):
         load_config(bad)

@@ -65,8 +65,9 @@ Group = tuple[str, ...]  # the values of `batch_by` that every row of a batch sh
 
 
 def group_keys(table: pa.Table, columns: list[str]) -> pa.Array:
-    """One string per row joining its values of `columns` (nulls as "")."""
-    return pc.binary_join_element_wise(*[pc.fill_null(table[c], "") for c in columns], "\x1f")
+    """One string per row joining its values of `columns` (nulls as ""); string or large_string columns
+    (polars writes the latter)."""
+    return pc.binary_join_element_wise(*[pc.fill_null(table[c].cast(pa.string()), "") for c in columns], "\x1f")
 
 
 class GroupStream:
