@@ -244,12 +244,28 @@ def test_two_process_torchrun_matches_one_process(tmp_path, shards, tiny_model):
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
 
 
+def test_mel_ranks_are_drawn_by_their_weights(tmp_path, shards):
+    from types import SimpleNamespace
+
+    from train.loop import Grid
+
+    sizes = SimpleNamespace(width=32, num_layers=2, mel=SimpleNamespace(full_rank=32))  # what Grid reads of a model
+    for weights, share_of_8 in ((None, 0.2), ([1, 1], 0.5)):  # default: proportional to the rank
+        config = load_config(_config(tmp_path, shards, None, matryoshka={"dims": [8, 32], "ranks": [8, 32], "rank_weights": weights}))
+        drawn = [Grid(config, sizes).for_step(step)[0] for step in range(2000)]
+        assert drawn.count(8) / len(drawn) == pytest.approx(share_of_8, abs=0.03)
+
+
 def test_invalid_config_names_the_line(tmp_path, shards):
     path = tmp_path / "bad.yaml"
     path.write_text(f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n")
     with pytest.raises(ManifestError) as err:
         load_config(path)
     assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
+    path.write_text(f"out: o\ndata:\n  shards: [{shards}]\nmatryoshka:\n  ranks: [8, 32]\n  rank_weights: [1]\n")
+    with pytest.raises(ManifestError) as err:
+        load_config(path)
+    assert "bad.yaml:4: matryoshka: Value error, `rank_weights` needs `ranks` set and one positive weight per entry" in str(err.value)
     from train.cli import main  # the eval command's --template follows a config's rule, before any model loads
 
     assert main(["eval", str(tmp_path), "--data", str(tmp_path), "--template", "Instruct: find it"]) == 2

@@ -101,8 +101,18 @@ class MatryoshkaConfig(_Strict):
     layer_weights: list[float] | None = Field(None, description="Weight per layer (default: equal, averaged).")
     sample_layers: int | None = Field(None, ge=1, description="Instead of every layer: k layers per step (the last always).")
     ranks: list[int] | None = Field(None, description="MEL: nested ranks of the factorised embedding (default: 64, 128, 256, ... r).")
+    rank_weights: list[float] | None = Field(None, description="Probability weight per rank (default: proportional to the rank, "
+                                             "as in ML-Embed; equal weights train the smallest ranks more).")
     rank: int | None = Field(None, ge=1, description="Full rank r of the factorisation (default: the model's width).")
     mel: bool = Field(True, description="Factorise the token embedding (MEL); false keeps the model's own.")
+
+    @model_validator(mode="after")
+    def _one_weight_each(self) -> MatryoshkaConfig:
+        for values, weights in (("dims", "dim_weights"), ("layers", "layer_weights"), ("ranks", "rank_weights")):
+            w = getattr(self, weights)
+            if w is not None and (getattr(self, values) is None or len(w) != len(getattr(self, values)) or min(w) <= 0):
+                raise ValueError(f"`{weights}` needs `{values}` set and one positive weight per entry (got {w})")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -49,17 +49,17 @@ class Grid:
         self.dims = m.dims or default_dims(model.width)
         self.layers = m.layers or default_layers(model.num_layers)
         self.ranks = (m.ranks or default_ranks(model.mel.full_rank)) if model.mel is not None else [None]
+        self.rank_weights = np.array(m.rank_weights or [r or 1 for r in self.ranks], dtype=float)
         self.sample_layers = m.sample_layers
         self.seed = config.seed
 
     def for_step(self, step: int) -> tuple[int | None, list[int]]:
-        """The MEL rank (probability proportional to rank) and the layers of a step; the same on
-        every rank and after a resume, since it depends only on the seed and the step."""
+        """The MEL rank (by `rank_weights`: proportional to the rank by default) and the layers of a
+        step; the same on every rank and after a resume, since it depends only on the seed and the step."""
         rng = np.random.default_rng([self.seed, step, 7])
         rank = None
         if self.ranks != [None]:
-            weights = np.array(self.ranks, dtype=float)
-            rank = int(self.ranks[rng.choice(len(self.ranks), p=weights / weights.sum())])
+            rank = int(self.ranks[rng.choice(len(self.ranks), p=self.rank_weights / self.rank_weights.sum())])
         layers = self.layers
         if self.sample_layers and self.sample_layers < len(layers):
             others = [x for x in layers if x != max(layers)]
