@@ -20,8 +20,8 @@ def stage2_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("stage2")
     manifest = yaml.safe_load((ROOT / "manifests" / "stage2.yaml").read_text(encoding="utf-8"))
     manifest["output"] = str(tmp_path / "run")
-    for source in manifest["sources"]:
-        source["path"] = str(ROOT / "manifests" / source["path"])
+    for entry in manifest["sources"] + [s for stage in manifest["stages"] for s in stage.get("eval_sets", [])]:
+        entry["path"] = str(ROOT / "manifests" / entry["path"])
     (tmp_path / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
     manifest["stats"] = {"reference": str(tmp_path / "reference.csv")}
     path = tmp_path / "stage2.yaml"
@@ -35,6 +35,8 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
     tmp_path = stage2_run
     shards = pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")
     assert set(shards["task"]) == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}
+    heldout = pl.read_ndjson(ROOT / "manifests" / "samples" / "xquad_r_heldout" / "*.jsonl.gz")  # what the trainer evaluates on
+    assert shards.filter(pl.col("query").is_in(heldout["question"]) | pl.col("positive").is_in(heldout["context"])).height == 0
     assert shards["instruction"].is_not_null().all() and shards["positive"].is_not_null().all()
     retrieval = shards.filter(task="retrieval")
     assert (retrieval["negatives"].list.len() <= 24).all() and retrieval["negatives"].list.len().mean() > 20
