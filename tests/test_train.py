@@ -114,6 +114,16 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
     config.data.sampling, config.data.alpha = "temperature", 0.5
     t = Batches(config.data, 8)
     assert np.allclose(t.probabilities, np.sqrt([90, 185]) / np.sqrt([90, 185]).sum())  # topics, xquad_r (sorted)
+    config.data.weights = {"topics": 3.0}  # a mixture weight multiplies the source's chance
+    assert np.allclose(Batches(config.data, 8).probabilities, np.array([3, 1]) * np.sqrt([90, 185]) / (np.array([3, 1]) * np.sqrt([90, 185])).sum())
+    config.data.weights = {"topics": 0}
+    assert {b.source for b, _ in zip(Batches(config.data, 8), range(20))} == {"xquad_r"}
+    again = [b.queries for b, _ in zip(Batches(config.data, 8), range(5))]
+    first = Batches(config.data, 8)
+    assert [b.queries for b, _ in zip(first, range(5))] == again == [b.queries for b, _ in zip(first, range(5))]  # each pass from the seed
+    config.data.weights = {"topic": 1.0}
+    with pytest.raises(ValueError, match=r"data.weights names sources that the shards do not hold: \['topic'\] \(they hold \['topics', 'xquad_r'\]\)"):
+        Batches(config.data, 8)
 
 
 def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path, shards, tiny_model):

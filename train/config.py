@@ -28,6 +28,8 @@ class DataConfig(_Strict):
     shards: list[str] = Field(min_length=1, description="Run folders (their shards/) or Parquet files/globs, relative to the config.")
     sampling: Literal["size", "temperature"] = Field("size", description="Pick a batch's source by its size, or by size**alpha.")
     alpha: float = Field(0.5, gt=0, le=1, description="Exponent for temperature sampling.")
+    weights: dict[str, float] = Field(default_factory=dict, description="Multiplies a source's chance of a batch (after size or "
+                                      "temperature); sources not named weigh 1, and 0 leaves a source out.")
     batch_by: list[Literal["source", "query_lang", "positive_lang"]] = Field(
         ["source"], description="Columns every row of a batch shares: the source, and optionally the language (harder in-batch "
         "negatives: same-language passages, not other scripts); groups too small for a batch are pooled per source.")
@@ -58,6 +60,13 @@ class DataConfig(_Strict):
         if not columns or columns[0] != "source" or len(set(columns)) != len(columns):
             raise ValueError(f"must start with 'source' and name each column once, e.g. [source, query_lang] (got {columns})")
         return columns
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in weights.values()):
+            raise ValueError(f"weights must be 0 or more (got {weights})")
+        return weights
 
     @field_validator("negatives")
     @classmethod

@@ -135,23 +135,32 @@ class Batches:
         per_source: dict[str, int] = {}
         for key, n in self.sizes.items():
             per_source[key[0]] = per_source.get(key[0], 0) + n
+        unknown = sorted(set(config.weights) - set(per_source))
+        if unknown:
+            raise ValueError(f"data.weights names sources that the shards do not hold: {unknown} (they hold {sorted(per_source)})")
         exponent = config.alpha if config.sampling == "temperature" else 1.0
-        weights = np.array([per_source[key[0]] ** exponent * n / per_source[key[0]] for key, n in self.sizes.items()], dtype=float)
+        weights = np.array([config.weights.get(key[0], 1.0) * per_source[key[0]] ** exponent * n / per_source[key[0]]
+                            for key, n in self.sizes.items()], dtype=float)
+        if not weights.sum():
+            raise ValueError(f"data.weights leaves no source to train on ({config.weights})")
         self.probabilities = weights / weights.sum()
-        self.rng = np.random.default_rng(seed)
-        self.streams = {key: GroupStream(columns, groups, sorted({f for g in groups for f in where[g]}),
-                                         min(config.shuffle_buffer, self.sizes[key]), np.random.default_rng([seed, i]))
-                        for i, (key, groups) in enumerate(members.items())}
+        self.members, self.where, self.seed = members, where, seed
+
+    def _streams(self) -> dict[Group, GroupStream]:
+        return {key: GroupStream(self.config.batch_by, groups, sorted({f for g in groups for f in self.where[g]}),
+                                 min(self.config.shuffle_buffer, self.sizes[key]), np.random.default_rng([self.seed, i]))
+                for i, (key, groups) in enumerate(self.members.items())}
 
     def _prompt(self, row: dict) -> str:
         """The template's text before the query, with the row's instruction ("" when it has none)."""
         return self.config.template.split("{query}")[0].format(instruction=row["instruction"]) if row["instruction"] else ""
 
     def __iter__(self) -> Iterator[Batch]:
-        groups = list(self.sizes)
+        """The batches from the seed on (each iteration starts over: a resumed run replays it)."""
+        groups, rng, streams = list(self.sizes), np.random.default_rng(self.seed), self._streams()
         while True:
-            group = groups[int(self.rng.choice(len(groups), p=self.probabilities))]
-            rows = [self.streams[group].next() for _ in range(self.batch_size)]
+            group = groups[int(rng.choice(len(groups), p=self.probabilities))]
+            rows = [streams[group].next() for _ in range(self.batch_size)]
             source, task = rows[0]["source"], rows[0]["task"]
             positives = [r["positive"] for r in rows]
             first: dict[str, int] = {}
@@ -163,7 +172,7 @@ class Batches:
             for i, r in enumerate(rows):
                 own = r["negatives"] or []
                 if k and own:
-                    for j in sorted(self.rng.choice(len(own), size=min(k, len(own)), replace=False)):
+                    for j in sorted(rng.choice(len(own), size=min(k, len(own)), replace=False)):
                         batch.negatives.append(own[j])
                         batch.owner.append(i)
             yield batch

@@ -86,6 +86,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if config.batch_size % (self.world * config.grad_accum):
             raise ValueError(f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}")
+        self.data = Batches(config.data, config.batch_size, config.seed)  # bad shards or weights fail before any model is built
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
@@ -149,7 +150,7 @@ class Trainer:
         return loss.detach(), parts
 
     def batches(self) -> Iterator[Batch]:
-        data = iter(Batches(self.config.data, self.config.batch_size, self.config.seed))
+        data = iter(self.data)
         for _ in range(self.step):  # replay the order up to the resumed step
             next(data)
         yield from data
