@@ -266,6 +266,40 @@ def test_mel_ranks_are_drawn_by_their_weights(tmp_path, shards):
         assert drawn.count(8) / len(drawn) == pytest.approx(share_of_8, abs=0.03)
 
 
+def test_eval_scores_every_grid_point_and_draws_a_heatmap_per_rank(tmp_path, small_model, browser):
+    import shutil
+
+    from tests.conftest import open_page
+    from train.evaluate import retrieval_scores
+
+    # Exact figures on a hand-made case: the gold passage first, third, and twelfth (outside the top 10).
+    passages = torch.eye(12)
+    queries = torch.stack([passages[0], 3 * passages[4] + 2 * passages[7] + passages[1], sum((12 - i) * passages[i] for i in range(11))])
+    assert retrieval_scores(queries, passages, [0, 1, 11]) == pytest.approx({"ndcg@10": (1 + 0.5 + 0) / 3, "recall@1": 1 / 3, "recall@10": 2 / 3})
+
+    data = tmp_path / "heldout"
+    data.mkdir()
+    for lang in ("de", "en"):
+        shutil.copy(SAMPLES / "xquad_r_heldout" / f"{lang}.jsonl.gz", data)
+    done = _train("eval", str(small_model), "--data", str(data), "--out", str(tmp_path / "eval"),
+                  "--ranks", "16", "128", "--layers", "1", "2", "--dims", "16", "128")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pl.read_csv(tmp_path / "eval" / "eval.csv")
+    assert table.height == 2 * 2 * 2 * 2 and set(table["language"]) == {"de", "en"}
+    assert table.select(pl.col("ndcg@10", "recall@1", "recall@10").is_between(0, 1).all()).row(0) == (True, True, True)
+    mean = {(r, l, d): v for r, l, d, v in table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10").mean()).iter_rows()}
+    # The untrained pass-through model ranks lexically: far above chance (~0.15 for 1 of 30 passages),
+    # and worse cut to rank 16 and 16 dims.
+    assert mean[(128, 2, 128)] > 0.3 and mean[(16, 2, 16)] < mean[(128, 2, 128)]
+    page, errors = open_page(browser, tmp_path / "eval" / "eval.html")
+    drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(d => [d.id, d.data[0].type, d.data[0].z])")
+    assert [(name, kind) for name, kind, _ in drawn] == [("fig-rank16", "heatmap"), ("fig-rank128", "heatmap")]
+    for name, _, z in drawn:  # rows: layers 1, 2; columns: dims 16, 128
+        rank = int(name.removeprefix("fig-rank"))
+        assert np.allclose(z, [[mean[(rank, layer, dim)] for dim in (16, 128)] for layer in (1, 2)])
+    assert errors == []
+
+
 def test_invalid_config_names_the_line(tmp_path, shards):
     path = tmp_path / "bad.yaml"
     path.write_text(f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n")
