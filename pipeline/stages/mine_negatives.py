@@ -161,7 +161,7 @@ class MineNegatives(ShuffleStage):
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
         table = (
             pl.scan_parquet(files)
-            .filter(pl.col(DROP).is_null(), pl.col("positive_score").is_not_null())
+            .filter(pl.col(DROP).is_null(), pl.col("task").is_in([t for t in self.config.tasks if self.config.count(t) > 0]))
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
             .agg(pl.len().alias("queries"),
                  (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
@@ -222,7 +222,9 @@ class MineNegatives(ShuffleStage):
                 first_of.setdefault(rows[i]["positive"], i)
         pool = sorted(first_of)
         targets = [i for i in members if config.wants(rows[i])]
-        if len(pool) < 2 or not targets:
+        if len(pool) < 2 or not targets:  # e.g. the only query of its language: nothing to mine from, kept and counted
+            for i in targets:
+                rows[i][FLAGS] = [{"reason": "mining_skipped:pool_too_small", "language": rows[i]["query_lang"] or "und", "count": 1}]
             bar.update(len(targets))
             return
         index = {text: k for k, text in enumerate(pool)}
