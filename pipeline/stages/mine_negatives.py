@@ -91,10 +91,14 @@ class MineNegativesConfig(StageConfig):
     def count(self, task: str) -> int:
         return self.num_negatives if isinstance(self.num_negatives, int) else self.num_negatives.get(task, 0)
 
+    @property
+    def mined_tasks(self) -> list[str]:
+        """The tasks that get negatives (named in `tasks`, with a count above 0)."""
+        return [t for t in self.tasks if self.count(t) > 0]
+
     def wants(self, row: dict[str, Any]) -> bool:
         """Whether this row gets negatives mined."""
-        return bool(row["positive"]) and row["task"] in self.tasks and self.count(row["task"]) > 0 \
-            and not (self.keep_existing and row["negatives"])
+        return bool(row["positive"]) and row["task"] in self.mined_tasks and not (self.keep_existing and row["negatives"])
 
 
 def _digest(*parts: str) -> str:
@@ -161,7 +165,7 @@ class MineNegatives(ShuffleStage):
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
         table = (
             pl.scan_parquet(files)
-            .filter(pl.col(DROP).is_null(), pl.col("task").is_in([t for t in self.config.tasks if self.config.count(t) > 0]))
+            .filter(pl.col(DROP).is_null(), pl.col("task").is_in(self.config.mined_tasks))
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
             .agg(pl.len().alias("queries"),
                  (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
