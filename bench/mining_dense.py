@@ -4,7 +4,7 @@
 Corpus: the shipped XQuAD-R sample (`manifests/samples/xquad_r`), 8 languages x 1,190 questions over 240
 paragraphs; each language is mined against its own paragraphs (one source per language here, so both
 sides use the same pools). Model: a MiniLM-L6-sized BERT (6 layers, 384 wide, 12 heads) with a
-WordPiece vocabulary trained on the corpus, untrained and pass-through (`train/small_model.py`:
+byte-level BPE vocabulary trained on the corpus, untrained and pass-through (`train/small_model.py`:
 it ranks lexically, so the filters see realistic score distributions, and costs what a trained
 model of its size costs; nothing is downloaded). Settings on both sides: ranks 5-100, drop candidates above 95% of the
 positive's score (ST: relative_margin 0.05), up to 24 negatives, best first, batch 64.

@@ -127,7 +127,7 @@ def loopback_cluster():
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory) -> Path:
-    """A small BERT-style encoder with a WordPiece vocabulary trained on the XQuAD-R sample, built
+    """A small BERT-style encoder with a byte-level BPE vocabulary trained on the XQuAD-R sample, built
     locally (tests may not download a model), pass-through so that it ranks lexically."""
     import gzip
     import json

@@ -176,6 +176,27 @@ def test_small_model_starts_as_a_lexical_retriever_with_spread_similarities(tmp_
     assert sims["pass_through"].mean() < sims["random"].mean() - 0.1
 
 
+def test_small_model_tokenizer_learns_words_and_leaves_no_script_unknown(small_model, shared_data):
+    """Trained on English, German and Chinese: frequent words are single tokens (a WordPiece vocabulary
+    once spent itself on the alphabet and split every word into characters), a prompt tokenizes the
+    same alone as before a query, and no text of any UDHR language (about 360, in dozens of scripts
+    the tokenizer never saw) becomes [UNK]."""
+    import zipfile
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(small_model)
+    assert [t.lstrip("Ġ") for t in tok.tokenize("What is the name of the city?")] == ["what", "is", "the", "name", "of", "the", "city", "?"]
+    prompt = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+    alone = tok(prompt)["input_ids"][:-1]  # without [SEP]
+    assert tok(prompt + "Wer baute die Stadt?")["input_ids"][: len(alone)] == alone
+    with zipfile.ZipFile(shared_data / "udhr2.zip") as z:
+        texts = {n: z.read(n).decode("utf-8")[:2000] for n in z.namelist() if n.endswith(".txt")}
+    assert len(texts) > 300
+    unknown = [n for n, ids in zip(texts, tok(list(texts.values()))["input_ids"]) if tok.unk_token_id in ids]
+    assert unknown == []
+
+
 def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():
     from train.losses import InfoNCE, Pairing
 

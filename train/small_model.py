@@ -1,4 +1,4 @@
-"""A small encoder built from scratch: a WordPiece tokenizer trained on given texts with `tokenizers`,
+"""A small encoder built from scratch: a byte-level BPE tokenizer trained on given texts with `tokenizers`,
 and a randomly initialised BERT-style `transformers` model, saved as a standard model directory.
 
 Used where no pretrained model is on disk (tests, demos, CPU runs, benchmarks of the mining stage):
@@ -27,13 +27,19 @@ def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: 
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # NFKC and lower case; BERT's pre-tokenizer splits on spaces and punctuation, and the WordPiece
-    # vocabulary learns characters, so unspaced scripts (Han, Thai) fall back to sub-word pieces.
+    # Byte-level BPE (as GPT-2 and RoBERTa): every script is covered by its bytes, so no text is ever
+    # [UNK]. A WordPiece vocabulary must first hold every character it sees: on hundreds of languages
+    # (thousands of Han characters) that alphabet filled the whole vocabulary, leaving no room for a
+    # single merge, so the model saw characters only ("what" -> w ##h ##a ##t); a capped alphabet
+    # instead turned half of the Korean text into [UNK]. Words are split on spaces first and each one
+    # gets its own leading space, so a prompt's tokens are the same alone as before a query (pooling
+    # without the instruction counts them).
+    tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
     from tokenizers.processors import TemplateProcessing
