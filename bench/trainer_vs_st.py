@@ -2,13 +2,14 @@
 layers over MultipleNegativesRankingLoss), same model, batch, data and steps, in one run.
 
 Model: the small shipped encoder (train/small_model.py; `--hidden`, `--layers`), built once. Data:
-query/positive pairs of a run's shards (default runs/stage1). Both sides: AdamW, in-batch
-negatives, max 128 tokens, fp32 on CPU (bf16 autocast on a GPU for ours). Sentence-transformers runs
+query/positive batches of a run's shards (default runs/stage1): the very batches our trainer draws,
+fed to both. Both sides: AdamW, in-batch negatives, max 128 tokens, fp32 on CPU (bf16 autocast on a GPU
+for ours). Sentence-transformers runs
 as a plain loop over its loss module in train mode (no HF Trainer, whose overhead would only slow it); its
 Matryoshka2dLoss samples one layer plus the last per step, so ours is set to two layers per step
-(`sample_layers: 2`) and all dims, without and with MEL. Samples/s: median over the timed steps
-after `--warmup` steps (ours: over the timed steps as one call, which replays the warm-up
-batches' order first); tokens/s counts non-padding tokens.
+(`sample_layers: 2`) and all dims, without and with MEL. Samples/s and tokens/s (non-padding):
+over the timed steps after `--warmup` steps, whole (the batches' lengths vary by source, so a median
+step would not compare with ours, timed as one call that replays the warm-up batches first).
 
     python bench/trainer_vs_st.py [--shards runs/stage1] [--steps 30] [--batch 64]
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.config import TrainConfig  # noqa: E402
-from train.data import shard_files  # noqa: E402
+from train.data import Batch, Batches, shard_files  # noqa: E402
 from train.small_model import build_small_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def pairs(shards: str, n: int) -> list[tuple[str, str]]:
     return out[:n]
 
 
-def sentence_transformers_run(model_dir: Path, data: list[tuple[str, str]], batch: int, steps: int, warmup: int, dims: list[int]) -> dict:
+def sentence_transformers_run(model_dir: Path, batches: list[Batch], warmup: int, dims: list[int]) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
 
@@ -56,10 +56,9 @@ def sentence_transformers_run(model_dir: Path, data: list[tuple[str, str]], batc
     loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=dims, n_layers_per_step=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times, tokens = [], 0
-    for step in range(warmup + steps):
-        rows = [data[(step * batch + i) % len(data)] for i in range(batch)]
+    for step, b in enumerate(batches):
         started = time.perf_counter()
-        features = [model.preprocess([r[0] for r in rows]), model.preprocess([r[1] for r in rows])]
+        features = [model.preprocess(b.queries), model.preprocess(b.positives)]
         features = [{k: v.to(model.device) if torch.is_tensor(v) else v for k, v in f.items()} for f in features]
         value = loss(features, None)
         value.backward()
@@ -70,22 +69,25 @@ def sentence_transformers_run(model_dir: Path, data: list[tuple[str, str]], batc
         if step >= warmup:
             times.append(time.perf_counter() - started)
             tokens += sum(int(f["attention_mask"].sum()) for f in features)
-    return {"samples_per_s": batch / statistics.median(times), "tokens_per_s": tokens / sum(times)}
+    return {"samples_per_s": len(batches[0].queries) * len(times) / sum(times), "tokens_per_s": tokens / sum(times)}
 
 
-def ours_run(model_dir: Path, shards: str, batch: int, steps: int, warmup: int, dims: list[int], mel: bool, out: Path) -> dict:
-    from train.loop import Trainer
-
-    config = TrainConfig.model_validate({
+def config(model_dir: Path, shards: str, batch: int, steps: int, warmup: int, dims: list[int], mel: bool, out: Path) -> TrainConfig:
+    return TrainConfig.model_validate({
         "out": str(out), "data": {"shards": [shards], "max_length": 128, "in_batch": ["retrieval", "bitext"]},
         "model": {"path": str(model_dir)}, "batch_size": batch, "steps": warmup + steps, "log_every": 1, "save_every": 10**6, "lr": 1e-4,
         "matryoshka": {"dims": dims, "sample_layers": 2, "mel": mel}})
+
+
+def ours_run(config: TrainConfig, steps: int, warmup: int) -> dict:
+    from train.loop import Trainer
+
     trainer = Trainer(config)
     trainer.fit(until=warmup)
     started = time.perf_counter()
     trainer.fit()  # counts its own tokens (tokens_seen restarts at each call)
     seconds = time.perf_counter() - started
-    return {"samples_per_s": steps * batch / seconds, "tokens_per_s": trainer.tokens_seen / seconds}
+    return {"samples_per_s": steps * config.batch_size / seconds, "tokens_per_s": trainer.tokens_seen / seconds}
 
 
 def main() -> None:
@@ -104,9 +106,14 @@ def main() -> None:
         dims = sorted({args.hidden // 8, args.hidden // 4, args.hidden // 2, args.hidden})
         result = {"device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)", "batch": args.batch,
                   "model": f"BERT {args.layers} layers x {args.hidden}", "dims": dims}
-        result["sentence_transformers_Matryoshka2dLoss"] = sentence_transformers_run(model_dir, data, args.batch, args.steps, args.warmup, dims)
-        result["ours_MRL_MLL"] = ours_run(model_dir, args.shards, args.batch, args.steps, args.warmup, dims, False, Path(tmp) / "a")
-        result["ours_MRL_MLL_MEL"] = ours_run(model_dir, args.shards, args.batch, args.steps, args.warmup, dims, True, Path(tmp) / "b")
+        runs = {name: config(model_dir, args.shards, args.batch, args.steps, args.warmup, dims, mel, Path(tmp) / name)
+                for name, mel in (("ours_MRL_MLL", False), ("ours_MRL_MLL_MEL", True))}
+        # The very batches our trainer draws (same seed), so both sides see the same texts in the same order.
+        stream = iter(Batches(runs["ours_MRL_MLL"].data, args.batch, runs["ours_MRL_MLL"].seed))
+        batches = [next(stream) for _ in range(args.warmup + args.steps)]
+        result["sentence_transformers_Matryoshka2dLoss"] = sentence_transformers_run(model_dir, batches, args.warmup, dims)
+        for name, cfg in runs.items():
+            result[name] = ours_run(cfg, args.steps, args.warmup)
         st = result["sentence_transformers_Matryoshka2dLoss"]["samples_per_s"]
         result["ratio_ours_over_st"] = {k: round(result[k]["samples_per_s"] / st, 2) for k in ("ours_MRL_MLL", "ours_MRL_MLL_MEL")}
     print(json.dumps(result, indent=1))
