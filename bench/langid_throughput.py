@@ -30,9 +30,11 @@ import pyarrow as pa  # noqa: E402
 
 from langid.corpora import sib200  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
-from pipeline.record import WORK_SCHEMA  # noqa: E402
-from pipeline.stage import RunContext  # noqa: E402
-from pipeline.stages.langtag import LangTag, LangTagConfig  # noqa: E402
+from pipeline.engine.plan import plan_steps  # noqa: E402
+from pipeline.engine.stage import RunContext  # noqa: E402
+from pipeline.stages import REGISTRY  # noqa: E402
+from pipeline.stages.langid import LangTag, LangTagConfig  # noqa: E402
+from sources.record import WORK_SCHEMA  # noqa: E402
 
 SIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200-train-dev.tar.xz"
 TAG_CPU = 0
@@ -70,13 +72,13 @@ def bench_stage(table: pa.Table, stage: LangTag, batch_rows: int) -> float:
 
 
 class PinnedStageActor:
-    """The runner's stage actor, pinned to CPU 0 like the baseline."""
+    """The runner's worker for a step of row-local stages, pinned to CPU 0 like the baseline."""
 
     def __init__(self, *args):
-        from pipeline.runner import _StageActor
+        from pipeline.engine.execute import GroupWorker
 
         os.sched_setaffinity(0, {TAG_CPU})
-        self.actor = _StageActor(*args)
+        self.actor = GroupWorker(*args)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.actor(batch)
@@ -88,7 +90,7 @@ def bench_ray(table: pa.Table, config: LangTagConfig, batch_rows: int) -> float:
     ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // batch_rows)).materialize()
     start = time.perf_counter()
     ds.map_batches(
-        PinnedStageActor, fn_constructor_args=(LangTag, config, RunContext(Path("."), ("bench",))), batch_format="pyarrow",
+        PinnedStageActor, fn_constructor_args=(plan_steps([config], REGISTRY, "bench")[1], RunContext(Path("."), ("bench",))), batch_format="pyarrow",
         batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     ).materialize()
     return time.perf_counter() - start
@@ -108,6 +110,7 @@ def main() -> None:
     docs = 2 * args.records
     config = LangTagConfig(stage="langid")
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
+    stage.setup()
     raw_model = LanguageTagger().model
     times = {"raw": [], "stage": [], "ray": [], "ray-fixed": []}
     # Raw and stage first, with no Ray process running beside them; then Ray.

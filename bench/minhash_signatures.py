@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline.minhash import Shingling, signatures, tokens  # noqa: E402
+from pipeline.ops.minhash import Shingling, signatures, tokens  # noqa: E402
 
 UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr2.zip"
 

@@ -58,8 +58,8 @@ def sentence_transformers_run(model_dir: Path, data: dict[str, list[dict]]) -> t
 def our_run(model_dir: Path, folder: Path, run_dir: Path) -> tuple[float, float, int]:
     import polars as pl
 
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import Runner
+    from pipeline.api import load_manifest
+    from pipeline.api import run
 
     sources = [{"name": f"xquad_{lang}", "task": "retrieval", "path": str(SAMPLES / f"{lang}.jsonl.gz"),
                 "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"} for lang in LANGS]
@@ -69,7 +69,7 @@ def our_run(model_dir: Path, folder: Path, run_dir: Path) -> tuple[float, float,
     path = folder / "manifest.json"
     path.write_text(json.dumps({"output": str(run_dir), "sources": sources, "stages": stages}))
     started = time.perf_counter()
-    result = Runner(load_manifest(str(path)), quiet=True, log=lambda m: None).run()
+    result = run(load_manifest(str(path)), quiet=True, log=lambda m: None)
     whole = time.perf_counter() - started
     step = next(s.seconds for s in result.steps if s.name.endswith("mine_negatives"))
     negatives = int(pl.scan_parquet(str(run_dir / "shards" / "**" / "*.parquet")).select(pl.col("negatives").list.len().sum()).collect().item())

@@ -41,7 +41,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from pipeline.dedup_calibration import EDITS, edit  # noqa: E402
+from pipeline.tools.dedup_calibration import EDITS, edit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIB = ROOT.parent / "shared" / "data" / "sib200-train-dev.tar.xz"

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from langid import LanguageTagger  # noqa: E402
-from pipeline.manifest import load_manifest  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from pipeline.api import load_manifest  # noqa: E402
+from pipeline.api import run  # noqa: E402
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
 _SPACE = re.compile(r"[^\S\n]+")
@@ -92,7 +92,7 @@ def pipeline_run(folder: Path, data_path: Path) -> tuple[float, float, int]:
         "shards:\n  rows_per_shard: 250000\n"
     )
     start = time.perf_counter()
-    result = Runner(load_manifest(manifest_path), quiet=True, log=lambda m: None).run()
+    result = run(load_manifest(manifest_path), quiet=True, log=lambda m: None)
     wall = time.perf_counter() - start
     stage_seconds = sum(s.seconds for s in result.steps[1:])
     return wall, stage_seconds, sum(s["rows"] for s in result.shards)

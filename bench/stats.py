@@ -35,7 +35,7 @@ PHASES.update({"running 01-normalize": "normalize", "running 02-langid": "langid
 
 BASELINE = r'''
 import sys, time, polars as pl
-from pipeline.stats import WORD_PATTERN
+from pipeline.reporting.stats import WORD_PATTERN
 started = time.perf_counter()
 df = pl.read_parquet(sys.argv[1] + "/shards/**/*.parquet")
 out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum().alias("chars"), pl.col("query").str.count_matches(WORD_PATTERN).sum().alias("words"),

@@ -47,7 +47,10 @@ def pairs(shards: str, n: int) -> list[tuple[str, str]]:
 
 def sentence_transformers_run(model_dir: Path, batches: list[Batch], warmup: int, dims: list[int]) -> dict:
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.losses import (
+        Matryoshka2dLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     torch.manual_seed(0)
     model = SentenceTransformer(str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu")

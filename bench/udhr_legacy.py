@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from langid.evaluate import covered_labels  # noqa: E402
 from langid.labels import canonical, language_of  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
-from pipeline.manifest import SourceConfig  # noqa: E402
+from sources.config import SourceConfig  # noqa: E402
 from sources.reader import Unit, read_unit  # noqa: E402
 
 UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr.zip"

@@ -10,13 +10,14 @@ from pathlib import Path
 from rich.console import Console
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Build embedding-training corpora from a manifest.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a manifest (resumes an interrupted run)")
     run.add_argument("manifest")
     run.add_argument("--ray-address", help="address of an existing Ray cluster (overrides ray.address)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--verbose", action="store_true", help="Ray's own logs and warnings too")
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
     sub.add_parser("schema", help="print the manifest JSON Schema")
@@ -41,42 +42,64 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("dashboard", help="write the run's self-contained HTML dashboard (stats/dashboard.html)")
     db.add_argument("run_dir")
     db.add_argument("--out", help="HTML file to write instead")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     console = Console(stderr=True)
-    from pipeline.manifest import ManifestError, json_schema, load_manifest
+    commands = {"schema": _schema, "dedup-eval": _dedup_eval, "export": _export, "stats": _stats, "dashboard": _stats,
+                "validate": _validate, "run": _run}
+    return commands[args.command](args, console)
 
-    if args.command == "schema":
-        print(json.dumps(json_schema(), indent=2))
-        return 0
-    if args.command == "dedup-eval":
-        return _dedup_eval(args)
-    if args.command == "export":
-        from pipeline.export import export
 
-        template = args.template.replace("\\n", "\n") if args.template else None
-        rows = export(args.run_dir, args.out, args.negatives, template)
-        console.print(f"{rows:,} rows written under {args.out}")
-        return 0
-    if args.command in ("stats", "dashboard"):
-        return _stats(args, console)
+def _schema(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.api import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.tools.export import export
+
+    template = args.template.replace("\\n", "\n") if args.template else None
+    rows = export(args.run_dir, args.out, args.negatives, template)
+    console.print(f"{rows:,} rows written under {args.out}")
+    return 0
+
+
+def _load(args: argparse.Namespace, console: Console):  # noqa: ANN202 (a Manifest, or None after printing why)
+    from pipeline.api import load_manifest
+    from sources.settings import ConfigError
+
     try:
-        manifest = load_manifest(args.manifest)
-    except ManifestError as exc:
+        return load_manifest(args.manifest)
+    except ConfigError as exc:
         console.print(f"[red]invalid manifest[/]\n{exc}", highlight=False, soft_wrap=True)
-        return 2
-    if args.command == "validate":
-        console.print(f"{args.manifest}: ok ({len(manifest.sources)} sources, {len(manifest.stages)} stages)")
-        return 0
+        return None
 
-    from pipeline.ledger import LedgerError
-    from pipeline.lock import RunLocked
-    from pipeline.report import print_summary
-    from pipeline.runner import Runner
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    manifest = _load(args, console)
+    if manifest is None:
+        return 2
+    console.print(f"{args.manifest}: ok ({len(manifest.sources)} sources, {len(manifest.stages)} stages)")
+    return 0
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    manifest = _load(args, console)
+    if manifest is None:
+        return 2
+    from pipeline.api import run
+    from pipeline.engine.ledger import LedgerError
+    from pipeline.engine.lock import RunLocked
+    from pipeline.reporting.report import print_summary
     from sources.reader import SourceError
 
     try:
-        result = Runner(manifest, args.ray_address, args.quiet, log=lambda m: console.print(f"[bold blue]>[/] {m}")).run()
+        result = run(manifest, args.ray_address, args.quiet, args.verbose, log=lambda m: console.print(f"[bold blue]>[/] {m}"))
     except RunLocked as exc:
         console.print(f"[red]refused:[/] {exc}", highlight=False)
         return 3
@@ -88,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stats(args: argparse.Namespace, console: Console) -> int:
-    from pipeline import dashboard, stats
-    from pipeline.report import print_stats
+    from pipeline.reporting import dashboard, stats
+    from pipeline.reporting.report import print_stats
 
     run_dir = Path(args.run_dir)
     recompute = args.command == "stats" and (args.recompute or args.reference or args.tokenizer)
@@ -108,22 +131,21 @@ def _stats(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _dedup_eval(args: argparse.Namespace) -> int:
+def _dedup_eval(args: argparse.Namespace, console: Console) -> int:
+    from pydantic import ValidationError
     from rich.table import Table
 
-    from pydantic import ValidationError
-
-    from pipeline.dedup_eval import run
     from pipeline.stages.near_dedup import NearDedupConfig
+    from pipeline.tools.dedup_eval import run
 
     try:
         config = NearDedupConfig(stage="near_dedup", **dict(kv.split("=", 1) for kv in args.set))
     except (ValidationError, ValueError) as e:
-        Console(stderr=True).print(f"[red]invalid --set:[/] {e}")
+        console.print(f"[red]invalid --set:[/] {e}")
         return 2
     by_script, by_kind = run(args.data_dir, args.pairs, config)
-    console = Console()
-    settings = config.model_dump(exclude={"stage", "cross_language", "fields"})
+    out = Console()
+    settings = config.model_dump(exclude={"stage", "cross_language", "fields", "checkpoint"})
     described = ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
     for title, figures in (("per script", by_script), ("per kind of pair", by_kind)):
         table = Table(title=f"near-duplicate detection {title}\n{described}, bands x rows {config.banding()}")
@@ -131,7 +153,7 @@ def _dedup_eval(args: argparse.Namespace) -> int:
             table.add_column(col, justify="left" if col in ("script", "pair") else "right")
         for name, m in sorted(figures.items(), key=lambda kv: (kv[0] != "all", -kv[1]["pairs"])):
             table.add_row(name, str(m["pairs"]), str(m["duplicates"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
-        console.print(table)
+        out.print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"settings": settings, "bands_rows": config.banding(), "per_script": by_script, "per_kind": by_kind}, f, indent=1)

@@ -7,8 +7,15 @@ import math
 from typing import Any
 
 from langid.declared import declared_label
-from pipeline.record import DECLARED_LANG, record_id
-from sources.tasks import LABEL_FIELDS, LANGUAGE_FIELDS, NUMBER_FIELDS, NUMBER_LIST_FIELDS, TASK_SPECS, TEXT_LIST_FIELDS
+from sources.record import DECLARED_LANG, record_id
+from sources.tasks import (
+    LABEL_FIELDS,
+    LANGUAGE_FIELDS,
+    NUMBER_FIELDS,
+    NUMBER_LIST_FIELDS,
+    TASK_SPECS,
+    TEXT_LIST_FIELDS,
+)
 
 
 class RowError(Exception):

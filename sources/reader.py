@@ -13,13 +13,14 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.record import DETAIL, DROP, INGEST_SCHEMA, RAW
+from sources.config import SourceConfig
 from sources.mapping import RowError, map_row
+from sources.record import DETAIL, DROP, INGEST_SCHEMA, RAW
 
 CHUNK_BYTES = 64 << 20  # uncompressed JSONL files larger than this are read in parallel byte ranges
 HF_ROWS_PER_UNIT = 100_000
@@ -54,7 +55,7 @@ def open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _jsonl_units(source: Any, path: Path) -> list[Unit]:
+def _jsonl_units(source: SourceConfig, path: Path) -> list[Unit]:
     size = path.stat().st_size
     if str(path).endswith((".gz", ".zst")) or size <= CHUNK_BYTES:
         return [Unit(source.name, str(path))]
@@ -71,7 +72,7 @@ def _jsonl_units(source: Any, path: Path) -> list[Unit]:
     return units
 
 
-def plan_units(source: Any) -> list[Unit]:
+def plan_units(source: SourceConfig) -> list[Unit]:
     """Split a source into units. Runs on the driver, cheaply: no row is parsed here."""
     if source.format == "hf":
         n = len(load_hf(source))
@@ -91,7 +92,16 @@ def plan_units(source: Any) -> list[Unit]:
     return units
 
 
-def load_hf(source: Any) -> Any:
+class HfLocation(Protocol):
+    """What `load_hf` needs: a source, or an evaluation set of the decontaminate stage."""
+
+    name: str
+    path: str
+    hf_config: str | None
+    split: str | None
+
+
+def load_hf(source: HfLocation) -> Any:
     """A `datasets.Dataset` from a saved dataset folder, a local data folder, or a hub id."""
     import datasets
 
@@ -128,7 +138,7 @@ def _read_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
             line_no += 1
 
 
-def _jsonl(unit: Unit, source: Any) -> Iterator[Parsed]:
+def _jsonl(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
     for line_no, line in _read_lines(unit):
         origin = f"{unit.path}:{line_no}"
         line = line.rstrip(b"\r\n")
@@ -148,7 +158,7 @@ def _jsonl(unit: Unit, source: Any) -> Iterator[Parsed]:
             yield origin, line, RowError("bad_json", f"{exc.msg} at column {exc.colno}")
 
 
-def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
+def _delimited(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
     bad: list[Parsed] = []
     current = {"line": 0, "raw": b""}
 
@@ -186,7 +196,7 @@ def _delimited(unit: Unit, source: Any) -> Iterator[Parsed]:
     yield from bad
 
 
-def _text(unit: Unit, source: Any) -> Iterator[Parsed]:
+def _text(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
     """Plain text: each non-blank line is a row, or (`text_unit: file`) the whole file is one; rows
     have the columns `text` and `path` (so a code file's extension can declare its language)."""
     if source.text_unit == "file":
@@ -215,13 +225,13 @@ def _text(unit: Unit, source: Any) -> Iterator[Parsed]:
             yield origin, line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0):exc.start + 10]!r}")
 
 
-def _parquet(unit: Unit, source: Any) -> Iterator[Parsed]:
+def _parquet(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
     table = pq.ParquetFile(unit.path).read_row_group(unit.start)
     for i, row in enumerate(table.to_pylist()):
         yield f"{unit.path}:rowgroup={unit.start}:row={i}", None, row
 
 
-def _hf(unit: Unit, source: Any) -> Iterator[Parsed]:
+def _hf(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
     ds = load_hf(source).select(range(unit.start, unit.stop))
     split = f"[{source.split}]" if source.split else ""
     for i, row in enumerate(ds):
@@ -231,7 +241,7 @@ def _hf(unit: Unit, source: Any) -> Iterator[Parsed]:
 _READERS = {"jsonl": _jsonl, "csv": _delimited, "tsv": _delimited, "parquet": _parquet, "hf": _hf, "text": _text}
 
 
-def read_unit(unit: Unit, source: Any) -> pa.Table:
+def read_unit(unit: Unit, source: SourceConfig) -> pa.Table:
     """All rows of one unit as a table (INGEST_SCHEMA); bad rows carry `_drop`, `_detail`, `_raw`."""
     rows: list[dict[str, Any]] = []
 

@@ -4,22 +4,25 @@ stages, its record construction); the mapping and validation code reads this tab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     required: tuple[str, ...]  # record fields a source of this task must map and fill
-    description: str
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
-    "retrieval": TaskSpec(("query", "positive"), "query -> relevant passage"),
-    "bitext": TaskSpec(("query", "positive"), "sentence -> its translation"),
-    "sts": TaskSpec(("query", "positive", "score"), "sentence pair with a similarity score"),
-    "pair_classification": TaskSpec(("query", "positive", "label"), "sentence pair with a class (e.g. NLI)"),
-    "classification": TaskSpec(("query", "label"), "text with its class label"),
-    "clustering": TaskSpec(("query", "label"), "text with its cluster id"),
+    "retrieval": TaskSpec(("query", "positive")),
+    "bitext": TaskSpec(("query", "positive")),
+    "sts": TaskSpec(("query", "positive", "score")),
+    "pair_classification": TaskSpec(("query", "positive", "label")),
+    "classification": TaskSpec(("query", "label")),
+    "clustering": TaskSpec(("query", "label")),
 }
+TASKS = tuple(TASK_SPECS)
+# The task names as a type, for settings that name tasks (built from the table, so it never drifts).
+TaskName = Literal[TASKS]  # type: ignore[valid-type]
 
 # Record fields a source may fill from its columns, by kind of value.
 TEXT_FIELDS = ("query", "positive", "instruction")

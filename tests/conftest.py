@@ -43,6 +43,12 @@ STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_d
                  {"stage": "near_dedup", "fields": ["query", "positive"]}]
 
 
+def ready(stage):
+    """A stage as a worker holds it: built, then `setup()` (models and tables loaded)."""
+    stage.setup()
+    return stage
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m pipeline ...` as a user would."""
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
@@ -52,7 +58,7 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
 @pytest.fixture(scope="module")
 def ray_local():
     """An embedded two-CPU Ray for tests that call a stage's Ray plan directly."""
-    from pipeline import ray_cluster
+    from pipeline.engine import cluster as ray_cluster
 
     started = ray_cluster.start(None, 2, None, True)
     yield

@@ -11,10 +11,10 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from pipeline.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
-from pipeline.stage import RunContext
+from pipeline.engine.stage import RunContext
 from pipeline.stages.decontaminate import Decontaminate, DecontaminateConfig
-from tests.conftest import SAMPLES, run_cli, stage1_sources, write_manifest
+from sources.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
+from tests.conftest import SAMPLES, ready, run_cli, stage1_sources, write_manifest
 
 XQUAD = SAMPLES / "xquad_r"
 
@@ -27,7 +27,7 @@ def _rows(lang: str) -> list[dict]:
 def _stage(**extra) -> Decontaminate:
     sets = [{"name": "xquad_en", "path": str(XQUAD / "en.jsonl.gz"), "columns": ["question", "context"]},
             {"name": "xquad_zh", "path": str(XQUAD / "zh.jsonl.gz"), "columns": ["context"]}]
-    return Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets, **extra), RunContext(Path("."), ("s",)))
+    return ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets, **extra), RunContext(Path("."), ("s",))))
 
 
 def _batch(rows: list[dict]) -> pa.Table:
@@ -63,7 +63,7 @@ def test_eval_set_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no file matches"):
         DecontaminateConfig(stage="decontaminate", eval_sets=[{"name": "x", "path": str(tmp_path / "missing.jsonl")}])
     with pytest.raises(ValueError, match="has no column 'text'"):
-        _ = Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{"name": "x", "path": str(XQUAD / "en.jsonl.gz")}]), RunContext(Path("."), ()))
+        _ = ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{"name": "x", "path": str(XQUAD / "en.jsonl.gz")}]), RunContext(Path("."), ())))
 
 
 @pytest.mark.slow
@@ -88,8 +88,8 @@ def test_eval_set_from_a_saved_datasets_folder(tmp_path):
     en = _rows("en")
     datasets.Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in en[:50]]).save_to_disk(str(tmp_path / "xq"))
     sets = [{"name": "xquad_hf", "format": "hf", "path": str(tmp_path / "xq"), "columns": ["question", "context"]}]
-    stage = Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets), RunContext(Path("."), ("s",)))
+    stage = ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets), RunContext(Path("."), ("s",))))
     out = stage(_batch([{"query": en[3]["question"], "positive": "unrelated"}, {"query": en[60]["question"], "positive": "unrelated"}])).to_pylist()
     assert [r[DROP] for r in out] == ["eval_overlap:xquad_hf", None]
     with pytest.raises(ValueError, match="no column"):
-        Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{**sets[0], "columns": ["answer"]}]), RunContext(Path("."), ()))
+        ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{**sets[0], "columns": ["answer"]}]), RunContext(Path("."), ())))

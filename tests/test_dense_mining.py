@@ -12,8 +12,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, kill_tree, run_cli, shard_digests, write_manifest
-from pipeline.retrieval import DenseSearch
+from pipeline.ops.retrieval import DenseSearch
+from tests.conftest import (
+    ROOT,
+    SAMPLES,
+    kill_tree,
+    run_cli,
+    shard_digests,
+    write_manifest,
+)
 
 
 def test_sharded_dense_search_equals_a_full_sort():

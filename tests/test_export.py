@@ -6,7 +6,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.record import SCHEMA
+from sources.record import SCHEMA
 from tests.conftest import run_cli
 
 

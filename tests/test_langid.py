@@ -19,10 +19,11 @@ from langid.declared import declared_label
 from langid.evaluate import score
 from langid.labels import LabelMapper, canonical, language_name
 from langid.tagger import LanguageTagger, prepare
-from pipeline.manifest import SourceConfig
-from pipeline.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
-from pipeline.stage import RunContext
-from pipeline.stages.langtag import LangTag, LangTagConfig
+from sources.config import SourceConfig
+from pipeline.engine.stage import RunContext
+from pipeline.stages.langid import LangTag, LangTagConfig
+from tests.conftest import ready
+from sources.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +142,7 @@ def test_stage_declared_language_policies_and_cross_lingual(sib_dev):
     for policy in ("verified", "trusted", "ignored"):
         src = _src(language=declared, language_policy=policy)
         for drop in (False, True):
-            stage = LangTag(LangTagConfig(stage="langid", drop_mismatch=drop), RunContext(Path("."), ("src",), {"src": src}))
+            stage = ready(LangTag(LangTagConfig(stage="langid", drop_mismatch=drop), RunContext(Path("."), ("src",), {"src": src})))
             results[policy, drop] = stage(_stage_batch(rows)).to_pylist()
     v = results["verified", False]
     assert [r["query_lang"] for r in v] == ["eng_Latn", "deu_Latn", "eng_Latn"]
@@ -162,9 +163,9 @@ def test_stage_declared_language_policies_and_cross_lingual(sib_dev):
 def test_stage_thresholds_table_and_manifest_override(sib_dev):
     eng = [t for t, lab in zip(sib_dev.texts, sib_dev.labels) if lab == "eng_Latn"][:20]
     ctx = RunContext(Path("."), ("src",))
-    default = LangTag(LangTagConfig(stage="langid"), ctx)
+    default = ready(LangTag(LangTagConfig(stage="langid"), ctx))
     assert default.thresholds["eng_Latn"] == 0.8  # the shipped lid.176 table
-    strict = LangTag(LangTagConfig(stage="langid", thresholds={"eng_Latn": 1.0}), ctx)
+    strict = ready(LangTag(LangTagConfig(stage="langid", thresholds={"eng_Latn": 1.0}), ctx))
     assert {r["query_lang"] for r in strict(_stage_batch([{"query": t} for t in eng])).to_pylist()} == {"und"}
     with pytest.raises(ValueError, match="thresholds"):
         LangTagConfig(stage="langid", thresholds={"english": 0.5})
@@ -259,7 +260,7 @@ def test_code_source_declares_its_language_by_file_extension(tmp_path):
     assert rows[0][DECLARED_LANG] == "code:python" and rows[0]["query"].startswith("import sys")
     assert rows[1]["_drop"] == "unknown_language" and "notes.xyz" in rows[1]["_detail"]
     src = _text_source(script, columns=columns)
-    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), (src.name,), {src.name: src}))
+    stage = ready(LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), (src.name,), {src.name: src})))
     out = stage(pa.Table.from_pylist([{k: rows[0].get(k) for k in WORK_SCHEMA.names}], schema=WORK_SCHEMA)).to_pylist()
     assert out[0]["query_lang"] == "code:python" and out[0]["query_lang_conf"] == 1.0
 
@@ -282,7 +283,7 @@ def test_negatives_set_label_and_one_mismatch_count_per_row(sib_dev):
         by.setdefault(lab, []).append(t)
     rows = [{"query": by["eng_Latn"][0], "positive": by["eng_Latn"][1], "negatives": by["deu_Latn"][:3] + by["fra_Latn"][:1]}]
     src = _src(language={"negatives": "eng_Latn"}, language_policy="verified")
-    stage = LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": src}))
+    stage = ready(LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": src})))
     [out] = stage(_stage_batch(rows)).to_pylist()
     assert out["negatives_lang"] == "deu_Latn" and 0 < out["negatives_lang_conf"] <= 1
     assert out[FLAGS] == [{"reason": "language_mismatch", "language": "eng_Latn", "count": None}]  # four wrong negatives, one count

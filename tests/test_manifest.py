@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipeline.manifest import ManifestError, load_manifest
+from pipeline.api import load_manifest
+from sources.settings import ConfigError
 from tests.conftest import ROOT, run_cli, stage1_sources, write_manifest
 
 
@@ -22,7 +23,7 @@ def test_shipped_manifest_is_valid():
 def _error(tmp_path, text: str) -> str:
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    with pytest.raises(ManifestError) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_manifest(path)
     return str(exc.value)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.record import FLAGS, WORK_SCHEMA
-from pipeline.stage import RunContext
+from pipeline.engine.stage import RunContext
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig
+from sources.record import FLAGS, WORK_SCHEMA
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.dedup_eval import read_pairs, run
+from pipeline.ops.minhash import (
+    Shingling,
+    band_keys,
+    choose_bands,
+    probability_of_candidate,
+    signatures,
+    tokens,
+)
 from pipeline.stages.near_dedup import NearDedupConfig
-from pipeline.minhash import Shingling, band_keys, choose_bands, probability_of_candidate, signatures, tokens
+from pipeline.tools.dedup_eval import read_pairs, run
 from tests.conftest import run_cli
 
 

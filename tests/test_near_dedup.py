@@ -13,11 +13,11 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
-from pipeline.dedup_calibration import planted_corpus
-from pipeline.minhash import band_keys, signatures
-from pipeline.record import DETAIL, DROP, WORK_SCHEMA
-from pipeline.stage import RunContext
+from pipeline.engine.stage import RunContext
+from pipeline.ops.minhash import band_keys, signatures
 from pipeline.stages.near_dedup import NearDedup, NearDedupConfig
+from pipeline.tools.dedup_calibration import planted_corpus
+from sources.record import DETAIL, DROP, WORK_SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_languages_kept_apart_unless_asked(ray_local):
 def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local):
     import ray
 
-    from pipeline.components import connected_components, route_undirected
+    from pipeline.ops.components import connected_components, route_undirected
 
     rng = np.random.default_rng(0)
     n = 20_000

@@ -16,8 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.lock import RunLock
-from tests.conftest import ROOT, SAMPLES, STAGE1_STAGES, kill_tree, run_cli, shard_digests, stage1_sources, write_manifest
+from pipeline.engine.lock import RunLock
+from tests.conftest import (
+    ROOT,
+    SAMPLES,
+    STAGE1_STAGES,
+    kill_tree,
+    run_cli,
+    shard_digests,
+    stage1_sources,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.manifest import ShardSettings
-from pipeline.record import DROP, WORK_SCHEMA, record_id
-from pipeline.shards import write_shards
+from pipeline.engine.manifest import ShardSettings
+from pipeline.engine.shards import write_shards
+from sources.record import DROP, WORK_SCHEMA, record_id
 
 
 def _checkpoint(folder: Path, rows: list[dict], files: int) -> list[str]:

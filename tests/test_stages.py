@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.record import DROP, WORK_SCHEMA
-from pipeline.stage import STAGES, RunContext
-from pipeline.manifest import Manifest  # noqa: F401  (registers stages)
+from pipeline.engine.stage import RunContext
+from pipeline.stages import REGISTRY
+from sources.record import DROP, WORK_SCHEMA
+from tests.conftest import ready
 
 CTX = RunContext(Path("."), ("first", "second"))
 
@@ -22,8 +23,8 @@ def _batch(rows: list[dict]) -> pa.Table:
 
 
 def _stage(name: str, **cfg):
-    cls = STAGES[name]
-    return cls(cls.config_model(stage=name, **cfg), CTX)
+    cls = REGISTRY[name]
+    return ready(cls(cls.config_model(stage=name, **cfg), CTX))
 
 
 def test_normalize_unicode_controls_whitespace():

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import stats
-from pipeline.ledger import LEDGER_SCHEMA
-from pipeline.manifest import ManifestError, load_manifest
-from pipeline.record import SCHEMA
+from pipeline.engine.ledger import LEDGER_SCHEMA
+from pipeline.api import load_manifest
+from sources.settings import ConfigError
+from pipeline.reporting import stats
+from sources.record import SCHEMA
 from tests.conftest import SAMPLES, stage1_sources, write_manifest
 
 
@@ -114,5 +115,5 @@ def test_bad_reference_and_missing_files_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished shards"):
         stats.compute(tmp_path, progress=False)
     path = write_manifest(tmp_path, stage1_sources(), stats={"reference": "nowhere.csv", "tokenizer": str(SAMPLES)})
-    with pytest.raises(ManifestError, match=r"manifest\.yaml:\d+: stats\.reference: .*no such file"):
+    with pytest.raises(ConfigError, match=r"manifest\.yaml:\d+: stats\.reference: .*no such file"):
         load_manifest(path)

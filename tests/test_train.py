@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.manifest import ManifestError
-from pipeline.record import SCHEMA
+from sources.settings import ConfigError
+from sources.record import SCHEMA
 from tests.conftest import ROOT, SAMPLES
 from train.config import load_config
 from train.data import Batches, rank_slice
@@ -152,7 +152,7 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
     config.data.shards = [str(relaid)]
     assert Batches(config.data, 8, seed=0).sizes == batches.sizes
     bad = _config(tmp_path / "bad", shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["query_lang"]})
-    with pytest.raises(ManifestError, match="batch_by"):
+    with pytest.raises(ConfigError, match="batch_by"):
         load_config(bad)
 
 
@@ -324,14 +324,16 @@ def test_eval_scores_every_grid_point_and_draws_a_heatmap_per_rank(tmp_path, sma
 def test_invalid_config_names_the_line(tmp_path, shards):
     path = tmp_path / "bad.yaml"
     path.write_text(f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n")
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
     path.write_text(f"out: o\ndata:\n  shards: [{shards}]\nmatryoshka:\n  ranks: [8, 32]\n  rank_weights: [1]\n")
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "bad.yaml:4: matryoshka: Value error, `rank_weights` needs `ranks` set and one positive weight per entry" in str(err.value)
-    from train.cli import main  # the eval command's --template follows a config's rule, before any model loads
+    from train.cli import (
+        main,  # the eval command's --template follows a config's rule, before any model loads
+    )
 
     assert main(["eval", str(tmp_path), "--data", str(tmp_path), "--template", "Instruct: find it"]) == 2
 

@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
 
     if args.command == "fit":
-        from pipeline.manifest import ManifestError
+        from sources.settings import ConfigError
         from train.config import load_config
 
         try:
             config = load_config(args.config)
-        except ManifestError as exc:
+        except ConfigError as exc:
             console.print(f"[red]invalid config[/]\n{exc}", highlight=False, soft_wrap=True)
             return 2
         from train.loop import Trainer

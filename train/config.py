@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.manifest import load_yaml_model
-from pipeline.stage import existing_path, from_manifest
-
-TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
+from sources.settings import Strict, existing_path, from_manifest, load_yaml_model
+from sources.tasks import TASKS, TaskName
 
 
 def query_last(template: str | None) -> str | None:
@@ -20,11 +18,7 @@ def query_last(template: str | None) -> str | None:
     return template
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     shards: list[str] = Field(min_length=1, description="Run folders (their shards/) or Parquet files/globs, relative to the config.")
     sampling: Literal["size", "temperature"] = Field("size", description="Pick a batch's source by its size, or by size**alpha.")
     alpha: float = Field(0.5, gt=0, le=1, description="Exponent for temperature sampling.")
@@ -37,7 +31,7 @@ class DataConfig(_Strict):
     template: str = Field("Instruct: {instruction}\nQuery: {query}", description="Joins an instruction to its query; {query} alone when none.")
     negatives: dict[str, int] = Field(default_factory=dict, description="Hard negatives per query by task (sampled each step from the "
                                       "row's list); tasks not named use none (stage 1: in-batch negatives only).")
-    in_batch: list[str] = Field(default_factory=lambda: ["retrieval", "bitext", "sts", "pair_classification"],
+    in_batch: list[TaskName] = Field(default_factory=lambda: ["retrieval", "bitext", "sts", "pair_classification"],
                                 description="Tasks whose queries also score against every positive of the batch (all ranks).")
     max_length: int = Field(128, ge=8, description="Tokens per text.")
 
@@ -77,7 +71,7 @@ class DataConfig(_Strict):
         return negatives
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: str | None = Field(None, description="A local transformers model folder (encoder or decoder); a small model is built when empty.")
     pooling: Literal["mean", "cls", "last"] = Field("mean", description="mean of tokens, the first token, or the last (decoders).")
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout rates (0: deterministic steps).")
@@ -103,7 +97,7 @@ class ModelConfig(_Strict):
         return str(resolved.resolve())
 
 
-class MatryoshkaConfig(_Strict):
+class MatryoshkaConfig(Strict):
     dims: list[int] | None = Field(None, description="MRL: nested output dims (default: 8, 16, ... up to the model's width).")
     dim_weights: list[float] | None = Field(None, description="Weight per dim (default: n-th largest dim 1/(n*sqrt(d/dim))).")
     layers: list[int] | None = Field(None, description="MLL: layers whose pooled output gets a loss (default: 1, 2, 4, ... and the last).")
@@ -124,7 +118,7 @@ class MatryoshkaConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     out: str = Field(description="Output folder: checkpoints, logs, eval report (relative to the config).")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -20,7 +20,13 @@ from train import checkpoint
 from train.config import TrainConfig
 from train.data import Batch, Batches, rank_slice
 from train.losses import InfoNCE, Layers, Matryoshka, Pairing, gather_keys
-from train.model import Embedder, default_dims, default_layers, default_ranks, prompt_mask
+from train.model import (
+    Embedder,
+    default_dims,
+    default_layers,
+    default_ranks,
+    prompt_mask,
+)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

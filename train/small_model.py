@@ -23,7 +23,14 @@ def build_small_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: 
     default start, each layer growing from the identity (zero-initialised residual branches, as
     in SkipInit and ReZero)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

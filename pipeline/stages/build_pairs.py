@@ -26,9 +26,9 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.minhash import hash_strings
-from pipeline.record import DETAIL, DROP, WORK_SCHEMA
-from pipeline.stage import ShuffleStage, StageConfig, register
+from pipeline.engine.stage import ShuffleStage, StageConfig
+from pipeline.ops.minhash import hash_strings
+from sources.record import DETAIL, DROP, WORK_SCHEMA
 
 
 class BuildPairsConfig(StageConfig):
@@ -46,10 +46,10 @@ class BuildPairsConfig(StageConfig):
         return [n for n in self.label_descriptions if n not in names]
 
 
-@register
 class BuildPairs(ShuffleStage):
     name = "build_pairs"
     config_model = BuildPairsConfig
+    writes = ("positive", "negatives")
     config: BuildPairsConfig
 
     def key(self, batch: pa.Table) -> pa.Array:
@@ -69,6 +69,8 @@ class BuildPairs(ShuffleStage):
                         r[DROP], r[DETAIL] = "sts_low_score", f"score {r['score']} < {self.config.sts_min_score}"
             elif task == "pair_classification":
                 self._nli(group)
+        # Rows are dicts here (the grouping logic is per row): a dropped row's reason is set on its dict
+        # and taken over as it stands.
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
 
     def _rng(self, row: dict) -> random.Random:

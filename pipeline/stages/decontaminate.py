@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from pipeline.minhash import Shingling, shingle_hashes
-from pipeline.arrow_utils import replace_column
-from pipeline.record import DETAIL, DROP, FLAG_TYPE, FLAGS
-from pipeline.stage import RunContext, Stage, StageConfig, from_manifest, matching_files, register
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.ops.arrow import replace_column
+from pipeline.ops.minhash import Shingling, shingle_hashes
 from sources.reader import load_hf, open_binary
+from sources.record import FLAG_TYPE, FLAGS
+from sources.settings import from_manifest, matching_files
 
 
 class EvalSet(BaseModel):
@@ -80,15 +81,14 @@ class DecontaminateConfig(StageConfig):
     action: Literal["drop", "flag"] = Field("drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it.")
 
 
-@register
 class Decontaminate(Stage):
     name = "decontaminate"
     config_model = DecontaminateConfig
-    stateful = True  # the evaluation sets' hashes are built once per actor
     config: DecontaminateConfig
 
-    def __init__(self, config: DecontaminateConfig, context: RunContext):
-        super().__init__(config, context)
+    def setup(self) -> None:
+        """The evaluation sets' hashes, built once per worker."""
+        config = self.config
         self.shingling = Shingling("auto", config.n_words, config.n_chars)
         self.sets: list[tuple[str, np.ndarray, np.ndarray]] = []  # name, exact keys, n-grams of long-enough texts
         for eval_set in config.eval_sets:
@@ -120,7 +120,7 @@ class Decontaminate(Stage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         hit: list[str | None] = [None] * n
-        detail = batch.column(DETAIL).to_pylist()
+        detail: list[str | None] = [None] * n
         for field in self.config.fields:
             column = batch.column(field).combine_chunks()
             if field == "negatives":
@@ -137,11 +137,7 @@ class Decontaminate(Stage):
                     detail[i] = f"{field}: {why[j]} in evaluation set {name}"
         reasons = [None if h is None else f"eval_overlap:{h}" for h in hit]
         if self.config.action == "drop":
-            drop = [r or d for r, d in zip(reasons, batch.column(DROP).to_pylist())]
-            batch = replace_column(batch, DROP, pa.array(drop, pa.string()))
-            batch = replace_column(batch, DETAIL, pa.array(detail, pa.string()))
-        else:
-            lang = batch.column("query_lang").to_pylist()
-            flags = [[{"reason": r, "language": lang[i] or "und"}] if r else None for i, r in enumerate(reasons)]
-            batch = replace_column(batch, FLAGS, pa.array(flags, pa.list_(FLAG_TYPE)))
-        return batch
+            return self.drop(batch, reasons, detail)
+        lang = batch.column("query_lang").to_pylist()
+        flags = [[{"reason": r, "language": lang[i] or "und"}] if r else None for i, r in enumerate(reasons)]
+        return replace_column(batch, FLAGS, pa.array(flags, pa.list_(FLAG_TYPE)))

@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
-from pipeline.arrow_utils import HSPACE
-from pipeline.record import DETAIL, DROP, WORK_SCHEMA
-from pipeline.stage import DedupConfig, ShuffleStage, register
+from pipeline.engine.stage import DedupConfig, ShuffleStage
+from pipeline.ops.arrow import HSPACE
+from sources.record import WORK_SCHEMA
 
 
 class ExactDedupConfig(DedupConfig):
@@ -23,7 +23,6 @@ class ExactDedupConfig(DedupConfig):
     casefold: bool = Field(True, description="Compare keys case-insensitively.")
 
 
-@register
 class ExactDedup(ShuffleStage):
     """Keeps one row per key: the one from the first source in `priority` (default: manifest order),
     then the smallest id.
@@ -35,6 +34,7 @@ class ExactDedup(ShuffleStage):
 
     name = "exact_dedup"
     config_model = ExactDedupConfig
+    writes = ("dup_count", "dup_cluster")
     config: ExactDedupConfig
 
     def _key_text(self, batch: pa.Table) -> pa.Array:
@@ -72,8 +72,10 @@ class ExactDedup(ShuffleStage):
         )
         is_dup = pl.col("_rank") > 0
         df = df.with_columns(
-            pl.when(is_dup).then(pl.lit("exact_duplicate")).otherwise(pl.col(DROP)).alias(DROP),
-            pl.when(is_dup).then(pl.format("duplicate of {}", pl.col("_kept"))).otherwise(pl.col(DETAIL)).alias(DETAIL),
+            pl.when(is_dup).then(pl.lit("exact_duplicate")).alias("_reason"),
+            pl.when(is_dup).then(pl.format("duplicate of {}", pl.col("_kept"))).alias("_why"),
             pl.when(is_dup).then(pl.col("dup_count")).otherwise(pl.col("_size")).alias("dup_count"),
         )
-        return df.select(WORK_SCHEMA.names).to_arrow().cast(WORK_SCHEMA)
+        out = df.to_arrow()
+        kept = out.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
+        return self.drop(kept, out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string()))

@@ -13,10 +13,9 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.record import WORK_SCHEMA
-from pipeline.stage import Stage, StageConfig, register
-
-TaskName = Literal["retrieval", "classification", "clustering", "sts", "pair_classification", "bitext"]
+from pipeline.engine.stage import Stage, StageConfig
+from sources.record import WORK_SCHEMA
+from sources.tasks import TaskName
 
 
 class InstructConfig(StageConfig):
@@ -29,12 +28,12 @@ class InstructConfig(StageConfig):
         return [n for n in self.sources if n not in names]
 
 
-@register
 class Instruct(Stage):
     """Sets `instruction` from the source's entry, else the task's; rows matched by neither keep theirs."""
 
     name = "instruct"
     config_model = InstructConfig
+    writes = ("instruction",)
     config: InstructConfig
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -36,12 +36,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.checkpoint import write_atomic
-from pipeline.embed import device, dimension, encode, is_model_dir, load_encoder
-from pipeline.minhash import hash_strings, signatures
-from pipeline.record import DROP, FLAGS, WORK_SCHEMA
-from pipeline.retrieval import Bm25Search, DenseSearch, Search
-from pipeline.stage import RunContext, ShuffleStage, StageConfig, from_manifest, register
+from pipeline.engine.stage import Resources, RunContext, ShuffleStage, StageConfig
+from pipeline.ops.embed import device, dimension, encode, is_model_dir, load_encoder
+from pipeline.ops.files import write_atomic
+from pipeline.ops.minhash import hash_strings, signatures
+from pipeline.ops.retrieval import Bm25Search, DenseSearch, Search
+from sources.record import DROP, FLAGS, WORK_SCHEMA
+from sources.settings import from_manifest
+from sources.tasks import TaskName
 
 FILTERS = ("rank_window", "positive", "known_positive", "near_duplicate", "above_positive_ratio", "above_max_score")
 QUERY_VEC, POSITIVE_VEC = "_query_vec", "_positive_vec"
@@ -57,7 +59,7 @@ class MineNegativesConfig(StageConfig):
     passage_prompt: str = Field("", description="Prepended to pool passages before embedding.")
     embed_batch_size: int = Field(64, ge=1)
     max_seq_length: int | None = Field(None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's).")
-    tasks: list[Literal["retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"]] = Field(
+    tasks: list[TaskName] = Field(
         default_factory=lambda: ["retrieval"], description="Tasks whose rows get mined negatives.")
     per_language: bool = Field(True, description="Pool and queries grouped by source and query language (else by source).")
     skip_top: int = Field(5, ge=0, description="Candidates ranked above this are skipped (0-based rank window start).")
@@ -150,11 +152,18 @@ def _vectors(batch: pa.Table, name: str) -> np.ndarray | None:
     return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
 
 
-@register
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
     config_model = MineNegativesConfig
+    writes = ("negatives", "negative_scores", "positive_score")
+    resources = Resources(cpus=1, gpus=1)  # the embedding actors of dense mining, on a GPU where the cluster has one
     config: MineNegativesConfig
+
+    @classmethod
+    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+        """The query's language when pools are per language."""
+        assert isinstance(config, MineNegativesConfig)
+        return ("query_lang",) if config.per_language else ()
 
     def report(self, files: list[str]) -> Any:
         """Per source and language: queries mined, negatives per query, score distributions of the
@@ -194,15 +203,12 @@ class MineNegatives(ShuffleStage):
         import ray
         import ray.data
 
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        # Leave a CPU for the reading and shuffling tasks: a pool that takes every CPU deadlocks. Each
-        # actor reserves one CPU but runs torch on its share of them (two threads on a 2-CPU laptop,
+        # Each actor reserves one CPU but runs torch on its share of them (two threads on a 2-CPU laptop,
         # where reading is done long before embedding; two 1-thread actors measured 1.5x slower there).
-        size = gpus or max(1, cpus - 1)
-        threads = 1 if gpus else max(1, cpus // size)
+        cluster = ray.cluster_resources()
+        size, threads = self.resources.pool(cluster)
         return ds.map_batches(_Embed, fn_constructor_args=(self.config, self.context, threads), batch_format="pyarrow",
-                              batch_size=16 * self.config.embed_batch_size, num_gpus=1 if gpus else 0, num_cpus=1,
+                              batch_size=16 * self.config.embed_batch_size, **self.resources.ray_options(cluster),
                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -22,10 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.arrow_utils import replace_column, set_where
-from pipeline.minhash import hash_strings
-from pipeline.record import DROP
-from pipeline.stage import DatasetStage, StageConfig, register
+from pipeline.engine.stage import DatasetStage, Stage, StageConfig
+from pipeline.ops.minhash import hash_strings
+from sources.record import DROP
 
 
 class MixConfig(StageConfig):
@@ -74,14 +73,14 @@ def _sample(batch: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], 
     cap, lang = np.array([rates[(s, l)] for s, l in zip(batch.column("source").to_pylist(), langs)]).reshape(-1, 2).T
     over_cap = u >= cap
     over_language = ~over_cap & (u >= cap * lang)
-    drop = set_where(batch.column(DROP), pa.array(over_cap), "mix_source_cap")
-    return replace_column(batch, DROP, set_where(drop, pa.array(over_language), "mix_language_temperature"))
+    reasons = np.where(over_cap, "mix_source_cap", np.where(over_language, "mix_language_temperature", None))
+    return Stage.drop(batch, reasons.tolist())
 
 
-@register
 class Mix(DatasetStage):
     name = "mix"
     config_model = MixConfig
+    reads = ("query_lang",)
     config: MixConfig
 
     def plan(self, ds: Any, rows: int) -> Any:

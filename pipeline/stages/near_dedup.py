@@ -28,11 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from pipeline import exchange
-from pipeline.components import connected_components, route_undirected
-from pipeline.minhash import Shingling, band_keys, choose_bands, hash_strings, signatures
-from pipeline.record import DETAIL, DROP
-from pipeline.stage import DatasetStage, DedupConfig, register
+from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
+from pipeline.ops import exchange
+from pipeline.ops.components import connected_components, route_undirected
+from pipeline.ops.minhash import (
+    Shingling,
+    band_keys,
+    choose_bands,
+    hash_strings,
+    signatures,
+)
 
 ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
@@ -183,19 +188,26 @@ def _filter_task(block: pa.Table, *tables: pa.Table) -> list[pa.Table]:
     df = df.join(chosen, on="_row", how="left", maintain_order="left")
     is_dup = pl.col("kept_node").is_not_null() & (pl.col("kept_node") != pl.col("node"))
     df = df.with_columns(
-        pl.when(is_dup).then(pl.lit("near_duplicate")).otherwise(pl.col(DROP)).alias(DROP),
-        pl.when(is_dup).then(pl.format("near duplicate of {} (cluster of {})", pl.col("kept_id"), pl.col("size")))
-        .otherwise(pl.col(DETAIL)).alias(DETAIL),
+        pl.when(is_dup).then(pl.lit("near_duplicate")).alias("_reason"),
+        pl.when(is_dup).then(pl.format("near duplicate of {} (cluster of {})", pl.col("kept_id"), pl.col("size"))).alias("_why"),
         pl.when(is_dup).then(pl.col("near_dup_count")).otherwise(pl.col("size").fill_null(1)).alias("near_dup_count"),
     )
-    return [df.select(block.column_names).to_arrow().cast(block.schema)]
+    out = df.to_arrow()
+    marked = Stage.drop(out.select(block.column_names).cast(block.schema), out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string()))
+    return [marked]
 
 
-@register
 class NearDedup(DatasetStage):
     name = "near_dedup"
     config_model = NearDedupConfig
+    writes = ("near_dup_count",)
     config: NearDedupConfig
+
+    @classmethod
+    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+        """The languages of the compared fields, unless rows of all languages are compared."""
+        assert isinstance(config, NearDedupConfig)
+        return () if config.cross_language else tuple(f"{f}_lang" for f in config.fields)
 
     def plan(self, ds: Any, rows: int) -> Any:
         import ray

@@ -7,9 +7,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.arrow_utils import HSPACE, map_list_values, replace_column, set_where
-from pipeline.record import DROP
-from pipeline.stage import Stage, StageConfig, register
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.ops.arrow import HSPACE, map_list_values, replace_column
 
 # C0/C1 control characters except tab and newline; also BOM and the Unicode replacement of NUL.
 _CONTROL = r"[\x{00}-\x{08}\x{0B}\x{0C}\x{0E}-\x{1F}\x{7F}-\x{9F}\x{FEFF}]"
@@ -23,12 +22,12 @@ class NormalizeConfig(StageConfig):
     fields: list[Literal["query", "positive", "negatives", "instruction"]] = ["query", "positive", "negatives", "instruction"]
 
 
-@register
 class Normalize(Stage):
     """Normalises text fields; drops rows whose query (or positive, if present) ends up empty."""
 
     name = "normalize"
     config_model = NormalizeConfig
+    writes = ("query", "positive", "negatives", "instruction")
     config: NormalizeConfig
 
     def _text(self, arr: pa.Array) -> pa.Array:
@@ -50,9 +49,6 @@ class Normalize(Stage):
             col = batch.column(field).combine_chunks()
             new = map_list_values(col, self._text) if field == "negatives" else self._text(col)
             batch = replace_column(batch, field, new)
-        empty_query = pc.equal(pc.utf8_length(batch.column("query")), 0)
-        empty_positive = pc.equal(pc.utf8_length(batch.column("positive")), 0)  # null positive: not empty
-        drop = batch.column(DROP)
-        drop = set_where(drop, empty_positive, "empty_after_normalize")
-        drop = set_where(drop, empty_query, "empty_after_normalize")
-        return replace_column(batch, DROP, drop)
+        empty = pc.or_(pc.equal(pc.utf8_length(batch.column("query")), 0),
+                       pc.fill_null(pc.equal(pc.utf8_length(batch.column("positive")), 0), False))  # null positive: not empty
+        return self.drop(batch, pc.if_else(empty, pa.scalar("empty_after_normalize"), pa.scalar(None, pa.string())))

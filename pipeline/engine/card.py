@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from pipeline.record import SCHEMA
+from sources.record import SCHEMA
 
 
 def write_card(manifest: Any, result: Any, ledger: pl.DataFrame) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MARKER = "_SUCCESS.json"
 
@@ -19,14 +18,6 @@ MARKER = "_SUCCESS.json"
 def fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename onto `path`: readers (and a re-run after a crash) see the whole
-    file or none of it; a leftover temporary file matches no `*.parquet` pattern."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class Checkpoint:

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from pipeline.minhash import tokens
+from pipeline.ops.minhash import tokens
 
 QUERY_BLOCK = 256  # queries scored together against a pool shard: a (256 x shard) float32 matrix
 
@@ -35,7 +35,7 @@ def top(scores: np.ndarray, depth: int) -> np.ndarray:
 
 class Bm25Search:
     """BM25 (bm25s) over script-aware tokens: words for spaced scripts, characters for Han, kana,
-    Thai and the other unspaced scripts (`pipeline.minhash.tokens`; bm25s's own tokenizer splits on
+    Thai and the other unspaced scripts (`pipeline.ops.minhash.tokens`; bm25s's own tokenizer splits on
     spaces only). Scores every pool entry per query, so the positive's score is exact."""
 
     def __init__(self, pool: list[str], queries: list[str]):

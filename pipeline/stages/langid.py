@@ -23,9 +23,10 @@ from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
 from langid.labels import CODE_PREFIX, is_scheme_label, language_of, read_table
 from langid.tagger import BUNDLED_MODELS
-from pipeline.arrow_utils import replace_column
-from pipeline.record import DECLARED_LANG, DETAIL, DROP, FLAG_TYPE, FLAGS
-from pipeline.stage import RunContext, Stage, StageConfig, from_manifest, register
+from pipeline.engine.stage import Stage, StageConfig
+from pipeline.ops.arrow import replace_column
+from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
+from sources.settings import from_manifest
 
 
 @lru_cache(maxsize=None)
@@ -66,16 +67,15 @@ class LangTagConfig(StageConfig):
         return thresholds
 
 
-@register
 class LangTag(Stage):
     name = "langid"
     config_model = LangTagConfig
     version = "2"
-    stateful = True  # the model is loaded once per actor
+    writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
     config: LangTagConfig
 
-    def __init__(self, config: LangTagConfig, context: RunContext):
-        super().__init__(config, context)
+    def setup(self) -> None:
+        config, context = self.config, self.context
         self.tagger = LanguageTagger(config.model, max_chars=config.max_chars, detect_code=config.detect_code)
         self.thresholds = {**default_thresholds(config.model), **config.thresholds}
         # field -> {source: (declared label, policy)} for the sources that declare one
@@ -130,8 +130,8 @@ class LangTag(Stage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         flags: list[list[dict]] = [[] for _ in range(n)]
-        drop = batch.column(DROP).to_pylist()
-        detail = batch.column(DETAIL).to_pylist()
+        drop: list[str | None] = [None] * n
+        detail: list[str | None] = [None] * n
         out: dict[str, list[str | None]] = {}
 
         for field in ("query", "positive"):
@@ -175,5 +175,4 @@ class LangTag(Stage):
                 drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
         batch = replace_column(batch, "cross_lingual", pa.array(cross, pa.bool_()))
         batch = replace_column(batch, FLAGS, pa.array([f or None for f in flags], pa.list_(FLAG_TYPE)))
-        batch = replace_column(batch, DROP, pa.array(drop, pa.string()))
-        return replace_column(batch, DETAIL, pa.array(detail, pa.string()))
+        return self.drop(batch, drop, detail)

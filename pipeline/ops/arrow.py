@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 # Horizontal whitespace for Arrow's RE2 regexes, whose `\s` is ASCII-only: this adds no-break and
 # the other Unicode spaces, so "a\u00a0b" and "a b" normalise alike.
 HSPACE = r"[\t\x{0B}\x{0C} \x{A0}\x{1680}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}]"

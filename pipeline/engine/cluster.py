@@ -1,9 +1,14 @@
-"""Start (or join) Ray quietly, sized for the machine it runs on."""
+"""Start (or join) Ray quietly, sized for the machine it runs on.
+
+A normal run shows our progress and nothing of Ray's own logs: no dashboard, no worker output, no
+INFO lines. `--verbose` brings Ray's logs back, for debugging a cluster.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 # Set before Ray is imported: no token file in ~/.ray for an embedded cluster, no usage reporting.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -14,15 +19,17 @@ import ray  # noqa: E402
 import ray.data  # noqa: E402
 
 
-def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True) -> bool:
+def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True,
+          verbose: bool = False) -> bool:
     """Connect to `address`, or start an embedded cluster. False if Ray was already up (then the
-    caller should leave it running)."""
+    caller should leave it running). `quiet`: no progress bars; `verbose`: Ray's own logs."""
     started = not ray.is_initialized()
+    level = logging.INFO if verbose else logging.ERROR
     if started:
-        kwargs: dict = dict(include_dashboard=False, log_to_driver=not quiet, logging_level=logging.WARNING,
-                            configure_logging=True, ignore_reinit_error=True)
+        kwargs: dict = dict(include_dashboard=False, log_to_driver=verbose, logging_level=level, configure_logging=True,
+                            ignore_reinit_error=True)
         # Make the project importable by workers on any node (a cluster without this package installed).
-        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
         if address:
             ray.init(address=address, **kwargs)
@@ -32,9 +39,12 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
             # "local": a new embedded cluster even when `ray start` left one running on this machine
             # (which a bare ray.init() would silently join); pass an address (or "auto") to join one.
             ray.init(address="local", num_cpus=cpus, object_store_memory=store, **kwargs)
-    if quiet:
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("ray", "ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        # Ray Data warns that a dataset "will hang" when a pool's actors ask for every CPU of a small
+        # cluster; our pools always leave one free (Resources.pool), so the warning is noise here.
+        warnings.filterwarnings("ignore", module="ray.data")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     ctx.print_on_execution_start = False

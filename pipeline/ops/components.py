@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import ray
 
-from pipeline import exchange
+from pipeline.ops import exchange
 
 EDGES = pa.schema([pa.field("u", pa.int64()), pa.field("v", pa.int64())])
 LABELS = pa.schema([pa.field("node", pa.int64()), pa.field("label", pa.int64())])

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.dedup_calibration import Pair, build, script_of
-from pipeline.minhash import band_keys, signatures
+from pipeline.ops.minhash import band_keys, signatures
 from pipeline.stages.near_dedup import NearDedupConfig
+from pipeline.tools.dedup_calibration import Pair, build, script_of
 
 
 def read_pairs(path: str | Path) -> list[Pair]:

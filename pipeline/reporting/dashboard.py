@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.offline import get_plotlyjs
 
-from pipeline.stats import METRICS, STATS_DIR, load
+from pipeline.reporting.stats import METRICS, STATS_DIR, load
 
 TOP_NATURAL = 100
 TOP_PROGRAMMING = 10
@@ -274,22 +274,4 @@ function drawPanel() {
 }
 select.addEventListener('change', drawPanel);
 drawPanel();
-"""
-
-
-def figures_page(title: str, subtitle: str, figs: list[tuple[str, go.Figure]], table_html: str = "") -> str:
-    """A self-contained page of plotly figures (plotly.js inlined), e.g. the trainer's eval report."""
-    charts = "\n".join(f'<div class="chart" id="fig-{name}"></div>' for name, _ in figs)
-    data = json.dumps({name: json.loads(fig.to_json()) for name, fig in figs}).replace("</", "<\\/")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 1.5em; }} .chart {{ min-height: 420px; }}
-.charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1em; }}
-table {{ border-collapse: collapse; font-size: .85em; }} th, td {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}</style>
-<script>{get_plotlyjs()}</script></head><body>
-<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><div class="charts">{charts}</div>{table_html}
-<script type="application/json" id="figures">{data}</script>
-<script>for (const [name, fig] of Object.entries(JSON.parse(document.getElementById('figures').textContent)))
-  Plotly.newPlot('fig-' + name, fig.data, fig.layout, {{responsive: true}});</script>
-</body></html>
 """

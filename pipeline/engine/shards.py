@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.checkpoint import write_atomic
-from pipeline.record import COLUMNS, DROP, SCHEMA
+from pipeline.ops.files import write_atomic
+from sources.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
 

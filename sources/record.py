@@ -8,8 +8,6 @@ from typing import Any
 
 import pyarrow as pa
 
-TASKS = ("retrieval", "classification", "clustering", "sts", "pair_classification", "bitext")
-
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -51,6 +49,11 @@ WORK_SCHEMA = pa.schema(
     + [pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]
 )
 INGEST_SCHEMA = WORK_SCHEMA.append(pa.field(RAW, pa.binary()))
+# Written by a fused group of stages beside the work columns, for the ledger: the step that dropped
+# the row (null: kept by all), the row's query language before the group, and in `_flags` each
+# flag's `step` (the stage that raised it).
+DROP_STEP, LANG_IN = "_drop_step", "_lang_in"
+GROUP_FLAG_TYPE = pa.struct([*FLAG_TYPE, pa.field("step", pa.string())])
 
 # The fields that define a record's content, and so its id.
 CONTENT_FIELDS = ("task", "instruction", "query", "positive", "negatives", "label", "score")

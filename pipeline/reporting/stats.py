@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from langid.labels import label_kind, language_family, language_name, script_name
-from pipeline.checkpoint import Checkpoint, write_atomic
-from pipeline.minhash import UNSPACED
+from pipeline.engine.checkpoint import Checkpoint
+from pipeline.ops.files import write_atomic
+from pipeline.ops.minhash import UNSPACED
 
 STATS_DIR = "stats"
 BATCH_ROWS = 8192

@@ -1,0 +1,1 @@
+"""The engine: the stage contract, manifest, plan, runner, executors, checkpoints, ledger, lock, shards, card, Ray."""

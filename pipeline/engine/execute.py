@@ -1,0 +1,217 @@
+"""How a step's rows are computed: the functions that run on workers, and two ways to run them.
+
+- `run_local`: in the driver process, a batch at a time (small inputs: no distributed fixed cost).
+- `run_ray`: Ray Data over the cluster: fused row-local groups as tasks (or an actor pool when a
+  stage has a `setup()`), shuffle stages behind a hash partitioning on their key, dataset stages
+  through their own plan.
+
+Both give the same rows (row order within a checkpoint aside, which nothing downstream depends on:
+shards are sorted). The runner picks one per step and knows nothing about particular stages.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.engine.plan import Step
+from pipeline.engine.stage import DatasetStage, RunContext, ShuffleStage
+from pipeline.ops.arrow import map_list_values, replace_column
+from sources.config import SourceConfig
+from sources.reader import Unit, read_unit
+from sources.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA
+
+BATCH_ROWS = 8192
+ROWS_PER_SHUFFLE_PARTITION = 250_000
+CHECKPOINT_ROWS_PER_FILE = 100_000  # fewer, larger files: each file is a Ray read task
+
+
+# --- worker-side functions ------------------------------------------------------------------------
+
+
+def to_work_schema(table: pa.Table) -> pa.Table:
+    return table.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
+
+
+def kept(batch: pa.Table) -> pa.Table:
+    """The rows a stage gets: those no earlier step dropped, with the previous step's flags cleared
+    (counted in its ledger already; a fused group's flags carry their step, another type)."""
+    batch = batch.filter(pc.is_null(batch.column(DROP)))
+    if FLAGS in batch.column_names:
+        batch = batch.drop_columns([FLAGS])
+    return to_work_schema(batch.append_column(FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type)))
+
+
+def ingest_units(batch: pa.Table, sources: dict[str, SourceConfig]) -> pa.Table:
+    tables = [read_unit(Unit(**row), sources[row["source"]]) for row in batch.to_pylist()]
+    return pa.concat_tables(tables)
+
+
+def _tag_flags(flags: pa.Array, step: str) -> pa.Array:
+    """Each flag of a list<flag> column with `step` filled in."""
+    def tag(values: pa.Array) -> pa.Array:
+        fields = [values.field(i) for i in range(values.type.num_fields)]
+        return pa.StructArray.from_arrays([*fields, pa.array([step] * len(values), pa.string())], fields=list(GROUP_FLAG_TYPE))
+
+    return map_list_values(flags, tag)
+
+
+class GroupWorker:
+    """Runs a fused group of row-local stages over a batch, as if each had its own step.
+
+    Each stage gets the rows the ones before it kept; the output holds every input row once: the
+    dropped ones with `_drop_step` naming the stage that dropped them, and each row's flags tagged
+    with the stage that raised them, so the ledger counts every stage (`ledger.count_outcomes`).
+    Built on the worker, where `setup()` runs once for each stage."""
+
+    def __init__(self, step: Step, context: RunContext):
+        self.names = [s.step for s in step.stages]
+        self.stages = [s.build(context) for s in step.stages]
+        for stage in self.stages:
+            stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = kept(batch)
+        lang_in = batch.column("query_lang")
+        flags: list[list[dict] | None] = [None] * batch.num_rows
+        done: list[pa.Table] = []
+        for name, stage in zip(self.names, self.stages):
+            out = to_work_schema(stage(batch))
+            if out.num_rows != batch.num_rows:
+                raise RuntimeError(f"stage {name} returned {out.num_rows} rows for {batch.num_rows}: a row-local stage keeps every row")
+            new = _tag_flags(out.column(FLAGS).combine_chunks(), name)
+            for i, value in zip(np.flatnonzero(new.is_valid().to_numpy(zero_copy_only=False)).tolist(), new.drop_null().to_pylist()):
+                flags[i] = (flags[i] or []) + value
+            gone = pc.is_valid(out.column(DROP)).to_numpy(zero_copy_only=False)
+            if gone.any():
+                rows = np.flatnonzero(gone)
+                done.append(self._finish(out.take(rows), [flags[i] for i in rows.tolist()], name, lang_in.take(rows)))
+            stay = np.flatnonzero(~gone)
+            batch, lang_in = out.take(stay), lang_in.take(stay)
+            batch = replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))  # counted above
+            flags = [flags[i] for i in stay.tolist()]
+        done.append(self._finish(batch, flags, None, lang_in))
+        return pa.concat_tables(done)
+
+    @staticmethod
+    def _finish(rows: pa.Table, flags: list[list[dict] | None], step: str | None, lang_in: pa.Array) -> pa.Table:
+        rows = rows.drop_columns([FLAGS]).append_column(FLAGS, pa.array(flags, pa.list_(GROUP_FLAG_TYPE)))
+        return rows.append_column(DROP_STEP, pa.array([step] * rows.num_rows, pa.string())).append_column(LANG_IN, lang_in)
+
+
+class ShuffleWorker:
+    """A shuffle stage on whole partitions (every row of a key together)."""
+
+    def __init__(self, step: Step, context: RunContext):
+        self.stage = step.stages[0].build(context)
+        self.stage.setup()
+
+    def key(self, batch: pa.Table) -> pa.Table:
+        batch = kept(batch)
+        return batch.append_column("_key", self.stage.key(batch))  # type: ignore[attr-defined]
+
+    def __call__(self, partition: pa.Table) -> pa.Table:
+        return to_work_schema(self.stage(partition))
+
+
+def _add_key(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return ShuffleWorker(step, context).key(batch)
+
+
+def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return ShuffleWorker(step, context)(batch)
+
+
+def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return GroupWorker(step, context)(batch)
+
+
+# --- in the driver --------------------------------------------------------------------------------
+
+
+def can_run_local(step: Step) -> bool:
+    """Whether the step has an in-process path: not a dataset stage (they plan Ray work) nor a
+    shuffle stage with dataset-level preparation (dense embedding in an actor pool)."""
+    if step.kind == "dataset":
+        return False
+    return step.kind != "shuffle" or step.stages[0].cls.prepare is ShuffleStage.prepare  # type: ignore[attr-defined]
+
+
+def _write(table: pa.Table, out: Path, index: int) -> None:
+    pq.write_table(table, out / f"part-{index:05d}.parquet")
+
+
+def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
+    """Compute the step in this process and write its checkpoint files under `out`."""
+    if step.kind == "ingest":
+        for i, unit in enumerate(units):
+            _write(read_unit(unit, sources[unit.source]), out, i)
+        return
+    if step.kind == "rows":
+        worker = GroupWorker(step, context)
+        index = 0
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS, columns=WORK_SCHEMA.names):
+                _write(worker(pa.Table.from_batches([batch])), out, index)
+                index += 1
+        return
+    shuffle = ShuffleWorker(step, context)
+    table = pa.concat_tables([shuffle.key(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]) if files else None
+    if table is None or not table.num_rows:
+        return
+    parts = max(1, math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
+    partition = (table.column("_key").to_numpy() % np.uint64(parts)).astype(np.int64)
+    for p in range(parts):
+        _write(shuffle(table.filter(pa.array(partition == p))), out, p)
+
+
+# --- on Ray ---------------------------------------------------------------------------------------
+
+
+def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
+    """Compute the step with Ray Data and write its checkpoint files under `out`."""
+    import ray
+    import ray.data
+
+    cluster = ray.cluster_resources()
+    cpus = int(cluster.get("CPU", 1))
+    if step.kind == "ingest":
+        items = [u.as_dict() for u in units]
+        ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
+        ds = ds.map_batches(ingest_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"sources": sources})
+    else:
+        ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(2 * cpus, len(files)))
+        ds = _plan(step, ds, rows, context, cluster)
+    ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
+
+
+def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str, float]) -> Any:
+    import ray.data
+
+    cls = step.stages[0].cls
+    args = (step, context)
+    if step.kind == "dataset":
+        ds = ds.map_batches(kept, batch_format="pyarrow", batch_size=BATCH_ROWS)
+        stage = step.stages[0].build(context)
+        assert isinstance(stage, DatasetStage)
+        return stage.plan(ds, rows).map_batches(to_work_schema, batch_format="pyarrow", batch_size=None)
+    if step.kind == "shuffle":
+        partitions = max(int(cluster.get("CPU", 1)), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
+        ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
+        ds = step.stages[0].build(context).prepare(ds)  # type: ignore[attr-defined]
+        ds = ds.repartition(partitions, keys=["_key"])
+        # batch_size=None: a whole partition per call, so every row of a key is seen together.
+        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, **cls.resources.ray_options({}))
+    resources = step.resources()
+    if step.has_setup():
+        size, _ = resources.pool(cluster)
+        return ds.map_batches(GroupWorker, batch_format="pyarrow", fn_constructor_args=args, batch_size=BATCH_ROWS,
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **resources.ray_options(cluster))
+    return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **resources.ray_options(cluster))
+

@@ -1,0 +1,129 @@
+"""Manifests: YAML validated by typed models before anything runs.
+
+Errors name the file, the line and the key path (`stage1.yaml:14: sources[0].colums: ...`). The
+model is built from a stage registry (`pipeline/engine/stage.py`), so the manifest knows every stage
+registered when it is loaded, and the stages' declared columns are checked in order: a stage that
+reads a column no earlier stage writes fails with its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.engine.stage import Registry, StageConfig
+from sources.config import SourceConfig
+from sources.record import COLUMNS
+from sources.settings import (
+    ConfigError,
+    Strict,
+    existing_path,
+    line_of,
+    load_yaml_model,
+)
+
+# Record columns every row has from ingestion on (filled, or null where the source has no value).
+INGESTED = tuple(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf")) and c not in ("cross_lingual", "dup_count", "dup_cluster", "near_dup_count"))
+
+
+class RaySettings(Strict):
+    address: str | None = Field(None, description="Address of an existing cluster ('auto', 'HOST:PORT'); embedded local Ray when empty.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded cluster (default: all of this machine's).")
+    object_store_mb: int | None = Field(None, ge=128, description="Object store size of the embedded cluster in MiB.")
+    in_process_rows: int = Field(
+        200_000, ge=0, description="Without an address, a step whose input has at most this many rows runs in the driver process "
+        "(same results, none of a distributed step's fixed cost); 0: every step on Ray. Dataset stages (near_dedup, mix) always use Ray.")
+
+
+class ShardSettings(Strict):
+    rows_per_shard: int = Field(100_000, ge=1, description="Rows per Parquet file (the last file of a partition may hold fewer).")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    compression_level: int | None = Field(None, description="Codec level (zstd 1-22); the codec's default when empty.")
+    partition_by: list[Literal["source", "task", "query_lang"]] = Field(
+        default_factory=lambda: ["source"], description="One folder per value, so a training batch can come from one partition."
+    )
+
+
+class StatsSettings(Strict):
+    enabled: bool = Field(True, description="Compute the statistics (stats/) and the dashboard at the end of the run.")
+    tokenizer: str | None = Field(None, description="A `tokenizers` tokenizer.json (or a folder with one), relative to the manifest, for "
+                                  "token counts; words by a script-aware rule when empty.")
+    reference: str | None = Field(None, description="CSV with columns language,count (another corpus, a target mix) to compare shares with.")
+    samples_per_language: int = Field(3, ge=0, description="Sample records per language shown on the dashboard.")
+
+    _exists = field_validator("tokenizer", "reference")(existing_path)
+
+
+class Manifest(Strict):
+    """A validated manifest. `stages` holds the registered stages' configs (see `manifest_model`)."""
+
+    output: str = Field(description="Run folder (relative to the manifest): checkpoints, ledger, quarantine, shards.")
+    ray: RaySettings = Field(default_factory=RaySettings)
+    sources: list[SourceConfig] = Field(min_length=1)
+    stages: list[StageConfig] = Field(default_factory=list)
+    checkpoint: Literal["fused", "every_step"] = Field(
+        "fused", description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
+        "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
+    shards: ShardSettings = Field(default_factory=ShardSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Manifest:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return self
+
+    @field_validator("stages")
+    @classmethod
+    def _known_sources(cls, stages: list[Any], info: ValidationInfo) -> list[Any]:
+        names = [s.name for s in info.data.get("sources") or []]
+        for i, stage in enumerate(stages):
+            unknown = stage.unknown_sources(set(names))
+            if unknown:
+                raise ValueError(f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})")
+        return stages
+
+
+def manifest_model(registry: Registry) -> type[Manifest]:
+    """The manifest model whose `stages` accept exactly the registry's stages (a tagged union)."""
+    union = Annotated[Union[registry.configs()], Field(discriminator="stage")]  # type: ignore[valid-type]
+    return create_model("Manifest", __base__=Manifest, stages=(list[union], Field(default_factory=list)))  # type: ignore[valid-type]
+
+
+def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str]]:
+    """(stage index, message) for each stage that reads a column no earlier stage writes."""
+    available = set(INGESTED)
+    problems = []
+    for i, config in enumerate(manifest.stages):
+        cls = registry[config.stage]
+        missing = [c for c in cls.columns_read(config) if c not in available]
+        if missing:
+            writers = sorted({other for other in registry.names() if set(missing) & set(registry[other].writes)})
+            hint = f" (written by: {', '.join(writers)}; put one before it)" if writers else ""
+            problems.append((i, f"stages[{i}] ({config.stage}) reads {missing}, which no earlier stage writes{hint}"))
+        available |= set(cls.writes)
+    return problems
+
+
+def load_manifest(path: str | Path, registry: Registry) -> Manifest:
+    """Parse and validate a manifest; raise ConfigError listing every problem with its line."""
+    manifest = load_yaml_model(path, manifest_model(registry), tags=registry.names())
+    problems = column_errors(manifest, registry)
+    if problems:
+        raise ConfigError("\n".join(f"{path}:{line_of(path, ('stages', i))}: {msg}" for i, msg in problems))
+    manifest.output = str((Path(path).parent / manifest.output).resolve())
+    return manifest
+
+
+def json_schema(registry: Registry) -> dict[str, Any]:
+    return manifest_model(registry).model_json_schema()

@@ -1,0 +1,238 @@
+"""Runs the steps of a manifest: sources -> stages -> shards, with checkpoints, ledger and resume.
+
+The runner knows stages only through the contract (`pipeline/engine/stage.py`) and the plan
+(`pipeline/engine/plan.py`); how a step's rows are computed is `pipeline/engine/execute.py`'s job.
+Ray is started only when a step needs it (an input above `ray.in_process_rows`, a dataset stage, or a
+cluster address), so a small or fully resumed run pays none of its start-up cost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+import pipeline
+from pipeline.engine import ledger as ledger_mod
+from pipeline.engine.checkpoint import Checkpoint, fingerprint
+from pipeline.engine.execute import can_run_local, run_local, run_ray
+from pipeline.engine.manifest import Manifest
+from pipeline.engine.plan import Step, plan_steps
+from pipeline.engine.shards import write_shards
+from pipeline.engine.stage import Registry, RunContext
+from sources.reader import Unit, plan_units
+from sources.record import DETAIL, DROP, RAW
+
+# Ingest has no row count before it runs: its input counts as small below this many bytes of source
+# files per row allowed in process (the shipped samples hold about 1 KB per row on disk).
+INGEST_BYTES_PER_ROW = 1024
+
+
+@dataclass
+class StepResult:
+    name: str
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int]
+    seconds: float
+    resumed: bool
+    flagged: dict[str, int] = field(default_factory=dict)  # kept rows a stage flagged, by reason
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: list[StepResult] = field(default_factory=list)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    shards_tag: str = ""  # in every shard's file name; see pipeline/engine/shards.py
+    reports: dict[str, pl.DataFrame] = field(default_factory=dict)  # by step: stages' own summaries
+    ledger: pl.DataFrame | None = None
+    dashboard: Path | None = None
+    seconds: float = 0.0
+
+
+class Runner:
+    """Runs (or resumes) a validated manifest in its output folder; the caller holds the run lock."""
+
+    def __init__(self, manifest: Manifest, registry: Registry, ray_address: str | None = None, quiet: bool = False,
+                 log: Callable[[str], None] = print, verbose: bool = False):
+        self.manifest = manifest
+        self.registry = registry
+        self.run_dir = Path(manifest.output)
+        self.ray_address = ray_address or manifest.ray.address
+        self.quiet = quiet
+        self.log = log
+        self.verbose = verbose
+        self.sources = {s.name: s for s in manifest.sources}
+        self.context = RunContext(self.run_dir, tuple(self.sources), self.sources)
+        self.started_ray = False
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        result = RunResult(self.run_dir)
+        units = [u for s in self.manifest.sources for u in plan_units(s)]
+        steps = self._plan(units)
+        checkpoints = [Checkpoint(self.run_dir / "stages", s.name) for s in steps]
+        first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
+        self._remove_stale(steps, first_todo)
+        try:
+            parts = self._run_steps(steps, checkpoints, first_todo, units, result)
+        finally:
+            self._stop_ray()
+        result.ledger = pl.concat(parts)
+        ledger_mod.check_balance(result.ledger)
+        ledger_mod.write(result.ledger, self.run_dir)
+        result.reports = self._write_reports(steps, checkpoints)
+        result.shards, result.shards_tag = self._write_shards(steps[-1], checkpoints[-1])
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # --- planning ---------------------------------------------------------------------------------
+
+    def _plan(self, units: list[Unit]) -> list[Step]:
+        file_ids = sorted({(u.path, *self._stat(u.path)) for u in units})
+        ingest_fp = fingerprint(pipeline.__version__, [s.model_dump(mode="json") for s in self.manifest.sources], file_ids)
+        return plan_steps(self.manifest.stages, self.registry, ingest_fp, self.manifest.checkpoint == "every_step")
+
+    @staticmethod
+    def _stat(path: str) -> tuple[int, int]:
+        try:
+            st = Path(path).stat()
+            return st.st_size, st.st_mtime_ns
+        except OSError:  # a hub dataset id: nothing local to fingerprint
+            return 0, 0
+
+    def _work_dir(self, step: Step) -> Path:
+        return self.run_dir / "work" / f"{step.name}-{step.fingerprint[:12]}"
+
+    def _remove_stale(self, steps: list[Step], first_todo: int) -> None:
+        """Checkpoints after the first step to redo, and work folders of steps no longer unfinished."""
+        for folder, keep in ((self.run_dir / "stages", {s.name for s in steps[:first_todo]}),
+                             (self.run_dir / "work", {self._work_dir(s).name for s in steps[first_todo:]})):
+            if folder.exists():
+                for path in folder.iterdir():
+                    if path.name not in keep:
+                        shutil.rmtree(path, ignore_errors=True)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def _run_steps(self, steps: list[Step], checkpoints: list[Checkpoint], first_todo: int, units: list[Unit],
+                   result: RunResult) -> list[pl.DataFrame]:
+        """Each step run or resumed in order; returns the ledger parts. A step's input is the `out`
+        of the last stage before it."""
+        parts: list[pl.DataFrame] = []
+        previous: pl.DataFrame | None = None
+        for i, (step, ckpt) in enumerate(zip(steps, checkpoints)):
+            resumed = i < first_todo
+            if not resumed:
+                self._run_step(step, ckpt, checkpoints[i - 1].files() if i else [], units, previous)
+            part = pl.read_parquet(ckpt.path / "_ledger.parquet")
+            parts.append(part)
+            previous = part.filter(pl.col("step") == step.ledger_steps[-1])
+            seconds = (ckpt.marker() or {}).get("seconds", 0.0) / len(step.ledger_steps)
+            result.steps += [self._step_result(name, part, seconds, resumed) for name in step.ledger_steps]
+            if step.kind == "ingest" and (not resumed or not (self.run_dir / "quarantine").exists()):
+                self._write_quarantine(ckpt)
+        return parts
+
+    def _run_step(self, step: Step, ckpt: Checkpoint, files: list[str], units: list[Unit], previous: pl.DataFrame | None) -> None:
+        started = time.perf_counter()
+        rows_in = 0 if previous is None else int(previous.filter(pl.col("kind") == "out")["rows"].sum())
+        local = self._in_process(step, rows_in, units)
+        self.log(f"running {step.name}" + (" (in process)" if local and not self.quiet else ""))
+        if not local:
+            self._start_ray()
+        out = ckpt.begin()
+        context = replace(self.context, work_dir=self._work_dir(step))
+        (run_local if local else run_ray)(step, units, self.sources, files, rows_in, context, out)
+        outcomes = ledger_mod.count_outcomes(step.ledger_steps, sorted(str(p) for p in out.glob("*.parquet")), step.language_set_at())
+        part = ledger_mod.entries(step.ledger_steps, outcomes, previous)
+        ledger_mod.check_balance(part)
+        part.write_parquet(out / "_ledger.parquet")
+        ckpt.commit(step.fingerprint, {"seconds": time.perf_counter() - started, "in_process": local})
+        shutil.rmtree(self._work_dir(step), ignore_errors=True)
+        if (self.run_dir / "work").is_dir() and not any((self.run_dir / "work").iterdir()):
+            (self.run_dir / "work").rmdir()
+
+    def _in_process(self, step: Step, rows_in: int, units: list[Unit]) -> bool:
+        """Small steps run in this process when no cluster was asked for (see `ray.in_process_rows`)."""
+        limit = self.manifest.ray.in_process_rows
+        if self.ray_address or not can_run_local(step):
+            return False
+        if step.kind == "ingest":
+            return sum(self._stat(u.path)[0] for u in {u.path: u for u in units}.values()) <= limit * INGEST_BYTES_PER_ROW
+        return rows_in <= limit
+
+    def _start_ray(self) -> None:
+        if self.started_ray:
+            return
+        from pipeline.engine import cluster
+
+        settings = self.manifest.ray
+        self.started_ray = cluster.start(self.ray_address, settings.num_cpus, settings.object_store_mb, self.quiet, self.verbose)
+
+    def _stop_ray(self) -> None:
+        if self.started_ray:
+            from pipeline.engine import cluster
+
+            cluster.stop()
+            self.started_ray = False
+
+    # --- results ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _step_result(name: str, part: pl.DataFrame, seconds: float, resumed: bool) -> StepResult:
+        mine = part.filter(pl.col("step") == name)
+
+        def total(kind: str) -> int:
+            return int(mine.filter(pl.col("kind") == kind)["rows"].sum())
+
+        def by_reason(kind: str) -> dict[str, int]:
+            return dict(mine.filter(pl.col("kind") == kind).group_by("reason").agg(pl.col("rows").sum()).iter_rows())
+
+        return StepResult(name, total("in"), total("out"), by_reason("dropped"), seconds, resumed, by_reason("flagged"))
+
+    def _write_reports(self, steps: list[Step], checkpoints: list[Checkpoint]) -> dict[str, pl.DataFrame]:
+        """Each stage's own summary of its step (mining, mixing), as `reports/<step>.csv`."""
+        reports = {}
+        folder = self.run_dir / "reports"
+        shutil.rmtree(folder, ignore_errors=True)
+        for step, ckpt in zip(steps, checkpoints):
+            for spec in step.stages:
+                table = spec.build(self.context).report(ckpt.files())
+                if table is not None:
+                    folder.mkdir(exist_ok=True)
+                    table.write_csv(folder / f"{spec.step}.csv")
+                    reports[spec.step] = table
+        return reports
+
+    def _write_shards(self, last: Step, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], str]:
+        shards_fp = fingerprint(last.fingerprint, self.manifest.shards.model_dump(mode="json"))
+        shards = Checkpoint(self.run_dir, "shards")
+        if not shards.is_done(shards_fp):
+            self.log("writing shards")
+            out = shards.begin()
+            written = write_shards(ckpt.files(), out, self.manifest.shards, shards_fp[:8])
+            shards.commit(shards_fp, {"shards": written})
+        return shards.marker()["shards"], shards_fp[:8]  # type: ignore[index]
+
+    def _write_quarantine(self, ingest: Checkpoint) -> None:
+        """Rows that could not be read or mapped, with their original bytes, place and reason."""
+        target = self.run_dir / "quarantine"
+        tmp = self.run_dir / "quarantine.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        bad = (
+            pl.scan_parquet(ingest.files())
+            .filter(pl.col(DROP).is_not_null())
+            .select("source", "origin", pl.col(DROP).alias("reason"), pl.col(DETAIL).alias("detail"), pl.col(RAW).alias("raw"))
+            .sort("source", "origin")
+            .collect()
+        )
+        bad.write_parquet(tmp / "part-00000.parquet")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
