@@ -1,4 +1,4 @@
-"""MinHash signature speed per core: pipeline/minhash.py against datasketch (the MinHash library
+"""MinHash signature speed per core: pipeline/ops/minhash.py against datasketch (the MinHash library
 text-dedup and many dedup scripts use), same texts, same shingles, same number of permutations.
 
 Texts: UDHR paragraphs in ~360 languages and scripts (udhr2.zip), repeated to --mb megabytes.

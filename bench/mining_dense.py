@@ -58,8 +58,7 @@ def sentence_transformers_run(model_dir: Path, data: dict[str, list[dict]]) -> t
 def our_run(model_dir: Path, folder: Path, run_dir: Path) -> tuple[float, float, int]:
     import polars as pl
 
-    from pipeline.api import load_manifest
-    from pipeline.api import run
+    from pipeline.api import load_manifest, run
 
     sources = [{"name": f"xquad_{lang}", "task": "retrieval", "path": str(SAMPLES / f"{lang}.jsonl.gz"),
                 "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"} for lang in LANGS]

@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from langid import LanguageTagger  # noqa: E402
-from pipeline.api import load_manifest  # noqa: E402
-from pipeline.api import run  # noqa: E402
+from pipeline.api import load_manifest, run  # noqa: E402
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
 _SPACE = re.compile(r"[^\S\n]+")
@@ -94,7 +93,7 @@ def pipeline_run(folder: Path, data_path: Path) -> tuple[float, float, int]:
     start = time.perf_counter()
     result = run(load_manifest(manifest_path), quiet=True, log=lambda m: None)
     wall = time.perf_counter() - start
-    stage_seconds = sum(s.seconds for s in result.steps[1:])
+    stage_seconds = sum(s.seconds or 0.0 for s in result.steps[1:])
     return wall, stage_seconds, sum(s["rows"] for s in result.shards)
 
 

@@ -4,7 +4,7 @@ the obvious baseline (polars reading every shard into one DataFrame, then groupi
 Input: `--records` documents of SIB-200 sentences in 205 languages with 5% edited copies (the
 near-dup bench's corpus), run through normalize -> langid -> exact_dedup -> near_dedup. Timed: the
 whole run, its statistics step (streaming pass over the shards: sums and histograms per batch,
-`pipeline/stats.py`) and the dashboard; the baseline computes records, characters and script-aware
+`pipeline/reporting/stats.py`) and the dashboard; the baseline computes records, characters and script-aware
 words per language from the shards loaded whole (fewer figures than ours). Memory: the largest
 process of the run while it computes statistics, and the baseline's peak, both as resident minus
 shared pages, sampled every 0.2 s.

@@ -155,8 +155,10 @@ def browser():
     """Headless system Chromium driven by playwright (which downloads no browser of its own)."""
     from playwright.sync_api import sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (see README, development)")
+    if not Path(CHROMIUM).exists():  # a fresh machine: the scripted install (Debian's package, about a minute)
+        installed = subprocess.run(["bash", str(ROOT / ".ci" / "install-browser")], capture_output=True, text=True, timeout=900)
+        if installed.returncode or not Path(CHROMIUM).exists():
+            pytest.fail(f"{CHROMIUM} is missing and .ci/install-browser could not install it:\n{installed.stderr[-2000:]}")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium

@@ -19,11 +19,11 @@ from langid.declared import declared_label
 from langid.evaluate import score
 from langid.labels import LabelMapper, canonical, language_name
 from langid.tagger import LanguageTagger, prepare
-from sources.config import SourceConfig
 from pipeline.engine.stage import RunContext
 from pipeline.stages.langid import LangTag, LangTagConfig
-from tests.conftest import ready
+from sources.config import SourceConfig
 from sources.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
+from tests.conftest import ready
 
 ROOT = Path(__file__).resolve().parents[1]
 

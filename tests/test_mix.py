@@ -46,8 +46,8 @@ def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
     config = MixConfig(stage="mix", max_rows_per_source=20_000, temperature_alpha=0.5, seed=3)
 
     def run(blocks: int) -> pl.DataFrame:
-        ds = Mix(config, RunContext(tmp_path, ("big", "small"))).plan(ray.data.from_arrow(table).repartition(blocks), table.num_rows)
-        return pl.from_arrow(pa.concat_tables(ray.get(ds.to_arrow_refs()))).sort("id")
+        ds = Mix(config, RunContext(tmp_path, ("big", "small"))).plan(ray.data.from_arrow(table).repartition(blocks).to_arrow_refs(), table.num_rows)
+        return pl.from_arrow(pa.concat_tables(ray.get(ds))).sort("id")
 
     out = run(3)
     assert out.select("id", DROP).equals(run(7).select("id", DROP))  # independent of blocking

@@ -33,8 +33,8 @@ def _run(table: pa.Table, blocks: int, **config) -> pl.DataFrame:
     import ray.data
 
     stage = NearDedup(NearDedupConfig(stage="near_dedup", **config), RunContext(Path("."), ("early", "late")))
-    ds = stage.plan(ray.data.from_arrow(table).repartition(blocks), table.num_rows)
-    return pl.from_arrow(pa.concat_tables(ray.get(ds.to_arrow_refs()))).sort("id")  # type: ignore[return-value]
+    ds = stage.plan(ray.data.from_arrow(table).repartition(blocks).to_arrow_refs(), table.num_rows)
+    return pl.from_arrow(pa.concat_tables(ray.get(ds))).sort("id")  # type: ignore[return-value]
 
 
 def _reference(table: pa.Table, config: NearDedupConfig) -> set[str]:

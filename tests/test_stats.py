@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine.ledger import LEDGER_SCHEMA
 from pipeline.api import load_manifest
-from sources.settings import ConfigError
+from pipeline.engine.ledger import LEDGER_SCHEMA
 from pipeline.reporting import stats
 from sources.record import SCHEMA
+from sources.settings import ConfigError
 from tests.conftest import SAMPLES, stage1_sources, write_manifest
 
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from sources.settings import ConfigError
 from sources.record import SCHEMA
+from sources.settings import ConfigError
 from tests.conftest import ROOT, SAMPLES
 from train.config import load_config
 from train.data import Batches, rank_slice

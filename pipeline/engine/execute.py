@@ -136,10 +136,8 @@ def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
 
 
 def can_run_local(step: Step) -> bool:
-    """Whether the step has an in-process path: not a dataset stage (they plan Ray work) nor a
-    shuffle stage with dataset-level preparation (dense embedding in an actor pool)."""
-    if step.kind == "dataset":
-        return False
+    """Whether the step has an in-process path: all but a shuffle stage with dataset-level
+    preparation (dense embedding in an actor pool)."""
     return step.kind != "shuffle" or step.stages[0].cls.prepare is ShuffleStage.prepare  # type: ignore[attr-defined]
 
 
@@ -160,6 +158,13 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
             for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS, columns=WORK_SCHEMA.names):
                 _write(worker(pa.Table.from_batches([batch])), out, index)
                 index += 1
+        return
+    if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
+        blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
+        stage = step.stages[0].build(context)
+        assert isinstance(stage, DatasetStage)
+        for i, block in enumerate(stage.plan([b for b in blocks if b.num_rows], rows)):
+            _write(to_work_schema(block), out, i)
         return
     shuffle = ShuffleWorker(step, context)
     table = pa.concat_tables([shuffle.key(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]) if files else None
@@ -186,7 +191,7 @@ def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], fil
         ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
         ds = ds.map_batches(ingest_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"sources": sources})
     else:
-        ds = ray.data.read_parquet(files, columns=list(WORK_SCHEMA.names), override_num_blocks=max(2 * cpus, len(files)))
+        ds = ray.data.read_parquet(files, override_num_blocks=max(2 * cpus, len(files))).select_columns(list(WORK_SCHEMA.names))
         ds = _plan(step, ds, rows, context, cluster)
     ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
 
@@ -197,10 +202,10 @@ def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str
     cls = step.stages[0].cls
     args = (step, context)
     if step.kind == "dataset":
-        ds = ds.map_batches(kept, batch_format="pyarrow", batch_size=BATCH_ROWS)
+        blocks = ds.map_batches(kept, batch_format="pyarrow", batch_size=BATCH_ROWS).to_arrow_refs()  # stay in the object store
         stage = step.stages[0].build(context)
         assert isinstance(stage, DatasetStage)
-        return stage.plan(ds, rows).map_batches(to_work_schema, batch_format="pyarrow", batch_size=None)
+        return ray.data.from_arrow_refs(stage.plan(blocks, rows)).map_batches(to_work_schema, batch_format="pyarrow", batch_size=None)
     if step.kind == "shuffle":
         partitions = max(int(cluster.get("CPU", 1)), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
         ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)

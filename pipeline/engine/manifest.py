@@ -101,17 +101,17 @@ def manifest_model(registry: Registry) -> type[Manifest]:
 
 
 def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str]]:
-    """(stage index, message) for each stage that reads a column no earlier stage writes."""
-    available = set(INGESTED)
+    """(stage index, message) for each stage that reads a column only a later stage writes. A column
+    no stage writes is null for every row (e.g. `query_lang` without `langid`: one language, `und`)."""
+    written = [set(registry[c.stage].writes) for c in manifest.stages]
     problems = []
     for i, config in enumerate(manifest.stages):
-        cls = registry[config.stage]
-        missing = [c for c in cls.columns_read(config) if c not in available]
-        if missing:
-            writers = sorted({other for other in registry.names() if set(missing) & set(registry[other].writes)})
-            hint = f" (written by: {', '.join(writers)}; put one before it)" if writers else ""
-            problems.append((i, f"stages[{i}] ({config.stage}) reads {missing}, which no earlier stage writes{hint}"))
-        available |= set(cls.writes)
+        available = set(INGESTED).union(*written[:i])
+        for column in registry[config.stage].columns_read(config):
+            later = next((j for j in range(i + 1, len(written)) if column in written[j]), None)
+            if column not in available and later is not None:
+                problems.append((i, f"stages[{i}] ({config.stage}) reads {column!r}, which stages[{later}] "
+                                    f"({manifest.stages[later].stage}) writes after it: put {manifest.stages[later].stage} first"))
     return problems
 
 

@@ -38,7 +38,7 @@ class StepResult:
     rows_in: int
     rows_out: int
     dropped: dict[str, int]
-    seconds: float
+    seconds: float | None  # None for a stage fused with the next (the group's time is on its last stage)
     resumed: bool
     flagged: dict[str, int] = field(default_factory=dict)  # kept rows a stage flagged, by reason
 
@@ -133,8 +133,9 @@ class Runner:
             part = pl.read_parquet(ckpt.path / "_ledger.parquet")
             parts.append(part)
             previous = part.filter(pl.col("step") == step.ledger_steps[-1])
-            seconds = (ckpt.marker() or {}).get("seconds", 0.0) / len(step.ledger_steps)
-            result.steps += [self._step_result(name, part, seconds, resumed) for name in step.ledger_steps]
+            seconds = (ckpt.marker() or {}).get("seconds", 0.0)
+            result.steps += [self._step_result(name, part, seconds if name == step.ledger_steps[-1] else None, resumed)
+                             for name in step.ledger_steps]
             if step.kind == "ingest" and (not resumed or not (self.run_dir / "quarantine").exists()):
                 self._write_quarantine(ckpt)
         return parts
@@ -185,7 +186,7 @@ class Runner:
     # --- results ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _step_result(name: str, part: pl.DataFrame, seconds: float, resumed: bool) -> StepResult:
+    def _step_result(name: str, part: pl.DataFrame, seconds: float | None, resumed: bool) -> StepResult:
         mine = part.filter(pl.col("step") == name)
 
         def total(kind: str) -> int:

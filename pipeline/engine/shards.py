@@ -53,7 +53,7 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[d
             for start in range(0, part.num_rows, settings.rows_per_shard):
                 chunk = part.slice(start, settings.rows_per_shard)
                 target = folder / f"part-{shard:05d}-{tag}.parquet"
-                write_atomic(target, lambda tmp: pq.write_table(chunk, tmp, compression=compression,
+                write_atomic(target, lambda tmp, chunk=chunk: pq.write_table(chunk, tmp, compression=compression,
                                                                  compression_level=settings.compression_level))
                 written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
                 shard += 1

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import ray
 
 from pipeline.ops import exchange
 
@@ -93,9 +92,9 @@ def connected_components(edge_parts: list[list[Any]], parts: int, max_rounds: in
     to tables made by `route_undirected`). Returns one reference per partition to a (node, label)
     table, covering every node that has an edge, and the number of rounds."""
     previous = None
-    for round_ in range(1, max_rounds + 1):
+    for round_ in range(1, max_rounds + 1):  # noqa: B007 (the count is returned)
         large = exchange.submit(_large_task, [(parts, *exchange.column(edge_parts, j)) for j in range(parts)], parts + 1)
-        fingerprint = tuple(np.sum([ray.get(out[0]) for out in large], axis=0).tolist()) if large else (0, 0)
+        fingerprint = tuple(np.sum([exchange.get(out[0]) for out in large], axis=0).tolist()) if large else (0, 0)
         if fingerprint == previous:
             break
         previous = fingerprint

@@ -8,6 +8,9 @@ references, never rows.
 We use Ray core tasks here rather than Ray Data's shuffle because iterative algorithms (connected
 components) run many small rounds, and a Ray Data shuffle costs seconds of fixed overhead per round
 on a small machine, while a round of tasks costs milliseconds.
+
+When Ray is not running (a small step run in process), a round runs its tasks one after another in
+this process and the "references" are the tables themselves: the same code, the same results.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import ray
-
-Parts = list[Any]  # one ObjectRef per destination partition
 
 
 def spread(keys: np.ndarray, parts: int) -> np.ndarray:
@@ -45,7 +46,11 @@ def _first(fn: Callable[..., list[Any]]) -> Callable[..., Any]:
 
 def submit(fn: Callable[..., list[Any]], args: Sequence[tuple], returns: int) -> list[list[Any]]:
     """Run `fn(*a)` as a Ray task for each `a` in `args`. `fn` returns a list of `returns` objects
-    (ObjectRefs among `a` arrive resolved). Result: one list of `returns` references per task."""
+    (ObjectRefs among `a` arrive resolved). Result: one list of `returns` references per task (in
+    process: the objects)."""
+    if not ray.is_initialized():
+        outs = [fn(*[get(x) for x in a]) for a in args]
+        return [list(out) for out in outs]
     if returns == 1:  # Ray stores a one-element list as one object: unwrap it
         remote = ray.remote(_first(fn))
         return [[remote.remote(*a)] for a in args]
@@ -59,12 +64,24 @@ def track(outputs: list[list[Any]], description: str) -> list[list[Any]]:
     import ray.data
     from tqdm import tqdm
 
+    if not ray.is_initialized():
+        return outputs  # in process: each round is done when `submit` returns
     pending = [out[0] for out in outputs]
     with tqdm(total=len(pending), desc=description, unit="task", disable=not ray.data.DataContext.get_current().enable_progress_bars) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
             bar.update(len(done))
     return outputs
+
+
+def get(ref: Any) -> Any:
+    """The object behind a reference (in process: the object itself)."""
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+
+def parallelism() -> int:
+    """How many tasks a round can run at once: the cluster's CPUs (1 in process)."""
+    return int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
 
 
 def column(outputs: list[list[Any]], j: int) -> list[Any]:

@@ -15,7 +15,7 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
     for st in result.steps:
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(st.dropped.items())) or "-"
         flags = ", ".join(f"{k} {v:,}" for k, v in sorted(st.flagged.items())) or "-"
-        steps.add_row(st.name, f"{st.rows_in:,}", f"{st.rows_out:,}", drops, flags, f"{st.seconds:.1f}" + (" (done before)" if st.resumed else ""))
+        steps.add_row(st.name, f"{st.rows_in:,}", f"{st.rows_out:,}", drops, flags, ("fused ↓" if st.seconds is None else f"{st.seconds:.1f}") + (" (done before)" if st.resumed else ""))
     console.print(steps)
 
     import polars as pl

@@ -265,7 +265,7 @@ class MineNegatives(ShuffleStage):
                 mined = self._mine_shard(chunk, name, targets, rows, positives, known, pool, *search())
                 if path:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(path, lambda tmp: pq.write_table(mined, tmp))
+                    write_atomic(path, lambda tmp, mined=mined: pq.write_table(mined, tmp))
             for k, m in zip(chunk, mined.to_pylist()):
                 row = rows[targets[k]]
                 lang = row["query_lang"] or "und"

@@ -18,11 +18,13 @@ import json
 from typing import Any, Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline.engine.stage import DatasetStage, Stage, StageConfig
+from pipeline.ops import exchange
 from pipeline.ops.minhash import hash_strings
 from sources.record import DROP
 
@@ -83,20 +85,19 @@ class Mix(DatasetStage):
     reads = ("query_lang",)
     config: MixConfig
 
-    def plan(self, ds: Any, rows: int) -> Any:
-        grouped = ds.map_batches(_group_columns, batch_format="pyarrow").groupby(["source", "language"]).count()
-        counts = [{"source": r["source"], "language": r["language"], "rows": int(r["count()"])} for r in grouped.take_all()]
-        planned = plan_rates(sorted(counts, key=lambda c: (c["source"], c["language"])), self.config)
+    def plan(self, blocks: list[Any], rows: int) -> list[Any]:
+        per_block = exchange.track(exchange.submit(_count_task, [(b,) for b in blocks], 1), "mix: counts")
+        counts = (pl.concat([pl.from_arrow(exchange.get(out[0])) for out in per_block])  # (source, language) pairs: small
+                  .group_by("source", "language").agg(pl.col("rows").sum()).sort("source", "language").to_dicts()) if blocks else []
+        planned = plan_rates(counts, self.config)
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         (self.context.run_dir / "mix_plan.json").write_text(json.dumps(planned, indent=1), encoding="utf-8")
         rates = {(c["source"], c["language"]): (c["cap_rate"], c["language_rate"]) for c in planned}
-        return ds.map_batches(_sample, batch_format="pyarrow", fn_args=(rates, self.config.seed))
-
+        sampled = exchange.submit(_sample_task, [(b, rates, self.config.seed) for b in blocks], 1)
+        return [out[0] for out in exchange.track(sampled, "mix: sampling")]
 
     def report(self, files: list[str]) -> Any:
         """The mixture per language before and after sampling, against the planned target shares."""
-        import polars as pl
-
         plan = json.loads((self.context.run_dir / "mix_plan.json").read_text(encoding="utf-8"))
         targets = pl.DataFrame([{"language": p["language"], "target_share": p["target_share"]} for p in plan]).unique("language")
         counts = (pl.scan_parquet(files)
@@ -110,5 +111,12 @@ class Mix(DatasetStage):
                 .sort("rows_before", descending=True))
 
 
-def _group_columns(batch: pa.Table) -> pa.Table:
-    return pa.table({"source": batch.column("source"), "language": pc.fill_null(batch.column("query_lang"), "und")})
+def _count_task(block: pa.Table) -> list[pa.Table]:
+    """Rows of a block per (source, language)."""
+    frame = pl.from_arrow(block.select(["source", "query_lang"]))
+    counts = frame.group_by("source", pl.col("query_lang").fill_null("und").alias("language")).agg(pl.len().cast(pl.Int64).alias("rows"))
+    return [counts.to_arrow()]  # type: ignore[union-attr]
+
+
+def _sample_task(block: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], seed: int) -> list[pa.Table]:
+    return [_sample(block, rates, seed)]

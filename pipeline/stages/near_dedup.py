@@ -209,19 +209,14 @@ class NearDedup(DatasetStage):
         assert isinstance(config, NearDedupConfig)
         return () if config.cross_language else tuple(f"{f}_lang" for f in config.fields)
 
-    def plan(self, ds: Any, rows: int) -> Any:
-        import ray
-        import ray.data
-
+    def plan(self, blocks_in: list[Any], rows: int) -> list[Any]:
         config = self.config
-        blocks_in = ds.to_arrow_refs()  # runs the read; blocks stay in the object store
         blocks = len(blocks_in)
         if not blocks:
-            return ds
+            return blocks_in
         if blocks >= 1 << (63 - ROW_BITS):
             raise ValueError(f"{blocks} blocks: too many to number rows as block << {ROW_BITS} | row")
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        parts = max(2 * cpus, math.ceil(rows * config.banding()[0] / BAND_ENTRIES_PER_PARTITION))
+        parts = max(2 * exchange.parallelism(), math.ceil(rows * config.banding()[0] / BAND_ENTRIES_PER_PARTITION))
 
         signed = exchange.track(exchange.submit(_signature_task, [(i, config, parts, b) for i, b in enumerate(blocks_in)], parts + 1),
                                 "near_dedup: signatures")
@@ -240,4 +235,4 @@ class NearDedup(DatasetStage):
         chosen = exchange.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(parts)], blocks)
         done = exchange.track(exchange.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1),
                               "near_dedup: clusters")
-        return ray.data.from_arrow_refs([d[0] for d in done])
+        return [d[0] for d in done]

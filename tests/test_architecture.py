@@ -1,0 +1,113 @@
+"""The layers: no import cycle among the project's modules, dependencies pointing one way between
+packages, and the trainer importable without Ray (a GPU box may have only torch and transformers)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGES = ("langid", "sources", "pipeline", "train")
+# What each layer may import from the project (a prefix allows the package and its modules). The
+# trainer takes the shared settings and task names from `sources` and one page helper from reporting.
+ALLOWED = {
+    "langid": ("langid",),
+    "sources": ("sources", "langid"),
+    "pipeline.ops": ("pipeline.ops", "sources", "langid"),
+    "pipeline.engine": ("pipeline.engine", "pipeline.ops", "sources", "langid", "pipeline"),
+    "pipeline.stages": ("pipeline.stages", "pipeline.engine", "pipeline.ops", "sources", "langid"),
+    "pipeline.reporting": ("pipeline.reporting", "pipeline.engine", "pipeline.ops", "sources", "langid"),
+    "pipeline.tools": ("pipeline.tools", "pipeline.stages", "pipeline.engine", "pipeline.ops", "pipeline.reporting", "sources", "langid"),
+    "pipeline": ("pipeline", "sources", "langid"),
+    "train": ("train", "sources.settings", "sources.tasks", "pipeline.reporting.page"),
+}
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = ast.parse(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """Project modules `name` imports at run time (anywhere in the file, `if TYPE_CHECKING:` aside)."""
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, tree, set(modules)) for name, tree in modules.items()}
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    colour: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        colour[node] = 1
+        for nxt in sorted(graph[node]):
+            if colour.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in colour:
+                visit(nxt, path + [nxt])
+        colour[node] = 2
+
+    for start in sorted(graph):
+        if start not in colour:
+            visit(start, [start])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_dependencies_point_one_way():
+    wrong = []
+    for module, imports in _graph().items():
+        layer = max((k for k in ALLOWED if module == k or module.startswith(k + ".")), key=len)
+        for target in sorted(imports):
+            if not any(target == a or target.startswith(a + ".") or (a == "pipeline" and target == "pipeline") for a in ALLOWED[layer]):
+                wrong.append(f"{module} imports {target}")
+    # `pipeline` as an allowed prefix of the engine means pipeline/__init__ (the version) only.
+    wrong += [f"{m} imports {t}" for m, ts in _graph().items() if m.startswith("pipeline.engine") for t in ts
+              if t.startswith(("pipeline.stages", "pipeline.reporting", "pipeline.tools", "pipeline.api", "pipeline.cli"))]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_alone(package):
+    """Importing a package first, in a fresh interpreter, works (no hidden import-order need)."""
+    modules = sorted(m for m in _graph() if m == package or m.startswith(package + ".") and not m.endswith("__main__"))
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_trainer_never_imports_ray():
+    code = ("import sys, train.loop, train.cli, train.config, train.data, train.evaluate, train.export\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'fasttext') or m.startswith('pipeline.engine'))\n"
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
