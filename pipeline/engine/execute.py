@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext, ShuffleStage
+from pipeline.ops import exchange
 from pipeline.ops.arrow import map_list_values, replace_column
 from sources.config import SourceConfig
 from sources.reader import Unit, read_unit
@@ -138,7 +139,8 @@ def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
 def can_run_local(step: Step) -> bool:
     """Whether the step has an in-process path: all but a shuffle stage with dataset-level
     preparation (dense embedding in an actor pool)."""
-    return step.kind != "shuffle" or step.stages[0].cls.prepare is ShuffleStage.prepare  # type: ignore[attr-defined]
+    first = step.stages[0] if step.stages else None
+    return step.kind != "shuffle" or not (first and issubclass(first.cls, ShuffleStage) and first.cls.prepares(first.config))
 
 
 def _write(table: pa.Table, out: Path, index: int) -> None:
@@ -164,7 +166,7 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
         stage = step.stages[0].build(context)
         assert isinstance(stage, DatasetStage)
         for i, block in enumerate(stage.plan([b for b in blocks if b.num_rows], rows)):
-            _write(to_work_schema(block), out, i)
+            _write(to_work_schema(exchange.get(block)), out, i)  # a table, or a reference if Ray is up
         return
     shuffle = ShuffleWorker(step, context)
     table = pa.concat_tables([shuffle.key(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]) if files else None

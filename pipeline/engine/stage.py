@@ -173,6 +173,11 @@ class ShuffleStage(Stage):
         pool); columns it adds travel with the rows to `__call__`. Default: nothing."""
         return ds
 
+    @classmethod
+    def prepares(cls, config: StageConfig) -> bool:
+        """Whether `prepare` has work to do with these settings (then the step runs on Ray)."""
+        return cls.prepare is not ShuffleStage.prepare
+
 
 class DatasetStage(Stage):
     """A stage that must see the whole dataset at once (near-duplicate detection compares every

@@ -197,6 +197,12 @@ class MineNegatives(ShuffleStage):
     def key(self, batch: pa.Table) -> pa.Array:
         return pa.array(hash_strings(self._group(batch)), pa.uint64())
 
+    @classmethod
+    def prepares(cls, config: StageConfig) -> bool:
+        """Dense mining embeds the rows in an actor pool first."""
+        assert isinstance(config, MineNegativesConfig)
+        return config.retriever == "dense"
+
     def prepare(self, ds: Any) -> Any:
         if self.config.retriever != "dense":
             return ds
