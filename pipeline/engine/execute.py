@@ -1,8 +1,8 @@
 """How a step's rows are computed: the functions that run on workers, and two ways to run them.
 
 - `run_local`: in the driver process, a batch at a time (small inputs: no distributed fixed cost).
-- `run_ray`: Ray Data over the cluster: fused row-local groups as tasks (or an actor pool when a
-  stage has a `setup()`), shuffle stages behind a hash partitioning on their key, dataset stages
+- `run_ray`: Ray Data over the cluster: fused row-local groups as tasks (each worker process sets
+  the stages up once), shuffle stages behind a hash partitioning on their key, dataset stages
   through their own plan.
 
 Both give the same rows (row order within a checkpoint aside, which nothing downstream depends on:
@@ -129,8 +129,20 @@ def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table
     return ShuffleWorker(step, context)(batch)
 
 
+# The set-up group of the step this worker process last ran (Ray reuses worker processes for tasks):
+# one entry, so a process holds one step's models at a time.
+_WORKERS: dict[tuple[str, str], GroupWorker] = {}
+
+
 def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return GroupWorker(step, context)(batch)
+    """A fused group in a Ray task. The worker process keeps the set-up stages for the step's next
+    batches, so `setup()` runs once per process as in an actor pool, without a pool's standing CPU
+    reservation (every CPU can work; nothing deadlocks) or its per-actor start-up."""
+    key = (step.fingerprint, str(context.work_dir))
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        _WORKERS[key] = GroupWorker(step, context)
+    return _WORKERS[key](batch)
 
 
 # --- in the driver --------------------------------------------------------------------------------
@@ -199,6 +211,7 @@ def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], fil
 
 
 def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str, float]) -> Any:
+    """The Ray Data plan of a step over `ds`, its input."""
     import ray.data
 
     cls = step.stages[0].cls
@@ -215,10 +228,5 @@ def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str
         ds = ds.repartition(partitions, keys=["_key"])
         # batch_size=None: a whole partition per call, so every row of a key is seen together.
         return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, **cls.resources.ray_options({}))
-    resources = step.resources()
-    if step.has_setup():
-        size, _ = resources.pool(cluster)
-        return ds.map_batches(GroupWorker, batch_format="pyarrow", fn_constructor_args=args, batch_size=BATCH_ROWS,
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **resources.ray_options(cluster))
-    return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **resources.ray_options(cluster))
+    return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **step.resources().ray_options(cluster))
 

@@ -59,9 +59,6 @@ class Step:
         """The index of the stage that sets the query's language (for the ledger), if any."""
         return next((i for i, s in enumerate(self.stages) if "query_lang" in s.cls.writes), None)
 
-    def has_setup(self) -> bool:
-        return any(s.cls.has_setup() for s in self.stages)
-
     def resources(self) -> Resources:
         """What one worker of the step needs: the most any of its stages needs."""
         return Resources(max(s.cls.resources.cpus for s in self.stages), max(s.cls.resources.gpus for s in self.stages),

@@ -71,7 +71,8 @@ class Resources:
         return size, max(1, int(cpus // size))
 
     def ray_options(self, cluster: Mapping[str, float]) -> dict[str, float]:
-        """The per-worker request for Ray: GPUs only where the cluster has them."""
+        """The per-worker request for Ray: GPUs only where the cluster has them. `cluster` is
+        `ray.cluster_resources()`."""
         options: dict[str, float] = {"num_cpus": self.cpus}
         if self.gpus and cluster.get("GPU", 0.0):
             options["num_gpus"] = self.gpus
@@ -114,12 +115,6 @@ class Stage:
     def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
         """The columns these settings make the stage read (default: `reads`)."""
         return cls.reads
-
-    @classmethod
-    def has_setup(cls) -> bool:
-        """Whether the stage loads something per worker: such stages run in a pool of long-lived
-        actors, so `setup()` runs once per actor rather than once per batch."""
-        return cls.setup is not Stage.setup
 
     def setup(self) -> None:
         """Load models and tables; runs once on each worker before its first batch."""
