@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -56,7 +57,7 @@ def print_report(report, console: Console, top: int) -> None:
     console.print(conf)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m langid", description="Language identification: evaluate or train fastText models.")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="accuracy, macro-F1, per-language P/R and confusions on labelled text")
@@ -80,29 +81,34 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--no-quantize", action="store_true")
     tr.add_argument("--cutoff", type=int, default=200_000, help="input-matrix rows kept when quantising (model size)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    console = Console()
+    data = _load(args)
+    if data is None:
+        parser.error(f"give {'labelled' if args.command == 'eval' else 'training'} data: --data, --sib200 or --udhr")
+    return (_eval if args.command == "eval" else _train)(args, data, Console())
 
-    if args.command == "eval":
-        from langid.evaluate import evaluate
-        from langid.tagger import LanguageTagger
 
-        data = _load(args)
-        if data is None:
-            parser.error("give labelled data: --data, --sib200 or --udhr")
-        tagger = LanguageTagger(args.model, detect_code=not args.no_code)
-        report, _ = evaluate(tagger, data)
-        print_report(report, console, args.top)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"model": args.model, **report.to_json()}, indent=1), encoding="utf-8")
-        return 0
+def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
+    from langid.evaluate import evaluate
+    from langid.tagger import LanguageTagger
 
+    tagger = LanguageTagger(args.model, detect_code=not args.no_code)
+    report, _ = evaluate(tagger, data)
+    print_report(report, console, args.top)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, **report.to_json()}, indent=1), encoding="utf-8")
+    return 0
+
+
+def _train(args: argparse.Namespace, train: Any, console: Console) -> int:
     from langid.corpora import Labelled, read_labelled, sib200
     from langid.train import search
 
-    train = _load(args)
-    if train is None:
-        parser.error("give training data: --data, --sib200 or --udhr")
     dev = Labelled([], [])
     if args.dev_data:
         dev.extend(read_labelled(args.dev_data))
