@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipeline.engine import execute
 from pipeline.engine.manifest import load_manifest, manifest_model
 from pipeline.engine.plan import plan_steps
 from pipeline.engine.runner import Runner
@@ -70,8 +71,9 @@ def _run(folder: Path, stages: list[dict], registry: Registry, **extra) -> Path:
 
 
 @pytest.mark.slow
-def test_fused_every_step_and_ray_give_the_same_ledger_and_shards_and_setup_runs_on_workers_only(tmp_path):
-    """In process and on Ray (every step, near_dedup's rounds included), fused and not: one result."""
+def test_fused_every_step_pooled_and_ray_give_the_same_ledger_and_shards_and_setup_runs_on_workers_only(tmp_path, monkeypatch):
+    """In process (alone or with worker processes) and on Ray (every step, near_dedup's rounds
+    included), fused and not: one result."""
     registry = Registry((*(REGISTRY[n] for n in REGISTRY.names()), ShortQueries))
     log = tmp_path / "setups.log"
     stages = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "short_queries", "max_chars": 45, "log": str(log)},
@@ -86,13 +88,17 @@ def test_fused_every_step_and_ray_give_the_same_ledger_and_shards_and_setup_runs
     assert log.read_text().count("setup") == 1
     every = _run(tmp_path / "every", stages, registry, checkpoint="every_step")
     on_ray = _run(tmp_path / "ray", stages, registry, ray={"in_process_rows": 0})
+    monkeypatch.setattr(execute, "POOL_MIN_ROWS", 0)
+    before = log.read_text().count("setup")
+    pooled = _run(tmp_path / "pool", stages, registry)
+    assert log.read_text().count("setup") - before == 2  # one set-up in each of the two worker processes
 
     def ledger(run: Path) -> pl.DataFrame:
         return pl.read_parquet(run / "ledger.parquet").sort(pl.all(), nulls_last=True)
 
     counts = ledger(fused)
-    assert counts.equals(ledger(every)) and counts.equals(ledger(on_ray))
-    assert shard_digests(fused) == shard_digests(every) == shard_digests(on_ray)
+    assert counts.equals(ledger(every)) and counts.equals(ledger(on_ray)) and counts.equals(ledger(pooled))
+    assert shard_digests(fused) == shard_digests(every) == shard_digests(on_ray) == shard_digests(pooled)
     # every stage is in the ledger, balanced, with its own drops and flags
     dropped = counts.filter(kind="dropped").group_by("step", "reason").agg(pl.col("rows").sum()).sort("step")
     assert dropped["step"].to_list() == ["03-short_queries", "04-decontaminate", "05-exact_dedup", "06-near_dedup"]

@@ -12,6 +12,9 @@ shards are sorted). The runner picks one per step and knows nothing about partic
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,9 @@ from sources.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WOR
 BATCH_ROWS = 8192
 ROWS_PER_SHUFFLE_PARTITION = 250_000
 CHECKPOINT_ROWS_PER_FILE = 100_000  # fewer, larger files: each file is a Ray read task
+# Below this many rows a fused group runs in the driver alone: starting worker processes (imports,
+# models) costs more than it saves.
+POOL_MIN_ROWS = 4 * BATCH_ROWS
 
 
 # --- worker-side functions ------------------------------------------------------------------------
@@ -156,7 +162,42 @@ def can_run_local(step: Step) -> bool:
 
 
 def _write(table: pa.Table, out: Path, index: int) -> None:
-    pq.write_table(table, out / f"part-{index:05d}.parquet")
+    # Row groups of a batch: the unit of work of the next step's processes.
+    pq.write_table(table, out / f"part-{index:05d}.parquet", row_group_size=BATCH_ROWS)
+
+
+# The set-up group of a worker process of `_run_rows` (built once by `_pool_setup`).
+_POOL_WORKER: GroupWorker | None = None
+
+
+def _pool_setup(step: Step, context: RunContext) -> None:
+    global _POOL_WORKER
+    _POOL_WORKER = GroupWorker(step, context)
+
+
+def _rows_task(file: str, row_group: int, out: Path, index: int) -> None:
+    """One row group of the input through the set-up group, written as one output file."""
+    assert _POOL_WORKER is not None
+    table = pq.ParquetFile(file).read_row_group(row_group, columns=WORK_SCHEMA.names)
+    parts = [_POOL_WORKER(table.slice(start, BATCH_ROWS)) for start in range(0, table.num_rows, BATCH_ROWS)]
+    if parts:
+        _write(pa.concat_tables(parts), out, index)
+
+
+def _run_rows(step: Step, files: list[str], rows: int, context: RunContext, out: Path) -> None:
+    """A fused group in process: in this process for a small input, else in a pool of worker
+    processes (one per CPU, each setting the stages up once), a row group per task. fastText and
+    most of Python hold the GIL, so threads would not run the stages in parallel."""
+    tasks = [(f, g, out, i) for i, (f, g) in enumerate((f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups))]
+    processes = min(len(os.sched_getaffinity(0)), len(tasks))
+    if rows < POOL_MIN_ROWS or processes < 2:
+        _pool_setup(step, context)
+        for task in tasks:
+            _rows_task(*task)
+        return
+    spawn = multiprocessing.get_context("spawn")  # a fork could copy Ray's or polars' threads mid-flight
+    with ProcessPoolExecutor(processes, mp_context=spawn, initializer=_pool_setup, initargs=(step, context)) as pool:
+        list(pool.map(_rows_task, *zip(*tasks)))  # in order; a worker's exception is raised here
 
 
 def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
@@ -166,12 +207,7 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
             _write(read_unit(unit, sources[unit.source]), out, i)
         return
     if step.kind == "rows":
-        worker = GroupWorker(step, context)
-        index = 0
-        for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS, columns=WORK_SCHEMA.names):
-                _write(worker(pa.Table.from_batches([batch])), out, index)
-                index += 1
+        _run_rows(step, files, rows, context, out)
         return
     if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
         blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
@@ -181,10 +217,14 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
             _write(to_work_schema(exchange.get(block)), out, i)  # a table, or a reference if Ray is up
         return
     shuffle = ShuffleWorker(step, context)
-    table = pa.concat_tables([shuffle.key(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]) if files else None
-    if table is None or not table.num_rows:
-        return
     parts = max(1, math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
+    tables = [pq.read_table(f, columns=WORK_SCHEMA.names) for f in files]
+    if not sum(t.num_rows for t in tables):
+        return
+    if parts == 1:  # every key in one partition: no key to compute
+        _write(shuffle(kept(pa.concat_tables(tables))), out, 0)
+        return
+    table = pa.concat_tables([shuffle.key(t) for t in tables])
     partition = (table.column("_key").to_numpy() % np.uint64(parts)).astype(np.int64)
     for p in range(parts):
         _write(shuffle(table.filter(pa.array(partition == p))), out, p)
