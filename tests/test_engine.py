@@ -89,6 +89,7 @@ def test_fused_every_step_pooled_and_ray_give_the_same_ledger_and_shards_and_set
     every = _run(tmp_path / "every", stages, registry, checkpoint="every_step")
     on_ray = _run(tmp_path / "ray", stages, registry, ray={"in_process_rows": 0})
     monkeypatch.setattr(execute, "POOL_MIN_ROWS", 0)
+    monkeypatch.setattr(execute, "POOL_MIN_BYTES", 0)  # ingest too
     before = log.read_text().count("setup")
     pooled = _run(tmp_path / "pool", stages, registry)
     assert log.read_text().count("setup") - before == 2  # one set-up in each of the two worker processes

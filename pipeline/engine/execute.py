@@ -16,7 +16,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ CHECKPOINT_ROWS_PER_FILE = 100_000  # fewer, larger files: each file is a Ray re
 # Below this many rows a fused group runs in the driver alone: starting worker processes (imports,
 # models) costs more than it saves.
 POOL_MIN_ROWS = 4 * BATCH_ROWS
+POOL_MIN_BYTES = 32 << 20  # of source files, for ingest
 
 
 # --- worker-side functions ------------------------------------------------------------------------
@@ -184,30 +185,36 @@ def _rows_task(file: str, row_group: int, out: Path, index: int) -> None:
         _write(pa.concat_tables(parts), out, index)
 
 
-def _run_rows(step: Step, files: list[str], rows: int, context: RunContext, out: Path) -> None:
-    """A fused group in process: in this process for a small input, else in a pool of worker
-    processes (one per CPU, each setting the stages up once), a row group per task. fastText and
-    most of Python hold the GIL, so threads would not run the stages in parallel."""
-    tasks = [(f, g, out, i) for i, (f, g) in enumerate((f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups))]
+def _ingest_task(unit: Unit, source: SourceConfig, out: Path, index: int) -> None:
+    _write(read_unit(unit, source), out, index)
+
+
+def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Callable[..., None] | None = None,
+         setup_args: tuple = ()) -> None:
+    """`fn(*task)` for every task: in this process, or when `parallel` in a pool of worker
+    processes, one per CPU, each running `setup(*setup_args)` first. fastText and most of Python
+    hold the GIL, so threads would not run the stages in parallel."""
     processes = min(len(os.sched_getaffinity(0)), len(tasks))
-    if rows < POOL_MIN_ROWS or processes < 2:
-        _pool_setup(step, context)
+    if not parallel or processes < 2:
+        if setup:
+            setup(*setup_args)
         for task in tasks:
-            _rows_task(*task)
+            fn(*task)
         return
     spawn = multiprocessing.get_context("spawn")  # a fork could copy Ray's or polars' threads mid-flight
-    with ProcessPoolExecutor(processes, mp_context=spawn, initializer=_pool_setup, initargs=(step, context)) as pool:
-        list(pool.map(_rows_task, *zip(*tasks)))  # in order; a worker's exception is raised here
+    with ProcessPoolExecutor(processes, mp_context=spawn, initializer=setup, initargs=setup_args) as pool:
+        list(pool.map(fn, *zip(*tasks)))  # in order; a worker's exception is raised here
 
 
 def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
     """Compute the step in this process and write its checkpoint files under `out`."""
     if step.kind == "ingest":
-        for i, unit in enumerate(units):
-            _write(read_unit(unit, sources[unit.source]), out, i)
+        size = sum(Path(p).stat().st_size for p in {u.path for u in units} if Path(p).is_file())
+        _map(_ingest_task, [(u, sources[u.source], out, i) for i, u in enumerate(units)], size >= POOL_MIN_BYTES)
         return
-    if step.kind == "rows":
-        _run_rows(step, files, rows, context, out)
+    if step.kind == "rows":  # a row group per task, written as one file
+        groups = [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+        _map(_rows_task, [(f, g, out, i) for i, (f, g) in enumerate(groups)], rows >= POOL_MIN_ROWS, _pool_setup, (step, context))
         return
     if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
         blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
