@@ -1,6 +1,7 @@
 """How a step's rows are computed: the functions that run on workers, and two ways to run them.
 
-- `run_local`: in the driver process, a batch at a time (small inputs: no distributed fixed cost).
+- `run_local`: on this machine without Ray, the row-local work in worker processes (one per CPU)
+  when the input is large enough to repay their start (small inputs: no distributed fixed cost).
 - `run_ray`: Ray Data over the cluster: fused row-local groups as tasks (each worker process sets
   the stages up once), shuffle stages behind a hash partitioning on their key, dataset stages
   through their own plan.
@@ -136,20 +137,23 @@ def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table
     return ShuffleWorker(step, context)(batch)
 
 
-# The set-up group of the step this worker process last ran (Ray reuses worker processes for tasks):
-# one entry, so a process holds one step's models at a time.
+# The set-up group of the step this worker process last ran (a Ray task worker or one of our worker
+# processes): one entry, so a process holds one step's models at a time.
 _WORKERS: dict[tuple[str, str], GroupWorker] = {}
 
 
-def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    """A fused group in a Ray task. The worker process keeps the set-up stages for the step's next
-    batches, so `setup()` runs once per process as in an actor pool, without a pool's standing CPU
-    reservation (every CPU can work; nothing deadlocks) or its per-actor start-up."""
+def _worker(step: Step, context: RunContext) -> GroupWorker:
+    """This process's set-up group for the step: `setup()` runs once per process, as in an actor
+    pool, without a pool's standing CPU reservation (every CPU can work; nothing deadlocks)."""
     key = (step.fingerprint, str(context.work_dir))
     if key not in _WORKERS:
         _WORKERS.clear()
         _WORKERS[key] = GroupWorker(step, context)
-    return _WORKERS[key](batch)
+    return _WORKERS[key]
+
+
+def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return _worker(step, context)(batch)
 
 
 # --- in the driver --------------------------------------------------------------------------------
@@ -167,20 +171,10 @@ def _write(table: pa.Table, out: Path, index: int) -> None:
     pq.write_table(table, out / f"part-{index:05d}.parquet", row_group_size=BATCH_ROWS)
 
 
-# The set-up group of a worker process of `_run_rows` (built once by `_pool_setup`).
-_POOL_WORKER: GroupWorker | None = None
-
-
-def _pool_setup(step: Step, context: RunContext) -> None:
-    global _POOL_WORKER
-    _POOL_WORKER = GroupWorker(step, context)
-
-
-def _rows_task(file: str, row_group: int, out: Path, index: int) -> None:
-    """One row group of the input through the set-up group, written as one output file."""
-    assert _POOL_WORKER is not None
+def _rows_task(file: str, row_group: int, out: Path, index: int, step: Step, context: RunContext) -> None:
+    """One row group of the input through the process's set-up group, written as one output file."""
     table = pq.ParquetFile(file).read_row_group(row_group, columns=WORK_SCHEMA.names)
-    parts = [_POOL_WORKER(table.slice(start, BATCH_ROWS)) for start in range(0, table.num_rows, BATCH_ROWS)]
+    parts = [_group_apply(table.slice(start, BATCH_ROWS), step, context) for start in range(0, table.num_rows, BATCH_ROWS)]
     if parts:
         _write(pa.concat_tables(parts), out, index)
 
@@ -189,7 +183,7 @@ def _ingest_task(unit: Unit, source: SourceConfig, out: Path, index: int) -> Non
     _write(read_unit(unit, source), out, index)
 
 
-def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Callable[..., None] | None = None,
+def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Callable[..., Any] | None = None,
          setup_args: tuple = ()) -> None:
     """`fn(*task)` for every task: in this process, or when `parallel` in a pool of worker
     processes, one per CPU, each running `setup(*setup_args)` first. fastText and most of Python
@@ -214,7 +208,8 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
         return
     if step.kind == "rows":  # a row group per task, written as one file
         groups = [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
-        _map(_rows_task, [(f, g, out, i) for i, (f, g) in enumerate(groups)], rows >= POOL_MIN_ROWS, _pool_setup, (step, context))
+        _map(_rows_task, [(f, g, out, i, step, context) for i, (f, g) in enumerate(groups)], rows >= POOL_MIN_ROWS,
+             _worker, (step, context))
         return
     if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
         blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
