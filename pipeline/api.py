@@ -40,7 +40,6 @@ def run(manifest: Manifest, ray_address: str | None = None, quiet: bool = False,
             settings = manifest.stats
             stats.compute(result.run_dir, settings.tokenizer, settings.reference, settings.samples_per_language, progress=not quiet)
             result.dashboard = dashboard.render(result.run_dir)
-        assert result.ledger is not None
         result.seconds = time.perf_counter() - started
-        write_card(manifest, result, result.ledger)
+        write_card(manifest, result)
     return result

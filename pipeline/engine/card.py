@@ -14,8 +14,8 @@ import yaml
 from sources.record import SCHEMA
 
 
-def write_card(manifest: Any, result: Any, ledger: pl.DataFrame) -> None:
-    shards = result.shards
+def write_card(manifest: Any, result: Any) -> None:
+    shards, ledger = result.shards, result.ledger
     # The tag in the patterns: `datasets` caches by config and patterns, not by file contents, so
     # another run (or a re-run with other settings) in a folder of the same name must not match.
     files = f"*-{result.shards_tag}.parquet"

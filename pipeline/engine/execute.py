@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.engine.plan import Step
-from pipeline.engine.stage import DatasetStage, RunContext, ShuffleStage
+from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import map_list_values, replace_column
 from sources.config import SourceConfig
@@ -129,31 +129,35 @@ class ShuffleWorker:
         return to_work_schema(self.stage(partition))
 
 
-def _add_key(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return ShuffleWorker(step, context).key(batch)
-
-
-def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return ShuffleWorker(step, context)(batch)
-
-
-# The set-up group of the step this worker process last ran (a Ray task worker or one of our worker
+# The set-up worker of the step this process last ran (a Ray task worker or one of our worker
 # processes): one entry, so a process holds one step's models at a time.
-_WORKERS: dict[tuple[str, str], GroupWorker] = {}
+_WORKERS: dict[tuple[type, str, str], Any] = {}
 
 
-def _worker(step: Step, context: RunContext) -> GroupWorker:
-    """This process's set-up group for the step: `setup()` runs once per process, as in an actor
+def _worker(cls: type[GroupWorker] | type[ShuffleWorker], step: Step, context: RunContext) -> Any:
+    """This process's set-up worker for the step: `setup()` runs once per process, as in an actor
     pool, without a pool's standing CPU reservation (every CPU can work; nothing deadlocks)."""
-    key = (step.fingerprint, str(context.work_dir))
+    key = (cls, step.fingerprint, str(context.work_dir))
     if key not in _WORKERS:
         _WORKERS.clear()
-        _WORKERS[key] = GroupWorker(step, context)
+        _WORKERS[key] = cls(step, context)
     return _WORKERS[key]
 
 
+def _group_setup(step: Step, context: RunContext) -> None:
+    _worker(GroupWorker, step, context)
+
+
 def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return _worker(step, context)(batch)
+    return _worker(GroupWorker, step, context)(batch)
+
+
+def _add_key(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return _worker(ShuffleWorker, step, context).key(batch)
+
+
+def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
+    return _worker(ShuffleWorker, step, context)(batch)
 
 
 # --- in the driver --------------------------------------------------------------------------------
@@ -162,8 +166,12 @@ def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
 def can_run_local(step: Step) -> bool:
     """Whether the step has an in-process path: all but a shuffle stage with dataset-level
     preparation (dense embedding in an actor pool)."""
-    first = step.stages[0] if step.stages else None
-    return step.kind != "shuffle" or not (first and issubclass(first.cls, ShuffleStage) and first.cls.prepares(first.config))
+    return step.kind != "shuffle" or not step.stages[0].cls.prepares(step.stages[0].config)  # type: ignore[attr-defined]
+
+
+def source_bytes(units: list[Unit]) -> int:
+    """The size of the files the units read (a hub dataset id counts nothing)."""
+    return sum(Path(p).stat().st_size for p in {u.path for u in units} if Path(p).is_file())
 
 
 def _write(table: pa.Table, out: Path, index: int) -> None:
@@ -203,13 +211,13 @@ def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Cal
 def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
     """Compute the step in this process and write its checkpoint files under `out`."""
     if step.kind == "ingest":
-        size = sum(Path(p).stat().st_size for p in {u.path for u in units} if Path(p).is_file())
-        _map(_ingest_task, [(u, sources[u.source], out, i) for i, u in enumerate(units)], size >= POOL_MIN_BYTES)
+        _map(_ingest_task, [(u, sources[u.source], out, i) for i, u in enumerate(units)], source_bytes(units) >= POOL_MIN_BYTES)
         return
     if step.kind == "rows":  # a row group per task, written as one file
         groups = [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
         _map(_rows_task, [(f, g, out, i, step, context) for i, (f, g) in enumerate(groups)], rows >= POOL_MIN_ROWS,
-             _worker, (step, context))
+             _group_setup, (step, context))
+        _WORKERS.clear()  # the driver keeps no models once the step is done
         return
     if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
         blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
@@ -268,7 +276,8 @@ def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str
         ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
         ds = step.stages[0].build(context).prepare(ds)  # type: ignore[attr-defined]
         ds = ds.repartition(partitions, keys=["_key"])
-        # batch_size=None: a whole partition per call, so every row of a key is seen together.
-        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, **cls.resources.ray_options({}))
+        # batch_size=None: a whole partition per call, so every row of a key is seen together. The
+        # stage's declared GPUs are for its `prepare` pool (embedding), not for these tasks.
+        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, num_cpus=cls.resources.cpus)
     return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **step.resources().ray_options(cluster))
 

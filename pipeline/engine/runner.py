@@ -19,7 +19,7 @@ import polars as pl
 import pipeline
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import Checkpoint, fingerprint
-from pipeline.engine.execute import can_run_local, run_local, run_ray
+from pipeline.engine.execute import can_run_local, run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
 from pipeline.engine.shards import write_shards
@@ -144,7 +144,7 @@ class Runner:
         started = time.perf_counter()
         rows_in = 0 if previous is None else int(previous.filter(pl.col("kind") == "out")["rows"].sum())
         local = self._in_process(step, rows_in, units)
-        self.log(f"running {step.name}" + (" (in process)" if local and not self.quiet else ""))
+        self.log(f"running {step.name}" + (" (in process)" if local else ""))
         if not local:
             self._start_ray()
         out = ckpt.begin()
@@ -165,7 +165,7 @@ class Runner:
         if self.ray_address or not can_run_local(step):
             return False
         if step.kind == "ingest":
-            return sum(self._stat(u.path)[0] for u in {u.path: u for u in units}.values()) <= limit * INGEST_BYTES_PER_ROW
+            return source_bytes(units) <= limit * INGEST_BYTES_PER_ROW
         return rows_in <= limit
 
     def _start_ray(self) -> None:
