@@ -95,7 +95,8 @@ def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 
 
 # Settings that may change between a run and its resumption (they do not change the trajectory).
-FREE_ON_RESUME = {"out", "eval", "eval_template", "log_every", "save_every"}
+FREE_ON_RESUME: dict[str, Any] = {"out": True, "eval": True, "eval_template": True, "log_every": True, "save_every": True, "compile": True,
+                                  "data": {"prefetch": True}, "model": {"gradient_checkpointing": True}}
 
 
 def trajectory(config: TrainConfig) -> dict[str, Any]:
