@@ -114,7 +114,10 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     tensors, rest = _flat_optimizer(optimizer)
     save_file(tensors, tmp / "optimizer.safetensors")
-    save_file({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from the GPU's generator
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, tmp / "rng.safetensors")
     model.backbone.config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     mel = model.mel
@@ -170,7 +173,10 @@ def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, schedul
         state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": info["optimizer"]["param_groups"]})
     scheduler.load_state_dict(info["scheduler"])
-    torch.set_rng_state(load_file(folder / "rng.safetensors")["cpu"])
+    rng = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return int(info["step"])
 
 
