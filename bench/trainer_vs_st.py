@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.parquet as pq
 import torch
@@ -62,19 +63,10 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def timed(step, batches: list[Batch], warmup: int, device: torch.device) -> float:
-    """Seconds for the steps after `warmup`, run as one stretch (a step's own sync would hide overlap)."""
-    for b in batches[:warmup]:
-        step(b)
-    sync(device)
-    started = time.perf_counter()
-    for b in batches[warmup:]:
-        step(b)
-    sync(device)
-    return time.perf_counter() - started
+Step = Callable[[Batch], None]
 
 
-def sentence_transformers_loop(model_dir: Path, batches: list[Batch], warmup: int, dims: list[int], device: torch.device) -> float:
+def sentence_transformers_loop(model_dir: Path, dims: list[int], device: torch.device) -> Step:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import Matryoshka2dLoss, MultipleNegativesRankingLoss
 
@@ -94,10 +86,10 @@ def sentence_transformers_loop(model_dir: Path, batches: list[Batch], warmup: in
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return timed(step, batches, warmup, device)
+    return step
 
 
-def bare_loop(model_dir: Path, batches: list[Batch], warmup: int, device: torch.device) -> float:
+def bare_loop(model_dir: Path, batches: list[Batch], device: torch.device) -> Step:
     """The floor: no MRL, MLL or MEL, no instruction handling, everything tokenized and on the device before timing."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -121,28 +113,56 @@ def bare_loop(model_dir: Path, batches: list[Batch], warmup: int, device: torch.
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return timed(step, batches, warmup, device)
+    return step
 
 
-def config(model_dir: Path, shards: str, batch: int, steps: int, warmup: int, dims: list[int], mel: bool, out: Path, **over) -> TrainConfig:
+def config(model_dir: Path, shards: str, batch: int, steps: int, dims: list[int], out: Path, data: dict, **over) -> TrainConfig:
     return TrainConfig.model_validate({
-        "out": str(out), "data": {"shards": [shards], "max_length": MAX_LENGTH, "in_batch": ["retrieval", "bitext"], **over.pop("data", {})},
-        "model": {"path": str(model_dir)}, "batch_size": batch, "steps": warmup + steps, "log_every": 10**6, "save_every": 10**6, "lr": 1e-4,
-        "matryoshka": {"dims": dims, "sample_layers": 2, "mel": mel}, **over})
+        "out": str(out), "data": {"shards": [shards], "max_length": MAX_LENGTH, "in_batch": ["retrieval", "bitext"], **data},
+        "model": {"path": str(model_dir)}, "batch_size": batch, "steps": steps, "log_every": 10**6, "save_every": 10**6, "lr": 1e-4,
+        "matryoshka": {"dims": dims, "sample_layers": 2, **over.pop("matryoshka", {})}, **over})
 
 
-def ours_loop(config: TrainConfig, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Seconds for the steps after `warmup` (one `fit` call; its one log at the end is the only read back),
-    and the padding share of its batches."""
-    from train.loop import Trainer
+class Ours:
+    """Our trainer, step by step (`Trainer.train_step`), fed as `fit` feeds it: ahead in a thread
+    (`prefetch`), or inline when loops are interleaved (a feed thread would work in the others' time)."""
 
-    trainer = Trainer(config)
-    trainer.fit(until=warmup)
-    sync(device)
-    started = time.perf_counter()
-    history = trainer.fit()
-    sync(device)
-    return time.perf_counter() - started, history[-1]["padding"]
+    def __init__(self, config: TrainConfig, prefetch: bool):
+        from train.feed import feed, micro_batches
+        from train.loop import Trainer
+
+        self.trainer = Trainer(config)
+        t = self.trainer
+        self.data = feed(micro_batches(t.data, t.tokenize, 0, 0, 1, 1, config.grad_cache_chunk, pin=t.device.type == "cuda"),
+                         config.data.prefetch if prefetch else 0)
+
+    def __call__(self, _: Batch) -> None:  # draws the same batch itself (same seed)
+        self.trainer.train_step(next(self.data))
+
+    @property
+    def padding(self) -> float:
+        return 1 - self.trainer.tokens_seen / self.trainer.padded_seen
+
+
+def timings(loops: dict[str, Step], batches: list[Batch], warmup: int, interleave: int, device: torch.device) -> dict[str, float]:
+    """Seconds of each loop's steps after `warmup`: each loop's steps in one stretch, or, with
+    `interleave` k, in rounds of k steps of every loop in turn (a noisy machine's slow moments then
+    fall on every loop alike)."""
+    for step in loops.values():
+        for b in batches[:warmup]:
+            step(b)
+    timed = batches[warmup:]
+    chunk = interleave or len(timed)
+    seconds = dict.fromkeys(loops, 0.0)
+    for i in range(0, len(timed), chunk):
+        for name, step in loops.items():
+            sync(device)
+            started = time.perf_counter()
+            for b in timed[i:i + chunk]:
+                step(b)
+            sync(device)
+            seconds[name] += time.perf_counter() - started
+    return seconds
 
 
 def main() -> None:
@@ -158,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--piece-tokens", type=int, help="our data.piece_tokens (default: the trainer's)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--interleave", type=int, default=0, help="time the loops in turns of this many steps (a noisy machine); ours then tokenizes inline")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,42 +186,40 @@ def main() -> None:
                                       layers=args.layers, heads=max(1, args.hidden // 64), max_length=512)
         dims = sorted({args.hidden // 8, args.hidden // 4, args.hidden // 2, args.hidden})
         data = {"piece_tokens": args.piece_tokens} if args.piece_tokens else {}
-        variants = {"ours_MRL_MLL": {"mel": False}, "ours_MRL_MLL_MEL": {"mel": True}}
+        variants = {"ours_MRL_MLL": {"matryoshka": {"mel": False}}, "ours_MRL_MLL_MEL": {"matryoshka": {"mel": True}}}
         if args.compile:
-            variants["ours_MRL_MLL_compiled"] = {"mel": False, "compile": True}
-        runs = {name: (lambda n, v=dict(v): config(model_dir, args.shards, args.batch, args.steps, args.warmup, dims, out=Path(tmp) / n,
-                                                     data=data, **v))
-                for name, v in variants.items()}
+            variants["ours_MRL_MLL_compiled"] = {"matryoshka": {"mel": False}, "compile": True}
+        make = lambda name, v: config(model_dir, args.shards, args.batch, args.warmup + args.steps, dims, Path(tmp) / name, data, **json.loads(json.dumps(v)))
         # The very batches our trainer draws (same seed), so every loop sees the same texts in the same order.
-        first = runs["ours_MRL_MLL"]("probe")
+        first = make("probe", variants["ours_MRL_MLL"])
         stream = iter(Batches(first.data, args.batch, first.seed))
         batches = [next(stream) for _ in range(args.warmup + args.steps)]
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        lengths = [len(x) for b in batches[args.warmup:] for side in (b.queries, b.positives)
-                   for x in tokenizer(side, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+        ids = [tokenizer(side, truncation=True, max_length=MAX_LENGTH)["input_ids"] for b in batches[args.warmup:] for side in (b.queries, b.positives)]
+        lengths = [len(x) for side in ids for x in side]
+        padded = sum(len(side) * max(len(x) for x in side) for side in ids)
         backbone = AutoModel.from_pretrained(model_dir)
         flops = FlopCounter(layer_stack(backbone), args.hidden, args.layers).training(sum(lengths), sum(n * n for n in lengths))
         name, peak = gpu_peak(device)
         seconds: dict[str, list[float]] = {}
         padding: list[float] = []
         for r in range(args.repeats):
-            seconds.setdefault("sentence_transformers_Matryoshka2dLoss", []).append(
-                sentence_transformers_loop(model_dir, batches, args.warmup, dims, device))
-            seconds.setdefault("bare_loop", []).append(bare_loop(model_dir, batches, args.warmup, device))
-            for variant, make in runs.items():
-                took, pad = ours_loop(make(f"{variant}-{r}"), args.warmup, device)
-                seconds.setdefault(variant, []).append(took)
-                padding.append(pad)
+            ours = {v: Ours(make(f"{v}-{r}", spec), prefetch=not args.interleave) for v, spec in variants.items()}
+            loops = {"sentence_transformers_Matryoshka2dLoss": sentence_transformers_loop(model_dir, dims, device),
+                     "bare_loop": bare_loop(model_dir, batches, device), **ours}
+            for loop, took in timings(loops, batches, args.warmup, args.interleave, device).items():
+                seconds.setdefault(loop, []).append(took)
+            padding.append(ours["ours_MRL_MLL"].padding)
+            for o in ours.values():
+                o.data.close()
         samples = args.steps * args.batch
         result = {"device": name if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                   "peak_bf16_tflops": peak and peak / 1e12, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
                   "model": f"BERT {args.layers} x {args.hidden}, vocab {args.vocab}", "batch": args.batch, "timed_steps": args.steps,
-                  "repeats": args.repeats, "dims": dims, "padding_share_ours": statistics.median(padding)}
-        padded = sum(len(side) * max(len(x) for x in tokenizer(side, truncation=True, max_length=MAX_LENGTH)["input_ids"])
-                     for b in batches[args.warmup:] for side in (b.queries, b.positives))
-        result["padding_share_padded_to_longest"] = round(1 - sum(lengths) / padded, 4)
+                  "repeats": args.repeats, "interleaved_rounds_of": args.interleave or None,
+                  "padding_share": {"padded_to_longest": round(1 - sum(lengths) / padded, 4), "ours": round(statistics.median(padding), 4)}}
         for loop, times in seconds.items():
             s = statistics.median(times)
             result[loop] = {"samples_per_s": round(samples / s, 1), "tokens_per_s": round(sum(lengths) / s), "model_tflops_per_s": round(flops / s / 1e12, 3),

@@ -135,6 +135,7 @@ class Trainer:
         self.forward = torch.compile(module, dynamic=True) if config.compile else module
         self.flops = FlopCounter(layer_stack(self.model.backbone), self.model.width, self.model.num_layers)
         self.gpu_name, self.peak = gpu_peak(self.device)
+        self.tokens_seen, self.padded_seen, self.flops_done = 0, 0, 0.0  # since the last `fit` began
 
     def _forward(self, piece: Piece, layers: list[int]) -> dict[int, torch.Tensor]:
         with autocast(self.device, self.config.precision):
@@ -181,6 +182,52 @@ class Trainer:
                 start, n = start + piece.rows, n + 1
         return loss.detach(), parts
 
+    def train_step(self, micros: list[Micro]) -> dict[str, Any]:
+        """One optimizer step on this rank's micro-batches. Returns what a log entry needs, as
+        tensors on the device (reading them waits for the GPU: only logging steps do)."""
+        c = self.config
+        mel_rank, layers = self.grid.for_step(self.step)
+        self.model.set_rank(mel_rank)
+        total = torch.zeros((), device=self.device)
+        for m, micro in enumerate(micros):
+            last = m == len(micros) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last and not c.grad_cache_chunk else contextlib.nullcontext()
+            with sync:
+                loss, parts = self._micro_loss(micro, layers)
+                if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
+                    (loss / c.grad_accum).backward()
+            total += loss.detach() / c.grad_accum
+            sides = (micro.queries, micro.positives, micro.negatives)
+            self.tokens_seen += micro.tokens
+            self.padded_seen += sum(s.padded for s in sides)
+            self.flops_done += sum(self.flops.training(s.tokens, s.squares, mel_rank) for s in sides)
+        if c.grad_cache_chunk and c.grad_accum > 1:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad /= c.grad_accum
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        batch = micros[-1].batch
+        return {"loss": total, "grad_norm": norm, "parts": parts, "mel_rank": mel_rank, "layers": layers, "source": batch.source, "task": batch.task}
+
+    def _log_entry(self, done: dict[str, Any], steps: int, elapsed: float) -> dict[str, Any]:
+        """A logging step's entry: the values read back from the device, and the throughput so far."""
+        total = done["loss"]
+        if self.world > 1:  # log the global batch's loss, as one process would
+            dist.all_reduce(total)
+            total = total / self.world
+        entry = {"step": self.step, "loss": float(total), "source": done["source"], "task": done["task"], "mel_rank": done["mel_rank"],
+                 "layers": done["layers"], "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(done["grad_norm"]),
+                 "tokens_per_s": self.tokens_seen * self.world / elapsed, "samples_per_s": steps * self.config.batch_size / elapsed,
+                 "padding": round(1 - self.tokens_seen / max(self.padded_seen, 1), 4), "tflops_per_s": self.flops_done * self.world / elapsed / 1e12,
+                 **{k: float(v) for k, v in done["parts"].items()}}
+        if self.peak:
+            entry["mfu"] = self.flops_done / elapsed / self.peak
+        return entry
+
     def fit(self, until: int | None = None) -> list[dict[str, Any]]:
         """Train to `config.steps` (or stop, checkpointed, at step `until`: e.g. a job's time slot)."""
         c = self.config
@@ -191,50 +238,15 @@ class Trainer:
         data = feed(micro_batches(self.data, self.tokenize, self.step, self.rank, self.world, c.grad_accum, c.grad_cache_chunk,
                                   pin=self.device.type == "cuda"), c.data.prefetch)
         first = self.step
-        self.tokens_seen, padded, flops, started = 0, 0, 0.0, time.perf_counter()
+        self.tokens_seen, self.padded_seen, self.flops_done, started = 0, 0, 0.0, time.perf_counter()
         try:
             while self.step < stop:
-                micros = next(data)
-                mel_rank, layers = self.grid.for_step(self.step)
-                self.model.set_rank(mel_rank)
-                total = torch.zeros((), device=self.device)  # read on logging steps only
-                for m, micro in enumerate(micros):
-                    last = m == len(micros) - 1
-                    sync = self.ddp.no_sync() if self.ddp is not None and not last and not c.grad_cache_chunk else contextlib.nullcontext()
-                    with sync:
-                        loss, parts = self._micro_loss(micro, layers)
-                        if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
-                            (loss / c.grad_accum).backward()
-                    total += loss.detach() / c.grad_accum
-                    sides = (micro.queries, micro.positives, micro.negatives)
-                    self.tokens_seen += micro.tokens
-                    padded += sum(s.padded for s in sides)
-                    flops += sum(self.flops.training(s.tokens, s.squares, mel_rank) for s in sides)
-                if c.grad_cache_chunk and c.grad_accum > 1:
-                    for p in self.model.parameters():
-                        if p.grad is not None:
-                            p.grad /= c.grad_accum
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
+                done = self.train_step(next(data))
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == stop:
-                    if self.world > 1:  # log the global batch's loss, as one process would
-                        dist.all_reduce(total)
-                        total /= self.world
-                    elapsed = time.perf_counter() - started
-                    batch = micros[-1].batch
-                    entry = {"step": self.step, "loss": float(total), "source": batch.source, "task": batch.task, "mel_rank": mel_rank,
-                             "layers": layers, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(norm),
-                             "tokens_per_s": self.tokens_seen * self.world / elapsed, "samples_per_s": (self.step - first) * c.batch_size / elapsed,
-                             "padding": round(1 - self.tokens_seen / max(padded, 1), 4), "tflops_per_s": flops * self.world / elapsed / 1e12,
-                             **{k: float(v) for k, v in parts.items()}}
-                    if self.peak:
-                        entry["mfu"] = flops / elapsed / self.peak
+                    entry = self._log_entry(done, self.step - first, time.perf_counter() - started)
                     history.append(entry)
-                    bar.set_postfix(loss=f"{entry['loss']:.3f}", source=batch.source)
+                    bar.set_postfix(loss=f"{entry['loss']:.3f}", source=entry["source"])
                     if self.rank == 0:
                         with log_path.open("a", encoding="utf-8") as f:
                             f.write(json.dumps(entry) + "\n")
