@@ -1,4 +1,4 @@
-"""MEL's token embedding: gather-then-project (U[ids, :r] @ V[:r], what the trainer does) against
+"""MEL's token embedding: gather-then-project (F.embedding(ids, U[:, :r]) @ V[:r], what the trainer does) against
 rebuilding the full v x d matrix each step (U[:, :r] @ V[:r], then a lookup), forward + backward +
 AdamW step, at XLM-R-like and Qwen3-like vocabulary sizes; medians of `--repeats` timed steps.
 
