@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from pipeline.engine.stage import Registry, StageConfig
+from sources import storage
 from sources.config import SourceConfig
 from sources.record import COLUMNS
 from sources.settings import (
@@ -67,7 +68,8 @@ class StatsSettings(Strict):
 class Manifest(Strict):
     """A validated manifest. `stages` holds the registered stages' configs (see `manifest_model`)."""
 
-    output: str = Field(description="Run folder (relative to the manifest): checkpoints, ledger, quarantine, shards.")
+    output: str = Field(description="Run folder (relative to the manifest), or a URL in object storage (s3://BUCKET/PATH): "
+                        "checkpoints, ledger, quarantine, shards.")
     ray: RaySettings = Field(default_factory=RaySettings)
     sources: list[SourceConfig] = Field(min_length=1)
     stages: list[StageConfig] = Field(default_factory=list)
@@ -76,6 +78,17 @@ class Manifest(Strict):
         "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
     shards: ShardSettings = Field(default_factory=ShardSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+
+    @field_validator("output")
+    @classmethod
+    def _output_location(cls, output: str) -> str:
+        """A URL must name a supported store (never a local folder named `s3:`); the run lock needs
+        conditional writes, which the lease implements for S3."""
+        if storage.is_url(output):
+            output = storage.check_url(output)
+            if not output.lower().startswith("s3://"):
+                raise ValueError(f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes")
+        return output
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:
@@ -123,7 +136,8 @@ def load_manifest(path: str | Path, registry: Registry) -> Manifest:
     problems = column_errors(manifest, registry)
     if problems:
         raise ConfigError("\n".join(f"{path}:{line_of(path, ('stages', i))}: {msg}" for i, msg in problems))
-    manifest.output = str((Path(path).parent / manifest.output).resolve())
+    if not storage.is_url(manifest.output):
+        manifest.output = str((Path(path).parent / manifest.output).resolve())
     return manifest
 
 
