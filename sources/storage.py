@@ -194,7 +194,7 @@ def write_bytes(path: str, data: bytes) -> None:
         os.replace(tmp, path)
         return
     fs, inner = filesystem(path)
-    with fs.open_output_stream(inner) as f:
+    with fs.open_output_stream(inner, compression=None) as f:  # None: pyarrow would gzip a `.gz` name again
         f.write(data)
 
 
@@ -234,7 +234,7 @@ def download(path: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.part{os.getpid()}")
     fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as src, open(tmp, "wb") as dst:
+    with fs.open_input_stream(inner, compression=None) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 8 << 20)
     os.replace(tmp, target)
     return target
@@ -247,5 +247,5 @@ def upload(local: Path, path: str) -> None:
             write_bytes(path, local.read_bytes())
         return
     fs, inner = filesystem(path)
-    with open(local, "rb") as src, fs.open_output_stream(inner) as dst:
+    with open(local, "rb") as src, fs.open_output_stream(inner, compression=None) as dst:
         shutil.copyfileobj(src, dst, 8 << 20)

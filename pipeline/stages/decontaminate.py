@@ -61,7 +61,7 @@ class EvalSet(BaseModel):
                 with open_binary(file) as f:
                     out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
                 continue
-            data = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file  # polars reads local files itself
+            data = io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file  # polars reads local files itself
             if name.endswith(".parquet"):
                 frame = pl.read_parquet(data)
             elif name.endswith((".csv", ".tsv")):
