@@ -259,7 +259,7 @@ class FaultyProxy:
                 pass
 
             def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._chunked() if "chunked" in self.headers.get("Transfer-Encoding", "") else self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
                     proxy.requests += 1
                     n = proxy.requests
@@ -284,13 +284,27 @@ class FaultyProxy:
                 answer = conn.getresponse()
                 data = answer.read()
                 self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                for key, value in answer.getheaders():  # a HEAD answer keeps its Content-Length (the object's size)
+                    if key.lower() not in ("transfer-encoding", "connection", "server", "date") and (key.lower() != "content-length" or self.command == "HEAD"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
                 conn.close()
+
+            def _chunked(self) -> bytes:
+                """A chunked body as it came (framing included), to pass on unchanged."""
+                raw = b""
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while (trailer := self.rfile.readline()) not in (b"\r\n", b""):
+                            raw += trailer
+                        return raw + b"\r\n"
+                    raw += self.rfile.read(size + 2)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 

@@ -291,7 +291,9 @@ class Runner:
             marker = {"fingerprint": shards_fp, "shards": written}
             write_marker(remote, marker)
         paths = {shard["path"] for shard in marker["shards"]} | {MARKER}
-        self._local([storage.join(remote, p) for p in sorted(paths)])  # the statistics read the local copy
+        if storage.is_url(self.output):  # the statistics read the local copy (shard names say their content)
+            self._local([storage.join(remote, shard["path"]) for shard in marker["shards"]])
+            write_marker(local, marker)
         for folder in {str(local), remote}:
             for path in storage.list_files(folder):
                 if path[len(folder) + 1:] not in paths:
