@@ -21,10 +21,12 @@ import functools
 import glob as local_glob
 import io
 import os
+import random
 import re
 import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -34,6 +36,13 @@ import pyarrow.parquet as pq
 SCHEMES = ("s3", "gs", "gcs")  # object stores pyarrow has a filesystem for (and we test: s3)
 _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # `s3:...`, `http:...`; not a Windows drive `C:`
 _GLOB = re.compile(r"[*?\[]")
+T = TypeVar("T")
+# Errors worth another try of a whole-object operation (the substrings Ray Data retries its own writes
+# on, see `DataContext.retried_io_errors`): pyarrow's retry strategy covers single requests, but a
+# multipart upload whose part lost its connection fails the whole write (seen on pyarrow 26).
+TRANSIENT = ("AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN", "AWS Error INTERNAL_FAILURE", "AWS Error SERVICE_UNAVAILABLE",
+             "HTTP status 5", "curlCode: 52", "curlCode: 56")
+ATTEMPTS = 5
 STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_MAX_ATTEMPTS",
                "GOOGLE_CLOUD_PROJECT")  # settings (no secrets) a driver passes on to its cluster's workers
 
@@ -91,6 +100,19 @@ def _url(fs: pafs.FileSystem, like: str, inner: str) -> str:
     return f"{urlsplit(like).scheme}://{inner}" if is_url(like) else inner
 
 
+def retried(operation: Callable[[], T], what: str) -> T:
+    """`operation()` again after a transient store error, with jittered exponential backoff; other
+    errors, and the last attempt's, are raised naming `what`."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return operation()
+        except OSError as exc:
+            if attempt == ATTEMPTS - 1 or not any(marker in str(exc) for marker in TRANSIENT):
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0) * random.uniform(0.5, 1.5))
+    raise AssertionError(f"unreachable: {what}")
+
+
 # --- reading --------------------------------------------------------------------------------------
 
 
@@ -121,8 +143,11 @@ def parquet_file(path: str) -> pq.ParquetFile:
 
 
 def read_bytes(path: str) -> bytes:
-    with open_input(path) as f:
-        return f.read()
+    def read() -> bytes:
+        with open_input(path) as f:
+            return f.read()
+
+    return retried(read, path) if is_url(path) else read()
 
 
 def list_files(prefix: str) -> list[str]:
@@ -194,8 +219,12 @@ def write_bytes(path: str, data: bytes) -> None:
         os.replace(tmp, path)
         return
     fs, inner = filesystem(path)
-    with fs.open_output_stream(inner, compression=None) as f:  # None: pyarrow would gzip a `.gz` name again
-        f.write(data)
+
+    def put() -> None:
+        with fs.open_output_stream(inner, compression=None) as f:  # None: pyarrow would gzip a `.gz` name again
+            f.write(data)
+
+    retried(put, path)
 
 
 def write_parquet(table: pa.Table, path: str, **options: Any) -> None:
@@ -203,7 +232,7 @@ def write_parquet(table: pa.Table, path: str, **options: Any) -> None:
     fs, inner = filesystem(path)
     if not is_url(path):
         os.makedirs(os.path.dirname(inner), exist_ok=True)
-    pq.write_table(table, inner, filesystem=fs, **options)
+    retried(lambda: pq.write_table(table, inner, filesystem=fs, **options), path)
 
 
 def delete(path: str) -> None:
@@ -234,8 +263,12 @@ def download(path: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.part{os.getpid()}")
     fs, inner = filesystem(path)
-    with fs.open_input_stream(inner, compression=None) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 8 << 20)
+
+    def get() -> None:
+        with fs.open_input_stream(inner, compression=None) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+    retried(get, path)
     os.replace(tmp, target)
     return target
 
@@ -247,5 +280,9 @@ def upload(local: Path, path: str) -> None:
             write_bytes(path, local.read_bytes())
         return
     fs, inner = filesystem(path)
-    with open(local, "rb") as src, fs.open_output_stream(inner, compression=None) as dst:
-        shutil.copyfileobj(src, dst, 8 << 20)
+
+    def put() -> None:
+        with open(local, "rb") as src, fs.open_output_stream(inner, compression=None) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+    retried(put, path)

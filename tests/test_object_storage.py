@@ -161,17 +161,18 @@ def test_second_run_on_the_same_s3_output_is_refused_and_an_expired_lease_is_tak
 def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tmp_path):
     """Every 4th request answered 503 SlowDown and every 7th connection dropped: the run retries
     with backoff and writes the same shards as an undisturbed one."""
-    sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/*.jsonl.gz"}]
-    clean = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean")), "--quiet")
+    sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/[de]*.jsonl.gz"}]
+    settings = {"stats": {"enabled": False}, "shards": {"rows_per_shard": 500}}  # several shards, uploaded in parts
+    clean = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean", **settings)), "--quiet")
     assert clean.returncode == 0, clean.stderr[-3000:]
     s3_proxy.fail_every, s3_proxy.drop_every = 4, 7
     try:
-        faulty = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/faulty")), "--quiet",
+        faulty = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/faulty", **settings)), "--quiet",
                          env={"AWS_ENDPOINT_URL": s3_proxy.url})
     finally:
         s3_proxy.fail_every = s3_proxy.drop_every = 0
     assert faulty.returncode == 0, faulty.stderr[-3000:]
-    assert s3_proxy.failed > 10 and s3_proxy.dropped > 5
+    assert s3_proxy.failed >= 10 and s3_proxy.dropped >= 5
     assert object_digests(f"s3://{BUCKET}/runs/faulty") == object_digests(f"s3://{BUCKET}/runs/clean")
 
 
