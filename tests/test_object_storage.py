@@ -162,7 +162,7 @@ def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tm
     """Every 4th request answered 503 SlowDown and every 7th connection dropped: the run retries
     with backoff and writes the same shards as an undisturbed one."""
     sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/[de]*.jsonl.gz"}]
-    settings = {"stats": {"enabled": False}, "shards": {"rows_per_shard": 500}}  # several shards, uploaded in parts
+    settings = {"stats": {"enabled": False}, "shards": {"rows_per_shard": 500}}  # several shards
     clean = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean", **settings)), "--quiet")
     assert clean.returncode == 0, clean.stderr[-3000:]
     s3_proxy.fail_every, s3_proxy.drop_every = 4, 7

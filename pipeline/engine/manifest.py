@@ -8,6 +8,7 @@ reads a column no earlier stage writes fails with its line.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -88,6 +89,8 @@ class Manifest(Strict):
             output = storage.check_url(output)
             if not output.lower().startswith("s3://"):
                 raise ValueError(f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes")
+            if importlib.util.find_spec("boto3") is None:
+                raise ValueError(f"{output!r}: an output in S3 needs boto3 for the run's lease: pip install 'ml-embed-data[s3]'")
         return output
 
     @model_validator(mode="after")
