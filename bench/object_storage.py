@@ -42,8 +42,12 @@ def start_s3() -> object:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_REGION="us-east-1",
+    )
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     return server
 
@@ -67,10 +71,13 @@ def stage1_manifest(folder: Path, data: str, output: str) -> Path:
 
 def rows_manifest(folder: Path, data: str, output: str) -> Path:
     path = folder / "rows.yaml"
-    path.write_text(f"output: {output}\nsources:\n  - name: bench\n    task: retrieval\n    path: {data}\n"
-                    "    columns: {query: q, positive: p}\n    licence: CC-BY-SA-4.0\n"
-                    "stages:\n  - stage: normalize\n  - stage: langid\n  - stage: exact_dedup\n    key: [query, positive]\n"
-                    "shards:\n  rows_per_shard: 250000\n", encoding="utf-8")
+    path.write_text(
+        f"output: {output}\nsources:\n  - name: bench\n    task: retrieval\n    path: {data}\n"
+        "    columns: {query: q, positive: p}\n    licence: CC-BY-SA-4.0\n"
+        "stages:\n  - stage: normalize\n  - stage: langid\n  - stage: exact_dedup\n    key: [query, positive]\n"
+        "shards:\n  rows_per_shard: 250000\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -100,10 +107,14 @@ def main() -> None:
         upload(rows_file, f"s3://{BUCKET}/rows.parquet")
         os.environ["ML_EMBED_DATA_CACHE"] = str(tmp_path / "cache")
         cases = {
-            "stage-1 samples": {"local": lambda d, r: stage1_manifest(d, str(samples), str(d / "run")),
-                                "s3": lambda d, r: stage1_manifest(d, f"s3://{BUCKET}/samples", f"s3://{BUCKET}/runs/stage1-{r}")},
-            f"{args.rows:,} rows": {"local": lambda d, r: rows_manifest(d, str(rows_file), str(d / "run")),
-                                    "s3": lambda d, r: rows_manifest(d, f"s3://{BUCKET}/rows.parquet", f"s3://{BUCKET}/runs/rows-{r}")},
+            "stage-1 samples": {
+                "local": lambda d, r: stage1_manifest(d, str(samples), str(d / "run")),
+                "s3": lambda d, r: stage1_manifest(d, f"s3://{BUCKET}/samples", f"s3://{BUCKET}/runs/stage1-{r}"),
+            },
+            f"{args.rows:,} rows": {
+                "local": lambda d, r: rows_manifest(d, str(rows_file), str(d / "run")),
+                "s3": lambda d, r: rows_manifest(d, f"s3://{BUCKET}/rows.parquet", f"s3://{BUCKET}/runs/rows-{r}"),
+            },
         }
         for r in range(args.repeats):
             for case, where in cases.items():
@@ -120,7 +131,9 @@ def main() -> None:
     print(f"\nmedians of {args.repeats} (whole runs: ingest, stages, ledger, shards, statistics, card):")
     for case in cases:
         local, s3 = (statistics.median(times[(case, store)]) for store in ("local", "s3"))
-        print(f"  {case:>16}: local disk {local:6.1f} s, S3 on loopback {s3:6.1f} s, ratio S3 / local {s3 / local:.2f}x (+{s3 - local:.1f} s)")
+        print(
+            f"  {case:>16}: local disk {local:6.1f} s, S3 on loopback {s3:6.1f} s, ratio S3 / local {s3 / local:.2f}x (+{s3 - local:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,11 +40,25 @@ T = TypeVar("T")
 # Errors worth another try of a whole-object operation (the substrings Ray Data retries its own writes
 # on, see `DataContext.retried_io_errors`): pyarrow's retry strategy covers single requests, but a
 # multipart upload whose part lost its connection fails the whole write (seen on pyarrow 26).
-TRANSIENT = ("AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN", "AWS Error INTERNAL_FAILURE", "AWS Error SERVICE_UNAVAILABLE",
-             "HTTP status 5", "curlCode: 52", "curlCode: 56")
+TRANSIENT = (
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error SLOW_DOWN",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "HTTP status 5",
+    "curlCode: 52",
+    "curlCode: 56",
+)
 ATTEMPTS = 5
-STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_MAX_ATTEMPTS",
-               "GOOGLE_CLOUD_PROJECT")  # settings (no secrets) a driver passes on to its cluster's workers
+STORAGE_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_MAX_ATTEMPTS",
+    "GOOGLE_CLOUD_PROJECT",
+)  # settings (no secrets) a driver passes on to its cluster's workers
 
 
 def is_url(path: str) -> bool:
@@ -57,11 +71,15 @@ def check_url(path: str) -> str:
     never taken for a local path (`s3:/bucket` would otherwise become a folder named `s3:`)."""
     parts = urlsplit(path)
     if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"{path!r}: unsupported storage {parts.scheme + '://'!r} (supported: {', '.join(s + '://' for s in SCHEMES)}, or a local path)")
+        raise ValueError(
+            f"{path!r}: unsupported storage {parts.scheme + '://'!r} (supported: {', '.join(s + '://' for s in SCHEMES)}, or a local path)"
+        )
     if not path.startswith(f"{parts.scheme}://") or not parts.netloc:
         raise ValueError(f"{path!r}: malformed URL; write {parts.scheme}://BUCKET/PATH")
     if parts.query or parts.fragment:
-        raise ValueError(f"{path!r}: settings do not belong in the URL; use the store's environment (e.g. AWS_ENDPOINT_URL, AWS_PROFILE)")
+        raise ValueError(
+            f"{path!r}: settings do not belong in the URL; use the store's environment (e.g. AWS_ENDPOINT_URL, AWS_PROFILE)"
+        )
     return path.rstrip("/")
 
 
@@ -176,9 +194,9 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             out, i = out + "[^/]*", i + 1
         elif pattern[i] == "?":
             out, i = out + "[^/]", i + 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
             end = pattern.index("]", i + 1)
-            out, i = out + "[" + pattern[i + 1:end].replace("!", "^", 1) + "]", end + 1
+            out, i = out + "[" + pattern[i + 1 : end].replace("!", "^", 1) + "]", end + 1
         else:
             out, i = out + re.escape(pattern[i]), i + 1
     return re.compile(out + r"\Z")
@@ -191,7 +209,7 @@ def glob(pattern: str) -> list[str]:
     head = _GLOB.search(pattern)
     if head is None:
         return [pattern] if is_file(pattern) else []
-    root = pattern[:head.start()].rsplit("/", 1)[0]
+    root = pattern[: head.start()].rsplit("/", 1)[0]
     regex = _glob_regex(pattern)
     return [p for p in list_files(root) if regex.match(p)]
 

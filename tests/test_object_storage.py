@@ -69,13 +69,25 @@ def _rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def test_stage1_with_sources_eval_set_and_output_in_s3_gives_the_local_rows(s3_run, stage1_run):
-    from_s3 = pl.concat([pl.read_parquet(storage.read_bytes(p)) for p in storage.list_files(f"{s3_run}/shards") if p.endswith(".parquet")])
+    from_s3 = pl.concat(
+        [
+            pl.read_parquet(storage.read_bytes(p))
+            for p in storage.list_files(f"{s3_run}/shards")
+            if p.endswith(".parquet")
+        ]
+    )
     local = pl.read_parquet(stage1_run / "shards" / "**" / "*.parquet")
     assert from_s3.height > 10_000 and _rows(from_s3).equals(_rows(local))
     assert from_s3["origin"].str.starts_with(f"{DATA}/").all()
     # Every file a run writes is there: the dataset card, ledger, quarantine, reports, statistics.
-    names = {p[len(s3_run) + 1:] for p in storage.list_files(s3_run)}
-    for name in ("README.md", "ledger.parquet", "quarantine/part-00000.parquet", "stats/dashboard.html", "stats/languages.parquet"):
+    names = {p[len(s3_run) + 1 :] for p in storage.list_files(s3_run)}
+    for name in (
+        "README.md",
+        "ledger.parquet",
+        "quarantine/part-00000.parquet",
+        "stats/dashboard.html",
+        "stats/languages.parquet",
+    ):
         assert name in names, name
     ledger = pl.read_parquet(storage.read_bytes(f"{s3_run}/ledger.parquet"))
     assert ledger.equals(pl.read_parquet(stage1_run / "ledger.parquet"))
@@ -83,9 +95,13 @@ def test_stage1_with_sources_eval_set_and_output_in_s3_gives_the_local_rows(s3_r
     # left; the shards folder holds what its marker lists; the lease is gone.
     for step in storage.children(f"{s3_run}/stages"):
         marker = read_marker(step)
-        assert {p[len(step) + 1:] for p in storage.list_files(step)} == {MARKER} | {f"{marker['attempt']}/{f}" for f in marker["files"]}
+        assert {p[len(step) + 1 :] for p in storage.list_files(step)} == {MARKER} | {
+            f"{marker['attempt']}/{f}" for f in marker["files"]
+        }
     shards = read_marker(f"{s3_run}/shards")
-    assert {p[len(s3_run) + 8:] for p in storage.list_files(f"{s3_run}/shards")} == {MARKER} | {s["path"] for s in shards["shards"]}
+    assert {p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/shards")} == {MARKER} | {
+        s["path"] for s in shards["shards"]
+    }
     assert not any(n.startswith(("work/", "_lease")) for n in names)
 
 
@@ -114,12 +130,22 @@ def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s
 
     def start() -> subprocess.Popen:
         time.sleep(LEASE + 1)  # the killed run's lease expires
-        return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT, env={**os.environ, **env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def uncommitted_part(step_prefix: str) -> bool:
         steps = [s for s in storage.children(f"{output}/stages") if storage.name(s).startswith(step_prefix)]
-        return bool(steps) and read_marker(steps[0]) is None and any(p.endswith(".parquet") for p in storage.list_files(steps[0]))
+        return (
+            bool(steps)
+            and read_marker(steps[0]) is None
+            and any(p.endswith(".parquet") for p in storage.list_files(steps[0]))
+        )
 
     proc = start()
     _wait_for(lambda: uncommitted_part("01-"), proc)  # the fused row-local step has written a file
@@ -143,7 +169,9 @@ def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s
 
 def test_second_run_on_the_same_s3_output_is_refused_and_an_expired_lease_is_taken_over(s3_samples, tmp_path):
     output = f"s3://{BUCKET}/runs/locked"
-    manifest = write_manifest(tmp_path, [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/en.jsonl.gz"}], [], output=output)
+    manifest = write_manifest(
+        tmp_path, [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/en.jsonl.gz"}], [], output=output
+    )
     with Lease(output, seconds=60):
         refused = run_cli("run", str(manifest), "--quiet")
     assert refused.returncode == 3 and "another run" in refused.stderr and "holds its lease" in refused.stderr
@@ -163,12 +191,18 @@ def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tm
     with backoff and writes the same shards as an undisturbed one."""
     sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/[de]*.jsonl.gz"}]
     settings = {"stats": {"enabled": False}, "shards": {"rows_per_shard": 500}}  # several shards
-    clean = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean", **settings)), "--quiet")
+    clean = run_cli(
+        "run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean", **settings)), "--quiet"
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
     s3_proxy.fail_every, s3_proxy.drop_every = 4, 7
     try:
-        faulty = run_cli("run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/faulty", **settings)), "--quiet",
-                         env={"AWS_ENDPOINT_URL": s3_proxy.url})
+        faulty = run_cli(
+            "run",
+            str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/faulty", **settings)),
+            "--quiet",
+            env={"AWS_ENDPOINT_URL": s3_proxy.url},
+        )
     finally:
         s3_proxy.fail_every = s3_proxy.drop_every = 0
     assert faulty.returncode == 0, faulty.stderr[-3000:]
@@ -177,7 +211,10 @@ def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tm
 
 
 def test_an_unsupported_or_malformed_url_fails_validation_with_its_line(tmp_path):
-    for url, message in (("ftp://host/data/*.jsonl", "unsupported storage 'ftp://'"), ("s3:/corpus/x/*.jsonl", "malformed URL")):
+    for url, message in (
+        ("ftp://host/data/*.jsonl", "unsupported storage 'ftp://'"),
+        ("s3:/corpus/x/*.jsonl", "malformed URL"),
+    ):
         manifest = write_manifest(tmp_path, [{**stage1_sources()[0], "path": url}], [], output=url.rsplit("/", 1)[0])
         result = run_cli("validate", str(manifest))
         assert result.returncode == 2, result.stderr

@@ -61,7 +61,7 @@ class Checkpoint:
         """Name the attempt's files in the marker (the commit), then remove every other attempt."""
         assert self.attempt is not None, "begin() first"
         folder = storage.join(self.path, self.attempt)
-        files = [p[len(folder) + 1:] for p in storage.list_files(folder)]
+        files = [p[len(folder) + 1 :] for p in storage.list_files(folder)]
         write_marker(self.path, {"fingerprint": fp, "attempt": self.attempt, "files": files, **info})
         self.clean()
 
@@ -80,5 +80,8 @@ class Checkpoint:
     def files(self) -> list[str]:
         """The committed data files (names starting with '_' are the step's own bookkeeping)."""
         marker = self.marker() or {}
-        return [storage.join(self.path, marker["attempt"], f) for f in marker.get("files", [])
-                if f.endswith(".parquet") and not storage.name(f).startswith("_")]
+        return [
+            storage.join(self.path, marker["attempt"], f)
+            for f in marker.get("files", [])
+            if f.endswith(".parquet") and not storage.name(f).startswith("_")
+        ]

@@ -85,7 +85,11 @@ class Lease:
     def _refused(exc: Exception) -> bool:
         from botocore.exceptions import ClientError
 
-        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412")
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+            "PreconditionFailed",
+            "ConditionalRequestConflict",
+            "412",
+        )
 
     def __enter__(self) -> Lease:
         try:
@@ -106,16 +110,20 @@ class Lease:
         term = float(holder.get("term_seconds", self.seconds))
         who = f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}"
         if age < term:
-            raise RunLocked(f"{self.output}: another run ({who}) holds its lease, renewed {age:.0f} s ago; "
-                            f"if that run crashed, its lease expires {term - age:.0f} s from now")
+            raise RunLocked(
+                f"{self.output}: another run ({who}) holds its lease, renewed {age:.0f} s ago; "
+                f"if that run crashed, its lease expires {term - age:.0f} s from now"
+            )
         try:
             etag = self._put(IfMatch=current["ETag"])
         except Exception as exc:
             if self._refused(exc):
                 raise RunLocked(f"{self.output}: another run took over the expired lease first") from None
             raise
-        self.log(f"taking over {self.output}: the run holding it ({who}) stopped renewing its lease {age:.0f} s ago "
-                 f"(term {term:.0f} s); it crashed or lost its connection")
+        self.log(
+            f"taking over {self.output}: the run holding it ({who}) stopped renewing its lease {age:.0f} s ago "
+            f"(term {term:.0f} s); it crashed or lost its connection"
+        )
         return etag
 
     def _renew(self) -> None:
