@@ -1,10 +1,9 @@
 """Object storage everywhere a path is accepted, against a real S3 API on loopback (moto in server
 mode): sources (globs), evaluation sets and the output in S3; commit markers; crash and resume; the
-lease; throttling and dropped connections; a two-node cluster whose nodes share no output folder."""
+lease; throttling and dropped connections; a two-node cluster whose nodes share no folder."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -55,9 +54,12 @@ def _s3_stage1(folder: Path, output: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def s3_run(s3_samples, tmp_path_factory) -> str:
+def s3_run(s3_samples, loopback_cluster, tmp_path_factory) -> str:
+    """The stage-1 run with everything in S3, on the two-node loopback cluster: each node has only
+    its own temporary folders (no path is shared), every step runs on Ray and reads and writes S3."""
     output = f"s3://{BUCKET}/runs/stage1"
-    result = run_cli("run", str(_s3_stage1(tmp_path_factory.mktemp("s3"), output)), "--quiet")
+    manifest = _s3_stage1(tmp_path_factory.mktemp("s3"), output)
+    result = run_cli("run", str(manifest), "--quiet", "--ray-address", loopback_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
     return output
 
@@ -68,7 +70,7 @@ def _rows(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col("origin").str.extract(r"([^/]+)$")).sort("id", "origin")
 
 
-def test_stage1_with_sources_eval_set_and_output_in_s3_gives_the_local_rows(s3_run, stage1_run):
+def test_stage1_in_s3_on_a_two_node_cluster_gives_the_local_rows(s3_run, stage1_run):
     from_s3 = pl.concat(
         [
             pl.read_parquet(storage.read_bytes(p))
@@ -79,6 +81,7 @@ def test_stage1_with_sources_eval_set_and_output_in_s3_gives_the_local_rows(s3_r
     local = pl.read_parquet(stage1_run / "shards" / "**" / "*.parquet")
     assert from_s3.height > 10_000 and _rows(from_s3).equals(_rows(local))
     assert from_s3["origin"].str.starts_with(f"{DATA}/").all()
+    assert read_marker(f"{s3_run}/stages/00-ingest")["in_process"] is False  # on the cluster
     # Every file a run writes is there: the dataset card, ledger, quarantine, reports, statistics.
     names = {p[len(s3_run) + 1 :] for p in storage.list_files(s3_run)}
     for name in (
@@ -123,7 +126,8 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
 def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s3_run, s3_proxy, tmp_path):
     """Killed once while a step's files are being written, once while shards are being uploaded
     (uploads slowed by the proxy, so the moment is certain): nothing of either attempt is taken for
-    committed data, and the resumed run writes the same shards, byte for byte."""
+    committed data, and the resumed run (in process) writes the same shards, byte for byte, as the
+    uninterrupted one (on the cluster)."""
     output = f"s3://{BUCKET}/runs/killed"
     manifest = _s3_stage1(tmp_path, output)
     env = {"AWS_ENDPOINT_URL": s3_proxy.url, "ML_EMBED_DATA_LEASE_SECONDS": str(LEASE)}
@@ -151,9 +155,10 @@ def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s
     _wait_for(lambda: uncommitted_part("01-"), proc)  # the fused row-local step has written a file
     kill_tree(proc.pid)
     proc.wait()
-    s3_proxy.put_delay = 0.3
     try:
         proc = start()
+        _wait_for(lambda: read_marker(f"{output}/stages/05-near_dedup") is not None, proc)
+        s3_proxy.put_delay = 0.3  # from here on, uploads are slow enough to be caught in the middle
         _wait_for(lambda: any(p.endswith(".parquet") for p in storage.list_files(f"{output}/shards")), proc)
         kill_tree(proc.pid)
         proc.wait()
@@ -187,15 +192,15 @@ def test_second_run_on_the_same_s3_output_is_refused_and_an_expired_lease_is_tak
 
 
 def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tmp_path):
-    """Every 4th request answered 503 SlowDown and every 7th connection dropped: the run retries
+    """Every 5th request answered 503 SlowDown and every 9th connection dropped: the run retries
     with backoff and writes the same shards as an undisturbed one."""
-    sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/[de]*.jsonl.gz"}]
+    sources = [{**stage1_sources()[0], "path": f"{DATA}/xquad_r/[dz]*.jsonl.gz"}]
     settings = {"stats": {"enabled": False}, "shards": {"rows_per_shard": 500}}  # several shards
     clean = run_cli(
         "run", str(write_manifest(tmp_path, sources, [], output=f"s3://{BUCKET}/runs/clean", **settings)), "--quiet"
     )
     assert clean.returncode == 0, clean.stderr[-3000:]
-    s3_proxy.fail_every, s3_proxy.drop_every = 4, 7
+    s3_proxy.fail_every, s3_proxy.drop_every = 5, 9
     try:
         faulty = run_cli(
             "run",
@@ -206,7 +211,7 @@ def test_throttling_and_dropped_connections_are_retried(s3_samples, s3_proxy, tm
     finally:
         s3_proxy.fail_every = s3_proxy.drop_every = 0
     assert faulty.returncode == 0, faulty.stderr[-3000:]
-    assert s3_proxy.failed >= 10 and s3_proxy.dropped >= 5
+    assert s3_proxy.failed >= 5 and s3_proxy.dropped >= 3
     assert object_digests(f"s3://{BUCKET}/runs/faulty") == object_digests(f"s3://{BUCKET}/runs/clean")
 
 
@@ -222,13 +227,3 @@ def test_an_unsupported_or_malformed_url_fails_validation_with_its_line(tmp_path
         assert {line.split(": ", 2)[1] for line in lines} >= {"output", "sources[0].path"}, result.stderr
         assert all(line.startswith(f"{manifest}:") for line in lines)
     assert not (tmp_path / "s3:").exists() and not (tmp_path / "ftp:").exists()
-
-
-def test_two_node_cluster_without_a_shared_folder_writes_to_s3(s3_run, loopback_cluster, tmp_path):
-    """Each node has only its own temporary folder; the output is in S3. The same shards, byte for
-    byte, as the in-process run."""
-    output = f"s3://{BUCKET}/runs/cluster"
-    result = run_cli("run", str(_s3_stage1(tmp_path, output)), "--quiet", "--ray-address", loopback_cluster)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert object_digests(output) == object_digests(s3_run)
-    assert json.loads(storage.read_bytes(f"{output}/stages/00-ingest/{MARKER}"))["in_process"] is False
