@@ -227,3 +227,18 @@ def test_an_unsupported_or_malformed_url_fails_validation_with_its_line(tmp_path
         assert {line.split(": ", 2)[1] for line in lines} >= {"output", "sources[0].path"}, result.stderr
         assert all(line.startswith(f"{manifest}:") for line in lines)
     assert not (tmp_path / "s3:").exists() and not (tmp_path / "ftp:").exists()
+
+
+def test_globs_in_s3_match_what_the_same_globs_match_locally(s3_samples):
+    for pattern in (
+        "xquad_r/*.jsonl.gz",
+        "**/*.jsonl.gz",
+        "xquad_r/[dz]?.jsonl.gz",
+        "*/e*.tsv.gz",
+        "xquad_r/en.jsonl.gz",
+        "none/*.gz",
+    ):
+        local = [p[len(str(SAMPLES)) + 1 :] for p in storage.glob(f"{SAMPLES}/{pattern}")]
+        in_s3 = [p[len(DATA) + 1 :] for p in storage.glob(f"{DATA}/{pattern}")]
+        uploaded = [p for p in local if p.split("/")[0] in ("xquad_r", "sib200_bitext", "xquad_r_heldout")]
+        assert in_s3 == uploaded, pattern
