@@ -14,9 +14,10 @@ from tests.conftest import ROOT
 PACKAGES = ("langid", "sources", "pipeline", "train")
 # What each layer may import from the project (a prefix allows the package and its modules; a
 # trailing `$` the module alone). The trainer takes the shared settings and task names from
-# `sources` and one page helper from reporting; the engine takes only the version from `pipeline`.
+# `sources` and one page helper from reporting; the engine takes only the version from `pipeline`;
+# `sources.extras` (which imports nothing of the project) tells any command which pip extra it lacks.
 ALLOWED = {
-    "langid": ("langid",),
+    "langid": ("langid", "sources.extras$"),
     "sources": ("sources", "langid"),
     "pipeline.ops": ("pipeline.ops", "sources", "langid"),
     "pipeline.engine": ("pipeline.engine", "pipeline.ops", "sources", "langid", "pipeline$"),
@@ -24,7 +25,7 @@ ALLOWED = {
     "pipeline.reporting": ("pipeline.reporting", "pipeline.engine", "pipeline.ops", "sources", "langid"),
     "pipeline.tools": ("pipeline.tools", "pipeline.stages", "pipeline.engine", "pipeline.ops", "pipeline.reporting", "sources", "langid"),
     "pipeline": ("pipeline", "sources", "langid"),
-    "train": ("train", "sources.settings", "sources.tasks", "pipeline.reporting.page"),
+    "train": ("train", "sources.settings", "sources.tasks", "sources.extras", "pipeline.reporting.page"),
 }
 
 
@@ -104,8 +105,56 @@ def test_each_package_imports_alone(package):
 
 
 def test_the_trainer_never_imports_ray():
-    code = ("import sys, train.loop, train.cli, train.config, train.data, train.evaluate, train.export\n"
+    code = ("import sys, train.loop, train.cli, train.config, train.data, train.feed, train.pieces, train.evaluate, train.export\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'fasttext') or m.startswith('pipeline.engine'))\n"
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+PIPELINE_ONLY = {"ray", "fasttext-numpy2-wheel", "datasets", "bm25s", "numba", "pycountry", "xxhash", "datatrove", "zstandard"}
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Every distribution that installing `requirements` pulls in, read from the installed packages'
+    own metadata (the environment has all of them: the dev extra includes the train extra)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), {""}) for r in requirements]
+    while todo:
+        req, _ = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            deps = requires(name) or []
+        except PackageNotFoundError:  # an optional dependency of another platform or Python
+            continue
+        extras = {""} | set(req.extras)
+        for dep in map(Requirement, deps):
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras):
+                todo.append((dep, extras))
+    return seen
+
+
+def test_the_train_extra_installs_no_pipeline_stack():
+    """`pip install "ml-embed-data[train]"` (what a GPU training box runs) pulls in no Ray, fastText,
+    or other pipeline-only package; the pipeline extra does (so the check can fail)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base, extras = project["dependencies"], project["optional-dependencies"]
+    assert not _closure(base + extras["train"]) & PIPELINE_ONLY
+    assert {"ray", "fasttext-numpy2-wheel"} <= _closure(base + extras["pipeline"])
+
+
+def test_a_missing_extra_names_the_pip_command():
+    code = "from sources.extras import require_extra; require_extra('python -m train', 'train', ('torch', 'no_such_module_xyz'))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert 'python -m train needs no_such_module_xyz, which the \'train\' extra installs: pip install "ml-embed-data[train]"' in result.stderr

@@ -338,13 +338,119 @@ def test_invalid_config_names_the_line(tmp_path, shards):
     assert main(["eval", str(tmp_path), "--data", str(tmp_path), "--template", "Instruct: find it"]) == 2
 
 
-def test_grad_cache_gives_the_same_step_as_the_whole_batch(tmp_path, shards, tiny_model):
+def test_grad_cache_and_checkpointing_give_the_same_step_as_the_whole_batch(tmp_path, shards, tiny_model):
     from train.loop import Trainer
 
     steps = {}
-    for chunk in (None, 4):
-        config = load_config(_config(tmp_path / str(chunk), shards, tiny_model, grad_cache_chunk=chunk, steps=2))
-        steps[chunk] = Trainer(config).fit()
-    for whole, cached in zip(steps[None], steps[4]):
-        assert cached["loss"] == pytest.approx(whole["loss"], rel=1e-5)
-        assert cached["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    for name, setting in {"whole": {}, "grad_cache": {"grad_cache_chunk": 4}, "small_pieces": {"data": {"piece_tokens": 64}},
+                          "checkpointing": {"model": {"gradient_checkpointing": True}}}.items():
+        folder = tmp_path / name
+        base = yaml.safe_load(Path(_config(folder, shards, tiny_model, steps=2)).read_text())
+        for key, value in setting.items():
+            base[key] = {**base[key], **value} if isinstance(value, dict) else value
+        (folder / "train.yaml").write_text(yaml.safe_dump(base), encoding="utf-8")
+        steps[name] = Trainer(load_config(folder / "train.yaml")).fit()
+    for name in ("grad_cache", "small_pieces", "checkpointing"):
+        for whole, other in zip(steps["whole"], steps[name]):
+            assert other["loss"] == pytest.approx(whole["loss"], rel=1e-5), name
+            assert other["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4), name
+
+
+class HostReads:
+    """Counts reads of a tensor's value on the host during a block: on a GPU each one waits for the
+    device (`aten._local_scalar_dense` is what `.item()`, `float()`, `bool()` and `int()` run; the
+    function mode sees `.tolist()`, `.numpy()` and `.cpu()`, which copy whole tensors back)."""
+
+    def __init__(self):
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts = self.counts = {"scalar": 0, "copy": 0}
+        copies = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+
+        class Scalars(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counts["scalar"] += func is torch.ops.aten._local_scalar_dense.default
+                return func(*args, **(kwargs or {}))
+
+        class Copies(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                counts["copy"] += func in copies
+                return func(*args, **(kwargs or {}))
+
+        self.modes = [Scalars(), Copies()]
+
+    def __enter__(self):
+        for mode in self.modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for mode in reversed(self.modes):
+            mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("setting", [{}, {"grad_cache_chunk": 4, "grad_accum": 2}])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, shards, tiny_model, setting):
+    """Only logging steps read values (the loss, its parts, the gradient norm): three steps and a log
+    read exactly what one step and a log read, with MEL, MLL, hard negatives and instructions on."""
+    from train.loop import Trainer
+
+    config = load_config(_config(tmp_path, shards, tiny_model, steps=8, log_every=100, **setting))
+    trainer = Trainer(config)
+    trainer.fit(until=1)  # warm up: the first step builds the optimizer's state
+    with HostReads() as one:
+        (entry,) = trainer.fit(until=2)
+    with HostReads() as three:
+        trainer.fit(until=5)
+    assert one.counts["copy"] == three.counts["copy"] == 0
+    assert three.counts["scalar"] == one.counts["scalar"] <= sum(isinstance(v, float) for v in entry.values())
+    assert {"padding", "tflops_per_s", "samples_per_s"} <= set(entry)
+
+
+def test_pieces_cut_padding_and_embed_as_one_padded_batch(shards, tiny_model):
+    """Length-sorted pieces: less padding than padding to the longest, the same embeddings in the
+    texts' order, and instructions left out of mean pooling as sentence-transformers counts them."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from train.model import Embedder
+    from train.pieces import Tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = pq.read_table(shards / "shards" / "xquad_r").column("positive").to_pylist()[::7][:20]
+    texts = [t[: 20 + 37 * i] for i, t in enumerate(texts)]  # lengths from a few tokens to the limit
+    prompts = ["Instruct: find it\nQuery: " if i % 3 else "" for i in range(len(texts))]
+    texts = [p + t for p, t in zip(prompts, texts)]
+    side = Tokenize(tokenizer, 64, piece_tokens=160, include_prompt=False)(texts, prompts)
+    assert len(side.pieces) > 2 and all(p.input_ids.numel() <= 160 for p in side.pieces)
+    whole = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    assert side.tokens == int(whole["attention_mask"].sum())
+    assert side.padded - side.tokens < 0.5 * (whole["input_ids"].numel() - side.tokens)  # padding more than halved
+
+    torch.manual_seed(0)
+    model = Embedder(AutoModel.from_pretrained(tiny_model), "mean", None, include_prompt=False).eval()
+    with torch.no_grad():
+        pieces = torch.cat([model(layers=[2], **p.to(torch.device("cpu")))[2] for p in side.pieces])[side.restore]
+        skip = [len(tokenizer(p)["input_ids"]) - 1 if p else 0 for p in prompts]
+        pool = whole["attention_mask"].clone()
+        for i, n in enumerate(skip):
+            pool[i, :n] = 0
+        padded = model(whole["input_ids"], whole["attention_mask"], [2], pool)[2]
+    assert (pieces - padded).abs().max() < 1e-5
+
+
+def test_prefetch_hands_over_items_in_order_raises_the_feeds_error_and_stops():
+    from train.feed import Prefetch
+
+    def items():
+        yield from range(5)
+        raise ValueError("bad row in shard x.parquet")
+
+    feed = Prefetch(items(), depth=2)
+    assert [next(feed) for _ in range(5)] == list(range(5))
+    with pytest.raises(ValueError, match="bad row in shard x.parquet"):
+        next(feed)
+    endless = Prefetch(iter(int, 1), depth=3)  # never ends by itself
+    next(endless)
+    endless.close()
+    assert not endless.thread.is_alive()

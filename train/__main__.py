@@ -1,5 +1,8 @@
 import sys
 
-from train.cli import main
+from sources.extras import require_extra
+
+require_extra("python -m train", "train", ("torch", "transformers", "safetensors", "polars"))
+from train.cli import main  # noqa: E402
 
 sys.exit(main())

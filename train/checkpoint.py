@@ -95,7 +95,8 @@ def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 
 
 # Settings that may change between a run and its resumption (they do not change the trajectory).
-FREE_ON_RESUME = {"out", "eval", "eval_template", "log_every", "save_every"}
+FREE_ON_RESUME: dict[str, Any] = {"out": True, "eval": True, "eval_template": True, "log_every": True, "save_every": True, "compile": True,
+                                  "data": {"prefetch": True}, "model": {"gradient_checkpointing": True}}
 
 
 def trajectory(config: TrainConfig) -> dict[str, Any]:
@@ -113,7 +114,10 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     tensors, rest = _flat_optimizer(optimizer)
     save_file(tensors, tmp / "optimizer.safetensors")
-    save_file({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from the GPU's generator
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, tmp / "rng.safetensors")
     model.backbone.config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     mel = model.mel
@@ -169,7 +173,10 @@ def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, schedul
         state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": info["optimizer"]["param_groups"]})
     scheduler.load_state_dict(info["scheduler"])
-    torch.set_rng_state(load_file(folder / "rng.safetensors")["cpu"])
+    rng = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return int(info["step"])
 
 

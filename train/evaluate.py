@@ -12,7 +12,8 @@ from typing import Any
 import polars as pl
 import torch
 
-from train.model import Embedder, normalize, prompt_mask
+from train.model import Embedder, normalize
+from train.pieces import Tokenize
 
 
 def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], list[int]]]:
@@ -36,20 +37,17 @@ def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, 
            batch_size: int = 64, prompt: str = "") -> torch.Tensor:
     """Pooled embeddings (full width, not normalised) at a MEL rank and a layer, each text after
     `prompt` (an instruction: pooled over or not as the model was trained); in eval mode, then the
-    model's mode restored."""
+    model's mode restored. Texts are embedded in length-sorted pieces of about `batch_size` texts
+    of the longest length."""
     training = model.training
     model.eval()
     model.set_rank(rank)
     device = next(model.parameters()).device
-    parts, lengths = [], {}
-    for i in range(0, len(texts), batch_size):
-        chunk = [prompt + t for t in texts[i:i + batch_size]]
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=min(max_length, tokenizer.model_max_length), return_tensors="pt")
-        pool_mask = None if model.include_prompt or not prompt else prompt_mask(tokenizer, [prompt] * len(chunk), enc["attention_mask"], lengths)
-        parts.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [layer],
-                           None if pool_mask is None else pool_mask.to(device))[layer].float().cpu())
+    length = min(max_length, tokenizer.model_max_length)
+    side = Tokenize(tokenizer, length, batch_size * length, model.include_prompt)([prompt + t for t in texts], [prompt] * len(texts))
+    parts = [model(layers=[layer], **piece.to(device))[layer].float().cpu() for piece in side.pieces]
     model.train(training)
-    return torch.cat(parts)
+    return torch.cat(parts)[side.restore] if parts else torch.zeros(0, model.width)
 
 
 def retrieval_scores(queries: torch.Tensor, passages: torch.Tensor, gold: list[int]) -> dict[str, float]:

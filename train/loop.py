@@ -1,15 +1,20 @@
 """`fit`: the training loop. AdamW, warm-up + cosine, clipping, autocast, accumulation, optional
-GradCache, DDP under torchrun (gloo on CPU, nccl on GPU), safetensors checkpoints, exact resume."""
+GradCache, DDP under torchrun (gloo on CPU, nccl on GPU), safetensors checkpoints, exact resume.
+
+The step never waits for the host: batches are tokenized ahead in a thread (`train.feed`), losses
+stay on the device until a logging step reads them, and nothing else copies a value back
+(`tests/test_train.py` counts such reads)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,15 +23,12 @@ from tqdm import tqdm
 
 from train import checkpoint
 from train.config import TrainConfig
-from train.data import Batch, Batches, rank_slice
+from train.data import Batches
+from train.feed import Micro, feed, micro_batches
+from train.flops import FlopCounter, gpu_peak
 from train.losses import InfoNCE, Layers, Matryoshka, Pairing, gather_keys
-from train.model import (
-    Embedder,
-    default_dims,
-    default_layers,
-    default_ranks,
-    prompt_mask,
-)
+from train.model import Embedder, default_dims, default_layers, default_ranks, layer_stack
+from train.pieces import Piece, Side, Tokenize
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -84,6 +86,17 @@ def lr_lambda(steps: int, warmup: float):
     return f
 
 
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generators dropout draws from (the CPU's, and the GPU's when training there)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -96,70 +109,124 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
-        self.prompt_lengths: dict[str, int] = {}
+        if config.model.gradient_checkpointing:
+            backbone = self.model.backbone
+            if hasattr(backbone, "activation_checkpointing_enable"):  # transformers 5.x's name; the older one is deprecated there
+                backbone.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        gpu = self.device.type == "cuda"
+        # The feed thread tokenizes with its own copy: a Rust tokenizer's padding and truncation
+        # settings are state, and evaluation uses the model's tokenizer after training.
+        self.tokenize = Tokenize(copy.deepcopy(self.tokenizer), config.data.max_length, config.data.piece_tokens or (16384 if gpu else 2048),
+                                 self.model.include_prompt, multiple=8 if gpu else 1)
         self.grid = Grid(config, self.model)
         self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
                            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         rest = [p for p in self.model.parameters() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+        # Fused AdamW: one kernel for all parameters, and no per-parameter step counter read on the host.
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                                           lr=config.lr, fused=self.device.type in ("cuda", "cpu"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.steps, config.warmup))
         self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler, config)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
-
-    def _tokens(self, texts: list[str], prompts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.data.max_length, return_tensors="pt")
-        self.tokens_seen += int(enc["attention_mask"].sum())
-        out = {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
-        if not self.model.include_prompt and any(prompts):
-            out["pool_mask"] = prompt_mask(self.tokenizer, prompts, out["attention_mask"], self.prompt_lengths)
-        return out
-
-    def _embed(self, texts: list[str], layers: list[int], prompts: list[str] | None = None) -> dict[int, torch.Tensor]:
-        if not texts:
-            return {layer: torch.zeros(0, self.model.width, device=self.device) for layer in layers}
         module = self.ddp or self.model
+        self.forward = torch.compile(module, dynamic=True) if config.compile else module
+        self.flops = FlopCounter(layer_stack(self.model.backbone), self.model.width, self.model.num_layers)
+        self.gpu_name, self.peak = gpu_peak(self.device)
+        self.tokens_seen, self.padded_seen, self.flops_done = 0, 0, 0.0  # since the last `fit` began
+
+    def _forward(self, piece: Piece, layers: list[int]) -> dict[int, torch.Tensor]:
         with autocast(self.device, self.config.precision):
-            return module(layers=layers, **self._tokens(texts, prompts or []))
+            return self.forward(layers=layers, **piece.to(self.device))
 
-    def _micro_loss(self, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch, backpropagated; GradCache when `grad_cache_chunk` is set."""
-        texts = batch.queries + batch.positives + batch.negatives
-        prompts = batch.prompts + [""] * (len(texts) - len(batch.queries))
-        b = len(batch.queries)
-        keys = torch.tensor(batch.keys, dtype=torch.long, device=self.device)
-        pairing = Pairing(torch.tensor(batch.owner, dtype=torch.long, device=self.device), batch.in_batch, keys, gather_keys(keys))
-        chunk = self.config.grad_cache_chunk
+    def _embed(self, side: Side, layers: list[int]) -> dict[int, torch.Tensor]:
+        """The side's embeddings in its texts' order, piece by piece."""
+        if not side.pieces:
+            return {layer: torch.zeros(0, self.model.width, device=self.device) for layer in layers}
+        outs = [self._forward(piece, layers) for piece in side.pieces]
+        restore = side.restore.to(self.device, non_blocking=True)
+        return {layer: torch.cat([o[layer] for o in outs])[restore] for layer in layers}
 
-        def split(reps: dict[int, torch.Tensor]) -> tuple[dict, dict, dict]:
-            return ({k: v[:b] for k, v in reps.items()}, {k: v[b:2 * b] for k, v in reps.items()}, {k: v[2 * b:] for k, v in reps.items()})
-
-        if not chunk:  # queries, positives and negatives each padded to their own longest (queries are short)
-            return self.loss(self._embed(batch.queries, layers, batch.prompts), self._embed(batch.positives, layers),
-                             self._embed(batch.negatives, layers), pairing)
+    def _micro_loss(self, micro: Micro, layers: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch (backpropagated here under GradCache, by the caller otherwise)."""
+        keys = micro.keys.to(self.device, non_blocking=True)
+        pairing = Pairing(micro.owner.to(self.device, non_blocking=True), micro.batch.in_batch, keys, gather_keys(keys))
+        sides = (micro.queries, micro.positives, micro.negatives)
+        if not self.config.grad_cache_chunk:  # queries, positives and negatives each in their own pieces (queries are short)
+            return self.loss(*[self._embed(side, layers) for side in sides], pairing)
         # GradCache (Gao et al. 2021): embed without a graph, take the loss's gradient with respect to
-        # the embeddings, then embed chunk by chunk again with a graph and push that gradient through.
-        pieces, states = [], []
+        # the embeddings, then embed piece by piece again with a graph and push that gradient through.
+        states, reps = [], []
         with torch.no_grad():
-            for i in range(0, len(texts), chunk):
-                states.append(torch.get_rng_state())
-                pieces.append(self._embed(texts[i:i + chunk], layers, prompts[i:i + chunk]))
-        reps = {k: torch.cat([p[k] for p in pieces]).float().requires_grad_() for k in layers}
-        loss, parts = self.loss(*split(reps), pairing)
+            for side in sides:
+                outs = []
+                for piece in side.pieces:
+                    states.append(rng_state(self.device))
+                    outs.append(self._forward(piece, layers))
+                reps.append({k: (torch.cat([o[k] for o in outs]).float() if outs else torch.zeros(0, self.model.width, device=self.device))
+                             .requires_grad_() for k in layers})
+        ordered = [{k: r[k][side.restore.to(self.device, non_blocking=True)] for k in layers} for r, side in zip(reps, sides)]
+        loss, parts = self.loss(*ordered, pairing)
         loss.backward()
-        for n, i in enumerate(range(0, len(texts), chunk)):
-            torch.set_rng_state(states[n])
-            again = self._embed(texts[i:i + chunk], layers, prompts[i:i + chunk])
-            sync = contextlib.nullcontext() if self.ddp is None or i + chunk >= len(texts) else self.ddp.no_sync()
-            with sync:
-                torch.autograd.backward([again[k].float() for k in layers], [reps[k].grad[i:i + chunk] for k in layers])
+        count, n = sum(len(side.pieces) for side in sides), 0
+        for r, side in zip(reps, sides):
+            start = 0
+            for piece in side.pieces:
+                set_rng_state(states[n], self.device)
+                again = self._forward(piece, layers)
+                sync = contextlib.nullcontext() if self.ddp is None or n == count - 1 else self.ddp.no_sync()
+                with sync:
+                    torch.autograd.backward([again[k].float() for k in layers], [r[k].grad[start:start + piece.rows] for k in layers])
+                start, n = start + piece.rows, n + 1
         return loss.detach(), parts
 
-    def batches(self) -> Iterator[Batch]:
-        data = iter(self.data)
-        for _ in range(self.step):  # replay the order up to the resumed step
-            next(data)
-        yield from data
+    def train_step(self, micros: list[Micro]) -> dict[str, Any]:
+        """One optimizer step on this rank's micro-batches. Returns what a log entry needs, as
+        tensors on the device (reading them waits for the GPU: only logging steps do)."""
+        c = self.config
+        mel_rank, layers = self.grid.for_step(self.step)
+        self.model.set_rank(mel_rank)
+        total = torch.zeros((), device=self.device)
+        for m, micro in enumerate(micros):
+            last = m == len(micros) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last and not c.grad_cache_chunk else contextlib.nullcontext()
+            with sync:
+                loss, parts = self._micro_loss(micro, layers)
+                if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
+                    (loss / c.grad_accum).backward()
+            total += loss.detach() / c.grad_accum
+            sides = (micro.queries, micro.positives, micro.negatives)
+            self.tokens_seen += micro.tokens
+            self.padded_seen += sum(s.padded for s in sides)
+            self.flops_done += sum(self.flops.training(s.tokens, s.squares, mel_rank) for s in sides)
+        if c.grad_cache_chunk and c.grad_accum > 1:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad /= c.grad_accum
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        batch = micros[-1].batch
+        return {"loss": total, "grad_norm": norm, "parts": parts, "mel_rank": mel_rank, "layers": layers, "source": batch.source, "task": batch.task}
+
+    def _log_entry(self, done: dict[str, Any], steps: int, elapsed: float) -> dict[str, Any]:
+        """A logging step's entry: the values read back from the device, and the throughput so far."""
+        total = done["loss"]
+        if self.world > 1:  # log the global batch's loss, as one process would
+            dist.all_reduce(total)
+            total = total / self.world
+        entry = {"step": self.step, "loss": float(total), "source": done["source"], "task": done["task"], "mel_rank": done["mel_rank"],
+                 "layers": done["layers"], "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(done["grad_norm"]),
+                 "tokens_per_s": self.tokens_seen * self.world / elapsed, "samples_per_s": steps * self.config.batch_size / elapsed,
+                 "padding": round(1 - self.tokens_seen / max(self.padded_seen, 1), 4), "tflops_per_s": self.flops_done * self.world / elapsed / 1e12,
+                 **{k: float(v) for k, v in done["parts"].items()}}
+        if self.peak:
+            entry["mfu"] = self.flops_done / elapsed / self.peak
+        return entry
 
     def fit(self, until: int | None = None) -> list[dict[str, Any]]:
         """Train to `config.steps` (or stop, checkpointed, at step `until`: e.g. a job's time slot)."""
@@ -168,49 +235,25 @@ class Trainer:
         log_path = self.out / "log.jsonl"
         history: list[dict[str, Any]] = []
         bar = tqdm(total=c.steps, initial=self.step, desc="training", disable=self.rank != 0, unit="step")
-        data = self.batches()
+        data = feed(micro_batches(self.data, self.tokenize, self.step, self.rank, self.world, c.grad_accum, c.grad_cache_chunk,
+                                  pin=self.device.type == "cuda"), c.data.prefetch)
         first = self.step
-        self.tokens_seen, started = 0, time.perf_counter()
-        while self.step < stop:
-            batch = rank_slice(next(data), self.rank, self.world)
-            mel_rank, layers = self.grid.for_step(self.step)
-            self.model.set_rank(mel_rank)
-            per = len(batch.queries) // c.grad_accum
-            total, parts = 0.0, {}
-            for m in range(c.grad_accum):
-                micro = batch.slice(m * per, (m + 1) * per)
-                sync = self.ddp.no_sync() if self.ddp is not None and m < c.grad_accum - 1 and not c.grad_cache_chunk else contextlib.nullcontext()
-                with sync:
-                    loss, parts = self._micro_loss(micro, layers)
-                    if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
-                        (loss / c.grad_accum).backward()
-                total += float(loss.detach()) / c.grad_accum
-            if c.grad_cache_chunk and c.grad_accum > 1:
-                for p in self.model.parameters():
-                    if p.grad is not None:
-                        p.grad /= c.grad_accum
-            if self.world > 1:  # log the global batch's loss, as one process would
-                reduced = torch.tensor(total, device=self.device)
-                dist.all_reduce(reduced)
-                total = float(reduced) / self.world
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.3f}", source=batch.source)
-            if self.step % c.log_every == 0 or self.step == stop:
-                elapsed = time.perf_counter() - started
-                entry = {"step": self.step, "loss": total, "source": batch.source, "task": batch.task, "mel_rank": mel_rank, "layers": layers,
-                         "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(norm), "tokens_per_s": self.tokens_seen * self.world / elapsed,
-                         "samples_per_s": (self.step - first) * c.batch_size / elapsed, **parts}
-                history.append(entry)
-                if self.rank == 0:
-                    with log_path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(entry) + "\n")
-            if self.rank == 0 and (self.step % c.save_every == 0 or self.step == stop):
-                checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid, c)
+        self.tokens_seen, self.padded_seen, self.flops_done, started = 0, 0, 0.0, time.perf_counter()
+        try:
+            while self.step < stop:
+                done = self.train_step(next(data))
+                bar.update(1)
+                if self.step % c.log_every == 0 or self.step == stop:
+                    entry = self._log_entry(done, self.step - first, time.perf_counter() - started)
+                    history.append(entry)
+                    bar.set_postfix(loss=f"{entry['loss']:.3f}", source=entry["source"])
+                    if self.rank == 0:
+                        with log_path.open("a", encoding="utf-8") as f:
+                            f.write(json.dumps(entry) + "\n")
+                if self.rank == 0 and (self.step % c.save_every == 0 or self.step == stop):
+                    checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid, c)
+        finally:
+            data.close()
         bar.close()
         if self.world > 1:
             dist.barrier()

@@ -1,4 +1,7 @@
-"""Losses that wrap each other: InfoNCE, inside MRL (nested dims), inside MLL (several layers)."""
+"""Losses that wrap each other: InfoNCE, inside MRL (nested dims), inside MLL (several layers).
+
+Each returns its value and its parts for the log, as tensors on the device: turning them into Python
+numbers would wait for the GPU at every step, so the loop reads them only when it logs."""
 
 from __future__ import annotations
 
@@ -86,10 +89,10 @@ class Matryoshka:
         self.inner, self.dims = inner, dims
         self.weights = weights or mrl_weights(dims)
 
-    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], pairing) for d in self.dims}
         total = sum(w * parts[d] for d, w in zip(self.dims, self.weights)) / sum(self.weights)
-        return total, {f"dim{d}": float(v.detach()) for d, v in parts.items()}
+        return total, {f"dim{d}": v.detach() for d, v in parts.items()}
 
 
 class Layers:
@@ -99,13 +102,13 @@ class Layers:
         self.inner, self.weights = inner, weights or {}
 
     def __call__(self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor],
-                 pairing: Pairing) -> tuple[torch.Tensor, dict[str, float]]:
+                 pairing: Pairing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, weight, log = 0.0, 0.0, {}
         for layer in q:
             loss, parts = self.inner(q[layer], p[layer], n[layer], pairing)
             w = self.weights.get(layer, 1.0)
             total, weight = total + w * loss, weight + w
-            log[f"layer{layer}"] = float(loss.detach())
+            log[f"layer{layer}"] = loss.detach()
             if layer == max(q):
                 log.update(parts)
         return total / weight, log

@@ -4,7 +4,6 @@ factorised for MEL, pooled outputs taken after chosen layers for MLL, and cut af
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,10 @@ class FactorizedEmbedding(nn.Module):
     """Token embedding U (v x r) @ V (r x d), used at a rank r' <= r set before each forward.
 
     Gather-then-project: the rows of U for the batch's tokens, first r' columns, times the first r'
-    rows of V; the v x d matrix is never rebuilt during training (bench/mel.py measures both)."""
+    rows of V; the v x d matrix is never rebuilt during training (bench/mel.py measures both). The
+    gather is `F.embedding`, whose backward sums the rows' gradients with a sort-based kernel; plain
+    indexing (`u[ids]`) would backpropagate through `index_put` with accumulation, several times
+    slower on a GPU."""
 
     def __init__(self, u: torch.Tensor, v: torch.Tensor):
         super().__init__()
@@ -36,7 +38,7 @@ class FactorizedEmbedding(nn.Module):
         return self.u.shape[1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.u[ids, : self.rank] @ self.v[: self.rank]
+        return F.embedding(ids, self.u[:, : self.rank]) @ self.v[: self.rank]
 
     def merged(self, rank: int) -> torch.Tensor:
         """The v x d embedding at rank `rank` (for export)."""
@@ -72,17 +74,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pool_mask: torch.Te
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-def prompt_mask(tokenizer: Any, prompts: list[str], attention_mask: torch.Tensor, cache: dict[str, int]) -> torch.Tensor:
-    """The attention mask with each text's prompt (instruction) tokens zeroed, for pooling over the
-    text's own tokens. A prompt's length is counted as sentence-transformers counts it (its tokens
-    with special tokens, minus one), so an exported model with `include_prompt=False` pools alike."""
-    mask = attention_mask.clone()
-    for i, prompt in enumerate(prompts):
-        if prompt:
-            if prompt not in cache:
-                cache[prompt] = len(tokenizer(prompt)["input_ids"]) - 1
-            mask[i, : cache[prompt]] = 0
-    return mask
+def is_causal(backbone: nn.Module) -> bool:
+    """Whether the backbone's attention is causal (a decoder: Llama, Qwen, GPT-2), read from its
+    attention modules' own `is_causal` flag (BERT's is False unless it is configured as a decoder)."""
+    return any(getattr(m, "is_causal", False) is True for m in backbone.modules())
 
 
 class Embedder(nn.Module):
@@ -97,6 +92,7 @@ class Embedder(nn.Module):
         self.pooling = pooling
         self.num_layers = backbone.config.num_hidden_layers
         self.norm = final_norm(backbone)
+        self.causal = is_causal(backbone)
         if mel_rank:
             backbone.set_input_embeddings(FactorizedEmbedding.from_embedding(backbone.get_input_embeddings().weight, mel_rank))
 
@@ -115,7 +111,7 @@ class Embedder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int],
                 pool_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        out = self.backbone(input_ids=input_ids, attention_mask=self._backbone_mask(attention_mask), output_hidden_states=True)
         pooled = {}
         for layer in layers:
             if layer == self.num_layers:
@@ -125,6 +121,21 @@ class Embedder(nn.Module):
                 hidden = self.norm(hidden) if self.norm is not None else hidden
             pooled[layer] = pool(hidden, attention_mask, self.pooling, pool_mask)
         return pooled
+
+
+    def _backbone_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The padding mask as the 4D mask an encoder's attention takes, built on the device.
+
+        Given a 2D mask, transformers first asks whether it has any padding at all (`mask.all()`,
+        to skip the mask), which copies a value to the host and stalls the GPU at every forward; a
+        4D mask is used as it is. Decoders and other attention kernels get the 2D mask."""
+        kind = getattr(self.backbone.config, "_attn_implementation", None)
+        if self.causal or kind not in ("sdpa", "eager"):
+            return mask
+        keep = mask[:, None, None, :].bool()  # (batch, 1, 1, keys): broadcast over heads and queries
+        if kind == "sdpa":
+            return keep
+        return torch.zeros(keep.shape, device=mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)  # eager: added to the scores
 
 
 def default_dims(width: int) -> list[int]:
