@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from pipeline.engine import manifest as manifest_mod
 from pipeline.engine.card import write_card
-from pipeline.engine.lock import RunLock
+from pipeline.engine.lock import RunLocked, run_lock
 from pipeline.engine.manifest import Manifest
-from pipeline.engine.runner import Runner, RunResult
+from pipeline.engine.runner import Runner, RunResult, publish
 from pipeline.reporting import dashboard, stats
 from pipeline.stages import REGISTRY
 
@@ -31,9 +31,10 @@ def json_schema() -> dict[str, Any]:
 def run(manifest: Manifest, ray_address: str | None = None, quiet: bool = False, verbose: bool = False,
         log: Callable[[str], None] = print) -> RunResult:
     """Run (or resume) a manifest in its output folder, which it holds locked: steps, ledger and
-    shards, then the statistics, the dashboard and the dataset card."""
+    shards, then the statistics, the dashboard and the dataset card (all uploaded when the output is
+    in object storage)."""
     started = time.perf_counter()
-    with RunLock(Path(manifest.output)):
+    with run_lock(manifest.output, log) as lock:
         result = Runner(manifest, REGISTRY, ray_address, quiet, log, verbose).run()
         if manifest.stats.enabled:
             log("statistics and dashboard")
@@ -42,4 +43,7 @@ def run(manifest: Manifest, ray_address: str | None = None, quiet: bool = False,
             result.dashboard = dashboard.render(result.run_dir)
         result.seconds = time.perf_counter() - started
         write_card(manifest, result)
+        if getattr(lock, "lost", False):  # another run took the output over (our lease expired): publish nothing
+            raise RunLocked(f"{manifest.output}: this run's lease expired and another run took the output over")
+        publish(result.run_dir, result.output)
     return result

@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         result = run(manifest, args.ray_address, args.quiet, args.verbose, log=lambda m: console.print(f"[bold blue]>[/] {m}"))
     except RunLocked as exc:
-        console.print(f"[red]refused:[/] {exc}", highlight=False)
+        console.print(f"[red]refused:[/] {exc}", highlight=False, soft_wrap=True)
         return 3
     except (SourceError, LedgerError) as exc:
         console.print(f"[red]run failed:[/] {exc}", highlight=False, soft_wrap=True)

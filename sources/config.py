@@ -4,13 +4,13 @@ declared language. Validated with the manifest, read by `sources/reader.py`."""
 from __future__ import annotations
 
 import codecs
-import glob
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from langid.declared import declared_label
+from sources import storage
 from sources.settings import Strict, from_manifest, matching_files
 from sources.tasks import MAPPABLE_FIELDS, TASK_SPECS, TaskName
 
@@ -67,6 +67,8 @@ class SourceConfig(Strict):
     def _resolve_path(cls, path: str, info: ValidationInfo) -> str:
         """Make the path absolute (relative to the manifest) and check that it matches files."""
         if (info.data.get("format") or infer_format(path)) == "hf":
+            if storage.is_url(path):
+                raise ValueError(f"{path!r}: format hf reads a local folder or a hub id; copy the data files and name their format")
             local = from_manifest(path, info)
             return str(local.resolve()) if local.exists() else path  # else: a hub id
         return matching_files(path, info)
@@ -118,6 +120,6 @@ class SourceConfig(Strict):
                 raise ValueError(f"cannot infer the format of {self.path!r}: set `format` to one of {list(FORMATS)}")
         return self
 
-    def files(self) -> list[Path]:
-        """The files this source reads, sorted so a run is deterministic."""
-        return sorted(Path(p) for p in glob.glob(self.path, recursive=True) if Path(p).is_file())
+    def files(self) -> list[str]:
+        """The files this source reads (local or in object storage), sorted so a run is deterministic."""
+        return storage.glob(self.path)

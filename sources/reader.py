@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from sources import storage
 from sources.config import SourceConfig
 from sources.mapping import RowError, map_row
 from sources.record import DETAIL, DROP, INGEST_SCHEMA, RAW
@@ -45,27 +45,30 @@ class Unit:
 
 
 def open_binary(path: str) -> io.BufferedIOBase:
-    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    """Open a file (local or in object storage) for reading bytes, decompressing .gz and .zst."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        raw = storage.open_input(path)
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        unzipped.myfileobj = raw  # closed with it (what `gzip.open(path)` does for a file it opened)
+        return unzipped  # type: ignore[return-value]
     if path.endswith(".zst"):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-    return open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(storage.open_input(path)))
+    return storage.open_input(path)
 
 
-def _jsonl_units(source: SourceConfig, path: Path) -> list[Unit]:
-    size = path.stat().st_size
-    if str(path).endswith((".gz", ".zst")) or size <= CHUNK_BYTES:
-        return [Unit(source.name, str(path))]
+def _jsonl_units(source: SourceConfig, path: str) -> list[Unit]:
+    size = storage.info(path).size
+    if path.endswith((".gz", ".zst")) or size <= CHUNK_BYTES:
+        return [Unit(source.name, path)]
     units, start, line = [], 0, 1
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         while start < size:
             f.seek(min(start + CHUNK_BYTES, size))
             f.readline()  # move the boundary to the end of the line it falls in
             stop = min(f.tell(), size)
-            units.append(Unit(source.name, str(path), start, stop, line))
+            units.append(Unit(source.name, path, start, stop, line))
             f.seek(start)
             line += f.read(stop - start).count(b"\n")
             start = stop
@@ -83,12 +86,12 @@ def plan_units(source: SourceConfig) -> list[Unit]:
             units += _jsonl_units(source, path)
         elif source.format == "parquet":
             try:
-                groups = pq.ParquetFile(path).num_row_groups
+                groups = storage.parquet_file(path).num_row_groups
             except Exception:  # unreadable: one unit, which reports the error as a quarantine row
                 groups = 1
-            units += [Unit(source.name, str(path), g, g + 1) for g in range(max(groups, 1))]
+            units += [Unit(source.name, path, g, g + 1) for g in range(max(groups, 1))]
         else:
-            units.append(Unit(source.name, str(path)))
+            units.append(Unit(source.name, path))
     return units
 
 
@@ -226,7 +229,7 @@ def _text(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
 
 
 def _parquet(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
-    table = pq.ParquetFile(unit.path).read_row_group(unit.start)
+    table = storage.parquet_file(unit.path).read_row_group(unit.start)
     for i, row in enumerate(table.to_pylist()):
         yield f"{unit.path}:rowgroup={unit.start}:row={i}", None, row
 

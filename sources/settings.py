@@ -1,18 +1,19 @@
 """Settings files shared by the pipeline and the trainer: a strict pydantic base, paths relative to
 the file that names them, and a YAML loader whose errors name the file, line and key.
 
-A leaf module: it imports nothing of this project, so the manifest, the sources and the trainer's
-config can all build on it without depending on each other.
+A leaf module: it imports nothing of this project but `sources/storage.py` (paths may be URLs), so
+the manifest, the sources and the trainer's config can all build on it without depending on each other.
 """
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+
+from sources import storage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,10 +34,20 @@ def from_manifest(path: str, info: ValidationInfo) -> Path:
     return Path(path) if Path(path).is_absolute() else Path((info.context or {}).get("base_dir", ".")) / path
 
 
+def location(path: str, info: ValidationInfo) -> str:
+    """A manifest path that may be in object storage: a checked URL as it is (ValueError if its
+    scheme is unsupported or it is malformed), else `from_manifest`, absolute."""
+    if storage.is_url(path):
+        return storage.check_url(path)
+    return str(from_manifest(path, info).absolute())
+
+
 def existing_path(path: str | None, info: ValidationInfo) -> str | None:
     """`from_manifest` for an optional file or folder that must exist, as an absolute path."""
     if path is None:
         return None
+    if storage.is_url(path):
+        raise ValueError(f"{path!r}: this setting takes a local file or folder")
     resolved = from_manifest(path, info)
     if not resolved.exists():
         raise ValueError(f"no such file or folder: {path!r} (looked for {resolved})")
@@ -44,11 +55,15 @@ def existing_path(path: str | None, info: ValidationInfo) -> str | None:
 
 
 def matching_files(path: str, info: ValidationInfo) -> str:
-    """`from_manifest` for a file or glob that must match at least one file, as an absolute pattern."""
-    pattern = str(from_manifest(path, info))
-    if not glob.glob(pattern, recursive=True):
+    """`location` for a file or glob (local or in object storage) that must match at least one file."""
+    pattern = location(path, info)
+    try:
+        found = storage.glob(pattern)
+    except OSError as exc:  # a store that cannot be reached, a bucket that does not exist, no access
+        raise ValueError(f"cannot list {pattern!r}: {exc}") from None
+    if not found:
         raise ValueError(f"no file matches {path!r} (looked for {pattern})")
-    return str(Path(pattern).absolute())
+    return pattern
 
 
 def _locate(node: yaml.Node | None, loc: tuple[Any, ...], tags: frozenset[str]) -> tuple[int | None, tuple[Any, ...]]:

@@ -1,13 +1,17 @@
-"""Shared helpers: paths to the shipped samples and the shared real data, manifest writing."""
+"""Shared helpers: paths to the shipped samples and the shared real data, manifest writing, the
+stage-1 sample run, a two-node Ray cluster and an S3 server (moto) on loopback."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,6 +41,24 @@ def stage1_sources(xquad_glob: str = "*.jsonl.gz", bitext_glob: str = "*.tsv.gz"
         {"name": "sib200_bitext", "task": "bitext", "path": str(SAMPLES / "sib200_bitext" / bitext_glob),
          "columns": {"query": "source", "positive": "target"}, "licence": "CC-BY-SA-4.0", "language": {"query": "eng_Latn"}},
     ]
+
+
+def stage1_manifest(folder: Path, sources: list[dict] | None = None, output: str = "run") -> Path:
+    """The shipped manifests/stage1.yaml, writing to `output` (smaller shards, to have several)."""
+    manifest = yaml.safe_load((ROOT / "manifests" / "stage1.yaml").read_text(encoding="utf-8"))
+    stages = manifest["stages"]
+    for eval_set in (s for stage in stages for s in stage.get("eval_sets", [])):
+        eval_set["path"] = str(ROOT / "manifests" / eval_set["path"])
+    return write_manifest(folder, sources or stage1_sources(), stages, shards={"rows_per_shard": 4000}, output=output)
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tmp_path_factory) -> Path:
+    """The stage-1 sample run, as a user runs it (the CLI, local files): its run folder."""
+    folder = tmp_path_factory.mktemp("stage1")
+    result = run_cli("run", str(stage1_manifest(folder)), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run"
 
 
 STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
@@ -119,7 +141,9 @@ def _wait_for_nodes(ray_cli: str, address: str, env: dict, count: int, timeout: 
 def loopback_cluster():
     """A real two-node Ray cluster on 127.0.0.1 (a head and a worker node, one CPU each): its address."""
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The nodes' own credentials for the loopback S3 server (as a KubeRay pod has its own); the
+    # endpoint comes from the driver (pipeline/engine/cluster.py passes it on).
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **S3_CREDENTIALS}
     address = f"127.0.0.1:{random.Random().randint(20000, 40000)}"
     start = [ray_cli, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     try:
@@ -183,3 +207,130 @@ def chart_sizes(page) -> dict[str, tuple[float, float, int]]:
         """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
              const svg = d.querySelector('.main-svg'); const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
              return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]]; }))""").items()}
+
+
+# --- object storage: a real S3 API (moto in server mode) on 127.0.0.1 -----------------------------
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+BUCKET = "corpus"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on a free loopback port, with the bucket `corpus`; this process's
+    environment points at it (as AWS_ENDPOINT_URL would on a user's machine). Its URL."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in [*S3_CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+class FaultyProxy:
+    """A loopback HTTP proxy in front of the S3 server that fails some requests as a real store or
+    network does: every `fail_every`-th request answered 503 SlowDown, every `drop_every`-th
+    connection closed without an answer, every PUT delayed by `put_delay` seconds. Test
+    infrastructure: the client under test and the S3 server are both real."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.removeprefix("http://")
+        self.fail_every = self.drop_every = 0
+        self.put_delay = 0.0
+        self.requests = self.failed = self.dropped = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self._chunked() if "chunked" in self.headers.get("Transfer-Encoding", "") else self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests += 1
+                    n = proxy.requests
+                if proxy.drop_every and n % proxy.drop_every == 0:
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if proxy.fail_every and n % proxy.fail_every == 0:
+                    proxy.failed += 1
+                    error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                if self.command == "PUT" and proxy.put_delay:
+                    time.sleep(proxy.put_delay)
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                conn.request(self.command, self.path, body, dict(self.headers))
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():  # a HEAD answer keeps its Content-Length (the object's size)
+                    if key.lower() not in ("transfer-encoding", "connection", "server", "date") and (key.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            def _chunked(self) -> bytes:
+                """A chunked body as it came (framing included), to pass on unchanged."""
+                raw = b""
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while (trailer := self.rfile.readline()) not in (b"\r\n", b""):
+                            raw += trailer
+                        return raw + b"\r\n"
+                    raw += self.rfile.read(size + 2)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(s3_endpoint):
+    proxy = FaultyProxy(s3_endpoint)
+    yield proxy
+    proxy.server.shutdown()
+
+
+def upload_tree(local: Path, url: str) -> None:
+    """Every file under a local folder copied to an S3 prefix."""
+    from sources import storage
+
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.upload(path, storage.join(url, path.relative_to(local).as_posix()))
+
+
+def object_digests(url: str) -> dict[str, str]:
+    """`shard_digests` of a run folder in object storage."""
+    from sources import storage
+
+    shards = storage.join(url, "shards")
+    return {p[len(shards) + 1:]: hashlib.sha256(storage.read_bytes(p)).hexdigest() for p in storage.list_files(shards) if p.endswith(".parquet")}

@@ -9,12 +9,10 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from pipeline.engine.lock import RunLock
 from tests.conftest import (
@@ -24,28 +22,11 @@ from tests.conftest import (
     kill_tree,
     run_cli,
     shard_digests,
-    stage1_sources,
+    stage1_manifest,
     write_manifest,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def _stage1(folder: Path) -> Path:
-    """The shipped manifests/stage1.yaml, writing to `folder/run` (smaller shards, to have several)."""
-    manifest = yaml.safe_load((ROOT / "manifests" / "stage1.yaml").read_text(encoding="utf-8"))
-    stages = manifest["stages"]
-    for eval_set in (s for stage in stages for s in stage.get("eval_sets", [])):
-        eval_set["path"] = str(ROOT / "manifests" / eval_set["path"])
-    return write_manifest(folder, stage1_sources(), stages, shards={"rows_per_shard": 4000})
-
-
-@pytest.fixture(scope="module")
-def stage1_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("stage1")
-    result = run_cli("run", str(_stage1(folder)), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "run"
 
 
 def test_run_folder_ledger_and_readers(stage1_run):
@@ -102,7 +83,7 @@ def test_rerun_is_a_no_op_and_changed_settings_rerun_from_that_stage(stage1_run,
 
 
 def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run, tmp_path):
-    manifest = _stage1(tmp_path)
+    manifest = stage1_manifest(tmp_path)
     rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT,
@@ -116,7 +97,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_shards(stage1_run
 
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path):
-    manifest = _stage1(tmp_path)
+    manifest = stage1_manifest(tmp_path)
     with RunLock(tmp_path / "run"):
         result = run_cli("run", str(manifest), "--quiet")
     assert result.returncode == 3 and "another run" in result.stderr
@@ -143,7 +124,7 @@ def test_bad_input_ends_in_quarantine_and_the_run_finishes(tmp_path):
 
 
 def test_same_manifest_on_a_two_node_loopback_cluster(stage1_run, loopback_cluster, tmp_path):
-    result = run_cli("run", str(_stage1(tmp_path)), "--quiet", "--ray-address", loopback_cluster)
+    result = run_cli("run", str(stage1_manifest(tmp_path)), "--quiet", "--ray-address", loopback_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard_digests(tmp_path / "run") == shard_digests(stage1_run)
 

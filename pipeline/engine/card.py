@@ -15,7 +15,9 @@ from sources.record import SCHEMA
 
 
 def write_card(manifest: Any, result: Any) -> None:
+    """README.md in the run's local folder (uploaded with it when the output is in object storage)."""
     shards, ledger = result.shards, result.ledger
+    where, title = result.output or str(result.run_dir), result.run_dir.name if not result.output else result.output.rstrip("/").rsplit("/", 1)[-1]
     # The tag in the patterns: `datasets` caches by config and patterns, not by file contents, so
     # another run (or a re-run with other settings) in a folder of the same name must not match.
     files = f"*-{result.shards_tag}.parquet"
@@ -23,7 +25,7 @@ def write_card(manifest: Any, result: Any) -> None:
     if manifest.shards.partition_by[0] == "source":
         for src in sorted({s["source"] for s in shards}):
             configs.append({"config_name": src, "data_files": [{"split": "train", "path": f"shards/{src}/**/{files}"}]})
-    header = yaml.safe_dump({"configs": configs, "license": "other", "pretty_name": result.run_dir.name}, sort_keys=False, allow_unicode=True)
+    header = yaml.safe_dump({"configs": configs, "license": "other", "pretty_name": title}, sort_keys=False, allow_unicode=True)
 
     rows_by_source: dict[str, int] = {}
     for s in shards:
@@ -31,11 +33,11 @@ def write_card(manifest: Any, result: Any) -> None:
     last = ledger.filter(pl.col("kind") == "out", pl.col("step") == ledger["step"].max())
     languages = last.group_by("language").agg(pl.col("rows").sum()).sort("rows", descending=True)
 
-    lines = [f"---\n{header}---", f"# {result.run_dir.name}", "",
+    lines = [f"---\n{header}---", f"# {title}", "",
              f"Built by the corpus pipeline from {len(manifest.sources)} source(s): {sum(rows_by_source.values()):,} rows "
              f"in {len(shards)} Parquet shard(s) under `shards/`.", "",
-             "```python", "import datasets, polars", f"datasets.load_dataset('{result.run_dir}')  # or the source's name as 2nd argument",
-             f"polars.scan_parquet('{result.run_dir}/shards/**/*.parquet')", "```", "",
+             "```python", "import datasets, polars", f"datasets.load_dataset('{where}')  # or the source's name as 2nd argument",
+             f"polars.scan_parquet('{where}/shards/**/*.parquet')", "```", "",
              "## Sources", "", "| source | task | licence | rows | origin |", "|---|---|---|---|---|"]
     for src in manifest.sources:
         lines.append(f"| {src.name} | {src.task} | {src.licence} | {rows_by_source.get(src.name, 0):,} | `{src.path}` |")

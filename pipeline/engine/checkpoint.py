@@ -1,16 +1,23 @@
-"""Stage checkpoints in the run folder: a folder of Parquet files per step plus a completion marker.
+"""Step checkpoints in the run folder, committed by a marker object, never by a rename.
 
-A step writes into `<name>.tmp/`, writes `_SUCCESS.json` (its fingerprint, counts, timing) last, and
-renames the folder into place. A folder without a marker, or with another fingerprint, is stale.
+Object stores have no atomic rename of a folder, so one scheme serves a local disk and object
+storage alike: a step writes its files under a fresh attempt folder (`stages/NN-name/attempt-<id>/`),
+then writes one small marker, `stages/NN-name/_SUCCESS.json`, naming the attempt, exactly its files,
+and the fingerprint of the step's settings, inputs and code. Writing one object (or one local file,
+written aside and renamed) is atomic, so a reader sees the old marker or the new one. Readers and
+resume trust only the marker: files of an attempt that never committed (a crash, a worker of a
+killed run still writing) are ignored, and removed by `clean`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import uuid
 from pathlib import Path
 from typing import Any
+
+from sources import storage
 
 MARKER = "_SUCCESS.json"
 
@@ -20,35 +27,61 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
+def read_marker(folder: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(storage.join(str(folder), MARKER)))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_marker(folder: str | Path, content: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(str(folder), MARKER), json.dumps(content, indent=2).encode())
+
+
 class Checkpoint:
-    def __init__(self, root: Path, name: str):
-        self.path = root / name
-        self.tmp = root / f"{name}.tmp"
+    """A step's folder: attempts, and the marker naming the one committed."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.path = storage.join(str(root), name)
+        self.attempt: str | None = None
 
     def marker(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.path / MARKER).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return read_marker(self.path)
 
     def is_done(self, fp: str) -> bool:
         marker = self.marker()
-        return marker is not None and marker.get("fingerprint") == fp
+        return marker is not None and marker.get("fingerprint") == fp and "attempt" in marker
 
-    def begin(self) -> Path:
-        """A clean temporary folder to write the step's output into."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
+    def begin(self) -> str:
+        """The folder (or prefix) of a new attempt, to write the step's output into."""
+        self.attempt = f"attempt-{uuid.uuid4().hex[:12]}"
+        return storage.join(self.path, self.attempt)
 
     def commit(self, fp: str, info: dict[str, Any]) -> None:
-        (self.tmp / MARKER).write_text(json.dumps({"fingerprint": fp, **info}, indent=2))
-        self.discard()
-        self.tmp.rename(self.path)
+        """Name the attempt's files in the marker (the commit), then remove every other attempt."""
+        assert self.attempt is not None, "begin() first"
+        folder = storage.join(self.path, self.attempt)
+        files = [p[len(folder) + 1 :] for p in storage.list_files(folder)]
+        write_marker(self.path, {"fingerprint": fp, "attempt": self.attempt, "files": files, **info})
+        self.clean()
 
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    def clean(self) -> None:
+        """Remove what the marker does not name: uncommitted attempts (and older layouts' files)."""
+        committed = (self.marker() or {}).get("attempt")
+        for child in storage.children(self.path):
+            if storage.name(child) not in (MARKER, committed):
+                storage.delete(child)
+
+    def file(self, name: str) -> str:
+        """A file of the committed attempt (e.g. the step's `_ledger.parquet`)."""
+        marker = self.marker() or {}
+        return storage.join(self.path, marker.get("attempt", ""), name)
 
     def files(self) -> list[str]:
-        """The step's data files (names starting with '_' are the step's own bookkeeping)."""
-        return sorted(str(p) for p in self.path.glob("*.parquet") if not p.name.startswith("_"))
+        """The committed data files (names starting with '_' are the step's own bookkeeping)."""
+        marker = self.marker() or {}
+        return [
+            storage.join(self.path, marker["attempt"], f)
+            for f in marker.get("files", [])
+            if f.endswith(".parquet") and not storage.name(f).startswith("_")
+        ]

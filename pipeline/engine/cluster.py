@@ -18,6 +18,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 
+from sources import storage  # noqa: E402
+
 
 def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True,
           verbose: bool = False) -> bool:
@@ -30,7 +32,10 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
                             ignore_reinit_error=True)
         # Make the project importable by workers on any node (a cluster without this package installed).
         project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+        # And the object store's settings (endpoint, region, profile; never credentials, which each
+        # node has from its own environment, e.g. a KubeRay pod's service account or secret).
+        env = {name: os.environ[name] for name in storage.STORAGE_ENV if name in os.environ}
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}}
         if address:
             ray.init(address=address, **kwargs)
         else:

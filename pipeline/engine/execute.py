@@ -16,7 +16,6 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import map_list_values, replace_column
+from sources import storage
 from sources.config import SourceConfig
 from sources.reader import Unit, read_unit
 from sources.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA
@@ -171,15 +171,15 @@ def can_run_local(step: Step) -> bool:
 
 def source_bytes(units: list[Unit]) -> int:
     """The size of the files the units read (a hub dataset id counts nothing)."""
-    return sum(Path(p).stat().st_size for p in {u.path for u in units} if Path(p).is_file())
+    return sum(storage.size_and_mtime(p)[0] for p in {u.path for u in units})
 
 
-def _write(table: pa.Table, out: Path, index: int) -> None:
+def _write(table: pa.Table, out: str, index: int) -> None:
     # Row groups of a batch: the unit of work of the next step's processes.
-    pq.write_table(table, out / f"part-{index:05d}.parquet", row_group_size=BATCH_ROWS)
+    storage.write_parquet(table, storage.join(out, f"part-{index:05d}.parquet"), row_group_size=BATCH_ROWS)
 
 
-def _rows_task(file: str, row_group: int, out: Path, index: int, step: Step, context: RunContext) -> None:
+def _rows_task(file: str, row_group: int, out: str, index: int, step: Step, context: RunContext) -> None:
     """One row group of the input through the process's set-up group, written as one output file."""
     table = pq.ParquetFile(file).read_row_group(row_group, columns=WORK_SCHEMA.names)
     parts = [_group_apply(table.slice(start, BATCH_ROWS), step, context) for start in range(0, table.num_rows, BATCH_ROWS)]
@@ -187,7 +187,7 @@ def _rows_task(file: str, row_group: int, out: Path, index: int, step: Step, con
         _write(pa.concat_tables(parts), out, index)
 
 
-def _ingest_task(unit: Unit, source: SourceConfig, out: Path, index: int) -> None:
+def _ingest_task(unit: Unit, source: SourceConfig, out: str, index: int) -> None:
     _write(read_unit(unit, source), out, index)
 
 
@@ -208,8 +208,9 @@ def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Cal
         list(pool.map(fn, *zip(*tasks)))  # in order; a worker's exception is raised here
 
 
-def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
-    """Compute the step in this process and write its checkpoint files under `out`."""
+def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: str) -> None:
+    """Compute the step in this process from local `files` and write its checkpoint files under
+    `out` (a local folder or a prefix in object storage)."""
     if step.kind == "ingest":
         _map(_ingest_task, [(u, sources[u.source], out, i) for i, u in enumerate(units)], source_bytes(units) >= POOL_MIN_BYTES)
         return
@@ -243,8 +244,9 @@ def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], f
 # --- on Ray ---------------------------------------------------------------------------------------
 
 
-def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: Path) -> None:
-    """Compute the step with Ray Data and write its checkpoint files under `out`."""
+def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: str) -> None:
+    """Compute the step with Ray Data and write its checkpoint files under `out`; `files` and `out`
+    are local or in object storage, read and written by every node directly (no shared mount)."""
     import ray
     import ray.data
 
@@ -255,9 +257,12 @@ def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], fil
         ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
         ds = ds.map_batches(ingest_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"sources": sources})
     else:
-        ds = ray.data.read_parquet(files, override_num_blocks=max(2 * cpus, len(files))).select_columns(list(WORK_SCHEMA.names))
+        fs = storage.filesystem(files[0])[0] if files else None
+        inner = [storage.filesystem(f)[1] for f in files]
+        ds = ray.data.read_parquet(inner, filesystem=fs, override_num_blocks=max(2 * cpus, len(files))).select_columns(list(WORK_SCHEMA.names))
         ds = _plan(step, ds, rows, context, cluster)
-    ds.write_parquet(str(out), min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
+    fs, inner_out = storage.filesystem(out)
+    ds.write_parquet(inner_out, filesystem=fs, min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
 
 
 def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str, float]) -> Any:

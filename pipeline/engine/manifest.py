@@ -8,6 +8,7 @@ reads a column no earlier stage writes fails with its line.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from pipeline.engine.stage import Registry, StageConfig
+from sources import storage
 from sources.config import SourceConfig
 from sources.record import COLUMNS
 from sources.settings import (
@@ -67,7 +69,8 @@ class StatsSettings(Strict):
 class Manifest(Strict):
     """A validated manifest. `stages` holds the registered stages' configs (see `manifest_model`)."""
 
-    output: str = Field(description="Run folder (relative to the manifest): checkpoints, ledger, quarantine, shards.")
+    output: str = Field(description="Run folder (relative to the manifest), or a URL in object storage (s3://BUCKET/PATH): "
+                        "checkpoints, ledger, quarantine, shards.")
     ray: RaySettings = Field(default_factory=RaySettings)
     sources: list[SourceConfig] = Field(min_length=1)
     stages: list[StageConfig] = Field(default_factory=list)
@@ -76,6 +79,19 @@ class Manifest(Strict):
         "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
     shards: ShardSettings = Field(default_factory=ShardSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+
+    @field_validator("output")
+    @classmethod
+    def _output_location(cls, output: str) -> str:
+        """A URL must name a supported store (never a local folder named `s3:`); the run lock needs
+        conditional writes, which the lease implements for S3."""
+        if storage.is_url(output):
+            output = storage.check_url(output)
+            if not output.lower().startswith("s3://"):
+                raise ValueError(f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes")
+            if importlib.util.find_spec("boto3") is None:
+                raise ValueError(f"{output!r}: an output in S3 needs boto3 for the run's lease: pip install 'ml-embed-data[s3]'")
+        return output
 
     @model_validator(mode="after")
     def _unique_names(self) -> Manifest:
@@ -123,7 +139,8 @@ def load_manifest(path: str | Path, registry: Registry) -> Manifest:
     problems = column_errors(manifest, registry)
     if problems:
         raise ConfigError("\n".join(f"{path}:{line_of(path, ('stages', i))}: {msg}" for i, msg in problems))
-    manifest.output = str((Path(path).parent / manifest.output).resolve())
+    if not storage.is_url(manifest.output):
+        manifest.output = str((Path(path).parent / manifest.output).resolve())
     return manifest
 
 

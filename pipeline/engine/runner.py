@@ -4,11 +4,22 @@ The runner knows stages only through the contract (`pipeline/engine/stage.py`) a
 (`pipeline/engine/plan.py`); how a step's rows are computed is `pipeline/engine/execute.py`'s job.
 Ray is started only when a step needs it (an input above `ray.in_process_rows`, a dataset stage, or a
 cluster address), so a small or fully resumed run pays none of its start-up cost.
+
+The output may be in object storage (`s3://...`). Checkpoints are then written there by whichever
+node computes them and committed by marker (`pipeline/engine/checkpoint.py`); the driver keeps a
+local copy of the run folder (`run_dir`, see `storage_copy`) where it reads committed checkpoint
+files (immutable, so a copy never goes stale) and writes what it makes itself (ledger, quarantine,
+reports, shards, statistics, card), and uploads those: shards file by file, then their marker;
+everything else with `publish`, generically, whatever a stage or report put there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,18 +29,42 @@ import polars as pl
 
 import pipeline
 from pipeline.engine import ledger as ledger_mod
-from pipeline.engine.checkpoint import Checkpoint, fingerprint
+from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
 from pipeline.engine.execute import can_run_local, run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
 from pipeline.engine.shards import write_shards
 from pipeline.engine.stage import Registry, RunContext
+from sources import storage
 from sources.reader import Unit, plan_units
 from sources.record import DETAIL, DROP, RAW
 
 # Ingest has no row count before it runs: its input counts as small below this many bytes of source
 # files per row allowed in process (the shipped samples hold about 1 KB per row on disk).
 INGEST_BYTES_PER_ROW = 1024
+# What the driver does not copy between its local folder and an output in object storage: checkpoints
+# and shards are committed by their own markers, `work/` is scratch, the lease is the lock's.
+NOT_PUBLISHED = ("stages", "shards", "work", "_lease.json", ".lock")
+
+
+def storage_copy(output: str) -> Path:
+    """The driver's local folder for an output: the output itself when it is local, else a folder
+    named after the URL under $ML_EMBED_DATA_CACHE (default: the system's temporary folder)."""
+    if not storage.is_url(output):
+        return Path(output)
+    root = Path(os.environ.get("ML_EMBED_DATA_CACHE", Path(tempfile.gettempdir()) / "ml-embed-data"))
+    return root / f"{storage.name(output)}-{hashlib.sha256(output.encode()).hexdigest()[:12]}"
+
+
+def publish(run_dir: Path, output: str) -> None:
+    """Upload what the driver wrote in its local folder (all but NOT_PUBLISHED) to an output in
+    object storage; nothing to do for a local output. Each file is one atomic object."""
+    if not storage.is_url(output):
+        return
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(run_dir)
+        if relative.parts[0] not in NOT_PUBLISHED and ".part" not in path.name:
+            storage.upload(path, storage.join(output, relative.as_posix()))
 
 
 @dataclass
@@ -45,7 +80,8 @@ class StepResult:
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path  # local: the output itself, or the driver's copy of an output in object storage
+    output: str = ""  # the run folder as the manifest names it (a local path or a URL)
     steps: list[StepResult] = field(default_factory=list)
     shards: list[dict[str, Any]] = field(default_factory=list)
     shards_tag: str = ""  # in every shard's file name; see pipeline/engine/shards.py
@@ -62,7 +98,8 @@ class Runner:
                  log: Callable[[str], None] = print, verbose: bool = False):
         self.manifest = manifest
         self.registry = registry
-        self.run_dir = Path(manifest.output)
+        self.output = manifest.output
+        self.run_dir = storage_copy(manifest.output)
         self.ray_address = ray_address or manifest.ray.address
         self.quiet = quiet
         self.log = log
@@ -73,12 +110,13 @@ class Runner:
 
     def run(self) -> RunResult:
         started = time.perf_counter()
-        result = RunResult(self.run_dir)
+        result = RunResult(self.run_dir, self.output)
+        self._refresh_copy()
         units = [u for s in self.manifest.sources for u in plan_units(s)]
         steps = self._plan(units)
-        checkpoints = [Checkpoint(self.run_dir / "stages", s.name) for s in steps]
+        checkpoints = [Checkpoint(storage.join(self.output, "stages"), s.name) for s in steps]
         first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
-        self._remove_stale(steps, first_todo)
+        self._remove_stale(steps, checkpoints, first_todo)
         try:
             parts = self._run_steps(steps, checkpoints, first_todo, units, result)
         finally:
@@ -94,29 +132,49 @@ class Runner:
     # --- planning ---------------------------------------------------------------------------------
 
     def _plan(self, units: list[Unit]) -> list[Step]:
-        file_ids = sorted({(u.path, *self._stat(u.path)) for u in units})
+        file_ids = sorted({(u.path, *storage.size_and_mtime(u.path)) for u in units})
         ingest_fp = fingerprint(pipeline.__version__, [s.model_dump(mode="json") for s in self.manifest.sources], file_ids)
         return plan_steps(self.manifest.stages, self.registry, ingest_fp, self.manifest.checkpoint == "every_step")
-
-    @staticmethod
-    def _stat(path: str) -> tuple[int, int]:
-        try:
-            st = Path(path).stat()
-            return st.st_size, st.st_mtime_ns
-        except OSError:  # a hub dataset id: nothing local to fingerprint
-            return 0, 0
 
     def _work_dir(self, step: Step) -> Path:
         return self.run_dir / "work" / f"{step.name}-{step.fingerprint[:12]}"
 
-    def _remove_stale(self, steps: list[Step], first_todo: int) -> None:
-        """Checkpoints after the first step to redo, and work folders of steps no longer unfinished."""
-        for folder, keep in ((self.run_dir / "stages", {s.name for s in steps[:first_todo]}),
-                             (self.run_dir / "work", {self._work_dir(s).name for s in steps[first_todo:]})):
-            if folder.exists():
-                for path in folder.iterdir():
-                    if path.name not in keep:
-                        shutil.rmtree(path, ignore_errors=True)
+    def _remove_stale(self, steps: list[Step], checkpoints: list[Checkpoint], first_todo: int) -> None:
+        """Checkpoints after the first step to redo, uncommitted attempts of the others, and work
+        folders of steps no longer unfinished."""
+        keep = {s.name for s in steps[:first_todo]}
+        for path in storage.children(storage.join(self.output, "stages")):
+            if storage.name(path) not in keep:
+                storage.delete(path)
+        for ckpt in checkpoints[:first_todo]:
+            ckpt.clean()
+        work, unfinished = self.run_dir / "work", {self._work_dir(s).name for s in steps[first_todo:]}
+        if work.exists():
+            for path in work.iterdir():
+                if path.name not in unfinished:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    # --- the driver's local copy of an output in object storage ----------------------------------
+
+    def _refresh_copy(self) -> None:
+        """Make the local copy hold what the output holds (a run elsewhere, or a fresh machine):
+        its small files downloaded again; committed checkpoint and shard copies kept (immutable)."""
+        if not storage.is_url(self.output):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.run_dir.iterdir():
+            if path.name not in NOT_PUBLISHED:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for child in storage.children(self.output):
+            if storage.name(child) not in NOT_PUBLISHED:
+                for path in storage.list_files(child) if storage.info(child).type.name == "Directory" else [child]:
+                    storage.download(path, self.run_dir / path[len(self.output) + 1:])
+
+    def _local(self, paths: list[str]) -> list[str]:
+        """Local copies of files of the output (the files themselves when the output is local)."""
+        if not storage.is_url(self.output):
+            return paths
+        return [str(storage.download(p, self.run_dir / p[len(self.output) + 1:])) for p in paths]
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -130,7 +188,7 @@ class Runner:
             resumed = i < first_todo
             if not resumed:
                 self._run_step(step, ckpt, checkpoints[i - 1].files() if i else [], units, previous)
-            part = pl.read_parquet(ckpt.path / "_ledger.parquet")
+            part = pl.read_parquet(self._local([ckpt.file("_ledger.parquet")])[0])
             parts.append(part)
             previous = part.filter(pl.col("step") == step.ledger_steps[-1])
             seconds = (ckpt.marker() or {}).get("seconds", 0.0)
@@ -149,11 +207,15 @@ class Runner:
             self._start_ray()
         out = ckpt.begin()
         context = replace(self.context, work_dir=self._work_dir(step))
-        (run_local if local else run_ray)(step, units, self.sources, files, rows_in, context, out)
-        outcomes = ledger_mod.count_outcomes(step.ledger_steps, sorted(str(p) for p in out.glob("*.parquet")), step.language_set_at())
+        # In process, the input is read from the local copy; on Ray, every node reads the output.
+        (run_local if local else run_ray)(step, units, self.sources, self._local(files) if local else files, rows_in, context, out)
+        written = [p for p in storage.list_files(out) if p.endswith(".parquet")]
+        outcomes = ledger_mod.count_outcomes(step.ledger_steps, self._local(written), step.language_set_at())
         part = ledger_mod.entries(step.ledger_steps, outcomes, previous)
         ledger_mod.check_balance(part)
-        part.write_parquet(out / "_ledger.parquet")
+        buffer = io.BytesIO()
+        part.write_parquet(buffer)
+        storage.write_bytes(storage.join(out, "_ledger.parquet"), buffer.getvalue())
         ckpt.commit(step.fingerprint, {"seconds": time.perf_counter() - started, "in_process": local})
         shutil.rmtree(self._work_dir(step), ignore_errors=True)
         if (self.run_dir / "work").is_dir() and not any((self.run_dir / "work").iterdir()):
@@ -204,7 +266,7 @@ class Runner:
         shutil.rmtree(folder, ignore_errors=True)
         for step, ckpt in zip(steps, checkpoints):
             for spec in step.stages:
-                table = spec.build(self.context).report(ckpt.files())
+                table = spec.build(self.context).report(self._local(ckpt.files()))
                 if table is not None:
                     folder.mkdir(exist_ok=True)
                     table.write_csv(folder / f"{spec.step}.csv")
@@ -212,14 +274,31 @@ class Runner:
         return reports
 
     def _write_shards(self, last: Step, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], str]:
+        """The shards, at the paths users read (`shards/<partition>/part-NNNNN-<tag>.parquet`), then
+        `shards/_SUCCESS.json` naming exactly them; then every other file under `shards/` is removed,
+        so the folder holds the committed files only. Each file is written whole (renamed locally,
+        one object remotely) and the layout is deterministic, so a resumed attempt rewrites a
+        crashed one's files with the same bytes; `datasets` reads the tag's files only (the card)."""
         shards_fp = fingerprint(last.fingerprint, self.manifest.shards.model_dump(mode="json"))
-        shards = Checkpoint(self.run_dir, "shards")
-        if not shards.is_done(shards_fp):
+        local, remote = self.run_dir / "shards", storage.join(self.output, "shards")
+        marker = read_marker(remote)
+        if marker is None or marker.get("fingerprint") != shards_fp:
             self.log("writing shards")
-            out = shards.begin()
-            written = write_shards(ckpt.files(), out, self.manifest.shards, shards_fp[:8])
-            shards.commit(shards_fp, {"shards": written})
-        return shards.marker()["shards"], shards_fp[:8]  # type: ignore[index]
+            storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
+            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], self.run_dir / "work" / "_spill")
+            for shard in written:
+                storage.upload(local / shard["path"], storage.join(remote, shard["path"]))
+            marker = {"fingerprint": shards_fp, "shards": written}
+            write_marker(remote, marker)
+        paths = {shard["path"] for shard in marker["shards"]} | {MARKER}
+        if storage.is_url(self.output):  # the statistics read the local copy (shard names say their content)
+            self._local([storage.join(remote, shard["path"]) for shard in marker["shards"]])
+            write_marker(local, marker)
+        for folder in {str(local), remote}:
+            for path in storage.list_files(folder):
+                if path[len(folder) + 1:] not in paths:
+                    storage.delete(path)
+        return marker["shards"], shards_fp[:8]
 
     def _write_quarantine(self, ingest: Checkpoint) -> None:
         """Rows that could not be read or mapped, with their original bytes, place and reason."""

@@ -1,4 +1,4 @@
-"""Final shards: Parquet files of kept rows, one folder per partition, deterministic and atomic.
+"""Final shards: Parquet files of kept rows, one folder per partition, deterministic, each file atomic.
 
 Layout that does not depend on the order in which Ray finished blocks (a resumed run writes the same
 bytes as an uninterrupted one) and never needs a whole partition in memory: ids are uniform
@@ -27,16 +27,17 @@ def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
-def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
+def write_shards(files: list[str], out: Path, settings: Any, tag: str, spill: Path | None = None) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
-    caches a local dataset by its file patterns, so other content must mean other names."""
+    caches a local dataset by its file patterns, so other content must mean other names. `spill`:
+    a scratch folder (default `out/_spill`), removed at the end."""
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
-    spill = out / "_spill"
+    spill = spill or out / "_spill"
     _spill(files, keys, plan, spill)
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
@@ -63,6 +64,7 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str) -> list[d
 
 def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path) -> None:
     """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`."""
+    shutil.rmtree(spill, ignore_errors=True)  # a crashed attempt's
     spill.mkdir(parents=True)
     index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
     writers: dict[tuple[int, int], pq.ParquetWriter] = {}

@@ -9,7 +9,7 @@ from rich.table import Table
 
 
 def print_summary(result: Any, console: Console, top_languages: int = 15) -> None:
-    steps = Table(title=f"run {result.run_dir}", title_justify="left")
+    steps = Table(title=f"run {result.output or result.run_dir}", title_justify="left")
     for col in ("step", "in", "out", "dropped", "flagged (kept)", "seconds"):
         steps.add_column(col, justify="left" if col in ("step", "dropped", "flagged (kept)") else "right", no_wrap=col in ("step", "seconds"))
     for st in result.steps:
@@ -39,7 +39,8 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
     total = sum(s["rows"] for s in result.shards)
     if result.dashboard:
         console.print(f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  (`python -m pipeline stats {result.run_dir}`)")
-    console.print(f"[bold]{total:,}[/] rows in {len(result.shards)} shard(s) under {result.run_dir / 'shards'} ({result.seconds:.1f} s)")
+    where = f"{result.output}/shards" if result.output and result.output != str(result.run_dir) else result.run_dir / "shards"
+    console.print(f"[bold]{total:,}[/] rows in {len(result.shards)} shard(s) under {where} ({result.seconds:.1f} s)")
 
 
 def _table(df: Any, title: str) -> Table:

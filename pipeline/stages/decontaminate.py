@@ -9,7 +9,7 @@ tokens are matched exactly only, so a short, common query cannot match by chance
 
 from __future__ import annotations
 
-import glob
+import io
 from typing import Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import replace_column
 from pipeline.ops.minhash import Shingling, shingle_hashes
+from sources import storage
 from sources.reader import load_hf, open_binary
 from sources.record import FLAG_TYPE, FLAGS
 from sources.settings import from_manifest, matching_files
@@ -40,6 +41,8 @@ class EvalSet(BaseModel):
     @classmethod
     def _files_exist(cls, path: str, info: ValidationInfo) -> str:
         if info.data.get("format") == "hf":  # a local folder, or else a hub id (looked up when the stage starts)
+            if storage.is_url(path):
+                raise ValueError(f"{path!r}: format hf reads a local folder or a hub id; for files in object storage use format file")
             local = from_manifest(path, info)
             return str(local.absolute()) if local.exists() else path
         return matching_files(path, info)
@@ -52,18 +55,19 @@ class EvalSet(BaseModel):
                 raise ValueError(f"evaluation set {self.name!r}: {self.path} has no column {missing} (columns: {ds.column_names})")
             return [t for c in self.columns for t in ds[c] if t]
         out: list[str] = []
-        for file in sorted(glob.glob(self.path, recursive=True)):
+        for file in storage.glob(self.path):
             name = file.lower().removesuffix(".gz").removesuffix(".zst")
             if name.endswith((".txt", ".text")):
                 with open_binary(file) as f:
                     out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
                 continue
+            data = io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file  # polars reads local files itself
             if name.endswith(".parquet"):
-                frame = pl.read_parquet(file)
+                frame = pl.read_parquet(data)
             elif name.endswith((".csv", ".tsv")):
-                frame = pl.read_csv(file, separator="\t" if name.endswith(".tsv") else ",", quote_char=None if name.endswith(".tsv") else '"')
+                frame = pl.read_csv(data, separator="\t" if name.endswith(".tsv") else ",", quote_char=None if name.endswith(".tsv") else '"')
             else:
-                frame = pl.read_ndjson(file)
+                frame = pl.read_ndjson(data)
             for column in self.columns:
                 if column not in frame.columns:
                     raise ValueError(f"evaluation set {self.name!r}: {file} has no column {column!r} (columns: {frame.columns})")
