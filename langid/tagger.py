@@ -14,9 +14,12 @@ How texts are prepared (fastText reads one line per prediction and averages n-gr
 - with `rules`, a text written in a script that names its language (Hangul, Thai, Greek...) gets it
   without the model (langid/script_rules.py);
 - with a `fallback` model, a text the main model is unsure of (below its length-aware threshold,
-  langid/thresholds.py) takes the fallback's label when that is a language the main model does not
-  know and the fallback is sure of it: lid.176 knows languages SIB-200 lacks, and a model says
-  little about a language it never saw. The fallback runs on the unsure texts only.
+  langid/thresholds.py) takes the fallback's label when the fallback is sure of it and it is a
+  language the main model does not know (lid.176 knows languages SIB-200 lacks, and a model says
+  little about a language it never saw) or one of the main model's 3 best candidates (a second
+  opinion among close languages: Modern Standard Arabic questions that the main model spreads over
+  Arabic varieties), or wherever the main model's label was impossible (its script absent from the
+  text). The fallback runs on the unsure texts only.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from langid.thresholds import Thresholds, read_thresholds, table_path
 # Models shipped with the package, by the name a manifest uses.
 BUNDLED_MODELS = {"short200": "short200.ftz", "lid176": "lid.176.ftz", "sib200": "sib200.ftz"}
 DEFAULT_MODEL, DEFAULT_FALLBACK = "short200", "lid176"
+FALLBACK_CANDIDATES = 3  # the fallback may pick among the main model's this many best labels
 _LETTER = regex.compile(r"\p{L}")
 WHITESPACE = regex.compile(r"\s+")
 
@@ -146,7 +150,7 @@ class LanguageTagger:
         model_labels = [labels[i] for i in todo.tolist()]
         sure[todo] = (confidence[todo] >= self.thresholds(model_labels, buckets[todo])) & (np.array(model_labels, dtype=object) != UNDETERMINED)
         if self.fallback is not None and not sure.all():
-            self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure, buckets)
+            self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure)
         return Tags(labels, confidence, sure, buckets)
 
     def _model_labels(self, column: pa.Array, texts: list, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> None:
@@ -165,12 +169,17 @@ class LanguageTagger:
         for j in np.flatnonzero(missing).tolist():
             labels[int(todo[j])] = UNDETERMINED
 
-    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray, buckets: np.ndarray) -> None:
-        """Texts the model is unsure of take the fallback's label where the fallback is sure of a
-        language the model does not know."""
+    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray) -> None:
+        """Texts the model is unsure of take the fallback's label where the fallback is sure of it
+        and it is new to the model, among the model's best candidates, or the model's label was
+        impossible (see the module docstring)."""
         other = self.fallback.tag(column.take(pa.array(unsure, pa.int64())))
+        known = [j for j in np.flatnonzero(other.sure).tolist() if other.labels[j] in self.model_labels]
+        texts = column.take(pa.array(unsure[known], pa.int64())).to_pylist() if known else []
+        among = {j: other.labels[j] in best for j, best in zip(known, self.candidates(texts, FALLBACK_CANDIDATES))}
         for j, i in enumerate(unsure.tolist()):
-            if other.sure[j] and other.labels[j] not in self.model_labels and other.labels[j] != UNDETERMINED:
+            took = labels[i] == UNDETERMINED or among.get(j, other.labels[j] not in self.model_labels)
+            if other.sure[j] and other.labels[j] != UNDETERMINED and took:
                 labels[i], confidence[i], sure[i] = other.labels[j], other.confidence[j], True
 
     def candidates(self, texts: list[str], k: int = 5) -> list[dict[str, float]]:
