@@ -187,7 +187,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_eval_and_train_commands(shared_data, tmp_path):
-    out = _cli("eval", "--model", "lid176", "--no-fallback", "--sib200", str(shared_data / "sib200-train-dev.tar.xz"), "--json", str(tmp_path / "r.json"))
+    out = _cli("eval", "--sib200", str(shared_data / "sib200-train-dev.tar.xz"), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 205 * 99 and 0.75 < report["covered_accuracy"] < 0.9
@@ -311,8 +311,9 @@ def questions(shared_data) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def default_tagger() -> LanguageTagger:
-    return LanguageTagger(fallback="lid176")
+def short_tagger() -> LanguageTagger:
+    """short200 as the README recommends it: script rules and lid176 as its fallback."""
+    return LanguageTagger("short200", fallback="lid176")
 
 
 def test_fragment_cutter_counts_words_and_cuts_unspaced_scripts_by_characters(sib_dev):
@@ -342,9 +343,9 @@ def test_fragment_cutter_counts_words_and_cuts_unspaced_scripts_by_characters(si
     assert [BUCKET_NAMES[b] for b in bucket_indices(pa.array(texts))] == [bucket_of(word_count(t)) for t in texts]
 
 
-def test_script_rules_decide_scripts_that_name_their_language(default_tagger):
+def test_script_rules_decide_scripts_that_name_their_language(short_tagger):
     texts = ["서울", "ภาษาไทย", "Ελλάδα", "საქართველო", "Հայաստան", "ひらがなと漢字", "東京", "Seoul 서울 is big", "ካርታ"]
-    tags = default_tagger.tag(texts)
+    tags = short_tagger.tag(texts)
     assert tags.labels[:6] == ["kor_Hang", "tha_Thai", "ell_Grek", "kat_Geor", "hye_Armn", "jpn_Jpan"]
     assert (tags.confidence[:6] == 1.0).all() and tags.sure[:6].all()
     assert tags.labels[6] != "jpn_Jpan" or tags.confidence[6] < 1.0  # Han alone names no language: the model decides
@@ -352,7 +353,7 @@ def test_script_rules_decide_scripts_that_name_their_language(default_tagger):
     assert tags.labels[8] in ("amh_Ethi", "tir_Ethi", "und")  # Ethiopic has two languages: the model decides
 
 
-def test_shipped_model_tags_real_short_questions(default_tagger, questions):
+def test_shipped_model_tags_real_short_questions(short_tagger, questions):
     import random
 
     from langid.fragments import fragments
@@ -360,10 +361,10 @@ def test_shipped_model_tags_real_short_questions(default_tagger, questions):
     rng = random.Random(0)
     right_questions, right_pairs = {}, {}
     for label, texts in questions.items():
-        decided = default_tagger.tag(texts[:40]).decided()
+        decided = short_tagger.tag(texts[:40]).decided()
         right_questions[label] = sum(canonical(d) == canonical(label) for d in decided) / 40
         two = [f for t in texts[:40] for f in fragments(t, 2, 1, rng)]
-        right_pairs[label] = sum(canonical(p) == canonical(label) for p in default_tagger.predict(two)[0]) / len(two)
+        right_pairs[label] = sum(canonical(p) == canonical(label) for p in short_tagger.predict(two)[0]) / len(two)
         if label == "arb_Arab":  # Arabic script is Arabic, whichever of FLORES' varieties the model picks
             assert sum(d.endswith("_Arab") for d in decided) >= 32, Counter(decided)
     # Known weak spots (see the README): Standard Arabic questions spread over FLORES' Arabic varieties,
@@ -374,7 +375,7 @@ def test_shipped_model_tags_real_short_questions(default_tagger, questions):
     assert min(right_pairs.values()) >= 0.45 and sum(right_pairs.values()) / len(right_pairs) >= 0.65, right_pairs
 
 
-def test_length_aware_thresholds_from_the_table_and_overrides(default_tagger, questions):
+def test_length_aware_thresholds_from_the_table_and_overrides(short_tagger, questions):
     import numpy as np
 
     from langid.thresholds import Thresholds, calibrate
@@ -389,15 +390,15 @@ def test_length_aware_thresholds_from_the_table_and_overrides(default_tagger, qu
     row = calibrate(gold, ["eng_Latn"] * 80, conf, buckets)["eng_Latn"]
     assert 0.4 < row[0] <= 0.9 and (row[1:] == row[0]).all()  # empty buckets take the next longer one's value
     # The shipped table: short English questions are sure at the confidence they get.
-    shipped = default_tagger.thresholds.table
+    shipped = short_tagger.thresholds.table
     assert len(shipped) >= 200 and all(len(v) == 5 for v in shipped.values())
-    tags = default_tagger.tag(questions["eng_Latn"][:40])
+    tags = short_tagger.tag(questions["eng_Latn"][:40])
     assert tags.sure.mean() >= 0.9
 
 
 def test_fallback_takes_languages_the_model_lacks(udhr):
-    alone = LanguageTagger(fallback=None)
-    combined = LanguageTagger(fallback="lid176")
+    alone = LanguageTagger("short200")
+    combined = LanguageTagger("short200", fallback="lid176")
     # Latin: lid.176 knows it, SIB-200 does not. Fragments of UDHR's Latin text that short200 is
     # unsure of (Portuguese, Italian) and lid.176 sure of; a Welsh paragraph both know stays Welsh.
     latin = [t for t in ("paria esse debent nec", "in finium populationibus quae") if t in udhr["lat"] + udhr["lat_1"]]
@@ -407,7 +408,7 @@ def test_fallback_takes_languages_the_model_lacks(udhr):
     assert combined.predict([welsh])[0] == alone.predict([welsh])[0] == ["cym_Latn"]
 
 
-# Two-word fragments of XQuAD-R dev questions that the default tagger is unsure of (below their
+# Two-word fragments of XQuAD-R dev questions that short200 (with lid176 as fallback) is unsure of (below their
 # thresholds: `und`), with their language among the model's 5 best candidates.
 PAIR_QUERIES = [("Wer verlor", "deu_Latn"), ("Panthers defense", "eng_Latn"), ("la AFC", "spa_Latn"), ("сезоне 2015", "rus_Cyrl")]
 
@@ -424,8 +425,8 @@ def test_pair_context_rule_is_flagged_and_counted_in_the_ledger(tmp_path, sib_de
     queries = PAIR_QUERIES
     rows = [{"query": q, "positive": by[label][0]} for q, label in queries] + [{"query": by["deu_Latn"][1], "positive": by["deu_Latn"][2]}]
     ctx = RunContext(Path("."), ("src",))
-    plain = ready(LangTag(LangTagConfig(stage="langid"), ctx))(_stage_batch(rows)).to_pylist()
-    paired = ready(LangTag(LangTagConfig(stage="langid", pair_context=True), ctx))(_stage_batch(rows)).to_pylist()
+    plain = ready(LangTag(LangTagConfig(stage="langid", model="short200"), ctx))(_stage_batch(rows)).to_pylist()
+    paired = ready(LangTag(LangTagConfig(stage="langid", model="short200", pair_context=True), ctx))(_stage_batch(rows)).to_pylist()
     assert [r["query_lang"] for r in plain[:-1]] == ["und"] * len(queries)
     assert [r["query_lang"] for r in paired] == [label for _, label in queries] + ["deu_Latn"]
     assert all({"reason": PAIR_FLAG, "language": label, "count": None} in r[FLAGS] for r, (_, label) in zip(paired, queries))
