@@ -116,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
     from langid.evaluate import evaluate
-    from langid.fragments import cut
+    from langid.fragments import DEV_SIZES, cut
     from langid.tagger import LanguageTagger
-    from langid.train import DEV_SIZES
 
     fallback = None if args.no_fallback else args.fallback
     tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback)

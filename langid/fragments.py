@@ -112,6 +112,9 @@ def fragments(text: str, words: int, count: int, rng: random.Random) -> list[str
 
 # What `cut` makes by default: (words per fragment, fragments per text); 3-5 means one of 3, 4, 5.
 DEFAULT_SIZES: tuple[tuple[int | tuple[int, int], int], ...] = ((1, 2), (2, 2), ((3, 5), 1))
+# Fragments per dev text (choosing settings, calibrating thresholds, `eval --fragments`): more than
+# for training, so that each label has enough texts per length bucket.
+DEV_SIZES: tuple[tuple[int | tuple[int, int], int], ...] = ((1, 3), (2, 3), ((3, 5), 2))
 
 
 def cut(

@@ -22,14 +22,10 @@ from typing import Callable
 import numpy as np
 
 from langid.corpora import Labelled
-from langid.fragments import DEFAULT_SIZES, cut
+from langid.fragments import DEFAULT_SIZES, DEV_SIZES, cut
 from langid.labels import canonical
 from langid.tagger import WHITESPACE
 from langid.thresholds import calibrate, table_path, write_thresholds
-
-# Fragments per dev text for choosing settings and calibrating thresholds: more than for training,
-# so that each label has enough predictions per length bucket.
-DEV_SIZES = ((1, 3), (2, 3), ((3, 5), 2))
 
 
 @dataclass(frozen=True)
