@@ -145,19 +145,20 @@ class LanguageTagger:
         has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(has_letter & ~decided)
         buckets = bucket_indices(column)
-        if len(todo):
-            self._model_labels(column, texts, todo, labels, confidence)
+        best = self._model_labels(column, texts, todo, labels, confidence) if len(todo) else {}
         sure = decided | ~has_letter
         model_labels = [labels[i] for i in todo.tolist()]
         sure[todo] = (confidence[todo] >= self.thresholds(model_labels, buckets[todo])) & (np.array(model_labels, dtype=object) != UNDETERMINED)
         if self.fallback is not None and not sure.all():
-            self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure)
+            self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure, best)
         return Tags(labels, confidence, sure, buckets)
 
-    def _model_labels(self, column: pa.Array, texts: list, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> None:
-        """Fill `labels` and `confidence` at `todo` from the model."""
+    def _model_labels(self, column: pa.Array, texts: list, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> dict[int, tuple[str, tuple]]:
+        """Fill `labels` and `confidence` at `todo` from the model; returns each text's line and raw
+        best labels (the fallback's candidates: asked for in the same prediction, which costs about
+        as much as asking for one)."""
         lines = [_one_line(texts[i], self.max_chars) for i in todo.tolist()]
-        raw, probs = self.model.predict(lines, k=1)
+        raw, probs = self.model.predict(lines, k=FALLBACK_CANDIDATES if self.fallback is not None else 1)
         plain = self.map_label.without_text  # labels that need no look at the text, computed once
         for i, line, raw_labels, p in zip(todo.tolist(), lines, raw, probs):
             raw_label = raw_labels[0]
@@ -169,17 +170,19 @@ class LanguageTagger:
         missing = ~script_present(column.take(pa.array(todo, pa.int64())), scripts)
         for j in np.flatnonzero(missing).tolist():
             labels[int(todo[j])] = UNDETERMINED
+        return dict(zip(todo.tolist(), zip(lines, raw)))
 
-    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray) -> None:
+    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray, best: dict) -> None:
         """Texts the model is unsure of take the fallback's label where the fallback is sure of it
         and it is new to the model, among the model's best candidates, or the model's label was
         impossible (see the module docstring)."""
         other = self.fallback.tag(column.take(pa.array(unsure, pa.int64())))
-        known = [j for j in np.flatnonzero(other.sure).tolist() if other.labels[j] in self.model_labels]
-        texts = column.take(pa.array(unsure[known], pa.int64())).to_pylist() if known else []
-        among = {j: other.labels[j] in best for j, best in zip(known, self.candidates(texts, FALLBACK_CANDIDATES))}
         for j, i in enumerate(unsure.tolist()):
-            took = labels[i] == UNDETERMINED or among.get(j, other.labels[j] not in self.model_labels)
+            if other.labels[j] in self.model_labels and i in best:
+                line, raw = best[i]
+                took = labels[i] == UNDETERMINED or other.labels[j] in {self.map_label(r, line) for r in raw}
+            else:
+                took = labels[i] == UNDETERMINED or other.labels[j] not in self.model_labels
             if other.sure[j] and other.labels[j] != UNDETERMINED and took:
                 labels[i], confidence[i], sure[i] = other.labels[j], other.confidence[j], True
 
