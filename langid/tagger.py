@@ -84,7 +84,8 @@ def _one_line(text: str, max_chars: int) -> str:
 @dataclass
 class Tags:
     """What the tagger says per text: its best label (no threshold applied), the confidence, whether
-    that confidence reaches the label's threshold at the text's length, and the length bucket."""
+    that confidence reaches the label's threshold at the text's length, and the length bucket (0 for
+    every text when the model's thresholds do not depend on length)."""
 
     labels: list[str]
     confidence: np.ndarray
@@ -144,7 +145,8 @@ class LanguageTagger:
         # Which texts need the model, decided column-wise: a letter to identify, no decision yet.
         has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(has_letter & ~decided)
-        buckets = bucket_indices(column)
+        # Length buckets cost a few passes over the texts: only for a length-aware threshold table.
+        buckets = bucket_indices(column) if self.thresholds.by_length else np.zeros(len(texts), dtype=np.int64)
         best = self._model_labels(column, texts, todo, labels, confidence) if len(todo) else {}
         sure = decided | ~has_letter
         model_labels = [labels[i] for i in todo.tolist()]

@@ -47,6 +47,8 @@ class Thresholds:
             **{label: np.full(len(BUCKET_NAMES), v, dtype=np.float32) for label, v in (overrides or {}).items()},
         }
         self.default = default
+        # Whether any label's threshold depends on length (else texts need no length bucket).
+        self.by_length = any((row != row[0]).any() for row in self.table.values())
 
     def __call__(self, labels: list[str], buckets: np.ndarray) -> np.ndarray:
         out = np.full(len(labels), self.default, dtype=np.float32)

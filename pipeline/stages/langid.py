@@ -23,7 +23,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
-from langid.fragments import BUCKET_NAMES, bucket_index
+from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
 from langid.labels import CODE_PREFIX, is_scheme_label, language_of
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
 from pipeline.engine.stage import Stage, StageConfig
@@ -154,9 +154,10 @@ class LangTag(Stage):
         if tags is None:
             return []
         longest = bucket_index(self.config.pair_max_words)
+        buckets = bucket_indices(texts.take(pa.array(todo, pa.int64())))
         rows = [
             (i, positive[i]) for j, i in enumerate(todo.tolist())
-            if not tags.sure[j] and tags.buckets[j] <= longest and positive[i] not in (None, UNDETERMINED) and positive_sure[i]
+            if not tags.sure[j] and buckets[j] <= longest and positive[i] not in (None, UNDETERMINED) and positive_sure[i]
             and not positive[i].startswith(CODE_PREFIX)
         ]
         if not rows:
