@@ -10,9 +10,12 @@ in-process stage run pinned there; in Ray the actor pins itself there, while Ray
   ray       the same stage inside Ray Data (one actor, batches from the object store)
   ray-fixed the same Ray Data map on 100 records: the fixed cost of a run (actor start, imports,
             model load), so the steady-state ratio (ray minus fixed) can be told from start-up
-Prints docs/s for each and the ratios stage/raw and ray/raw (the goal is >= 0.8).
+Prints docs/s for each and the ratios stage/raw and ray/raw (the goal is >= 0.8). The stage runs
+with its defaults (script rules; with `--model short200`, lid176 as fallback where it is unsure); the
+raw baseline is the same model's `predict`. `--texts fragments` tags 1-5-word fragments cut from
+the sentences instead (queries: where script rules and the fallback do most).
 
-    python bench/langid_throughput.py --records 100000 --repeats 3
+    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--texts fragments]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 
 from langid.corpora import sib200  # noqa: E402
+from langid.fragments import cut  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
 from pipeline.engine.plan import plan_steps  # noqa: E402
 from pipeline.engine.stage import RunContext  # noqa: E402
@@ -40,10 +44,11 @@ SIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200-train-de
 TAG_CPU = 0
 
 
-def records(n: int) -> pa.Table:
-    """`n` bitext-like records (query, positive) over SIB-200's 205 languages, repeated as needed."""
+def records(n: int, kind: str = "sentences") -> pa.Table:
+    """`n` bitext-like records (query, positive) over SIB-200's 205 languages, repeated as needed:
+    its sentences, or fragments of 1 to 5 words cut from them."""
     data = sib200(SIB, "train")
-    texts = data.texts
+    texts = data.texts if kind == "sentences" else cut(data).texts
     rows = {name: [] for name in WORK_SCHEMA.names}
     for i in range(n):
         for name in rows:
@@ -101,17 +106,19 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-rows", type=int, default=8192)
+    parser.add_argument("--texts", choices=["sentences", "fragments"], default="sentences")
+    parser.add_argument("--model", default=LangTagConfig.model_fields["model"].default, help="the stage's model (and the raw baseline's)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     all_cpus = os.sched_getaffinity(0)
 
-    table = records(args.records)
+    table = records(args.records, args.texts)
     docs = 2 * args.records
-    config = LangTagConfig(stage="langid")
+    config = LangTagConfig(stage="langid", model=args.model)
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
     stage.setup()
-    raw_model = LanguageTagger().model
+    raw_model = LanguageTagger(args.model).model
     times = {"raw": [], "stage": [], "ray": [], "ray-fixed": []}
     # Raw and stage first, with no Ray process running beside them; then Ray.
     os.sched_setaffinity(0, {TAG_CPU})
@@ -133,7 +140,7 @@ def main() -> None:
                   f"(ray/raw {times['raw'][r] / times['ray'][-1]:.2f})", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 sentences, 205 languages), median of {args.repeats}:")
+    print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 {args.texts}, 205 languages), median of {args.repeats}:")
     for k, s in med.items():
         rate = f"{docs / s:10,.0f} docs/s per core" if k != "ray-fixed" else "(100 records)"
         print(f"  {k:9s} {s:7.2f} s  {rate}")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from langid.evaluate import covered_labels  # noqa: E402
 from langid.labels import canonical, language_of  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
 from sources.config import SourceConfig  # noqa: E402
@@ -60,7 +59,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     tagger = LanguageTagger(detect_code=False)
-    covered = {language_of(c) for c in covered_labels(tagger)}
+    covered = {language_of(c) for c in tagger.covered_labels()}
     rows, stats = [], Counter()
     with zipfile.ZipFile(UDHR) as archive, tempfile.TemporaryDirectory() as tmp:
         for member in sorted(n for n in archive.namelist() if not n.endswith("/")):

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL
+
 
 def _add_data_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(f"--{prefix}data", help="Parquet with text,label columns, or a folder of <label>/*.txt / <label>.txt")
@@ -18,10 +20,13 @@ def _add_data_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(f"--{prefix}split", default="dev", help="SIB-200 split (default: dev)")
     parser.add_argument(f"--{prefix}udhr", help="udhr2.zip (files named by ISO 639-3 code)")
     parser.add_argument(f"--{prefix}unit", choices=["document", "paragraph"], default="document", help="UDHR: tag whole texts or paragraphs")
+    parser.add_argument(f"--{prefix}stsb", help="stsb-multi-mt.tar.xz: both sentences of each pair of the split")
+    parser.add_argument(f"--{prefix}tweets", help="xlmt-umsab-sentiment.tar.xz: tweets of the split (Latin-script languages)")
+    parser.add_argument(f"--{prefix}xquad", help="xquad-r-dev.tar.xz: the questions (dev only; no split)")
 
 
 def _load(args: argparse.Namespace, prefix: str = ""):
-    from langid.corpora import Labelled, read_labelled, sib200, udhr2
+    from langid.corpora import Labelled, read_labelled, sib200, stsb, tweets, udhr2, xquad_questions
 
     get = lambda name: getattr(args, prefix + name)  # noqa: E731
     data = Labelled([], [])
@@ -31,6 +36,12 @@ def _load(args: argparse.Namespace, prefix: str = ""):
         data.extend(sib200(get("sib200"), get("split")))
     if get("udhr"):
         data.extend(udhr2(get("udhr"), get("unit")))
+    if get("stsb"):
+        data.extend(stsb(get("stsb"), get("split")))
+    if get("tweets"):
+        data.extend(tweets(get("tweets"), "val" if get("split") == "dev" else get("split")))
+    if get("xquad"):
+        data.extend(xquad_questions(get("xquad")))
     return data if len(data) else None
 
 
@@ -42,6 +53,12 @@ def print_report(report, console: Console, top: int) -> None:
         f"[bold]{report.covered_n:,} texts in languages the model covers[/]: accuracy {report.covered_accuracy:.4f}, "
         f"macro-F1 {report.covered_macro_f1:.4f}; {len(report.not_covered)} gold labels not covered"
     )
+    lengths = Table(title="by length in words (all texts | covered languages)")
+    for col in ("words", "n", "accuracy", "macro-F1", "covered n", "covered accuracy", "covered macro-F1"):
+        lengths.add_column(col, justify="right")
+    for name, b in report.buckets.items():
+        lengths.add_row(name, f"{b['n']:,}", f"{b['accuracy']:.4f}", f"{b['macro_f1']:.4f}", f"{b['covered_n']:,}", f"{b['covered_accuracy']:.4f}", f"{b['covered_macro_f1']:.4f}")
+    console.print(lengths)
     rows = sorted(report.per_language.items(), key=lambda kv: (kv[1]["covered"] == 0, kv[1]["f1"]))
     table = Table(title=f"per language (worst {top} covered first; --json has all)")
     for col in ("label", "language", "n", "precision", "recall", "F1"):
@@ -61,16 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m langid", description="Language identification: evaluate or train fastText models.")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="accuracy, macro-F1, per-language P/R and confusions on labelled text")
-    ev.add_argument("--model", default="lid176", help="`lid176`, `sib200` (bundled) or a fastText model path")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"a bundled model ({', '.join(BUNDLED_MODELS)}) or a fastText model path")
+    ev.add_argument("--fallback", default=DEFAULT_FALLBACK, help="model asked where the first is unsure, for languages the first lacks")
+    ev.add_argument("--no-fallback", action="store_true", help="the model alone")
+    ev.add_argument("--no-rules", action="store_true", help="no script rules (Hangul is Korean...) ahead of the model")
     _add_data_args(ev)
+    ev.add_argument("--fragments", action="store_true", help="also cut each text into fragments of 1, 2 and 3-5 words and score them (by length)")
     ev.add_argument("--no-code", action="store_true", help="do not run the code detector")
     ev.add_argument("--top", type=int, default=20, help="rows of the per-language and confusion tables")
     ev.add_argument("--json", help="write the full report here")
     tr = sub.add_parser("train", help="train a fastText language-ID model (settings chosen on dev)")
     _add_data_args(tr)
-    tr.add_argument("--dev-data")
-    tr.add_argument("--dev-sib200")
-    tr.add_argument("--dev-split", default="dev")
+    _add_data_args(tr, "dev-")
+    tr.add_argument("--per-language", type=int, default=1000, help="most training texts per language (before fragments)")
+    tr.add_argument("--no-fragments", action="store_true", help="train on the texts only, no fragments cut from them")
     tr.add_argument("--out", required=True, help="model file to write (.ftz when quantised)")
     tr.add_argument("--dim", type=int, nargs="+", default=[64])
     tr.add_argument("--epoch", type=int, nargs="+", default=[10])
@@ -95,27 +116,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
     from langid.evaluate import evaluate
+    from langid.fragments import DEV_SIZES, cut
     from langid.tagger import LanguageTagger
 
-    tagger = LanguageTagger(args.model, detect_code=not args.no_code)
+    fallback = None if args.no_fallback else args.fallback
+    tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback)
+    if args.fragments:
+        data.extend(cut(data, DEV_SIZES, seed=1))
     report, _ = evaluate(tagger, data)
     print_report(report, console, args.top)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, **report.to_json()}, indent=1), encoding="utf-8")
+        Path(args.json).write_text(json.dumps({"model": args.model, "fallback": fallback, **report.to_json()}, indent=1), encoding="utf-8")
     return 0
 
 
 def _train(args: argparse.Namespace, train: Any, console: Console) -> int:
-    from langid.corpora import Labelled, read_labelled, sib200
     from langid.train import search
 
-    dev = Labelled([], [])
-    if args.dev_data:
-        dev.extend(read_labelled(args.dev_data))
-    if args.dev_sib200:
-        dev.extend(sib200(args.dev_sib200, args.dev_split))
+    dev = _load(args, "dev_")
     grid = {k: getattr(args, k) for k in ("dim", "epoch", "lr", "minn", "maxn", "bucket")}
-    chosen = search(train, dev if len(dev) else None, grid, Path(args.out), args.threads, not args.no_quantize, args.cutoff, log=console.print)
+    chosen = search(train, dev, grid, Path(args.out), args.threads, not args.no_quantize, args.cutoff, args.per_language, not args.no_fragments, log=console.print)
     Path(args.out).with_suffix(".json").write_text(json.dumps(chosen, indent=1), encoding="utf-8")
     return 0
 

@@ -1,16 +1,19 @@
 """Labelled text for training and evaluating language ID: `text,label` Parquet, label folders, and
-readers for the public corpora in `../shared/data` (SIB-200/FLORES, UDHR)."""
+readers for the public corpora in `../shared/data` (SIB-200/FLORES, UDHR, STS benchmark, tweets,
+XQuAD-R questions)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import regex
 
 from langid.labels import is_scheme_label
 
@@ -98,4 +101,61 @@ def udhr2(path: str | Path, unit: str = "document") -> Labelled:
             text = archive.read(name).decode("utf-8")
             texts = [text] if unit == "document" else [line.strip() for line in text.splitlines() if len(line.strip()) >= 40]
             out.extend(Labelled(texts, [label] * len(texts)))
+    return out
+
+
+# The corpora below name languages by ISO 639-1 code or English name; their scheme labels.
+_LANGUAGES = {
+    "ar": "arb_Arab", "de": "deu_Latn", "el": "ell_Grek", "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "hi": "hin_Deva",
+    "it": "ita_Latn", "ja": "jpn_Jpan", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn", "ru": "rus_Cyrl", "zh": "zho_Hans",
+    "english": "eng_Latn", "french": "fra_Latn", "german": "deu_Latn", "italian": "ita_Latn", "portuguese": "por_Latn", "spanish": "spa_Latn",
+}
+
+
+def _tar_members(path: str | Path, pattern: str):
+    """(name, bytes) of the files of a tar archive whose name matches `pattern`, in name order."""
+    with tarfile.open(path, "r:*") as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if member.isfile() and regex.search(pattern, member.name):
+                yield member.name, tar.extractfile(member).read()
+
+
+def stsb(path: str | Path, split: str) -> Labelled:
+    """Both sentences of every pair of the STS benchmark (`stsb-multi-mt.tar.xz`), 11 languages."""
+    out = Labelled([], [])
+    for name, raw in _tar_members(path, rf"stsb-(\w\w)-{split}\.csv$"):
+        label = _LANGUAGES[regex.search(r"stsb-(\w\w)-", name).group(1)]
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+        texts = [t for row in rows for t in row[:2] if t.strip()]
+        out.extend(Labelled(texts, [label] * len(texts)))
+    return out
+
+
+_TWEET_NOISE = regex.compile(r"@\w+|https?://\S+|&amp;|&lt;|&gt;|\bRT\b")
+_ESCAPE = regex.compile(r"\\u([0-9a-fA-F]{4})")  # the files keep some characters as literal \uXXXX
+
+
+def tweets(path: str | Path, split: str) -> Labelled:
+    """UMSAB tweets (`xlmt-umsab-sentiment.tar.xz`) of the Latin-script languages, mentions and links
+    removed. Left out: the Hindi tweets (mostly romanised Hindi and English, not `hin_Deva`) and the
+    Arabic ones (dialects that SIB-200 labels apart, so `arb_Arab` would be wrong for many)."""
+    out = Labelled([], [])
+    for name, raw in _tar_members(path, rf"/(\w+)/{split}_text\.txt$"):
+        label = _LANGUAGES.get(name.split("/")[-2])
+        if label is None:
+            continue
+        lines = (_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), line) for line in raw.decode("utf-8").splitlines())
+        texts = [t for t in (_TWEET_NOISE.sub(" ", line).strip() for line in lines) if regex.search(r"\p{L}", t)]
+        out.extend(Labelled(texts, [label] * len(texts)))
+    return out
+
+
+def xquad_questions(path: str | Path) -> Labelled:
+    """The questions of XQuAD-R (`xquad-r-dev.tar.xz`, dev only): real short queries in 8 languages."""
+    out = Labelled([], [])
+    for name, raw in _tar_members(path, r"/(\w\w)\.json$"):
+        label = _LANGUAGES[Path(name).stem]
+        data = json.loads(raw)
+        texts = [qa["question"] for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]]
+        out.extend(Labelled(texts, [label] * len(texts)))
     return out

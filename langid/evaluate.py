@@ -3,7 +3,9 @@
 Gold and predicted labels both go through `canonical` (so FLORES' `zho_Hans` and lid.176's `zh`
 meet as `cmn_Hans`). A gold label without a script (UDHR's file names) is compared on the language
 only. Figures are given over every text and over the texts whose language the model covers, since
-a model cannot be right about a language it has no label for.
+a model cannot be right about a language it has no label for. They are also given per length bucket
+(words: 1, 2, 3-5, 6-15, 16+; see `langid/fragments.py` for words in unspaced scripts), since a
+model that is right on sentences can still fail on queries.
 """
 
 from __future__ import annotations
@@ -11,21 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from langid.corpora import Labelled
-from langid.labels import CODE_PREFIX, UNDETERMINED, LabelMapper, canonical, language_of
+from langid.fragments import BUCKET_NAMES, bucket_indices
+from langid.labels import CODE_PREFIX, canonical, language_of
 from langid.tagger import LanguageTagger
-
-
-def covered_labels(tagger: LanguageTagger) -> set[str]:
-    """Every scheme label the tagger's model can produce (all scripts of multi-script labels)."""
-    mapper = LabelMapper()
-    out: set[str] = set()
-    for raw in tagger.model.get_labels():
-        lang, scripts = mapper.plan(raw)
-        if lang == UNDETERMINED:
-            continue
-        out.update(mapper.label(lang, s) for s in scripts)
-    return out
 
 
 def _matches(gold: str, predicted: str) -> bool:
@@ -43,6 +36,8 @@ class Report:
     per_language: dict[str, dict[str, float]] = field(default_factory=dict)
     confusions: list[tuple[str, str, int]] = field(default_factory=list)
     not_covered: list[str] = field(default_factory=list)
+    # bucket -> {n, accuracy, macro_f1, covered_n, covered_accuracy, covered_macro_f1}
+    buckets: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {**self.__dict__, "confusions": [{"gold": g, "predicted": p, "count": c} for g, p, c in self.confusions]}
@@ -86,13 +81,26 @@ def score(gold: list[str], predicted: list[str], covered: set[str]) -> Report:
     )
 
 
+def score_by_bucket(texts: list[str], gold: list[str], predicted: list[str], covered: set[str]) -> Report:
+    """`score` over everything, plus the same figures per length bucket of the texts."""
+    report = score(gold, predicted, covered)
+    buckets = bucket_indices(pa.array(texts, pa.string()))
+    for b, name in enumerate(BUCKET_NAMES):
+        idx = [i for i in range(len(texts)) if buckets[i] == b]
+        if idx:
+            part = score([gold[i] for i in idx], [predicted[i] for i in idx], covered)
+            report.buckets[name] = {k: getattr(part, k) for k in ("n", "accuracy", "macro_f1", "covered_n", "covered_accuracy", "covered_macro_f1")}
+    return report
+
+
 def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096) -> tuple[Report, list[str]]:
-    """Tag `data` with `tagger` (no confidence threshold) and score it; also returns the predictions."""
+    """Tag `data` with `tagger` (no confidence threshold) and score it, overall and per length
+    bucket; also returns the predictions."""
     predicted: list[str] = []
     for start in range(0, len(data), batch):
         predicted += tagger.predict(data.texts[start : start + batch])[0]
     gold = [g for g in data.labels]
-    covered = covered_labels(tagger)
+    covered = tagger.covered_labels()
     if any(g.startswith(CODE_PREFIX) for g in gold):
         covered |= {g for g in gold if g.startswith(CODE_PREFIX)}
-    return score(gold, predicted, covered), predicted
+    return score_by_bucket(data.texts, gold, predicted, covered), predicted

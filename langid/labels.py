@@ -17,8 +17,10 @@ from langid.scripts import dominant_script
 
 UNDETERMINED = "und"
 CODE_PREFIX = "code:"
-# Script codes that leave the variant open: decided from the text (`Hani` -> Hans or Hant).
-_OPEN_SCRIPTS = {"Hani": ("Hans", "Hant")}
+# Script codes that leave the variant open: decided from the text (`Hani` -> Hans or Hant). A
+# model's own Hans/Hant is its guess, kept unless the text's variant-specific characters say
+# otherwise (short Chinese texts often have none, and models then guess the variant poorly).
+_OPEN_SCRIPTS = {"Hani": ("Hans", "Hant"), "Hans": ("Hans", "Hant"), "Hant": ("Hant", "Hans")}
 
 
 def read_table(name: str) -> list[dict[str, str]]:

@@ -10,11 +10,21 @@ How texts are prepared (fastText reads one line per prediction and averages n-gr
 - a predicted label whose script does not occur in the text at all becomes `und` (a model error,
   e.g. Mongolian-script text that lid.176 calls Chinese);
 - with `detect_code`, texts that look like source code get `code:<lang>` (langid/code.py) instead of
-  whatever natural language the model would have guessed.
+  whatever natural language the model would have guessed;
+- with `rules`, a text written in a script that names its language (Hangul, Thai, Greek...) gets it
+  without the model (langid/script_rules.py);
+- with a `fallback` model, a text the main model is unsure of (below its length-aware threshold,
+  langid/thresholds.py) takes the fallback's label when the fallback is sure of it and it is a
+  language the main model does not know (lid.176 knows languages SIB-200 lacks, and a model says
+  little about a language it never saw) or one of the main model's 3 best candidates (a second
+  opinion among close languages: Modern Standard Arabic questions that the main model spreads over
+  Arabic varieties), or wherever the main model's label was impossible (its script absent from the
+  text). The fallback runs on the unsure texts only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -24,17 +34,23 @@ import pyarrow.compute as pc
 import regex
 
 from langid.code import CodeDetector
+from langid.fragments import bucket_indices
 from langid.labels import UNDETERMINED, LabelMapper
+from langid.script_rules import rule_labels, script_rules
 from langid.scripts import script_present
+from langid.thresholds import Thresholds, read_thresholds, table_path
 
 # Models shipped with the package, by the name a manifest uses.
-BUNDLED_MODELS = {"lid176": "lid.176.ftz", "sib200": "sib200.ftz"}
+BUNDLED_MODELS = {"lid176": "lid.176.ftz", "sib200": "sib200.ftz", "short200": "short200.ftz"}
+# short200 is not the default: on real questions (XQuAD-R) it is worse than lid176 (README).
+DEFAULT_MODEL, DEFAULT_FALLBACK = "lid176", "lid176"
+FALLBACK_CANDIDATES = 3  # the fallback may pick among the main model's this many best labels
 _LETTER = regex.compile(r"\p{L}")
 WHITESPACE = regex.compile(r"\s+")
 
 
 def model_path(model: str) -> Path:
-    """The file of a bundled model name (`lid176`, `sib200`), or `model` itself as a path."""
+    """The file of a bundled model name (`lid176`, `sib200`, `short200`), or `model` itself as a path."""
     if model in BUNDLED_MODELS:
         return Path(str(resources.files("langid").joinpath("models", BUNDLED_MODELS[model])))
     return Path(model)
@@ -65,44 +81,115 @@ def _one_line(text: str, max_chars: int) -> str:
     return WHITESPACE.sub(" ", text).strip() if "\n" in text or "\r" in text else text
 
 
-class LanguageTagger:
-    """Loads a fastText model once and tags lists of texts with (label, confidence)."""
+@dataclass
+class Tags:
+    """What the tagger says per text: its best label (no threshold applied), the confidence, whether
+    that confidence reaches the label's threshold at the text's length, and the length bucket (0 for
+    every text when the model's thresholds do not depend on length)."""
 
-    def __init__(self, model: str = "lid176", max_chars: int = 3000, detect_code: bool = True):
-        self.model = load_fasttext(model_path(model))
+    labels: list[str]
+    confidence: np.ndarray
+    sure: np.ndarray
+    buckets: np.ndarray
+
+    def decided(self) -> list[str]:
+        """The labels with `und` where the tagger is not sure."""
+        return [label if ok else UNDETERMINED for label, ok in zip(self.labels, self.sure.tolist())]
+
+
+class LanguageTagger:
+    """Loads a fastText model (and its threshold table) once and tags lists of texts."""
+
+    def __init__(
+        self, model: str = DEFAULT_MODEL, max_chars: int = 3000, detect_code: bool = True, rules: bool = True,
+        fallback: str | None = None, min_confidence: float = 0.3, thresholds: dict[str, float] | None = None,
+    ):
+        path = model_path(model)
+        self.model = load_fasttext(path)
         self.map_label = LabelMapper()
         self.max_chars = max_chars
         self.code = CodeDetector() if detect_code else None
+        self.rules = rules
+        self.thresholds = Thresholds(read_thresholds(table_path(path)), min_confidence, thresholds)
+        same = fallback is not None and model_path(fallback).resolve() == path.resolve()
+        self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds)
+        # Every scheme label the model can produce (all scripts of multi-script labels).
+        self.model_labels = {self.map_label.label(lang, s) for lang, scripts in map(self.map_label.plan, self.model.get_labels()) for s in scripts}
+
+    def covered_labels(self) -> set[str]:
+        """Every scheme label this tagger can produce: its model's, its script rules' and its fallback's."""
+        rules = {r.label for r in script_rules()} if self.rules else set()
+        return self.model_labels | rules | (self.fallback.covered_labels() if self.fallback else set())
 
     def predict(self, texts: list[str | None] | pa.Array) -> tuple[list[str], np.ndarray]:
-        """Label and confidence per text (`und`, 0.0 where there is nothing to identify). Takes a
-        list or an Arrow string array (a batch column: no conversion needed for the checks)."""
+        """Label and confidence per text, no threshold applied (`und`, 0.0 where there is nothing to
+        identify). Takes a list or an Arrow string array (a batch column)."""
+        tags = self.tag(texts)
+        return tags.labels, tags.confidence
+
+    def tag(self, texts: list[str | None] | pa.Array) -> Tags:
+        """`Tags` of each text (see the module docstring for what decides them)."""
         column = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         texts = column.to_pylist() if not isinstance(texts, list) else texts
         labels = [UNDETERMINED] * len(texts)
         confidence = np.zeros(len(texts), dtype=np.float32)
+        decided = np.zeros(len(texts), dtype=bool)  # by code detection or a script rule: no threshold
         if self.code is not None:
             for i, (label, conf) in self.code(column).items():
-                labels[i], confidence[i] = label, conf
-        # Which texts need work, decided column-wise: a letter to identify, line breaks to join.
+                labels[i], confidence[i], decided[i] = label, conf, True
+        if self.rules:
+            for i, label in rule_labels(column).items():
+                if not decided[i]:
+                    labels[i], confidence[i], decided[i] = label, 1.0, True
+        # Which texts need the model, decided column-wise: a letter to identify, no decision yet.
         has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
-        todo, lines = [], []
-        for i in np.flatnonzero(has_letter).tolist():
-            if labels[i] == UNDETERMINED:
-                todo.append(i)
-                lines.append(_one_line(texts[i], self.max_chars))
-        if not lines:
-            return labels, confidence
-        raw, probs = self.model.predict(lines, k=1)
+        todo = np.flatnonzero(has_letter & ~decided)
+        # Length buckets cost a few passes over the texts: only for a length-aware threshold table.
+        buckets = bucket_indices(column) if self.thresholds.by_length else np.zeros(len(texts), dtype=np.int64)
+        best = self._model_labels(column, texts, todo, labels, confidence) if len(todo) else {}
+        sure = decided | ~has_letter
+        model_labels = [labels[i] for i in todo.tolist()]
+        sure[todo] = (confidence[todo] >= self.thresholds(model_labels, buckets[todo])) & (np.array(model_labels, dtype=object) != UNDETERMINED)
+        if self.fallback is not None and not sure.all():
+            self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure, best)
+        return Tags(labels, confidence, sure, buckets)
+
+    def _model_labels(self, column: pa.Array, texts: list, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> dict[int, tuple[str, tuple]]:
+        """Fill `labels` and `confidence` at `todo` from the model; returns each text's line and raw
+        best labels (the fallback's candidates: asked for in the same prediction, which costs about
+        as much as asking for one)."""
+        lines = [_one_line(texts[i], self.max_chars) for i in todo.tolist()]
+        raw, probs = self.model.predict(lines, k=FALLBACK_CANDIDATES if self.fallback is not None else 1)
         plain = self.map_label.without_text  # labels that need no look at the text, computed once
-        for i, line, raw_labels, p in zip(todo, lines, raw, probs):
+        for i, line, raw_labels, p in zip(todo.tolist(), lines, raw, probs):
             raw_label = raw_labels[0]
             labels[i] = plain.get(raw_label) or self.map_label(raw_label, line)
             confidence[i] = p[0] if p[0] < 1.0 else 1.0
         # A label whose script does not occur in the text is a model error (Mongolian script called
         # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
-        scripts = [labels[i].partition("_")[2] for i in todo]
+        scripts = [labels[i].partition("_")[2] for i in todo.tolist()]
         missing = ~script_present(column.take(pa.array(todo, pa.int64())), scripts)
         for j in np.flatnonzero(missing).tolist():
-            labels[todo[j]] = UNDETERMINED
-        return labels, confidence
+            labels[int(todo[j])] = UNDETERMINED
+        return dict(zip(todo.tolist(), zip(lines, raw)))
+
+    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray, best: dict) -> None:
+        """Texts the model is unsure of take the fallback's label where the fallback is sure of it
+        and it is new to the model, among the model's best candidates, or the model's label was
+        impossible (see the module docstring)."""
+        other = self.fallback.tag(column.take(pa.array(unsure, pa.int64())))
+        for j, i in enumerate(unsure.tolist()):
+            if other.labels[j] in self.model_labels and i in best:
+                line, raw = best[i]
+                took = labels[i] == UNDETERMINED or other.labels[j] in {self.map_label(r, line) for r in raw}
+            else:
+                took = labels[i] == UNDETERMINED or other.labels[j] not in self.model_labels
+            if other.sure[j] and other.labels[j] != UNDETERMINED and took:
+                labels[i], confidence[i], sure[i] = other.labels[j], other.confidence[j], True
+
+    def candidates(self, texts: list[str], k: int = 5) -> list[dict[str, float]]:
+        """The model's `k` best labels per text with their probabilities (for the pair-context rule)."""
+        lines = [_one_line(t, self.max_chars) for t in texts]
+        raw, probs = self.model.predict(lines, k=k)
+        return [{self.map_label(r, line): float(p) for r, p in zip(rs, ps)} for line, rs, ps in zip(lines, raw, probs)]

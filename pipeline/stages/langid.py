@@ -5,13 +5,15 @@ Per field it sets `<field>_lang` (ISO 639-3 + script, `und`, or `code:<lang>`) a
 A source's declared language is trusted, verified or ignored as its `language_policy` says; a
 confident disagreement is counted in the ledger (`flagged`, reason `language_mismatch`, under the
 declared language; once per field: query, positive, the set of negatives) and, with
-`drop_mismatch`, drops the row (query or positive).
+`drop_mismatch`, drops the row (query or positive). Thresholds depend on the predicted label and
+the text's length (the model's table, `langid/thresholds.py`). With `pair_context`, a short query
+the model is unsure of takes its positive's language when the positive is sure of it and it is
+among the query's best candidates (flagged `language_from_pair`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -21,37 +23,42 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
-from langid.labels import CODE_PREFIX, is_scheme_label, language_of, read_table
-from langid.tagger import BUNDLED_MODELS
+from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
+from langid.labels import CODE_PREFIX, is_scheme_label, language_of
+from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import replace_column
 from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
 from sources.settings import from_manifest
 
-
-@lru_cache(maxsize=None)
-def default_thresholds(model: str) -> dict[str, float]:
-    """The shipped per-label thresholds of a bundled model (`thresholds_<model>.tsv`), if any."""
-    try:
-        return {r["label"]: float(r["threshold"]) for r in read_table(f"thresholds_{model}.tsv")}
-    except FileNotFoundError:
-        return {}
+PAIR_FLAG = "language_from_pair"
 
 
 class LangTagConfig(StageConfig):
     stage: Literal["langid"]
-    model: str = Field("lid176", description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
+    model: str = Field(DEFAULT_MODEL, description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
+    fallback: str | None = Field(DEFAULT_FALLBACK, description="Model asked where `model` is unsure; its label is taken when `model` does not know that language and the fallback is sure (null: none).")
     min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und` (labels without their own threshold).")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-label thresholds ({eng_Latn: 0.8}); override the model's default table.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-label thresholds ({eng_Latn: 0.8}), for every length; override the model's length-aware table.")
+    pair_context: bool = Field(False, description="A short, unsure query takes its positive's language when the positive is sure of it and it is among the query's candidates (flagged `language_from_pair`).")
+    pair_max_words: str = Field("3-5", description=f"Longest length bucket the pair rule applies to ({', '.join(BUCKET_NAMES)}).")
+    pair_candidates: int = Field(5, ge=1, le=20, description="How many of the query's best labels the positive's language must be among.")
     drop_below: bool = Field(False, description="Drop rows whose query is `und` after the thresholds.")
     drop_mismatch: bool = Field(False, description="Drop rows where a verified declared language is confidently contradicted.")
     max_chars: int = Field(3000, ge=30, description="Longer texts are predicted on three windows (start, middle, end) of max_chars/3.")
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
 
-    @field_validator("model")
+    @field_validator("pair_max_words")
     @classmethod
-    def _model_exists(cls, model: str, info: ValidationInfo) -> str:
-        if model in BUNDLED_MODELS:
+    def _bucket(cls, bucket: str) -> str:
+        if bucket not in BUCKET_NAMES:
+            raise ValueError(f"pair_max_words must be one of {', '.join(BUCKET_NAMES)}")
+        return bucket
+
+    @field_validator("model", "fallback")
+    @classmethod
+    def _model_exists(cls, model: str | None, info: ValidationInfo) -> str | None:
+        if model is None or model in BUNDLED_MODELS:
             return model
         path = from_manifest(model, info)
         if not path.is_file():
@@ -70,14 +77,16 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage):
     name = "langid"
     config_model = LangTagConfig
-    version = "2"
+    version = "3"
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
     config: LangTagConfig
 
     def setup(self) -> None:
         config, context = self.config, self.context
-        self.tagger = LanguageTagger(config.model, max_chars=config.max_chars, detect_code=config.detect_code)
-        self.thresholds = {**default_thresholds(config.model), **config.thresholds}
+        self.tagger = LanguageTagger(
+            config.model, max_chars=config.max_chars, detect_code=config.detect_code, fallback=config.fallback,
+            min_confidence=config.min_confidence, thresholds=config.thresholds,
+        )
         # field -> {source: (declared label, policy)} for the sources that declare one
         self.declared = {
             field: {name: (src.declared_language(field), src.language_policy) for name, src in context.sources.items() if src.declared_language(field)}
@@ -101,31 +110,65 @@ class LangTag(Stage):
             policies.append(policy)
         return labels, policies
 
-    def _tag_field(self, texts: pa.Array, declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, list[int]]:
-        """Labels (None where the text is missing), confidences and the indices of mismatches."""
+    def _tag_field(self, texts: pa.Array, declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, Tags | None, np.ndarray]:
+        """Labels (None where the text is missing; `und` below the threshold), confidences, the
+        tagger's `Tags` and the indices they are for (texts present and not trusted)."""
         texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
         present = texts.is_valid().to_numpy(zero_copy_only=False)
         labels: list[str | None] = [None] * len(texts)
         conf = np.zeros(len(texts), dtype=np.float32)
-        # A declared programming language is trusted: a language-ID model cannot check it.
-        policies = ["trusted" if d is not None and d.startswith(CODE_PREFIX) and p == "verified" else p for d, p in zip(declared, policies)]
-        todo = np.flatnonzero(present & (np.array(policies) != "trusted"))
-        predicted, pconf = self.tagger.predict(texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())))
-        for i, label, c in zip(todo.tolist(), predicted, pconf.tolist()):
-            if c < self.thresholds.get(label, self.config.min_confidence):
-                label = UNDETERMINED
+        todo = np.flatnonzero(present & (np.array(self._policies(declared, policies)) != "trusted"))
+        if not len(todo):
+            return labels, conf, None, todo
+        tags = self.tagger.tag(texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())))
+        for i, label, c in zip(todo.tolist(), tags.decided(), tags.confidence.tolist()):
             labels[i], conf[i] = label, c
+        return labels, conf, tags, todo
+
+    @staticmethod
+    def _policies(declared: list[str | None], policies: list[str]) -> list[str]:
+        # A declared programming language is trusted: a language-ID model cannot check it.
+        return ["trusted" if d is not None and d.startswith(CODE_PREFIX) and p == "verified" else p for d, p in zip(declared, policies)]
+
+    def _apply_declared(self, texts: pa.Array, labels: list[str | None], conf: np.ndarray, declared: list[str | None], policies: list[str]) -> list[int]:
+        """Declared languages in place (trusted: taken; verified: kept where the prediction agrees)
+        for the texts present; returns the indices of confident disagreements."""
         mismatches = []
-        for i in np.flatnonzero(present).tolist():
-            if declared[i] is None or policies[i] == "ignored":
+        policies = self._policies(declared, policies)
+        for i in np.flatnonzero(texts.is_valid().to_numpy(zero_copy_only=False)).tolist():
+            d, policy = declared[i], policies[i]
+            if d is None or policy == "ignored":
                 continue
-            if policies[i] == "trusted":
-                labels[i], conf[i] = declared[i], 1.0
-            elif agrees(declared[i], labels[i]):
-                labels[i] = declared[i]
+            if policy == "trusted":
+                labels[i], conf[i] = d, 1.0
+            elif agrees(d, labels[i]):
+                labels[i] = d
             else:
                 mismatches.append(i)
-        return labels, conf, mismatches
+        return mismatches
+
+    def _from_pair(self, texts: pa.Array, query: tuple, positive: list[str | None], positive_sure: np.ndarray) -> list[int]:
+        """The pair-context rule: rows whose short, unsure query takes the positive's language
+        (set in place in `query`'s labels and confidences); returns their indices."""
+        labels, conf, tags, todo = query
+        if tags is None:
+            return []
+        longest = bucket_index(self.config.pair_max_words)
+        buckets = bucket_indices(texts.take(pa.array(todo, pa.int64())))
+        rows = [
+            (i, positive[i]) for j, i in enumerate(todo.tolist())
+            if not tags.sure[j] and buckets[j] <= longest and positive[i] not in (None, UNDETERMINED) and positive_sure[i]
+            and not positive[i].startswith(CODE_PREFIX)
+        ]
+        if not rows:
+            return []
+        candidates = self.tagger.candidates([texts[i].as_py() for i, _ in rows], self.config.pair_candidates)
+        taken = []
+        for (i, label), best in zip(rows, candidates):
+            if label in best:
+                labels[i], conf[i] = label, best[label]
+                taken.append(i)
+        return taken
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -134,9 +177,20 @@ class LangTag(Stage):
         detail: list[str | None] = [None] * n
         out: dict[str, list[str | None]] = {}
 
+        tagged = {}
         for field in ("query", "positive"):
             declared, policies = self._declared(batch, field)
-            labels, conf, mismatches = self._tag_field(batch.column(field), declared, policies)
+            tagged[field] = (declared, policies, self._tag_field(batch.column(field), declared, policies))
+        if self.config.pair_context:
+            _, _, (p_labels, _, p_tags, p_todo) = tagged["positive"]
+            p_sure = np.zeros(n, dtype=bool)
+            if p_tags is not None:
+                p_sure[p_todo] = p_tags.sure
+            for i in self._from_pair(batch.column("query").combine_chunks(), tagged["query"][2], p_labels, p_sure):
+                flags[i].append({"reason": PAIR_FLAG, "language": tagged["query"][2][0][i]})
+        for field in ("query", "positive"):
+            declared, policies, (labels, conf, _, _) = tagged[field]
+            mismatches = self._apply_declared(batch.column(field).combine_chunks(), labels, conf, declared, policies)
             for i in mismatches:
                 flags[i].append({"reason": "language_mismatch", "language": declared[i]})
                 if self.config.drop_mismatch and drop[i] is None:
@@ -150,7 +204,9 @@ class LangTag(Stage):
         lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
         owner = np.repeat(np.arange(n), lengths).tolist()
         declared, policies = self._declared(batch, "negatives")
-        labels, conf, mismatches = self._tag_field(pc.list_flatten(negatives), [declared[i] for i in owner], [policies[i] for i in owner])
+        flat, each_declared, each_policy = pc.list_flatten(negatives), [declared[i] for i in owner], [policies[i] for i in owner]
+        labels, conf, _, _ = self._tag_field(flat, each_declared, each_policy)
+        mismatches = self._apply_declared(flat, labels, conf, each_declared, each_policy)
         for i in sorted({owner[j] for j in mismatches}):  # one count per row for its set of negatives
             flags[i].append({"reason": "language_mismatch", "language": declared[i]})
         neg_lang: list[str | None] = [None] * n
