@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 
 from pipeline.engine.stage import RunContext  # noqa: E402
+from pipeline.ops.embed import Embedder, device, load_encoder  # noqa: E402
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig  # noqa: E402
 from sources.record import WORK_SCHEMA  # noqa: E402
 
@@ -53,7 +54,7 @@ def rows(tar: tarfile.TarFile, lang: str) -> list[dict]:
     ]
 
 
-def mine(items: list[dict], **config) -> tuple[list[dict], float]:
+def mine(items: list[dict], embedder: Embedder | None = None, **config) -> tuple[list[dict], float]:
     table = pa.Table.from_pylist(
         [
             {
@@ -70,6 +71,8 @@ def mine(items: list[dict], **config) -> tuple[list[dict], float]:
         schema=WORK_SCHEMA,
     )
     stage = MineNegatives(MineNegativesConfig(stage="mine_negatives", **config), RunContext(Path("."), ("xquad",)))
+    if embedder:  # one model and its vectors for every setting (dense)
+        stage.embedder = embedder
     started = time.perf_counter()
     out = stage(table).to_pylist()
     return out, time.perf_counter() - started
@@ -92,13 +95,14 @@ def main() -> None:
     parser.add_argument("--model", help="a local model folder: dense mining instead of BM25")
     args = parser.parse_args()
     dense = {"retriever": "dense", "model": args.model} if args.model else {}
+    embedder = Embedder(lambda: load_encoder(args.model, device())) if args.model else None
     print(f"{'dense' if dense else 'bm25'}: share of rows whose hardest negative contains the gold answer")
     print("lang  queries  " + "  ".join(f"{k:>8}" for k in SETTINGS) + "    chance  negatives/query  lost   queries/s")
     worst, queries, seconds = 0.0, 0, 0.0
     with tarfile.open(XQUAD, "r:xz") as tar:
         for lang in args.languages.split(","):
             items = rows(tar, lang)
-            results = {name: mine(items, **dense, **config) for name, config in SETTINGS.items()}
+            results = {name: mine(items, embedder, **dense, **config) for name, config in SETTINGS.items()}
             shares = {name: hardest_share(items, mined) for name, (mined, _) in results.items()}
             per_query = {
                 name: sum(len(m["negatives"] or []) for m in mined) / len(items) for name, (mined, _) in results.items()
