@@ -1,6 +1,5 @@
-"""Dense hard-negative mining: exact sharded search, embedding each distinct text once with a cache,
-a run on Ray with a local model, and a run in process that is killed and resumes its mining shards
-(giving the Ray run's shards)."""
+"""Dense hard-negative mining: exact sharded search, a run on Ray with a local model, and resume of
+mining shards after the run is killed."""
 
 from __future__ import annotations
 
@@ -78,7 +77,7 @@ def test_embedder_embeds_each_distinct_text_once_in_length_sorted_batches_and_re
     assert again.batches == []  # a re-run reads every chunk back
 
 
-def _manifest(folder: Path, model: Path, **extra) -> Path:
+def _manifest(folder: Path, model: Path) -> Path:
     sources = [
         {
             "name": "xquad_r",
@@ -92,15 +91,13 @@ def _manifest(folder: Path, model: Path, **extra) -> Path:
         {"stage": "langid"},
         {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40},
     ]
-    return write_manifest(folder, sources, stages, **extra)
+    return write_manifest(folder, sources, stages)
 
 
 @pytest.mark.slow
 def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(small_model, tmp_path):
     (tmp_path / "clean").mkdir()
-    clean = run_cli(
-        "run", str(_manifest(tmp_path / "clean", small_model, ray={"in_process_rows": 0})), "--quiet"
-    )  # on Ray
+    clean = run_cli("run", str(_manifest(tmp_path / "clean", small_model)), "--quiet")
     assert clean.returncode == 0, clean.stderr[-3000:]
     shards = pl.read_parquet(tmp_path / "clean" / "run" / "shards" / "**" / "*.parquet")
     assert shards.height == 2380 and not (tmp_path / "clean" / "run" / "work").exists()
@@ -133,4 +130,4 @@ def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
     flagged = ledger.filter(pl.col("kind") == "flagged", pl.col("reason") == "mining_resumed")["rows"].sum()
     assert flagged == done_rows  # every finished shard was read back, none mined again
-    assert shard_digests(tmp_path / "run") == shard_digests(tmp_path / "clean" / "run")  # in process = on Ray
+    assert shard_digests(tmp_path / "run") == shard_digests(tmp_path / "clean" / "run")
