@@ -34,8 +34,11 @@ LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")
 SETTINGS = {"skip_top": 5, "max_rank": 100, "ratio": 0.95, "negatives": 24, "batch": 64}
 
 
-def load() -> dict[str, list[dict]]:
-    return {lang: [json.loads(line) for line in gzip.open(SAMPLES / f"{lang}.jsonl.gz", "rt", encoding="utf-8")] for lang in LANGS}
+def load(langs: tuple[str, ...] = LANGS) -> dict[str, list[dict]]:
+    return {
+        lang: [json.loads(line) for line in gzip.open(SAMPLES / f"{lang}.jsonl.gz", "rt", encoding="utf-8")]
+        for lang in langs
+    }
 
 
 def sentence_transformers_run(model_dir: Path, data: dict[str, list[dict]]) -> tuple[float, int]:
@@ -47,60 +50,101 @@ def sentence_transformers_run(model_dir: Path, data: dict[str, list[dict]]) -> t
     started, negatives = time.perf_counter(), 0
     for rows in data.values():
         ds = Dataset.from_list(rows)
-        out = mine_hard_negatives(ds, model, anchor_column_name="question", positive_column_name="context",
-                                  range_min=SETTINGS["skip_top"], range_max=SETTINGS["max_rank"], relative_margin=1 - SETTINGS["ratio"],
-                                  num_negatives=SETTINGS["negatives"], sampling_strategy="top", batch_size=SETTINGS["batch"],
-                                  output_format="n-tuple", verbose=False)
+        out = mine_hard_negatives(
+            ds,
+            model,
+            anchor_column_name="question",
+            positive_column_name="context",
+            range_min=SETTINGS["skip_top"],
+            range_max=SETTINGS["max_rank"],
+            relative_margin=1 - SETTINGS["ratio"],
+            num_negatives=SETTINGS["negatives"],
+            sampling_strategy="top",
+            batch_size=SETTINGS["batch"],
+            output_format="n-tuple",
+            verbose=False,
+        )
         negatives += sum(1 for r in out for k, v in r.items() if k.startswith("negative") and v)
     return time.perf_counter() - started, negatives
 
 
-def our_run(model_dir: Path, folder: Path, run_dir: Path) -> tuple[float, float, int]:
+def our_run(model_dir: Path, folder: Path, run_dir: Path, langs: tuple[str, ...]) -> tuple[float, float, int]:
     import polars as pl
 
     from pipeline.api import load_manifest, run
 
-    sources = [{"name": f"xquad_{lang}", "task": "retrieval", "path": str(SAMPLES / f"{lang}.jsonl.gz"),
-                "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"} for lang in LANGS]
-    stages = [{"stage": "mine_negatives", "retriever": "dense", "model": str(model_dir), "per_language": False,
-               "skip_top": SETTINGS["skip_top"], "max_rank": SETTINGS["max_rank"], "max_score_ratio": SETTINGS["ratio"],
-               "num_negatives": SETTINGS["negatives"], "embed_batch_size": SETTINGS["batch"]}]
+    sources = [
+        {
+            "name": f"xquad_{lang}",
+            "task": "retrieval",
+            "path": str(SAMPLES / f"{lang}.jsonl.gz"),
+            "columns": {"query": "question", "positive": "context"},
+            "licence": "CC-BY-SA-4.0",
+        }
+        for lang in langs
+    ]
+    stages = [
+        {
+            "stage": "mine_negatives",
+            "retriever": "dense",
+            "model": str(model_dir),
+            "per_language": False,
+            "skip_top": SETTINGS["skip_top"],
+            "max_rank": SETTINGS["max_rank"],
+            "max_score_ratio": SETTINGS["ratio"],
+            "num_negatives": SETTINGS["negatives"],
+            "embed_batch_size": SETTINGS["batch"],
+        }
+    ]
     path = folder / "manifest.json"
     path.write_text(json.dumps({"output": str(run_dir), "sources": sources, "stages": stages}))
     started = time.perf_counter()
     result = run(load_manifest(str(path)), quiet=True, log=lambda m: None)
     whole = time.perf_counter() - started
     step = next(s.seconds for s in result.steps if s.name.endswith("mine_negatives"))
-    negatives = int(pl.scan_parquet(str(run_dir / "shards" / "**" / "*.parquet")).select(pl.col("negatives").list.len().sum()).collect().item())
+    negatives = int(
+        pl.scan_parquet(str(run_dir / "shards" / "**" / "*.parquet"))
+        .select(pl.col("negatives").list.len().sum())
+        .collect()
+        .item()
+    )
     return step, whole, negatives
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--languages", default=",".join(LANGS), help="a subset, e.g. en,zh (on a busy machine)")
     args = parser.parse_args()
+    langs = tuple(args.languages.split(","))
     from train.small_model import build_small_model
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = load()
-        texts = [r[k] for rows in data.values() for r in rows for k in ("question", "context")]
-        model_dir = build_small_model(texts, folder / "model", vocab_size=30000, hidden=384, layers=6, heads=12,
-                                      max_length=512, pass_through=True)
+        texts = [r[k] for rows in load().values() for r in rows for k in ("question", "context")]
+        data = load(langs)
+        model_dir = build_small_model(
+            texts, folder / "model", vocab_size=30000, hidden=384, layers=6, heads=12, max_length=512, pass_through=True
+        )
         queries = sum(len(r) for r in data.values())
         st, ours, whole = [], [], []
         for i in range(args.repeats):
             t, st_negs = sentence_transformers_run(model_dir, data)
             st.append(t)
-            step, w, our_negs = our_run(model_dir, folder, folder / f"run{i}")
+            step, w, our_negs = our_run(model_dir, folder, folder / f"run{i}", langs)
             ours.append(step)
             whole.append(w)
-            print(f"repeat {i + 1}: sentence-transformers {t:.1f} s ({st_negs:,} negatives), ours step {step:.1f} s, "
-                  f"whole run {w:.1f} s ({our_negs:,} negatives)", flush=True)
+            print(
+                f"repeat {i + 1}: sentence-transformers {t:.1f} s ({st_negs:,} negatives), ours step {step:.1f} s, "
+                f"whole run {w:.1f} s ({our_negs:,} negatives)",
+                flush=True,
+            )
         st_m, ours_m, whole_m = statistics.median(st), statistics.median(ours), statistics.median(whole)
         print(f"\n{queries:,} queries, {os.cpu_count()} CPUs, medians of {args.repeats}:")
         print(f"  sentence-transformers mine_hard_negatives: {st_m:.1f} s ({queries / st_m:,.0f} queries/s)")
-        print(f"  mine_negatives step:                       {ours_m:.1f} s ({queries / ours_m:,.0f} queries/s)  ratio {st_m / ours_m:.2f}x")
+        print(
+            f"  mine_negatives step:                       {ours_m:.1f} s ({queries / ours_m:,.0f} queries/s)  ratio {st_m / ours_m:.2f}x"
+        )
         print(f"  whole pipeline run (Ray start, ingest, shards): {whole_m:.1f} s  ratio {st_m / whole_m:.2f}x")
 
 

@@ -1,18 +1,23 @@
-"""Likely false negatives among BM25-mined negatives on XQuAD-R, with and without positive-aware
-filtering, and the mining stage's throughput.
+"""Likely false negatives among mined negatives on XQuAD-R, per language, with and without each
+positive-aware filter, and how many negatives each filter costs.
 
 XQuAD-R (`../shared/data/xquad-r-dev.tar.xz`): 1,190 questions over 240 Wikipedia paragraphs per
-language (ar de el en es hi ru zh). Each question's pool is the paragraphs of its language; a mined
-negative that contains the question's gold answer string is counted as a likely false negative.
-Filtered = the stage's defaults (skip the top 5, drop candidates above 95% of the positive's score
-and near duplicates of the positive); unfiltered = the same BM25 ranking with only the positive and
-other known positives of the query removed. One process, one core.
+language (ar de el en es hi ru zh). Each question's pool is the paragraphs of its language; a row
+whose hardest kept negative contains the question's gold answer string counts as a likely false
+negative. Columns: `none` = only the positive and other known positives of the query removed;
+`defaults` = the stage's defaults (skip the top 5, drop candidates above 95% of the positive's
+score and near duplicates of the positive); `-rank`, `-ratio`, `-neardup` = the defaults with that
+one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
+(what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
+`lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
+`--model DIR` mines with a local dense model instead.
 
-    python bench/mining_false_negatives.py
+    python bench/mining_false_negatives.py [--languages en,zh] [--model DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tarfile
@@ -24,49 +29,99 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 
 from pipeline.engine.stage import RunContext  # noqa: E402
+from pipeline.ops.embed import Embedder, device, load_encoder  # noqa: E402
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig  # noqa: E402
 from sources.record import WORK_SCHEMA  # noqa: E402
 
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad-r-dev.tar.xz"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")
-UNFILTERED = {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0}
+SETTINGS = {
+    "none": {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0},
+    "defaults": {},
+    "-rank": {"skip_top": 0},
+    "-ratio": {"max_score_ratio": None},
+    "-neardup": {"near_dup_threshold": 1.0},
+}
 
 
 def rows(tar: tarfile.TarFile, lang: str) -> list[dict]:
     data = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
-    return [{"query": qa["question"], "positive": p["context"], "answer": qa["answers"][0]["text"]}
-            for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]]
+    return [
+        {"query": qa["question"], "positive": p["context"], "answer": qa["answers"][0]["text"]}
+        for article in data["data"]
+        for p in article["paragraphs"]
+        for qa in p["qas"]
+    ]
 
 
-def mine(items: list[dict], **config) -> tuple[list[dict], float]:
-    table = pa.Table.from_pylist([{"id": str(i), "source": "xquad", "task": "retrieval", "query": r["query"], "positive": r["positive"],
-                                   "licence": "CC-BY-SA-4.0", "origin": f"q:{i}"} for i, r in enumerate(items)], schema=WORK_SCHEMA)
+def mine(items: list[dict], embedder: Embedder | None = None, **config) -> tuple[list[dict], float]:
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": str(i),
+                "source": "xquad",
+                "task": "retrieval",
+                "query": r["query"],
+                "positive": r["positive"],
+                "licence": "CC-BY-SA-4.0",
+                "origin": f"q:{i}",
+            }
+            for i, r in enumerate(items)
+        ],
+        schema=WORK_SCHEMA,
+    )
     stage = MineNegatives(MineNegativesConfig(stage="mine_negatives", **config), RunContext(Path("."), ("xquad",)))
+    if embedder:  # one model and its vectors for every setting (dense)
+        stage.embedder = embedder
     started = time.perf_counter()
     out = stage(table).to_pylist()
     return out, time.perf_counter() - started
 
 
-def false_negative_share(items: list[dict], mined: list[dict], top: int) -> float:
-    pairs = [(r["answer"], n) for r, m in zip(items, mined) for n in (m["negatives"] or [])[:top]]
+def hardest_share(items: list[dict], mined: list[dict]) -> float:
+    """Share of rows with negatives whose hardest negative contains the answer."""
+    pairs = [(r["answer"], m["negatives"][0]) for r, m in zip(items, mined) if m["negatives"]]
     return sum(a in n for a, n in pairs) / max(len(pairs), 1)
 
 
+def chance(items: list[dict]) -> float:
+    pool = sorted({r["positive"] for r in items})
+    return sum(sum(r["answer"] in p for p in pool if p != r["positive"]) / (len(pool) - 1) for r in items) / len(items)
+
+
 def main() -> None:
-    print("lang  queries  FN top-1: unfiltered -> filtered   FN top-7   FN all 24   negatives/query   queries/s")
-    totals = {"q": 0, "s": 0.0}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--languages", default=",".join(LANGS))
+    parser.add_argument("--model", help="a local model folder: dense mining instead of BM25")
+    args = parser.parse_args()
+    dense = {"retriever": "dense", "model": args.model} if args.model else {}
+    embedder = Embedder(lambda: load_encoder(args.model, device())) if args.model else None
+    print(f"{'dense' if dense else 'bm25'}: share of rows whose hardest negative contains the gold answer")
+    print("lang  queries  " + "  ".join(f"{k:>8}" for k in SETTINGS) + "    chance  negatives/query  lost   queries/s")
+    worst, queries, seconds = 0.0, 0, 0.0
     with tarfile.open(XQUAD, "r:xz") as tar:
-        for lang in LANGS:
+        for lang in args.languages.split(","):
             items = rows(tar, lang)
-            filtered, seconds = mine(items)
-            unfiltered, _ = mine(items, **UNFILTERED)
-            shares = [(false_negative_share(items, unfiltered, k), false_negative_share(items, filtered, k)) for k in (1, 7, 24)]
-            per_query = sum(len(m["negatives"] or []) for m in filtered) / len(items)
-            totals["q"] += len(items)
-            totals["s"] += seconds
-            print(f"{lang:4}  {len(items):7}  {shares[0][0]:.3f} -> {shares[0][1]:.3f}              "
-                  f"{shares[1][0]:.3f} -> {shares[1][1]:.3f}   {shares[2][0]:.3f} -> {shares[2][1]:.3f}   {per_query:5.1f}   {len(items) / seconds:9.0f}")
-    print(f"all   {totals['q']:7}  mining throughput {totals['q'] / totals['s']:.0f} queries/s (one core, pools of 240 paragraphs)")
+            results = {name: mine(items, embedder, **dense, **config) for name, config in SETTINGS.items()}
+            shares = {name: hardest_share(items, mined) for name, (mined, _) in results.items()}
+            per_query = {
+                name: sum(len(m["negatives"] or []) for m in mined) / len(items) for name, (mined, _) in results.items()
+            }
+            worst, queries, seconds = (
+                max(worst, shares["defaults"]),
+                queries + len(items),
+                seconds + results["defaults"][1],
+            )
+            print(
+                f"{lang:4}  {len(items):7}  "
+                + "  ".join(f"{shares[k]:8.3%}" for k in SETTINGS)
+                + f"  {chance(items):8.3%}  {per_query['defaults']:15.1f}  {per_query['none'] - per_query['defaults']:4.1f}"
+                f"  {len(items) / results['defaults'][1]:9.0f}",
+                flush=True,
+            )
+    print(
+        f"worst language at the defaults: {worst:.3%}; mining throughput {queries / seconds:.0f} queries/s (one process)"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipeline.ops.embed import Embedder, load_encoder
 from pipeline.ops.retrieval import DenseSearch
 from tests.conftest import (
     ROOT,
@@ -38,10 +39,58 @@ def test_sharded_dense_search_equals_a_full_sort():
     assert np.allclose(pos, full[np.arange(300), positives], atol=1e-5)
 
 
+class _Recording:
+    """The real model, with a record of the batches it was asked to encode."""
+
+    def __init__(self, model):
+        self.model, self.tokenizer, self.max_seq_length, self.batches = model, model.tokenizer, model.max_seq_length, []
+
+    def encode(self, texts, **kwargs):
+        self.batches.append(list(texts))
+        return self.model.encode(texts, **kwargs)
+
+    def get_embedding_dimension(self):
+        return self.model.get_embedding_dimension()
+
+
+def test_embedder_embeds_each_distinct_text_once_in_length_sorted_batches_and_reuses_its_cache(small_model, tmp_path):
+    import gzip
+    import json
+
+    rows = [json.loads(line) for line in gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt")][:40]
+    texts = [r["context"] for r in rows] + [r["question"] for r in rows]  # contexts repeat (several questions each)
+    model = _Recording(load_encoder(str(small_model)))
+    vectors = Embedder(lambda: model, batch_size=8, cache=tmp_path / "cache")(texts, "passage: ")
+    encoded = [t for b in model.batches for t in b]
+    assert sorted(encoded) == sorted({"passage: " + t for t in texts})  # each distinct text once
+    lengths = [
+        len(ids) for ids in model.tokenizer(encoded, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    ]
+    assert lengths == sorted(lengths) and max(len(b) for b in model.batches) == 8
+    direct = model.model.encode(["passage: " + t for t in texts], normalize_embeddings=True)
+    assert vectors.shape == direct.shape and np.allclose(vectors, direct, atol=1e-4)
+
+    again = _Recording(model.model)
+    assert np.array_equal(
+        Embedder(lambda: again, batch_size=8, cache=tmp_path / "cache")(texts[::-1], "passage: "), vectors[::-1]
+    )
+    assert again.batches == []  # a re-run reads every chunk back
+
+
 def _manifest(folder: Path, model: Path) -> Path:
-    sources = [{"name": "xquad_r", "task": "retrieval", "path": str(SAMPLES / "xquad_r" / "[ez][nh].jsonl.gz"),
-                "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"}]
-    stages = [{"stage": "langid"}, {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40}]
+    sources = [
+        {
+            "name": "xquad_r",
+            "task": "retrieval",
+            "path": str(SAMPLES / "xquad_r" / "[ez][nh].jsonl.gz"),
+            "columns": {"query": "question", "positive": "context"},
+            "licence": "CC-BY-SA-4.0",
+        }
+    ]
+    stages = [
+        {"stage": "langid"},
+        {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40},
+    ]
     return write_manifest(folder, sources, stages)
 
 
@@ -52,13 +101,20 @@ def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(
     assert clean.returncode == 0, clean.stderr[-3000:]
     shards = pl.read_parquet(tmp_path / "clean" / "run" / "shards" / "**" / "*.parquet")
     assert shards.height == 2380 and not (tmp_path / "clean" / "run" / "work").exists()
-    assert (shards["negatives"].list.len() == 24).mean() > 0.5  # a weak (lexical) model: many candidates outscore the positive
+    assert (
+        shards["negatives"].list.len() == 24
+    ).mean() > 0.5  # a weak (lexical) model: many candidates outscore the positive
     assert (shards["negative_scores"].list.max() <= 0.95 * shards["positive_score"] + 1e-6).all()
     assert not shards.filter(pl.col("negatives").list.contains(pl.col("positive"))).height
 
     manifest = _manifest(tmp_path, small_model)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while len(finished := list((tmp_path / "run" / "work").glob("*/mined/*.parquet"))) < 10:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before mining shards were written"

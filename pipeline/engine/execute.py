@@ -163,12 +163,6 @@ def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table
 # --- in the driver --------------------------------------------------------------------------------
 
 
-def can_run_local(step: Step) -> bool:
-    """Whether the step has an in-process path: all but a shuffle stage with dataset-level
-    preparation (dense embedding in an actor pool)."""
-    return step.kind != "shuffle" or not step.stages[0].cls.prepares(step.stages[0].config)  # type: ignore[attr-defined]
-
-
 def source_bytes(units: list[Unit]) -> int:
     """The size of the files the units read (a hub dataset id counts nothing)."""
     return sum(storage.size_and_mtime(p)[0] for p in {u.path for u in units})
@@ -279,10 +273,9 @@ def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str
     if step.kind == "shuffle":
         partitions = max(int(cluster.get("CPU", 1)), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
         ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
-        ds = step.stages[0].build(context).prepare(ds)  # type: ignore[attr-defined]
         ds = ds.repartition(partitions, keys=["_key"])
-        # batch_size=None: a whole partition per call, so every row of a key is seen together. The
-        # stage's declared GPUs are for its `prepare` pool (embedding), not for these tasks.
-        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, num_cpus=cls.resources.cpus)
+        # batch_size=None: a whole partition per call, so every row of a key is seen together; a GPU
+        # per task where the stage asks for one and the cluster has them (dense mining embeds there).
+        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, **cls.resources.ray_options(cluster))
     return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **step.resources().ray_options(cluster))
 

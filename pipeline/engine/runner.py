@@ -30,7 +30,7 @@ import polars as pl
 import pipeline
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
-from pipeline.engine.execute import can_run_local, run_local, run_ray, source_bytes
+from pipeline.engine.execute import run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
 from pipeline.engine.shards import write_shards
@@ -224,7 +224,7 @@ class Runner:
     def _in_process(self, step: Step, rows_in: int, units: list[Unit]) -> bool:
         """Small steps run in this process when no cluster was asked for (see `ray.in_process_rows`)."""
         limit = self.manifest.ray.in_process_rows
-        if self.ray_address or not can_run_local(step):
+        if self.ray_address:
             return False
         if step.kind == "ingest":
             return source_bytes(units) <= limit * INGEST_BYTES_PER_ROW

@@ -163,16 +163,6 @@ class ShuffleStage(Stage):
     def key(self, batch: pa.Table) -> pa.Array:
         raise NotImplementedError
 
-    def prepare(self, ds: Any) -> Any:
-        """Dataset-level work before the shuffle, on the kept rows (e.g. embedding them in an actor
-        pool); columns it adds travel with the rows to `__call__`. Default: nothing."""
-        return ds
-
-    @classmethod
-    def prepares(cls, config: StageConfig) -> bool:
-        """Whether `prepare` has work to do with these settings (then the step runs on Ray)."""
-        return cls.prepare is not ShuffleStage.prepare
-
 
 class DatasetStage(Stage):
     """A stage that must see the whole dataset at once (near-duplicate detection compares every

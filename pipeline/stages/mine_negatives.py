@@ -10,12 +10,12 @@ negative) teaches the model the wrong thing:
   the positive's score; and an absolute `max_score` ceiling.
 Then the best `num_negatives` (per task) are kept, or a seeded sample of the survivors.
 
-How it runs: with `retriever: dense`, the kept rows are embedded first by a pool of Ray actors
-(one per GPU when the cluster has GPUs, else CPU actors), each loading the model once
-(`pipeline/embed.py`). Rows are then grouped by source and language (a shuffle), and each group's
-queries are mined in shards of `shard_queries` against the group's pool (`pipeline/retrieval.py`).
-Every finished shard (and embedded batch) is written to the step's work folder, so a run killed
-during mining re-runs only the unfinished shards; rows taken from a finished shard are counted in
+How it runs: rows are grouped by source and language (a shuffle), and each group's queries are
+mined in shards of `shard_queries` against the group's pool (`pipeline/ops/retrieval.py`). With
+`retriever: dense`, the group's distinct passages and queries are embedded first, each distinct text
+once, in batches sorted by token length, on a GPU where the worker has one (`pipeline/ops/embed.py`).
+Finished embedding chunks and mining shards are written to the step's work folder, so a run killed
+during mining re-runs only the unfinished work; rows taken from a finished shard are counted in
 the ledger as flagged `mining_resumed`. A progress bar counts queries per second.
 
 Each row's removed candidates are counted in the ledger per filter (`negatives_filtered:<filter>`,
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import random
 from contextlib import contextmanager
-from pathlib import Path
+from functools import cached_property
 from typing import Any, Iterator, Literal
 
 import numpy as np
@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.engine.stage import Resources, RunContext, ShuffleStage, StageConfig
-from pipeline.ops.embed import device, dimension, encode, is_model_dir, load_encoder
+from pipeline.engine.stage import Resources, ShuffleStage, StageConfig
+from pipeline.ops.embed import Embedder, device, is_model_dir, load_encoder
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import hash_strings, signatures
 from pipeline.ops.retrieval import Bm25Search, DenseSearch, Search
@@ -46,29 +46,51 @@ from sources.settings import from_manifest
 from sources.tasks import TaskName
 
 FILTERS = ("rank_window", "positive", "known_positive", "near_duplicate", "above_positive_ratio", "above_max_score")
-QUERY_VEC, POSITIVE_VEC = "_query_vec", "_positive_vec"
-SHARD_SCHEMA = pa.schema([("origin", pa.string()), ("negatives", pa.list_(pa.string())), ("negative_scores", pa.list_(pa.float32())),
-                          ("positive_score", pa.float32()), ("removed", pa.list_(pa.int32()))])
+SHARD_SCHEMA = pa.schema(
+    [
+        ("origin", pa.string()),
+        ("negatives", pa.list_(pa.string())),
+        ("negative_scores", pa.list_(pa.float32())),
+        ("positive_score", pa.float32()),
+        ("removed", pa.list_(pa.int32())),
+    ]
+)
 
 
 class MineNegativesConfig(StageConfig):
     stage: Literal["mine_negatives"]
-    retriever: Literal["bm25", "dense"] = Field("bm25", description="bm25 (offline, no model) or dense (needs `model`).")
-    model: str | None = Field(None, description="Local model folder for dense retrieval (sentence-transformers or transformers format, or `python -m train export` output).")
+    retriever: Literal["bm25", "dense"] = Field(
+        "bm25", description="bm25 (offline, no model) or dense (needs `model`)."
+    )
+    model: str | None = Field(
+        None,
+        description="Local model folder for dense retrieval (sentence-transformers or transformers format, or `python -m train export` output).",
+    )
     query_prompt: str = Field("", description="Prepended to queries before embedding (e.g. 'query: ' for E5 models).")
     passage_prompt: str = Field("", description="Prepended to pool passages before embedding.")
     embed_batch_size: int = Field(64, ge=1)
-    max_seq_length: int | None = Field(None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's).")
+    max_seq_length: int | None = Field(
+        None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's)."
+    )
     tasks: list[TaskName] = Field(
-        default_factory=lambda: ["retrieval"], description="Tasks whose rows get mined negatives.")
-    per_language: bool = Field(True, description="Pool and queries grouped by source and query language (else by source).")
+        default_factory=lambda: ["retrieval"], description="Tasks whose rows get mined negatives."
+    )
+    per_language: bool = Field(
+        True, description="Pool and queries grouped by source and query language (else by source)."
+    )
     skip_top: int = Field(5, ge=0, description="Candidates ranked above this are skipped (0-based rank window start).")
     max_rank: int = Field(100, ge=1, description="Candidates ranked below this are not considered.")
-    max_score_ratio: float | None = Field(0.95, gt=0, description="Drop candidates scoring above this fraction of the positive's score.")
+    max_score_ratio: float | None = Field(
+        0.95, gt=0, description="Drop candidates scoring above this fraction of the positive's score."
+    )
     max_score: float | None = Field(None, description="Drop candidates scoring above this.")
-    near_dup_threshold: float = Field(0.5, gt=0, le=1, description="Drop candidates this similar (estimated Jaccard) to the positive.")
+    near_dup_threshold: float = Field(
+        0.5, gt=0, le=1, description="Drop candidates this similar (estimated Jaccard) to the positive."
+    )
     num_negatives: int | dict[str, int] = Field(24, description="Negatives kept per row: one number, or per task.")
-    sampling: Literal["top", "random"] = Field("top", description="Keep the best-scoring survivors, or a seeded sample of them.")
+    sampling: Literal["top", "random"] = Field(
+        "top", description="Keep the best-scoring survivors, or a seeded sample of them."
+    )
     keep_existing: bool = Field(True, description="Rows that already carry negatives are left as they are.")
     shard_queries: int = Field(2048, ge=1, description="Queries per mining shard: the unit of progress and of resume.")
     pool_shard_rows: int = Field(100_000, ge=1, description="Dense search scores the pool this many vectors at a time.")
@@ -100,63 +122,20 @@ class MineNegativesConfig(StageConfig):
 
     def wants(self, row: dict[str, Any]) -> bool:
         """Whether this row gets negatives mined."""
-        return bool(row["positive"]) and row["task"] in self.mined_tasks and not (self.keep_existing and row["negatives"])
+        return (
+            bool(row["positive"]) and row["task"] in self.mined_tasks and not (self.keep_existing and row["negatives"])
+        )
 
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-class _Embed:
-    """Ray Data actor: adds unit vectors of each row's query (rows to be mined) and positive.
-    Each embedded batch is kept in the work folder, so a re-run after a crash reads it back."""
-
-    def __init__(self, config: MineNegativesConfig, context: RunContext, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.config = config
-        self.model = load_encoder(config.model, device(), config.max_seq_length)  # type: ignore[arg-type]
-        self.cache = context.work_dir / "embeddings" if context.work_dir else None
-        if self.cache:
-            self.cache.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        path = self.cache / f"{_digest(*batch.column('origin').to_pylist())}.npy" if self.cache else None
-        if path and path.exists():
-            both = np.load(path, allow_pickle=False)
-        else:
-            rows = batch.select(["task", "query", "positive", "negatives"]).to_pylist()
-            ask = [i for i, r in enumerate(rows) if self.config.wants(r)]
-            have = [i for i, r in enumerate(rows) if r["positive"]]
-            q = encode(self.model, [rows[i]["query"] for i in ask], self.config.query_prompt, self.config.embed_batch_size)
-            p = encode(self.model, [rows[i]["positive"] for i in have], self.config.passage_prompt, self.config.embed_batch_size)
-            both = np.zeros((2, batch.num_rows, dimension(self.model)), np.float32)
-            both[0, ask], both[1, have] = q, p
-            if path:
-                def save(tmp: Path) -> None:
-                    with tmp.open("wb") as f:  # a file object: np.save would append ".npy" to the name
-                        np.save(f, both, allow_pickle=False)
-
-                write_atomic(path, save)
-        dim = both.shape[2]
-        for name, vectors in ((QUERY_VEC, both[0]), (POSITIVE_VEC, both[1])):
-            batch = batch.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
-        return batch
-
-
-def _vectors(batch: pa.Table, name: str) -> np.ndarray | None:
-    if name not in batch.column_names:
-        return None
-    column = batch.column(name).combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
-
-
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
     config_model = MineNegativesConfig
     writes = ("negatives", "negative_scores", "positive_score")
-    resources = Resources(cpus=1, gpus=1)  # the embedding actors of dense mining, on a GPU where the cluster has one
+    resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one
     config: MineNegativesConfig
 
     @classmethod
@@ -176,18 +155,37 @@ class MineNegatives(ShuffleStage):
             pl.scan_parquet(files)
             .filter(pl.col(DROP).is_null(), pl.col("task").is_in(self.config.mined_tasks))
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
-            .agg(pl.len().alias("queries"),
-                 (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
-                 pl.col("negatives").list.len().mean().alias("negatives_per_query"),
-                 *[e.quantile(q).alias(f"{name}_score_p{int(q * 100)}") for name, e in score.items() for q in (0.5, 0.1, 0.9)],
-                 (score["positive"] - score["hardest_negative"]).median().alias("margin_p50"),
-                 *[flags.struct.field("count").filter(flags.struct.field("reason") == f"negatives_filtered:{f}").sum().alias(f"removed_{f}")
-                   for f in FILTERS])
+            .agg(
+                pl.len().alias("queries"),
+                (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
+                pl.col("negatives").list.len().mean().alias("negatives_per_query"),
+                *[
+                    e.quantile(q).alias(f"{name}_score_p{int(q * 100)}")
+                    for name, e in score.items()
+                    for q in (0.5, 0.1, 0.9)
+                ],
+                (score["positive"] - score["hardest_negative"]).median().alias("margin_p50"),
+                *[
+                    flags.struct.field("count")
+                    .filter(flags.struct.field("reason") == f"negatives_filtered:{f}")
+                    .sum()
+                    .alias(f"removed_{f}")
+                    for f in FILTERS
+                ],
+            )
             .sort("source", "language")
             .collect()
         )
-        first = ["source", "language", "queries", "queries_without_negatives", "negatives_per_query", "positive_score_p50",
-                 "hardest_negative_score_p50", "margin_p50"]  # what the terminal summary shows
+        first = [
+            "source",
+            "language",
+            "queries",
+            "queries_without_negatives",
+            "negatives_per_query",
+            "positive_score_p50",
+            "hardest_negative_score_p50",
+            "margin_p50",
+        ]  # what the terminal summary shows
         return table.select(first + [c for c in table.columns if c not in first])
 
     def _group(self, batch: pa.Table) -> pa.Array:
@@ -197,50 +195,35 @@ class MineNegatives(ShuffleStage):
     def key(self, batch: pa.Table) -> pa.Array:
         return pa.array(hash_strings(self._group(batch)), pa.uint64())
 
-    @classmethod
-    def prepares(cls, config: StageConfig) -> bool:
-        """Dense mining embeds the rows in an actor pool first."""
-        assert isinstance(config, MineNegativesConfig)
-        return config.retriever == "dense"
-
-    def prepare(self, ds: Any) -> Any:
-        if self.config.retriever != "dense":
-            return ds
-        import ray
-        import ray.data
-
-        # Each actor reserves one CPU but runs torch on its share of them (two threads on a 2-CPU laptop,
-        # where reading is done long before embedding; two 1-thread actors measured 1.5x slower there).
-        cluster = ray.cluster_resources()
-        size, threads = self.resources.pool(cluster)
-        return ds.map_batches(_Embed, fn_constructor_args=(self.config, self.context, threads), batch_format="pyarrow",
-                              batch_size=16 * self.config.embed_batch_size, **self.resources.ray_options(cluster),
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size))
+    @cached_property
+    def embedder(self) -> Embedder:
+        """Dense mining's texts to vectors; the model loads on first use, the cache lives in the
+        step's work folder (so a re-run after a crash embeds nothing twice)."""
+        config, cache = self.config, self.context.work_dir / "embeddings" if self.context.work_dir else None
+        return Embedder(
+            lambda: load_encoder(config.model, device(), config.max_seq_length), config.embed_batch_size, cache
+        )  # type: ignore[arg-type]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        query_vecs, positive_vecs = _vectors(batch, QUERY_VEC), _vectors(batch, POSITIVE_VEC)
         rows = batch.select(WORK_SCHEMA.names).to_pylist()
         groups: dict[str, list[int]] = {}
         for i, g in enumerate(self._group(batch).to_pylist()):
             groups.setdefault(g, []).append(i)
         with _progress(sum(self.config.wants(r) for r in rows)) as bar:
             for group, members in sorted(groups.items()):
-                self._mine(group, rows, members, query_vecs, positive_vecs, bar)
+                self._mine(group, rows, members, bar)
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
 
-    def _mine(self, group: str, rows: list[dict], members: list[int], query_vecs: np.ndarray | None,
-              positive_vecs: np.ndarray | None, bar: Any) -> None:
+    def _mine(self, group: str, rows: list[dict], members: list[int], bar: Any) -> None:
         config = self.config
         members = sorted(members, key=lambda i: rows[i]["origin"])  # rows arrive in any order after the shuffle
-        first_of: dict[str, int] = {}
-        for i in members:
-            if rows[i]["positive"]:
-                first_of.setdefault(rows[i]["positive"], i)
-        pool = sorted(first_of)
+        pool = sorted({rows[i]["positive"] for i in members if rows[i]["positive"]})
         targets = [i for i in members if config.wants(rows[i])]
         if len(pool) < 2 or not targets:  # e.g. the only query of its language: nothing to mine from, kept and counted
             for i in targets:
-                rows[i][FLAGS] = [{"reason": "mining_skipped:pool_too_small", "language": rows[i]["query_lang"] or "und", "count": 1}]
+                rows[i][FLAGS] = [
+                    {"reason": "mining_skipped:pool_too_small", "language": rows[i]["query_lang"] or "und", "count": 1}
+                ]
             bar.update(len(targets))
             return
         index = {text: k for k, text in enumerate(pool)}
@@ -253,8 +236,10 @@ class MineNegatives(ShuffleStage):
 
         def search() -> tuple[Search, np.ndarray]:
             if not state:
-                if query_vecs is not None and positive_vecs is not None:
-                    state["search"] = DenseSearch(positive_vecs[[first_of[t] for t in pool]], query_vecs[targets], config.pool_shard_rows)
+                if config.retriever == "dense":
+                    passages = self.embedder(pool, config.passage_prompt)
+                    queries = self.embedder([rows[i]["query"] for i in targets], config.query_prompt)
+                    state["search"] = DenseSearch(passages, queries, config.pool_shard_rows)
                 else:
                     state["search"] = Bm25Search(pool, [rows[i]["query"] for i in targets])
                 state["signatures"] = signatures(pa.array(pool))
@@ -277,13 +262,31 @@ class MineNegatives(ShuffleStage):
                 lang = row["query_lang"] or "und"
                 flags = [{"reason": "mining_resumed", "language": lang, "count": 1}] if resumed else []
                 if m["negatives"] is not None:
-                    row["negatives"], row["negative_scores"], row["positive_score"] = m["negatives"], m["negative_scores"], m["positive_score"]
-                    flags += [{"reason": f"negatives_filtered:{f}", "language": lang, "count": n} for f, n in zip(FILTERS, m["removed"]) if n]
+                    row["negatives"], row["negative_scores"], row["positive_score"] = (
+                        m["negatives"],
+                        m["negative_scores"],
+                        m["positive_score"],
+                    )
+                    flags += [
+                        {"reason": f"negatives_filtered:{f}", "language": lang, "count": n}
+                        for f, n in zip(FILTERS, m["removed"])
+                        if n
+                    ]
                 row[FLAGS] = flags or None
             bar.update(len(chunk))
 
-    def _mine_shard(self, chunk: list[int], name: str, targets: list[int], rows: list[dict], positives: np.ndarray,
-                    known: dict[str, set[int]], pool: list[str], search: Search, pool_sig: np.ndarray) -> pa.Table:
+    def _mine_shard(
+        self,
+        chunk: list[int],
+        name: str,
+        targets: list[int],
+        rows: list[dict],
+        positives: np.ndarray,
+        known: dict[str, set[int]],
+        pool: list[str],
+        search: Search,
+        pool_sig: np.ndarray,
+    ) -> pa.Table:
         config = self.config
         ranked, scored, pos_scores = search(chunk, positives[chunk], min(config.max_rank, len(pool)))
         rng = random.Random(f"{config.seed}:{name}")  # per shard: the same sample whichever shards ran before
@@ -291,30 +294,55 @@ class MineNegatives(ShuffleStage):
         for k, cands, scores, pos_score in zip(chunk, ranked, scored, pos_scores):
             row = rows[targets[k]]
             if not len(cands):
-                out.append({"origin": row["origin"], "negatives": None, "negative_scores": None, "positive_score": None, "removed": None})
+                out.append(
+                    {
+                        "origin": row["origin"],
+                        "negatives": None,
+                        "negative_scores": None,
+                        "positive_score": None,
+                        "removed": None,
+                    }
+                )
                 continue
             reasons = self._filter(cands, scores, positives[k], pos_score, known[row["query"]], pool_sig)
             keep = reasons < 0
             survivors = list(zip(cands[keep].tolist(), scores[keep].tolist()))
             removed = np.bincount(reasons[~keep], minlength=len(FILTERS))
             n = config.count(row["task"])
-            chosen = survivors[:n] if config.sampling == "top" else sorted(rng.sample(survivors, min(n, len(survivors))), key=lambda c: -c[1])
-            out.append({"origin": row["origin"], "negatives": [pool[c] for c, _ in chosen], "negative_scores": [s for _, s in chosen],
-                        "positive_score": float(pos_score), "removed": removed.tolist()})
+            chosen = (
+                survivors[:n]
+                if config.sampling == "top"
+                else sorted(rng.sample(survivors, min(n, len(survivors))), key=lambda c: -c[1])
+            )
+            out.append(
+                {
+                    "origin": row["origin"],
+                    "negatives": [pool[c] for c, _ in chosen],
+                    "negative_scores": [s for _, s in chosen],
+                    "positive_score": float(pos_score),
+                    "removed": removed.tolist(),
+                }
+            )
         return pa.Table.from_pylist(out, schema=SHARD_SCHEMA)
 
-    def _filter(self, cands: np.ndarray, scores: np.ndarray, pos: int, pos_score: float, known: set[int], pool_sig: np.ndarray) -> np.ndarray:
+    def _filter(
+        self, cands: np.ndarray, scores: np.ndarray, pos: int, pos_score: float, known: set[int], pool_sig: np.ndarray
+    ) -> np.ndarray:
         """Per candidate (in rank order), the number in FILTERS of the first filter that removes it, or -1."""
         config = self.config
         never = np.zeros(len(cands), bool)
-        removed_by = np.stack([
-            np.arange(len(cands)) < config.skip_top,  # rank_window
-            cands == pos,  # positive
-            np.isin(cands, list(known)),  # known_positive
-            (pool_sig[cands] == pool_sig[pos]).mean(axis=1) >= config.near_dup_threshold,  # near_duplicate
-            scores > config.max_score_ratio * pos_score if config.max_score_ratio is not None else never,  # above_positive_ratio
-            scores > config.max_score if config.max_score is not None else never,  # above_max_score
-        ])
+        removed_by = np.stack(
+            [
+                np.arange(len(cands)) < config.skip_top,  # rank_window
+                cands == pos,  # positive
+                np.isin(cands, list(known)),  # known_positive
+                (pool_sig[cands] == pool_sig[pos]).mean(axis=1) >= config.near_dup_threshold,  # near_duplicate
+                scores > config.max_score_ratio * pos_score
+                if config.max_score_ratio is not None
+                else never,  # above_positive_ratio
+                scores > config.max_score if config.max_score is not None else never,  # above_max_score
+            ]
+        )
         # The positive and known positives are named as such even inside the skipped window.
         removed_by[0] &= ~(removed_by[1] | removed_by[2])
         return np.where(removed_by.any(axis=0), removed_by.argmax(axis=0), -1)
