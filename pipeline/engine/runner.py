@@ -218,6 +218,10 @@ class Runner:
         storage.write_bytes(storage.join(out, "_ledger.parquet"), buffer.getvalue())
         ckpt.commit(step.fingerprint, {"seconds": time.perf_counter() - started, "in_process": local})
         shutil.rmtree(self._work_dir(step), ignore_errors=True)
+        self._drop_empty_work()
+
+    def _drop_empty_work(self) -> None:
+        """A finished run leaves no `work/` folder (scratch of steps and shard writing)."""
         if (self.run_dir / "work").is_dir() and not any((self.run_dir / "work").iterdir()):
             (self.run_dir / "work").rmdir()
 
@@ -286,6 +290,7 @@ class Runner:
             self.log("writing shards")
             storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
             written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], self.run_dir / "work" / "_spill")
+            self._drop_empty_work()
             for shard in written:
                 storage.upload(local / shard["path"], storage.join(remote, shard["path"]))
             marker = {"fingerprint": shards_fp, "shards": written}
