@@ -134,7 +134,7 @@ class Trainer:
         module = self.ddp or self.model
         self.forward = torch.compile(module, dynamic=True) if config.compile else module
         self.flops = FlopCounter(layer_stack(self.model.backbone), self.model.width, self.model.num_layers)
-        self.gpu_name, self.peak = gpu_peak(self.device)
+        _, self.peak = gpu_peak(self.device)
         self.tokens_seen, self.padded_seen, self.flops_done = 0, 0, 0.0  # since the last `fit` began
 
     def _forward(self, piece: Piece, layers: list[int]) -> dict[int, torch.Tensor]:

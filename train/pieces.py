@@ -85,7 +85,7 @@ class Tokenize:
             skip = np.array([self.prompt_length(p) if p else 0 for p in prompts], dtype=np.int64)
         pieces, start = [], 0
         while start < len(order):
-            longest = min(-(-int(lengths[order[start]]) // self.multiple) * self.multiple, max(self.max_length, int(lengths[order[start]])))
+            longest = min(-(-int(lengths[order[start]]) // self.multiple) * self.multiple, self.max_length)  # texts are truncated to max_length
             rows = max(1, min(self.piece_tokens // longest, max_rows or len(order), len(order) - start))
             pieces.append(self._piece([ids[i] for i in order[start:start + rows]], skip[order[start:start + rows]], longest))
             start += rows
