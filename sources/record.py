@@ -1,4 +1,8 @@
-"""The canonical record: one Arrow schema for every task, from ingestion to the final shards."""
+"""The canonical record: one Arrow schema for every task, from ingestion to the final shards.
+
+Passages are referred to by id (`sources/passages.py`): the shards carry `positive_id` and
+`negative_ids`, the texts are in the run's passage table. Inside the run, negatives a source gives
+stay inline texts (`negatives`, a work column) until a stage stores them by reference."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from sources.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
+
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -16,7 +22,8 @@ SCHEMA = pa.schema(
         pa.field("instruction", pa.string()),
         pa.field("query", pa.string(), nullable=False),
         pa.field("positive", pa.string()),
-        pa.field("negatives", pa.list_(pa.string())),
+        pa.field(POSITIVE_ID, pa.string()),
+        pa.field(NEGATIVE_IDS, pa.list_(pa.string())),
         pa.field("positive_score", pa.float32()),
         pa.field("negative_scores", pa.list_(pa.float32())),
         pa.field("label", pa.string()),
@@ -38,6 +45,7 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 # Columns that live only inside the run folder (stage checkpoints), never in the shards:
+# `negatives` the inline texts of negatives not yet stored by reference (see `sources/passages.py`);
 # `_drop` is the reason a stage dropped the row (null = kept), `_detail` says more, `_raw` holds the
 # original bytes of a row that could not be parsed, `_lang` the language a source declared for the
 # row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger:
@@ -46,7 +54,7 @@ DROP, DETAIL, RAW, DECLARED_LANG, FLAGS = "_drop", "_detail", "_raw", "_lang", "
 FLAG_TYPE = pa.struct([pa.field("reason", pa.string()), pa.field("language", pa.string()), pa.field("count", pa.int32())])
 WORK_SCHEMA = pa.schema(
     list(SCHEMA)
-    + [pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]
+    + [pa.field(NEGATIVES, pa.list_(pa.string())), pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]
 )
 INGEST_SCHEMA = WORK_SCHEMA.append(pa.field(RAW, pa.binary()))
 # Written by a fused group of stages beside the work columns, for the ledger: the step that dropped

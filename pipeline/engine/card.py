@@ -1,7 +1,8 @@
 """The dataset card (README.md) written into every run folder: schema, sources, licences, counts.
 
 Its YAML header declares the shards as `datasets` configs, so `load_dataset(RUN_DIR)` loads the
-shards (not the checkpoints) and `load_dataset(RUN_DIR, "<source>")` loads one source.
+shards (not the checkpoints), `load_dataset(RUN_DIR, "<source>")` one source, and
+`load_dataset(RUN_DIR, "corpus")` the passage table.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from sources.passages import CORPUS_DIR, CORPUS_SCHEMA
 from sources.record import SCHEMA
 
 
@@ -22,8 +24,11 @@ def write_card(manifest: Any, result: Any) -> None:
     # another run (or a re-run with other settings) in a folder of the same name must not match.
     files = f"*-{result.shards_tag}.parquet"
     configs = [{"config_name": "default", "data_files": [{"split": "train", "path": f"shards/**/{files}"}]}]
+    # The passage table: records name passages by id (`positive_id`, `negative_ids`); a source of
+    # that name keeps its records in the default config.
+    configs.append({"config_name": CORPUS_DIR, "data_files": [{"split": "train", "path": f"{CORPUS_DIR}/{files}"}]})
     if manifest.shards.partition_by[0] == "source":
-        for src in sorted({s["source"] for s in shards}):
+        for src in sorted({s["source"] for s in shards} - {CORPUS_DIR}):
             configs.append({"config_name": src, "data_files": [{"split": "train", "path": f"shards/{src}/**/{files}"}]})
     header = yaml.safe_dump({"configs": configs, "license": "other", "pretty_name": title}, sort_keys=False, allow_unicode=True)
 
@@ -37,6 +42,7 @@ def write_card(manifest: Any, result: Any) -> None:
              f"Built by the corpus pipeline from {len(manifest.sources)} source(s): {sum(rows_by_source.values()):,} rows "
              f"in {len(shards)} Parquet shard(s) under `shards/`.", "",
              "```python", "import datasets, polars", f"datasets.load_dataset('{where}')  # or the source's name as 2nd argument",
+             f"datasets.load_dataset('{where}', '{CORPUS_DIR}')  # the passages that positive_id and negative_ids name",
              f"polars.scan_parquet('{where}/shards/**/*.parquet')", "```", "",
              "## Sources", "", "| source | task | licence | rows | origin |", "|---|---|---|---|---|"]
     for src in manifest.sources:
@@ -49,6 +55,8 @@ def write_card(manifest: Any, result: Any) -> None:
         lines.append(f"| {st.name} | {st.rows_in:,} | {st.rows_out:,} | {drops} |")
     lines += ["", "## Schema", "", "| column | type |", "|---|---|"]
     lines += [f"| {f.name} | {f.type} |" for f in SCHEMA]
+    lines += ["", f"Passages (`{CORPUS_DIR}/`, each once):", "", "| column | type |", "|---|---|"]
+    lines += [f"| {f.name} | {f.type} |" for f in CORPUS_SCHEMA]
     lines += ["", "The ledger (`ledger.parquet`) has every step's rows in, out and dropped by reason, per source and language;",
               "`quarantine/` holds rows that could not be read, with their original bytes, place and reason.", ""]
     (result.run_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -33,9 +33,12 @@ from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_mar
 from pipeline.engine.execute import run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
+from pipeline.engine.corpus import write_corpus
 from pipeline.engine.shards import write_shards
 from pipeline.engine.stage import Registry, RunContext
+from pipeline.ops.passage_store import store_files
 from sources import storage
+from sources.passages import CORPUS_DIR, STORE_DIR
 from sources.reader import Unit, plan_units
 from sources.record import DETAIL, DROP, RAW
 
@@ -43,8 +46,9 @@ from sources.record import DETAIL, DROP, RAW
 # files per row allowed in process (the shipped samples hold about 1 KB per row on disk).
 INGEST_BYTES_PER_ROW = 1024
 # What the driver does not copy between its local folder and an output in object storage: checkpoints
-# and shards are committed by their own markers, `work/` is scratch, the lease is the lock's.
-NOT_PUBLISHED = ("stages", "shards", "work", "_lease.json", ".lock")
+# and shards (with the passage table) are committed by their own markers, the passage store is
+# written there by the workers, `work/` is scratch, the lease is the lock's.
+NOT_PUBLISHED = ("stages", "shards", CORPUS_DIR, STORE_DIR, "work", "_lease.json", ".lock")
 
 
 def storage_copy(output: str) -> Path:
@@ -105,7 +109,7 @@ class Runner:
         self.log = log
         self.verbose = verbose
         self.sources = {s.name: s for s in manifest.sources}
-        self.context = RunContext(self.run_dir, tuple(self.sources), self.sources)
+        self.context = RunContext(self.run_dir, tuple(self.sources), self.sources, passages=storage.join(self.output, STORE_DIR))
         self.started_ray = False
 
     def run(self) -> RunResult:
@@ -280,29 +284,41 @@ class Runner:
     def _write_shards(self, last: Step, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], str]:
         """The shards, at the paths users read (`shards/<partition>/part-NNNNN-<tag>.parquet`), then
         `shards/_SUCCESS.json` naming exactly them; then every other file under `shards/` is removed,
-        so the folder holds the committed files only. Each file is written whole (renamed locally,
+        so the folder holds the committed files only. The passage table (`corpus/`) is written the
+        same way before that marker, which names its files too. Each file is written whole (renamed locally,
         one object remotely) and the layout is deterministic, so a resumed attempt rewrites a
         crashed one's files with the same bytes; `datasets` reads the tag's files only (the card)."""
         shards_fp = fingerprint(last.fingerprint, self.manifest.shards.model_dump(mode="json"))
         local, remote = self.run_dir / "shards", storage.join(self.output, "shards")
+        corpus_local, corpus_remote = self.run_dir / CORPUS_DIR, storage.join(self.output, CORPUS_DIR)
         marker = read_marker(remote)
         if marker is None or marker.get("fingerprint") != shards_fp:
             self.log("writing shards")
             storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
-            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], self.run_dir / "work" / "_spill")
+            refs = self.run_dir / "work" / "_passage_refs.parquet"
+            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], self.run_dir / "work" / "_spill", refs)
+            self.log("writing the passage table")
+            store = self._local(store_files(self.context.passages or ""))
+            corpus = write_corpus(refs, store, corpus_local, self.manifest.shards, shards_fp[:8])
+            refs.unlink()
             self._drop_empty_work()
             for shard in written:
                 storage.upload(local / shard["path"], storage.join(remote, shard["path"]))
-            marker = {"fingerprint": shards_fp, "shards": written}
+            for part in corpus:
+                storage.upload(corpus_local / part["path"], storage.join(corpus_remote, part["path"]))
+            marker = {"fingerprint": shards_fp, "shards": written, "corpus": corpus}
             write_marker(remote, marker)
-        paths = {shard["path"] for shard in marker["shards"]} | {MARKER}
         if storage.is_url(self.output):  # the statistics read the local copy (shard names say their content)
             self._local([storage.join(remote, shard["path"]) for shard in marker["shards"]])
+            self._local([storage.join(corpus_remote, part["path"]) for part in marker.get("corpus", [])])
             write_marker(local, marker)
-        for folder in {str(local), remote}:
-            for path in storage.list_files(folder):
-                if path[len(folder) + 1:] not in paths:
-                    storage.delete(path)
+        committed = {(str(local), remote): {shard["path"] for shard in marker["shards"]} | {MARKER},
+                     (str(corpus_local), corpus_remote): {part["path"] for part in marker.get("corpus", [])}}
+        for folders, paths in committed.items():
+            for folder in set(folders):
+                for path in storage.list_files(folder):
+                    if path[len(folder) + 1:] not in paths:
+                        storage.delete(path)
         return marker["shards"], shards_fp[:8]
 
     def _write_quarantine(self, ingest: Checkpoint) -> None:

@@ -15,30 +15,39 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ops.files import write_atomic
+from sources.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT, passage_id
 from sources.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
+# A passage a kept row names: as its positive (role 0, with its text) or a negative (role 1; the
+# text when it was still inline, else null: it is in the passage store).
+REFS_SCHEMA = pa.schema([(DOC_ID, pa.string()), (TEXT, pa.string()), ("role", pa.int8()), ("language", pa.string()),
+                         ("source", pa.string()), ("id", pa.string()), ("origin", pa.string())])
 
 
 def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
-def write_shards(files: list[str], out: Path, settings: Any, tag: str, spill: Path | None = None) -> list[dict[str, Any]]:
+def write_shards(files: list[str], out: Path, settings: Any, tag: str, spill: Path | None = None,
+                 refs: Path | None = None) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
     caches a local dataset by its file patterns, so other content must mean other names. `spill`:
-    a scratch folder (default `out/_spill`), removed at the end."""
+    a scratch folder (default `out/_spill`), removed at the end. Rows leave with `positive_id` and
+    `negative_ids` (inline negatives get their ids here); every passage they name is listed in
+    `refs` (default `spill/../_passage_refs.parquet`) for the passage table (`pipeline/engine/corpus.py`)."""
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
     spill = spill or out / "_spill"
-    _spill(files, keys, plan, spill)
+    _spill(files, keys, plan, spill, refs or spill.parent / "_passage_refs.parquet")
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
     for p, row in enumerate(plan.iter_rows(named=True)):
@@ -62,17 +71,20 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str, spill: Pa
     return written
 
 
-def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path) -> None:
-    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`."""
+def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, refs: Path) -> None:
+    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`,
+    with its passage ids; the passages it names to `refs`."""
     shutil.rmtree(spill, ignore_errors=True)  # a crashed attempt's
     spill.mkdir(parents=True)
     index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
     writers: dict[tuple[int, int], pq.ParquetWriter] = {}
+    refs_writer = pq.ParquetWriter(refs, REFS_SCHEMA, compression="lz4")
     try:
         for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, DROP]):
-                df = pl.from_arrow(batch).filter(pl.col(DROP).is_null()).select(COLUMNS)
-                df = df.join(index, on=keys, how="left", nulls_equal=True).with_columns(
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, NEGATIVES, DROP]):
+                df, passages = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
+                refs_writer.write_table(passages)
+                df = df.select(COLUMNS).join(index, on=keys, how="left", nulls_equal=True).with_columns(
                     (pl.col("id").str.slice(0, ID_PREFIX).str.to_integer(base=16).cast(pl.Int64) * pl.col("_ranges") // 16**ID_PREFIX).alias("_range"))
                 for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
                     table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
@@ -80,5 +92,25 @@ def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path) -
                         writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="lz4")
                     writers[(p, r)].write_table(table)
     finally:
+        refs_writer.close()
         for w in writers.values():
             w.close()
+
+
+def with_passage_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
+    """Rows with `positive_id` and `negative_ids` (from inline negatives where a row still has them),
+    and the passages they name (REFS_SCHEMA)."""
+    positives = [passage_id(t) if t is not None else None for t in df["positive"].to_list()]
+    inline, stored = df[NEGATIVES].to_list(), df[NEGATIVE_IDS].to_list()
+    negatives = [[passage_id(t) for t in own] if own is not None else ids for own, ids in zip(inline, stored)]
+    df = df.with_columns(pl.Series(POSITIVE_ID, positives, pl.String), pl.Series(NEGATIVE_IDS, negatives, pl.List(pl.String)))
+    refs: dict[str, list] = {name: [] for name in REFS_SCHEMA.names}
+    rows = zip(positives, df["positive"].to_list(), df["positive_lang"].to_list(), negatives, inline, df["negatives_lang"].to_list(),
+               df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
+    for pos_id, pos, pos_lang, neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
+        named = [(pos_id, pos, 0, pos_lang)] if pos_id else []
+        named += [(d, neg_texts[k] if neg_texts is not None else None, 1, neg_lang) for k, d in enumerate(neg_ids or [])]
+        for doc, text, role, lang in named:
+            for column, value in zip(REFS_SCHEMA.names, (doc, text, role, lang, source, rid, origin)):
+                refs[column].append(value)
+    return df, pa.table(refs, schema=REFS_SCHEMA)

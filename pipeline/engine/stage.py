@@ -92,6 +92,9 @@ class RunContext:
     # skip finished work units (mining shards); named by the step's fingerprint, removed when the
     # step's checkpoint commits.
     work_dir: Path | None = None
+    # The run's passage store (`passages/`, local or a URL): stages that make negatives store their
+    # texts there and keep ids (`pipeline/ops/passage_store.py`); None outside a run: texts stay inline.
+    passages: str | None = None
 
 
 class Stage:

@@ -30,6 +30,7 @@ from langid.labels import label_kind, language_family, language_name, script_nam
 from pipeline.engine.checkpoint import Checkpoint
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import UNSPACED
+from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
 
 STATS_DIR = "stats"
 BATCH_ROWS = 8192
@@ -37,7 +38,7 @@ SAMPLE_CHARS = 400
 # A word is a run of letters, digits and marks; in scripts written without spaces every character
 # (with its marks) counts, as in near-dup shingling (pipeline/minhash.py).
 WORD_PATTERN = rf"[{UNSPACED}]\p{{M}}*|[[\p{{L}}\p{{N}}\p{{M}}]--[{UNSPACED}]]+"
-COLUMNS = ["source", "task", "instruction", "query", "positive", "negatives", "positive_score", "negative_scores", "label",
+COLUMNS = ["source", "task", "instruction", "query", "positive", NEGATIVE_IDS, "negatives", "positive_score", "negative_scores", "label",
            "query_lang", "query_lang_conf", "positive_lang_conf", "cross_lingual", "dup_count", "near_dup_count", "id"]
 
 
@@ -109,12 +110,34 @@ def _batches(files: list[str]) -> Iterator[pl.DataFrame]:
             yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
 
 
-def _per_row(df: pl.DataFrame, count: TokenCounter) -> pl.DataFrame:
+def passage_figures(files: list[str], count: TokenCounter) -> pl.DataFrame:
+    """Characters and tokens of each passage of the run's passage table (`doc_id`, `chars`, `tokens`),
+    counted once however many rows name the passage."""
+    parts = [pl.from_arrow(pa.Table.from_batches([b])) for f in files for b in pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=[DOC_ID, TEXT])]
+    return pl.concat([p.select(DOC_ID, pl.col(TEXT).str.len_chars().cast(pl.Int64).alias("chars"), count(p[TEXT]).alias("tokens"))  # type: ignore[union-attr]
+                      for p in parts], how="vertical") if parts else pl.DataFrame(schema={DOC_ID: pl.String, "chars": pl.Int64, "tokens": pl.Int64})
+
+
+def _negatives(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame | None) -> pl.DataFrame:
+    """Per row: its negatives' number, characters and tokens, by id through the passage table (or from
+    inline texts, in shards written before negatives were stored by reference)."""
+    rows = df.with_row_index("row")
+    if NEGATIVE_IDS in df.columns:
+        number = pl.col(NEGATIVE_IDS).list.len()
+        flat = rows.select("row", pl.col(NEGATIVE_IDS).alias(DOC_ID)).explode(DOC_ID).drop_nulls(DOC_ID)
+        flat = flat.join(passages if passages is not None else passage_figures([], count), on=DOC_ID, how="left")
+    else:
+        number = pl.col("negatives").list.len()
+        flat = rows.select("row", "negatives").explode("negatives").drop_nulls("negatives")
+        flat = flat.with_columns(chars=pl.col("negatives").str.len_chars().cast(pl.Int64), tokens=count(flat["negatives"]))
+    per_row = flat.group_by("row").agg(pl.col("chars").sum().alias("negative_chars"), pl.col("tokens").sum().alias("negative_tokens"))
+    return (rows.select("row", number.fill_null(0).cast(pl.Int64).alias("negatives"))
+            .join(per_row, on="row", how="left", maintain_order="left").fill_null(0))
+
+
+def _per_row(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame | None = None) -> pl.DataFrame:
     """The figures of each row that the sums and histograms are made of."""
-    flat = df.with_row_index("row").select("row", "negatives").explode("negatives").drop_nulls("negatives")
-    per_row = (flat.with_columns(chars=pl.col("negatives").str.len_chars().cast(pl.Int64), tokens=count(flat["negatives"]))
-               .group_by("row").agg(pl.col("chars").sum().alias("negative_chars"), pl.col("tokens").sum().alias("negative_tokens")))
-    negatives = df.with_row_index("row").select("row").join(per_row, on="row", how="left", maintain_order="left").fill_null(0)
+    negatives = _negatives(df, count, passages)
     out = df.select(
         "source", "task",
         pl.col("query_lang").fill_null("und").alias("language"),
@@ -122,12 +145,11 @@ def _per_row(df: pl.DataFrame, count: TokenCounter) -> pl.DataFrame:
         pl.col("positive").str.len_chars().fill_null(0).cast(pl.Int64).alias("positive_chars"),
         pl.col("instruction").is_not_null().cast(pl.Int64).alias("instructed"),
         pl.col("cross_lingual").fill_null(False).cast(pl.Int64).alias("cross_lingual"),
-        pl.col("negatives").list.len().fill_null(0).cast(pl.Int64).alias("negatives"),
         "query_lang_conf", "positive_lang_conf", "dup_count", "near_dup_count",
         (pl.col("positive_score") - pl.col("negative_scores").list.max()).alias("margin"),
     ).with_columns(
         query_tokens=count(df["query"]), positive_tokens=count(df["positive"]),
-        negative_chars=negatives["negative_chars"], negative_tokens=negatives["negative_tokens"],
+        negatives=negatives["negatives"], negative_chars=negatives["negative_chars"], negative_tokens=negatives["negative_tokens"],
     )
     return out.with_columns(
         records=pl.lit(1, pl.Int64),
@@ -228,9 +250,10 @@ def compute(run_dir: str | Path, tokenizer: str | None = None, reference: str | 
     count = TokenCounter(tokenizer)
     sums, hists, samples = [], [], []
     total_rows = sum(s["rows"] for s in marker["shards"])
+    passages = passage_figures([str(run_dir / CORPUS_DIR / p["path"]) for p in marker.get("corpus", [])], count)
     with tqdm(total=total_rows, desc="statistics", unit="rows", disable=not progress) as bar:
         for df in _batches(files):
-            rows = _per_row(df, count)
+            rows = _per_row(df, count, passages)
             sums.append(rows.group_by("source", "task", "language").agg(pl.col(SUMS).sum()))
             hists.append(_histogram_counts(rows))
             if samples_per_language:

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from pipeline.engine.stage import ShuffleStage, StageConfig
 from pipeline.ops.minhash import hash_strings
+from pipeline.ops.passage_store import store_negatives
 from sources.record import DETAIL, DROP, WORK_SCHEMA
 
 
@@ -70,8 +71,8 @@ class BuildPairs(ShuffleStage):
             elif task == "pair_classification":
                 self._nli(group)
         # Rows are dicts here (the grouping logic is per row): a dropped row's reason is set on its dict
-        # and taken over as it stands.
-        return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+        # and taken over as it stands. The negatives made here are stored by reference (ids in the rows).
+        return store_negatives(pa.Table.from_pylist(rows, schema=WORK_SCHEMA), self.context.passages)
 
     def _rng(self, row: dict) -> random.Random:
         return random.Random(f"{self.config.seed}:{row['id']}:{row['origin']}")

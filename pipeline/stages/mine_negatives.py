@@ -40,6 +40,7 @@ from pipeline.engine.stage import Resources, ShuffleStage, StageConfig
 from pipeline.ops.embed import Embedder, device, is_model_dir, load_encoder
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import hash_strings, signatures
+from pipeline.ops.passage_store import store_negatives
 from pipeline.ops.retrieval import Bm25Search, DenseSearch, Search
 from sources.record import DROP, FLAGS, WORK_SCHEMA
 from sources.settings import from_manifest
@@ -123,7 +124,8 @@ class MineNegativesConfig(StageConfig):
     def wants(self, row: dict[str, Any]) -> bool:
         """Whether this row gets negatives mined."""
         return (
-            bool(row["positive"]) and row["task"] in self.mined_tasks and not (self.keep_existing and row["negatives"])
+            bool(row["positive"]) and row["task"] in self.mined_tasks
+            and not (self.keep_existing and (row["negatives"] or row["negative_ids"]))
         )
 
 
@@ -212,7 +214,8 @@ class MineNegatives(ShuffleStage):
         with _progress(sum(self.config.wants(r) for r in rows)) as bar:
             for group, members in sorted(groups.items()):
                 self._mine(group, rows, members, bar)
-        return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+        # Every row's negatives leave the step as ids, their texts once in the run's passage store.
+        return store_negatives(pa.Table.from_pylist(rows, schema=WORK_SCHEMA), self.context.passages)
 
     def _mine(self, group: str, rows: list[dict], members: list[int], bar: Any) -> None:
         config = self.config

@@ -1,0 +1,90 @@
+"""The passage table: every distinct passage of a run (positives and negatives) stored once, by id.
+
+ML-Embed's stage 2 has ~33M rows with up to 24 hard negatives each, mostly the same passages again
+and again. So a record refers to its passages by `doc_id` (BLAKE2b-128 of the text: the same text
+always gets the same id, in any run) and the texts live once in the run's `corpus/` shards
+(`CORPUS_SCHEMA`). Inside a run, the stages that make negatives (`build_pairs`, `mine_negatives`)
+put their texts in a content-addressed passage store (`passages/` of the run folder, same schema)
+and their rows carry ids from there on, so the checkpoints shrink as well as the shards.
+
+This module is the one place that names the columns; the pipeline, the trainer and the export read
+them from here (it imports nothing of the engine, so the trainer may use it).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+DOC_ID, TEXT = "doc_id", "text"
+POSITIVE_ID, NEGATIVE_IDS = "positive_id", "negative_ids"
+NEGATIVES = "negatives"  # inline negative texts: what sources give and stages read, until stored by reference
+CORPUS_DIR, STORE_DIR = "corpus", "passages"  # folders of a run: the final passage table, the store of a run in flight
+CORPUS_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string(), nullable=False),
+        pa.field(TEXT, pa.string(), nullable=False),
+        pa.field("language", pa.string()),  # the passage's language (as a positive, else its row's negatives' label)
+        pa.field("source", pa.string()),  # the source of the first row (by source name) that holds it
+    ]
+)
+
+
+def passage_id(text: str) -> str:
+    """The passage's stable id: BLAKE2b-128 of its UTF-8 text, hex (as `pipeline/ops/embed.text_id`)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class MissingPassage(LookupError):
+    """A record refers to a passage the table does not hold: a broken run, never a silent gap."""
+
+
+def corpus_files(run_dir: str | Path) -> list[str]:
+    """The passage table's files of a run folder (or a folder or glob of them), sorted."""
+    path = Path(run_dir)
+    if path.is_dir():
+        root = path / CORPUS_DIR if (path / CORPUS_DIR).is_dir() else path
+        return sorted(str(f) for f in root.rglob("*.parquet"))
+    return sorted(glob.glob(str(run_dir), recursive=True))
+
+
+class PassageTable:
+    """doc_id -> text over a run's corpus files: the texts stay one Arrow column (no Python string
+    per passage), found through a sorted array of the ids' 64-bit prefixes (binary search)."""
+
+    def __init__(self, files: Iterable[str]):
+        files = list(files)
+        table = pq.read_table(files, columns=[DOC_ID, TEXT], schema=CORPUS_SCHEMA.select([DOC_ID, TEXT])) if files else CORPUS_SCHEMA.empty_table()
+        keys = _prefixes(table[DOC_ID])
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.ids = keys[order], table[DOC_ID].take(pa.array(order)).to_numpy(zero_copy_only=False)
+        self.texts = table[TEXT].combine_chunks().take(pa.array(order))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def rows(self, ids: list[str], where: str = "") -> np.ndarray:
+        """Row numbers of `ids` in the table; a missing id raises `MissingPassage` naming `where`."""
+        keys = _prefixes(pa.array(ids, pa.string()))
+        found = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
+        ok = (self.ids[found] == np.asarray(ids, dtype=object)) if len(self.keys) else np.zeros(len(ids), bool)
+        if not ok.all():
+            missing = ids[int(np.flatnonzero(~ok)[0])]
+            raise MissingPassage(f"{where}: passage {missing} is not in the passage table ({len(self)} passages)")
+        return found
+
+    def texts_of(self, ids: list[str], where: str = "") -> list[str]:
+        return self.texts.take(pa.array(self.rows(ids, where))).to_pylist() if ids else []
+
+
+def _prefixes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The first 16 hex digits of each id as an unsigned 64-bit number (ids are uniform hashes)."""
+    head = pc.utf8_slice_codeunits(ids, 0, 16).to_numpy(zero_copy_only=False)
+    return np.array([int(h, 16) for h in head], dtype=np.uint64)
