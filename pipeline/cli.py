@@ -11,6 +11,8 @@ from rich.console import Console
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.tools.export import LAYOUTS
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Build embedding-training corpora from a manifest.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a manifest (resumes an interrupted run)")
@@ -27,10 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)")
     de.add_argument("--json", help="write the figures here")
-    ex = sub.add_parser("export", help="write a run's shards as flat query, passage, negative_1..N Parquet")
+    ex = sub.add_parser("export", help="write a run's shards as flat query, passage, negative_1..N Parquet, or in ML-Embed's release layout")
     ex.add_argument("run_dir")
     ex.add_argument("out")
-    ex.add_argument("--negatives", type=int, help="negative columns (default: the longest list)")
+    ex.add_argument("--layout", choices=LAYOUTS, default="flat",
+                    help="flat: negative texts in columns; ml-embed: queries/<source>.parquet with passage ids, one corpus.parquet")
+    ex.add_argument("--negatives", type=int, help="negatives per row (default: the longest list)")
+    ex.add_argument("--tokenizer", help="ml-embed: a local tokenizer.json (or folder) to add input_ids with (nothing is downloaded)")
     ex.add_argument("--template", help='join instructions to queries, e.g. "Instruct: {instruction}\\nQuery: {query}"')
     st = sub.add_parser("stats", help="per-language statistics of a run as tables (computes them if the run has none)")
     st.add_argument("run_dir")
@@ -64,7 +69,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     from pipeline.tools.export import export
 
     template = args.template.replace("\\n", "\n") if args.template else None
-    rows = export(args.run_dir, args.out, args.negatives, template)
+    rows = export(args.run_dir, args.out, args.negatives, template, args.layout, args.tokenizer)
     console.print(f"{rows:,} rows written under {args.out}")
     return 0
 

@@ -61,7 +61,8 @@ class PassageTable:
 
     def __init__(self, files: Iterable[str]):
         files = list(files)
-        table = pq.read_table(files, columns=[DOC_ID, TEXT], schema=CORPUS_SCHEMA.select([DOC_ID, TEXT])) if files else CORPUS_SCHEMA.empty_table()
+        schema = pa.schema([CORPUS_SCHEMA.field(DOC_ID), CORPUS_SCHEMA.field(TEXT)])
+        table = pq.read_table(files, columns=schema.names, schema=schema) if files else schema.empty_table()
         keys = _prefixes(table[DOC_ID])
         order = np.argsort(keys, kind="stable")
         self.keys, self.ids = keys[order], table[DOC_ID].take(pa.array(order)).to_numpy(zero_copy_only=False)
@@ -70,17 +71,19 @@ class PassageTable:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def rows(self, ids: list[str], where: str = "") -> np.ndarray:
-        """Row numbers of `ids` in the table; a missing id raises `MissingPassage` naming `where`."""
+    def rows(self, ids: list[str], where: str | list[str] = "") -> np.ndarray:
+        """Row numbers of `ids` in the table; a missing id raises `MissingPassage` naming where it
+        was found (`where`, or `where[k]` for the k-th id)."""
         keys = _prefixes(pa.array(ids, pa.string()))
         found = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
         ok = (self.ids[found] == np.asarray(ids, dtype=object)) if len(self.keys) else np.zeros(len(ids), bool)
         if not ok.all():
-            missing = ids[int(np.flatnonzero(~ok)[0])]
-            raise MissingPassage(f"{where}: passage {missing} is not in the passage table ({len(self)} passages)")
+            k = int(np.flatnonzero(~ok)[0])
+            place = where[k] if isinstance(where, list) else where
+            raise MissingPassage(f"{place}: passage {ids[k]} is not in the passage table ({len(self)} passages)")
         return found
 
-    def texts_of(self, ids: list[str], where: str = "") -> list[str]:
+    def texts_of(self, ids: list[str], where: str | list[str] = "") -> list[str]:
         return self.texts.take(pa.array(self.rows(ids, where))).to_pylist() if ids else []
 
 

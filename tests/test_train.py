@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from sources.passages import CORPUS_DIR, CORPUS_SCHEMA, DOC_ID, NEGATIVE_IDS, TEXT, MissingPassage, passage_id
 from sources.record import SCHEMA
 from sources.settings import ConfigError
 from tests.conftest import ROOT, SAMPLES
@@ -46,10 +48,18 @@ def shards(tmp_path_factory):
         rows.append({"source": "topics", "task": "classification", "query": r["positive"][:200], "positive": f"The text is about {topic}.",
                      "query_lang": r["query_lang"], "positive_lang": "eng_Latn",
                      "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])], "instruction": "Classify the topic"})
+    passages = {}
+    for r in rows:  # negatives by id, their texts once in the run's passage table
+        negatives = r.pop("negatives")
+        r[NEGATIVE_IDS] = [passage_id(t) for t in negatives] if negatives else None
+        passages.update(zip(r[NEGATIVE_IDS] or [], negatives or []))
     for source in ("xquad_r", "topics"):
         part = [dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r) for i, r in enumerate(rows) if r["source"] == source]
         (root / "shards" / source).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), root / "shards" / source / "part-00000-test.parquet", row_group_size=50)
+    (root / CORPUS_DIR).mkdir()
+    corpus = [{DOC_ID: d, TEXT: t} for d, t in sorted(passages.items())]
+    pq.write_table(pa.Table.from_pylist(corpus, schema=CORPUS_SCHEMA), root / CORPUS_DIR / "part-00000-test.parquet")
     return root
 
 
@@ -124,6 +134,22 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
     config.data.weights = {"topic": 1.0}
     with pytest.raises(ValueError, match=r"data.weights names sources that the shards do not hold: \['topic'\] \(they hold \['topics', 'xquad_r'\]\)"):
         Batches(config.data, 8)
+
+
+def test_batches_resolve_negative_ids_through_the_passage_table_and_name_a_missing_one(tmp_path, shards, tiny_model):
+    config = load_config(_config(tmp_path, shards, tiny_model))
+    batches = [b for b, _ in zip(Batches(config.data, 8, seed=2), range(16)) if b.task == "classification"]
+    assert batches and all(len(b.negatives) == 16 for b in batches)
+    for b in batches:  # texts of the passage table, other topics than the query's own
+        assert all(n.startswith("The text is about ") and n != b.positives[o] for n, o in zip(b.negatives, b.owner))
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    corpus = broken / CORPUS_DIR / "part-00000-test.parquet"
+    pq.write_table(pq.read_table(corpus).slice(1), corpus)  # a passage lost
+    config = load_config(_config(tmp_path / "b", broken, tiny_model))
+    with pytest.raises(MissingPassage, match=r"topics/part-00000-test.parquet: row group \d+, row \d+: passage [0-9a-f]{32} is not in the passage table \(4 passages\)"):
+        for _ in zip(Batches(config.data, 8), range(40)):
+            pass
 
 
 def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path, shards, tiny_model):

@@ -1,6 +1,10 @@
 """Batches straight from the pipeline's Parquet shards: one source per batch, streamed, shuffled in a
 bounded buffer, deterministic from a seed, split across ranks, resumable at any step.
 
+Hard negatives are ids (`negative_ids`); the chosen ones of a batch are resolved in one lookup in
+the run's passage table (`corpus/`, see `sources/passages.py`). Shards written before the passage
+table, with negative texts inline, are read as they are.
+
 Every rank computes the same sequence of global batches (same seed) and keeps its own slice, so
 ranks never overlap and a run on N ranks sees exactly the batches of a run on one. Resuming at
 step k replays the first k batches' choices (reading, not training), so the order is the same as
@@ -19,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sources.passages import CORPUS_DIR, NEGATIVE_IDS, NEGATIVES, PassageTable
 from train.config import DataConfig
 
-COLUMNS = ["source", "task", "instruction", "query", "positive", "negatives"]
+COLUMNS = ["source", "task", "instruction", "query", "positive"]  # and the negatives, by id (or inline)
 
 
 @dataclass
@@ -44,6 +49,12 @@ class Batch:
         return Batch(self.source, self.task, self.queries[start:stop], self.positives[start:stop],
                      [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch, self.keys[start:stop],
                      self.prompts[start:stop])
+
+
+def passage_table(files: list[str]) -> PassageTable:
+    """The passage tables of the runs the shard files belong to (`RUN/corpus/` beside `RUN/shards/`)."""
+    runs = {p for f in files for p in Path(f).parents if p.name == "shards"}
+    return PassageTable(str(c) for run in sorted(runs) for c in sorted((run.parent / CORPUS_DIR).glob("*.parquet")))
 
 
 def shard_files(paths: list[str]) -> list[str]:
@@ -84,10 +95,16 @@ class GroupStream:
         while True:
             for i in self.rng.permutation(len(self.files)):
                 parquet = pq.ParquetFile(self.files[i])
+                # negatives by id, or (shards written before the passage table) as inline texts
+                negatives = NEGATIVE_IDS if NEGATIVE_IDS in parquet.schema_arrow.names else NEGATIVES
+                columns = [*COLUMNS, negatives]
                 for rg in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(rg, columns=list(dict.fromkeys(COLUMNS + self.columns)))
+                    table = parquet.read_row_group(rg, columns=list(dict.fromkeys(columns + self.columns)))
                     keep = pc.and_(pc.is_valid(table["positive"]), pc.is_in(group_keys(table, self.columns), self.members))
-                    yield from table.filter(keep).select(COLUMNS).to_pylist()
+                    at = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+                    for n, row in zip(at.tolist(), table.filter(keep).select(columns).to_pylist()):
+                        row["where"] = f"{self.files[i]}: row group {rg}, row {n}"  # named if a passage is missing
+                        yield row
 
     def next(self) -> dict:
         while len(self.buffer) < self.size:
@@ -145,6 +162,7 @@ class Batches:
             raise ValueError(f"data.weights leaves no source to train on ({config.weights})")
         self.probabilities = weights / weights.sum()
         self.members, self.where, self.seed = members, where, seed
+        self.passages = passage_table(files)
 
     def _streams(self) -> dict[Group, GroupStream]:
         return {key: GroupStream(self.config.batch_by, groups, sorted({f for g in groups for f in self.where[g]}),
@@ -169,12 +187,16 @@ class Batches:
             batch = Batch(source, task, queries, positives, in_batch=task in self.config.in_batch,
                           keys=[first.setdefault(p, i) for i, p in enumerate(positives)], prompts=prompts)
             k = self.config.negatives.get(task, 0)
+            places = []
             for i, r in enumerate(rows):
-                own = r["negatives"] or []
+                own = r.get(NEGATIVE_IDS, r.get(NEGATIVES)) or []
                 if k and own:
                     for j in sorted(rng.choice(len(own), size=min(k, len(own)), replace=False)):
                         batch.negatives.append(own[j])
                         batch.owner.append(i)
+                        places.append(r["where"])
+            if batch.negatives and NEGATIVE_IDS in rows[0]:  # ids, resolved in one lookup for the batch
+                batch.negatives = self.passages.texts_of(batch.negatives, places)
             yield batch
 
 
