@@ -121,9 +121,26 @@ def kill_tree(pid: int) -> None:
 
 
 def shard_digests(run_dir: Path) -> dict[str, str]:
-    """SHA-256 of every shard file of a run, by path: equal digests mean byte-identical output."""
-    shards = run_dir / "shards"
-    return {str(p.relative_to(shards)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.rglob("*.parquet"))}
+    """SHA-256 of every shard file and passage-table file of a run, by path: equal digests mean
+    byte-identical output."""
+    files = [*sorted((run_dir / "shards").rglob("*.parquet")), *sorted((run_dir / "corpus").glob("*.parquet"))]
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def by_reference(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Records with inline `negatives` as the shards hold them (`negative_ids`), and the passage
+    table's rows for those negatives (doc_id, text), sorted by id."""
+    from sources.passages import DOC_ID, NEGATIVE_IDS, TEXT, passage_id
+
+    texts: dict[str, str] = {}
+    out = []
+    for row in rows:
+        row = dict(row)
+        negatives = row.pop("negatives", None)
+        row[NEGATIVE_IDS] = [passage_id(t) for t in negatives] if negatives is not None else None
+        texts.update(zip(row[NEGATIVE_IDS] or [], negatives or []))
+        out.append(row)
+    return out, [{DOC_ID: d, TEXT: t} for d, t in sorted(texts.items())]
 
 
 def _wait_for_nodes(ray_cli: str, address: str, env: dict, count: int, timeout: float = 90) -> None:

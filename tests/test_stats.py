@@ -15,14 +15,18 @@ import pytest
 from pipeline.api import load_manifest
 from pipeline.engine.ledger import LEDGER_SCHEMA
 from pipeline.reporting import stats
+from sources.passages import CORPUS_SCHEMA
 from sources.record import SCHEMA
 from sources.settings import ConfigError
-from tests.conftest import SAMPLES, stage1_sources, write_manifest
+from tests.conftest import SAMPLES, by_reference, stage1_sources, write_manifest
 
 
 def _make_run(folder: Path, rows: list[dict], fingerprint: str = "a" * 24) -> Path:
     """A finished run's folder as the runner leaves it: shards, their marker, and the ledger."""
     (folder / "shards" / "src").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus").mkdir(exist_ok=True)
+    rows, passages = by_reference(rows)
+    pq.write_table(pa.Table.from_pylist(passages, schema=CORPUS_SCHEMA), folder / "corpus" / "part-00000.parquet")
     table = pa.Table.from_pylist([{**{f: None for f in SCHEMA.names}, **r} for r in rows], schema=SCHEMA)
     half = table.num_rows // 2
     shards = []
@@ -30,7 +34,7 @@ def _make_run(folder: Path, rows: list[dict], fingerprint: str = "a" * 24) -> Pa
         path = f"src/part-{i:05d}-{fingerprint[:8]}.parquet"
         pq.write_table(part, folder / "shards" / path)
         shards.append({"path": path, "rows": part.num_rows, "source": "src"})
-    (folder / "shards" / "_SUCCESS.json").write_text(json.dumps({"fingerprint": fingerprint, "shards": shards}))
+    (folder / "shards" / "_SUCCESS.json").write_text(json.dumps({"fingerprint": fingerprint, "shards": shards, "corpus": [{"path": "part-00000.parquet", "rows": len(passages)}]}))
     langs = pl.from_arrow(table.select(["query_lang"]))["query_lang"].value_counts()
     ledger = pl.DataFrame({"step": "01-x", "source": "src", "language": langs["query_lang"], "kind": "out", "reason": None, "rows": langs["count"]},
                           schema=LEDGER_SCHEMA)
@@ -75,6 +79,7 @@ def test_statistics_add_up_across_batches_and_match_the_shards(tmp_path, monkeyp
     expected = [r for r in rows if r["query_lang"] == "eng_Latn"]
     assert eng["records"] == len(expected) and eng["name"] == "English (Latin)" and eng["family"] == "Indo-European"
     assert eng["negatives"] == sum(len(r["negatives"]) for r in expected)
+    assert eng["negative_chars"] == sum(len(n) for r in expected for n in r["negatives"])  # texts by id, through the passage table
     assert eng["query_chars"] == sum(len(r["query"]) for r in expected)
     assert eng["cross_lingual_share"] == pytest.approx(sum(r["cross_lingual"] for r in expected) / len(expected))
     assert eng["exact_dup_clusters"] == sum(r["dup_count"] > 1 for r in expected)

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from sources.passages import CORPUS_DIR, CORPUS_SCHEMA, DOC_ID, NEGATIVE_IDS, TEXT, MissingPassage, passage_id
+from sources.passages import CORPUS_DIR, CORPUS_SCHEMA, MissingPassage
 from sources.record import SCHEMA
 from sources.settings import ConfigError
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, by_reference
 from train.config import load_config
 from train.data import Batches, rank_slice
 from train.model import FactorizedEmbedding
@@ -48,18 +48,13 @@ def shards(tmp_path_factory):
         rows.append({"source": "topics", "task": "classification", "query": r["positive"][:200], "positive": f"The text is about {topic}.",
                      "query_lang": r["query_lang"], "positive_lang": "eng_Latn",
                      "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])], "instruction": "Classify the topic"})
-    passages = {}
-    for r in rows:  # negatives by id, their texts once in the run's passage table
-        negatives = r.pop("negatives")
-        r[NEGATIVE_IDS] = [passage_id(t) for t in negatives] if negatives else None
-        passages.update(zip(r[NEGATIVE_IDS] or [], negatives or []))
+    rows, passages = by_reference(rows)  # negatives by id, their texts once in the run's passage table
     for source in ("xquad_r", "topics"):
         part = [dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r) for i, r in enumerate(rows) if r["source"] == source]
         (root / "shards" / source).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), root / "shards" / source / "part-00000-test.parquet", row_group_size=50)
     (root / CORPUS_DIR).mkdir()
-    corpus = [{DOC_ID: d, TEXT: t} for d, t in sorted(passages.items())]
-    pq.write_table(pa.Table.from_pylist(corpus, schema=CORPUS_SCHEMA), root / CORPUS_DIR / "part-00000-test.parquet")
+    pq.write_table(pa.Table.from_pylist(passages, schema=CORPUS_SCHEMA), root / CORPUS_DIR / "part-00000-test.parquet")
     return root
 
 

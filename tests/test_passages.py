@@ -1,0 +1,138 @@
+"""The passage table: negatives by id in checkpoints and shards, every passage once in `corpus/`,
+ids stable, readers (datasets, polars, pyarrow, export) working as they are, a crash while the table
+is written resumed to the same bytes, and a negative with no passage an error naming its row."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.api import load_manifest, run
+from pipeline.engine import corpus as corpus_mod
+from pipeline.engine.checkpoint import Checkpoint
+from sources.passages import MissingPassage, passage_id
+from tests.conftest import SAMPLES, run_cli, shard_digests, write_manifest
+
+
+def _manifest(folder: Path) -> Path:
+    """Retrieval rows whose source gives 3 negatives each, and SIB-200 topics whose negatives
+    `build_pairs` makes (stored by reference from that step on); small shards, no statistics."""
+    with gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt", encoding="utf-8") as f:
+        items = list({r["question"]: r for r in map(json.loads, f)}.values())[:150]  # one row per question
+    contexts = sorted({r["context"] for r in items})
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "qa.jsonl").open("w", encoding="utf-8") as f:
+        for i, r in enumerate(items):
+            negatives = [c for c in contexts if c != r["context"]][i % 5: i % 5 + 3]
+            f.write(json.dumps({"question": r["question"], "context": r["context"], "negatives": negatives}) + "\n")
+    sources = [
+        {"name": "qa", "task": "retrieval", "path": "qa.jsonl", "licence": "CC-BY-SA-4.0",
+         "columns": {"query": "question", "positive": "context", "negatives": "negatives"}},
+        {"name": "topics", "task": "classification", "path": str(SAMPLES / "sib200_topics" / "*.tsv.gz"), "licence": "CC-BY-SA-4.0",
+         "columns": {"query": "text", "label": "category"}},
+    ]
+    return write_manifest(folder, sources, [{"stage": "build_pairs", "negatives": {"classification": 3}}],
+                          shards={"rows_per_shard": 400}, stats={"enabled": False})
+
+
+def _run(folder: Path) -> Path:
+    manifest = folder / "manifest.yaml"  # written once: the input's paths and times are in the run's fingerprint
+    run(load_manifest(manifest if manifest.exists() else _manifest(folder)), quiet=True, log=lambda _: None)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def passages_run(tmp_path_factory) -> Path:
+    return _run(tmp_path_factory.mktemp("passages") / "clean")
+
+
+def test_records_name_passages_that_the_table_holds_once(passages_run):
+    shards = pl.read_parquet(passages_run / "shards" / "**" / "*.parquet")
+    corpus = pl.read_parquet(passages_run / "corpus" / "*.parquet")
+    assert "negatives" not in shards.columns and corpus.columns == ["doc_id", "text", "language", "source"]
+    assert corpus["doc_id"].is_unique().all() and corpus["doc_id"].to_list() == sorted(corpus["doc_id"])
+    assert corpus["doc_id"].to_list() == [passage_id(t) for t in corpus["text"]]  # ids are content hashes: stable
+    named = set(shards["positive_id"].drop_nulls()) | set(shards["negative_ids"].explode().drop_nulls())
+    assert named == set(corpus["doc_id"])  # every passage named, nothing else
+    text = dict(corpus.select("doc_id", "text").iter_rows())
+    assert all(text[p] == t for p, t in shards.select("positive_id", "positive").iter_rows())
+    qa = shards.filter(source="qa")
+    given = {json.loads(line)["question"]: json.loads(line)["negatives"] for line in (passages_run.parent / "qa.jsonl").open()}
+    assert all([text[d] for d in ids] == given[q] for q, ids in qa.select("query", "negative_ids").iter_rows())
+    topics = shards.filter(source="topics")
+    assert (topics["negative_ids"].list.len() == 3).all()
+    # the checkpoint of the step that made them holds ids, the texts are in the run's passage store
+    step = Checkpoint(passages_run / "stages", "01-build_pairs")
+    made = pl.read_parquet(step.files()).filter(pl.col("source") == "topics", pl.col("_drop").is_null())
+    assert made["negatives"].null_count() == made.height and (made["negative_ids"].list.len() == 3).all()
+    stored = pl.read_parquet(passages_run / "passages" / "*.parquet")
+    assert set(made["negative_ids"].explode()) <= set(stored["doc_id"])
+
+
+def test_readers_need_no_conversion(passages_run, tmp_path):
+    import datasets
+
+    records = datasets.load_dataset(str(passages_run), split="train")
+    corpus = datasets.load_dataset(str(passages_run), "corpus", split="train")
+    assert len(records) == pq.read_table(passages_run / "shards").num_rows and "negative_ids" in records.column_names
+    assert len(corpus) == pl.scan_parquet(passages_run / "corpus" / "*.parquet").select(pl.len()).collect().item()
+    assert corpus.column_names == pq.read_table(passages_run / "corpus").column_names
+    # export: the flat layout with texts, and ML-Embed's release layout with ids and input_ids
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "The": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    assert run_cli("export", str(passages_run), str(tmp_path / "flat"), "--negatives", "3").returncode == 0
+    flat = pl.read_parquet(tmp_path / "flat" / "qa" / "*.parquet")
+    given = {json.loads(line)["question"]: json.loads(line)["negatives"] for line in (passages_run.parent / "qa.jsonl").open()}
+    assert all([a, b, c] == given[q] for q, a, b, c in flat.select("query", "negative_1", "negative_2", "negative_3").iter_rows())
+    result = run_cli("export", str(passages_run), str(tmp_path / "ml"), "--layout", "ml-embed", "--tokenizer", str(tmp_path / "tok"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "ml" / "queries").iterdir()) == ["qa.parquet", "topics.parquet"]
+    queries = pl.read_parquet(tmp_path / "ml" / "queries" / "qa.parquet")
+    shared = pl.read_parquet(tmp_path / "ml" / "corpus.parquet")
+    assert queries.columns == ["query", "instruction", "task", "language", "positive_id", "negative_ids", "input_ids"]
+    assert shared.columns == ["doc_id", "text", "language", "source", "input_ids"]
+    assert shared.drop("input_ids").equals(pl.read_parquet(passages_run / "corpus" / "*.parquet"))
+    the = shared.filter(pl.col("text").str.starts_with("The "))
+    assert the.height and all(ids[0] == 2 for ids in the["input_ids"])
+
+
+def test_crash_while_writing_the_table_resumes_identically_and_a_lost_passage_names_its_row(passages_run, tmp_path, monkeypatch):
+    real = corpus_mod.write_atomic
+    calls = []
+
+    def crash_after_one(path, write):  # a crash after the first file of the passage table
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(path)
+        real(path, write)
+
+    clean = shard_digests(_run(tmp_path / "again"))
+    shutil.rmtree(tmp_path / "again" / "run")
+    monkeypatch.setattr(corpus_mod, "write_atomic", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "again")
+    assert calls and not (tmp_path / "again" / "run" / "shards" / "_SUCCESS.json").exists()
+    monkeypatch.undo()
+    resumed = _run(tmp_path / "again")
+    assert len(list((resumed / "corpus").iterdir())) > 1 and shard_digests(resumed) == clean
+    # another folder, the same input: the same ids, the same passage table (the shards' `origin` names the folder)
+    corpus = {p: d for p, d in clean.items() if p.startswith("corpus/")}
+    assert sorted(corpus.values()) == sorted(d for p, d in shard_digests(passages_run).items() if p.startswith("corpus/"))
+
+    (resumed / "shards" / "_SUCCESS.json").unlink()  # shards and table written again, from a store that lost a file
+    lost = sorted((resumed / "passages").glob("*.parquet"))[0]
+    gone = pl.read_parquet(lost)["doc_id"].to_list()
+    lost.unlink()
+    with pytest.raises(MissingPassage, match=r"row [0-9a-f]{32} \(.*topics.*:\d+\) names negative [0-9a-f]{32}, which is not in the passage store") as err:
+        _run(tmp_path / "again")
+    assert any(d in str(err.value) for d in gone)
