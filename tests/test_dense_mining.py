@@ -102,10 +102,10 @@ def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(
     shards = pl.read_parquet(tmp_path / "clean" / "run" / "shards" / "**" / "*.parquet")
     assert shards.height == 2380 and not (tmp_path / "clean" / "run" / "work").exists()
     assert (
-        shards["negatives"].list.len() == 24
+        shards["negative_ids"].list.len() == 24
     ).mean() > 0.5  # a weak (lexical) model: many candidates outscore the positive
     assert (shards["negative_scores"].list.max() <= 0.95 * shards["positive_score"] + 1e-6).all()
-    assert not shards.filter(pl.col("negatives").list.contains(pl.col("positive"))).height
+    assert not shards.filter(pl.col("negative_ids").list.contains(pl.col("positive_id"))).height
 
     manifest = _manifest(tmp_path, small_model)
     proc = subprocess.Popen(

@@ -112,3 +112,11 @@ def test_dense_mining_needs_a_model_folder(tmp_path):
     (tmp_path / "not_a_model").mkdir()
     msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    retriever: dense\n    model: not_a_model\n"))
     assert "m.yaml:11: stages[0].model" in msg and "is not a model folder" in msg
+
+
+def test_a_stage_reading_negative_texts_after_they_are_stored_by_reference_is_refused(tmp_path):
+    after = "  - stage: build_pairs\n  - stage: normalize\n    fields: [query, negatives]\n  - stage: decontaminate\n" \
+            "    fields: [query]\n    eval_sets: [{name: e, path: m.yaml, columns: [text]}]\n"
+    msg = _error(tmp_path, _base(tmp_path, after))
+    assert "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference before it: put normalize first" in msg
+    assert "stages[2]" not in msg  # the same stage without negatives is fine

@@ -29,16 +29,31 @@ def _manifest(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "qa.jsonl").open("w", encoding="utf-8") as f:
         for i, r in enumerate(items):
-            negatives = [c for c in contexts if c != r["context"]][i % 5: i % 5 + 3]
+            negatives = [c for c in contexts if c != r["context"]][i % 5 : i % 5 + 3]
             f.write(json.dumps({"question": r["question"], "context": r["context"], "negatives": negatives}) + "\n")
     sources = [
-        {"name": "qa", "task": "retrieval", "path": "qa.jsonl", "licence": "CC-BY-SA-4.0",
-         "columns": {"query": "question", "positive": "context", "negatives": "negatives"}},
-        {"name": "topics", "task": "classification", "path": str(SAMPLES / "sib200_topics" / "*.tsv.gz"), "licence": "CC-BY-SA-4.0",
-         "columns": {"query": "text", "label": "category"}},
+        {
+            "name": "qa",
+            "task": "retrieval",
+            "path": "qa.jsonl",
+            "licence": "CC-BY-SA-4.0",
+            "columns": {"query": "question", "positive": "context", "negatives": "negatives"},
+        },
+        {
+            "name": "topics",
+            "task": "classification",
+            "path": str(SAMPLES / "sib200_topics" / "*.tsv.gz"),
+            "licence": "CC-BY-SA-4.0",
+            "columns": {"query": "text", "label": "category"},
+        },
     ]
-    return write_manifest(folder, sources, [{"stage": "build_pairs", "negatives": {"classification": 3}}],
-                          shards={"rows_per_shard": 400}, stats={"enabled": False})
+    return write_manifest(
+        folder,
+        sources,
+        [{"stage": "build_pairs", "negatives": {"classification": 3}}],
+        shards={"rows_per_shard": 400},
+        stats={"enabled": False},
+    )
 
 
 def _run(folder: Path) -> Path:
@@ -63,7 +78,10 @@ def test_records_name_passages_that_the_table_holds_once(passages_run):
     text = dict(corpus.select("doc_id", "text").iter_rows())
     assert all(text[p] == t for p, t in shards.select("positive_id", "positive").iter_rows())
     qa = shards.filter(source="qa")
-    given = {json.loads(line)["question"]: json.loads(line)["negatives"] for line in (passages_run.parent / "qa.jsonl").open()}
+    given = {
+        json.loads(line)["question"]: json.loads(line)["negatives"]
+        for line in (passages_run.parent / "qa.jsonl").open()
+    }
     assert all([text[d] for d in ids] == given[q] for q, ids in qa.select("query", "negative_ids").iter_rows())
     topics = shards.filter(source="topics")
     assert (topics["negative_ids"].list.len() == 3).all()
@@ -92,9 +110,17 @@ def test_readers_need_no_conversion(passages_run, tmp_path):
     tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
     assert run_cli("export", str(passages_run), str(tmp_path / "flat"), "--negatives", "3").returncode == 0
     flat = pl.read_parquet(tmp_path / "flat" / "qa" / "*.parquet")
-    given = {json.loads(line)["question"]: json.loads(line)["negatives"] for line in (passages_run.parent / "qa.jsonl").open()}
-    assert all([a, b, c] == given[q] for q, a, b, c in flat.select("query", "negative_1", "negative_2", "negative_3").iter_rows())
-    result = run_cli("export", str(passages_run), str(tmp_path / "ml"), "--layout", "ml-embed", "--tokenizer", str(tmp_path / "tok"))
+    given = {
+        json.loads(line)["question"]: json.loads(line)["negatives"]
+        for line in (passages_run.parent / "qa.jsonl").open()
+    }
+    assert all(
+        [a, b, c] == given[q]
+        for q, a, b, c in flat.select("query", "negative_1", "negative_2", "negative_3").iter_rows()
+    )
+    result = run_cli(
+        "export", str(passages_run), str(tmp_path / "ml"), "--layout", "ml-embed", "--tokenizer", str(tmp_path / "tok")
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "ml" / "queries").iterdir()) == ["qa.parquet", "topics.parquet"]
     queries = pl.read_parquet(tmp_path / "ml" / "queries" / "qa.parquet")
@@ -106,7 +132,9 @@ def test_readers_need_no_conversion(passages_run, tmp_path):
     assert the.height and all(ids[0] == 2 for ids in the["input_ids"])
 
 
-def test_crash_while_writing_the_table_resumes_identically_and_a_lost_passage_names_its_row(passages_run, tmp_path, monkeypatch):
+def test_crash_while_writing_the_table_resumes_identically_and_a_lost_passage_names_its_row(
+    passages_run, tmp_path, monkeypatch
+):
     real = corpus_mod.write_atomic
     calls = []
 
@@ -127,12 +155,17 @@ def test_crash_while_writing_the_table_resumes_identically_and_a_lost_passage_na
     assert len(list((resumed / "corpus").iterdir())) > 1 and shard_digests(resumed) == clean
     # another folder, the same input: the same ids, the same passage table (the shards' `origin` names the folder)
     corpus = {p: d for p, d in clean.items() if p.startswith("corpus/")}
-    assert sorted(corpus.values()) == sorted(d for p, d in shard_digests(passages_run).items() if p.startswith("corpus/"))
+    assert sorted(corpus.values()) == sorted(
+        d for p, d in shard_digests(passages_run).items() if p.startswith("corpus/")
+    )
 
     (resumed / "shards" / "_SUCCESS.json").unlink()  # shards and table written again, from a store that lost a file
     lost = sorted((resumed / "passages").glob("*.parquet"))[0]
     gone = pl.read_parquet(lost)["doc_id"].to_list()
     lost.unlink()
-    with pytest.raises(MissingPassage, match=r"row [0-9a-f]{32} \(.*topics.*:\d+\) names negative [0-9a-f]{32}, which is not in the passage store") as err:
+    with pytest.raises(
+        MissingPassage,
+        match=r"row [0-9a-f]{32} \(.*topics.*:\d+\) names negative [0-9a-f]{32}, which is not in the passage store",
+    ) as err:
         _run(tmp_path / "again")
     assert any(d in str(err.value) for d in gone)

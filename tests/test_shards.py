@@ -1,5 +1,6 @@
 """Shard writing: every kept row once, files within the size limit and sorted, and the same bytes
-whatever the order and layout of the checkpoint files (what makes resumed runs identical)."""
+(shards and passage table) whatever the order and layout of the checkpoint files (what makes resumed
+runs identical)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.engine.corpus import write_corpus
 from pipeline.engine.manifest import ShardSettings
 from pipeline.engine.shards import write_shards
+from sources.passages import passage_id
 from sources.record import DROP, WORK_SCHEMA, record_id
 
 
@@ -35,19 +38,27 @@ def test_shards_hold_every_kept_row_once_sorted_and_do_not_depend_on_input_layou
     for i in range(3000):
         query = f"question {i} " + "x" * rng.randint(0, 20)
         rows.append({"id": record_id({"task": "retrieval", "query": query}), "source": "a" if i % 4 else "b", "task": "retrieval",
-                     "query": query, "licence": "x", "origin": f"f:{i}", DROP: "exact_duplicate" if i % 10 == 0 else None})
+                     "query": query, "positive": f"passage {i % 700}", "negatives": [f"passage {(i + k) % 900}" for k in range(1, i % 4)] or None,
+                     "licence": "x", "origin": f"f:{i}", DROP: "exact_duplicate" if i % 10 == 0 else None})
     settings = ShardSettings(rows_per_shard=250)
-    first = write_shards(_checkpoint(tmp_path / "in1", rows, 3), tmp_path / "out1", settings, "t4g")
-    rng.shuffle(rows)
-    second = write_shards(_checkpoint(tmp_path / "in2", rows, 7)[::-1], tmp_path / "out2", settings, "t4g")
+    outputs = []
+    for k, files in ((1, 3), (2, 7)):  # the second: other files, other row order
+        folder = tmp_path / f"out{k}"
+        outputs.append(write_shards(_checkpoint(tmp_path / f"in{k}", rows, files)[::-1], folder / "shards", settings, "t4g", tmp_path / f"refs{k}"))
+        write_corpus(tmp_path / f"refs{k}", [], folder / "corpus", settings, "t4g")
+        rng.shuffle(rows)
+    first, second = outputs
     assert _digests(tmp_path / "out1") == _digests(tmp_path / "out2") and first == second
-    table = pq.read_table(tmp_path / "out1")
+    corpus = pq.read_table(tmp_path / "out1" / "corpus").to_pylist()
+    named = {f"passage {i % 700}" for i in range(3000) if i % 10} | {f"passage {(i + k) % 900}" for i in range(3000) if i % 10 for k in range(1, i % 4)}
+    assert sorted(r["text"] for r in corpus) == sorted(named) and all(r["doc_id"] == passage_id(r["text"]) for r in corpus)
+    table = pq.read_table(tmp_path / "out1" / "shards")
     kept = [r for r in rows if r[DROP] is None]
     assert sorted(table["origin"].to_pylist()) == sorted(r["origin"] for r in kept)
-    assert not (tmp_path / "out1" / "_spill").exists()
+    assert not (tmp_path / "out1" / "shards" / "_spill").exists()
     for entry in first:
         assert entry["path"].endswith("-t4g.parquet")
-        part = pq.read_table(tmp_path / "out1" / entry["path"])
+        part = pq.read_table(tmp_path / "out1" / "shards" / entry["path"])
         assert 0 < part.num_rows <= 250 and part.num_rows == entry["rows"]
         assert part["id"].to_pylist() == sorted(part["id"].to_pylist()) and set(part["source"].to_pylist()) == {entry["source"]}
     assert sum(e["rows"] for e in first if e["source"] == "b") == len([r for r in kept if r["source"] == "b"])

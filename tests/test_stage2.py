@@ -38,10 +38,16 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
     heldout = pl.read_ndjson(ROOT / "manifests" / "samples" / "xquad_r_heldout" / "*.jsonl.gz")  # what the trainer evaluates on
     assert shards.filter(pl.col("query").is_in(heldout["question"].implode()) | pl.col("positive").is_in(heldout["context"].implode())).height == 0
     assert shards["instruction"].is_not_null().all() and shards["positive"].is_not_null().all()
+    # negatives by id, every passage once in the passage table
+    corpus = pl.read_parquet(tmp_path / "run" / "corpus" / "*.parquet")
+    assert corpus["doc_id"].is_unique().all() and set(shards["negative_ids"].explode().drop_nulls()) <= set(corpus["doc_id"])
+    text = dict(corpus.select("doc_id", "text").iter_rows())
+    shards = shards.with_columns(pl.col("negative_ids").list.eval(pl.element().replace_strict(text)).alias("negatives"))
     retrieval = shards.filter(task="retrieval")
     assert (retrieval["negatives"].list.len() <= 24).all() and retrieval["negatives"].list.len().mean() > 20
     mined = retrieval.filter(pl.col("positive_score").is_not_null())
     assert (mined["negative_scores"].list.len() == mined["negatives"].list.len()).all()
+    assert not mined.filter(pl.col("negatives").list.contains(pl.col("positive"))).height
     classified = shards.filter(task="classification")
     assert (classified["negatives"].list.len() == 1).all() and set(classified["negatives"].explode()) <= set(classified["positive"])  # label descriptions
     assert shards.filter(task="clustering")["negatives"].list.len().min() >= 1
@@ -83,7 +89,7 @@ def test_dashboard_draws_every_chart_and_shows_the_shards_figures(stage2_run, br
     data = page.evaluate("() => JSON.parse(document.getElementById('stats-data').textContent)")
     shown = {r["language"]: r for r in data["languages"]}
     per_lang = shards.group_by(pl.col("query_lang").fill_null("und")).agg(
-        pl.len().alias("records"), pl.col("negatives").list.len().sum().alias("negatives"), pl.col("cross_lingual").sum().alias("cross"))
+        pl.len().alias("records"), pl.col("negative_ids").list.len().sum().alias("negatives"), pl.col("cross_lingual").sum().alias("cross"))
     assert set(shown) == set(per_lang["query_lang"])
     for lang, records, negatives, cross in per_lang.iter_rows():
         assert shown[lang]["records"] == records and shown[lang]["negatives"] == negatives, lang

@@ -25,28 +25,47 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
     """The passage table under `out` from the passages listed in `refs` and the store's files `store`
     (local); returns one entry per file (path relative to `out`, rows)."""
     named = pl.scan_parquet(refs).sort(DOC_ID, "role", "language", "source", "id", "origin", nulls_last=True)
-    passages = named.group_by(DOC_ID).agg(
-        pl.col(TEXT).drop_nulls().first(), pl.col("language").drop_nulls().first(), pl.col("source").min(),
-        pl.col("id").first(), pl.col("origin").first(),
-    ).collect()
+    passages = (
+        named.group_by(DOC_ID)
+        .agg(
+            pl.col(TEXT).drop_nulls().first(),
+            pl.col("language").drop_nulls().first(),
+            pl.col("source").min(),
+            pl.col("id").first(),
+            pl.col("origin").first(),
+        )
+        .collect()
+    )
     missing = passages.filter(pl.col(TEXT).is_null())
     if missing.height:
-        found = (pl.scan_parquet(store).filter(pl.col(DOC_ID).is_in(missing[DOC_ID].implode())).unique(DOC_ID).collect()
-                 if store else pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String}))
-        passages = passages.join(found.rename({TEXT: "_stored"}), on=DOC_ID, how="left").with_columns(
-            pl.col(TEXT).fill_null(pl.col("_stored"))).drop("_stored")
+        found = (
+            pl.scan_parquet(store).filter(pl.col(DOC_ID).is_in(missing[DOC_ID].implode())).unique(DOC_ID).collect()
+            if store
+            else pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String})
+        )
+        passages = (
+            passages.join(found.rename({TEXT: "_stored"}), on=DOC_ID, how="left")
+            .with_columns(pl.col(TEXT).fill_null(pl.col("_stored")))
+            .drop("_stored")
+        )
         lost = passages.filter(pl.col(TEXT).is_null())
         if lost.height:
             doc, rid, origin = lost.row(0, named=True)[DOC_ID], lost["id"][0], lost["origin"][0]
-            raise MissingPassage(f"row {rid} ({origin}) names negative {doc}, which is not in the passage store "
-                                 f"({len(store)} files; {lost.height} passages missing in all)")
+            raise MissingPassage(
+                f"row {rid} ({origin}) names negative {doc}, which is not in the passage store "
+                f"({len(store)} files; {lost.height} passages missing in all)"
+            )
     table = passages.sort(DOC_ID).select(CORPUS_SCHEMA.names).to_arrow().cast(CORPUS_SCHEMA)
     out.mkdir(parents=True, exist_ok=True)
     compression = None if settings.compression == "none" else settings.compression
     written = []
     for k, start in enumerate(range(0, table.num_rows, settings.rows_per_shard)):
         chunk, target = table.slice(start, settings.rows_per_shard), out / f"part-{k:05d}-{tag}.parquet"
-        write_atomic(target, lambda tmp, chunk=chunk: pq.write_table(chunk, tmp, compression=compression,
-                                                                     compression_level=settings.compression_level))
+        write_atomic(
+            target,
+            lambda tmp, chunk=chunk: pq.write_table(
+                chunk, tmp, compression=compression, compression_level=settings.compression_level
+            ),
+        )
         written.append({"path": target.name, "rows": chunk.num_rows})
     return written

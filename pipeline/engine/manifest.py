@@ -23,6 +23,7 @@ from pydantic import (
 from pipeline.engine.stage import Registry, StageConfig
 from sources import storage
 from sources.config import SourceConfig
+from sources.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
 from sources.record import COLUMNS
 from sources.settings import (
     ConfigError,
@@ -33,7 +34,8 @@ from sources.settings import (
 )
 
 # Record columns every row has from ingestion on (filled, or null where the source has no value).
-INGESTED = tuple(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf")) and c not in ("cross_lingual", "dup_count", "dup_cluster", "near_dup_count"))
+INGESTED = (*(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf"))
+              and c not in ("cross_lingual", "dup_count", "dup_cluster", "near_dup_count", POSITIVE_ID, NEGATIVE_IDS)), NEGATIVES)
 
 
 class RaySettings(Strict):
@@ -130,6 +132,11 @@ def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str
             if column not in available and later is not None:
                 problems.append((i, f"stages[{i}] ({config.stage}) reads {column!r}, which stages[{later}] "
                                     f"({manifest.stages[later].stage}) writes after it: put {manifest.stages[later].stage} first"))
+        # Negatives stored by reference (`pipeline/ops/passage_store.py`) are no longer texts in the rows.
+        stored = next((j for j in range(i) if NEGATIVE_IDS in written[j]), None)
+        if NEGATIVES in registry[config.stage].columns_read(config) and stored is not None:
+            problems.append((i, f"stages[{i}] ({config.stage}) reads negative texts, which stages[{stored}] "
+                                f"({manifest.stages[stored].stage}) stores by reference before it: put {config.stage} first"))
     return problems
 
 

@@ -30,10 +30,10 @@ import polars as pl
 import pipeline
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
+from pipeline.engine.corpus import write_corpus
 from pipeline.engine.execute import run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
-from pipeline.engine.corpus import write_corpus
 from pipeline.engine.shards import write_shards
 from pipeline.engine.stage import Registry, RunContext
 from pipeline.ops.passage_store import store_files
@@ -296,7 +296,7 @@ class Runner:
             self.log("writing shards")
             storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
             refs = self.run_dir / "work" / "_passage_refs.parquet"
-            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], self.run_dir / "work" / "_spill", refs)
+            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], refs, self.run_dir / "work" / "_spill")
             self.log("writing the passage table")
             store = self._local(store_files(self.context.passages or ""))
             corpus = write_corpus(refs, store, corpus_local, self.manifest.shards, shards_fp[:8])

@@ -33,21 +33,20 @@ def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
-def write_shards(files: list[str], out: Path, settings: Any, tag: str, spill: Path | None = None,
-                 refs: Path | None = None) -> list[dict[str, Any]]:
+def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Path, spill: Path | None = None) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
     caches a local dataset by its file patterns, so other content must mean other names. `spill`:
     a scratch folder (default `out/_spill`), removed at the end. Rows leave with `positive_id` and
-    `negative_ids` (inline negatives get their ids here); every passage they name is listed in
-    `refs` (default `spill/../_passage_refs.parquet`) for the passage table (`pipeline/engine/corpus.py`)."""
+    `negative_ids` (inline negatives get their ids here); every passage they name is listed in the
+    file `refs`, for the passage table (`pipeline/engine/corpus.py`)."""
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
     spill = spill or out / "_spill"
-    _spill(files, keys, plan, spill, refs or spill.parent / "_passage_refs.parquet")
+    _spill(files, keys, plan, spill, refs)
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
     for p, row in enumerate(plan.iter_rows(named=True)):

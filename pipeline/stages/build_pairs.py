@@ -50,7 +50,7 @@ class BuildPairsConfig(StageConfig):
 class BuildPairs(ShuffleStage):
     name = "build_pairs"
     config_model = BuildPairsConfig
-    writes = ("positive", "negatives")
+    writes = ("positive", "negatives", "negative_ids")
     config: BuildPairsConfig
 
     def key(self, batch: pa.Table) -> pa.Array:

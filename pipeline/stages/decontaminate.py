@@ -90,6 +90,12 @@ class Decontaminate(Stage):
     config_model = DecontaminateConfig
     config: DecontaminateConfig
 
+    @classmethod
+    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+        """The fields it compares with the evaluation sets (negatives only while they are inline texts, which the validator checks)."""
+        assert isinstance(config, DecontaminateConfig)
+        return tuple(config.fields)
+
     def setup(self) -> None:
         """The evaluation sets' hashes, built once per worker."""
         config = self.config

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
-from pipeline.engine.stage import DedupConfig, ShuffleStage
+from pipeline.engine.stage import DedupConfig, ShuffleStage, StageConfig
 from pipeline.ops.arrow import HSPACE
 from sources.record import WORK_SCHEMA
 
@@ -36,6 +36,12 @@ class ExactDedup(ShuffleStage):
     config_model = ExactDedupConfig
     writes = ("dup_count", "dup_cluster")
     config: ExactDedupConfig
+
+    @classmethod
+    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+        """The fields of the key (negatives only while they are inline texts, which the validator checks)."""
+        assert isinstance(config, ExactDedupConfig)
+        return tuple(config.key)
 
     def _key_text(self, batch: pa.Table) -> pa.Array:
         parts = []

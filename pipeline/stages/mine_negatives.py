@@ -124,7 +124,8 @@ class MineNegativesConfig(StageConfig):
     def wants(self, row: dict[str, Any]) -> bool:
         """Whether this row gets negatives mined."""
         return (
-            bool(row["positive"]) and row["task"] in self.mined_tasks
+            bool(row["positive"])
+            and row["task"] in self.mined_tasks
             and not (self.keep_existing and (row["negatives"] or row["negative_ids"]))
         )
 
@@ -136,7 +137,7 @@ def _digest(*parts: str) -> str:
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
     config_model = MineNegativesConfig
-    writes = ("negatives", "negative_scores", "positive_score")
+    writes = ("negatives", "negative_ids", "negative_scores", "positive_score")
     resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one
     config: MineNegativesConfig
 
@@ -152,6 +153,7 @@ class MineNegatives(ShuffleStage):
         import polars as pl
 
         flags = pl.col(FLAGS).explode()
+        count = pl.coalesce(pl.col("negative_ids"), pl.col("negatives")).list.len()  # by id in a run (see store_negatives)
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
         table = (
             pl.scan_parquet(files)
@@ -159,8 +161,8 @@ class MineNegatives(ShuffleStage):
             .group_by("source", pl.col("query_lang").fill_null("und").alias("language"))
             .agg(
                 pl.len().alias("queries"),
-                (pl.col("negatives").list.len() == 0).sum().alias("queries_without_negatives"),
-                pl.col("negatives").list.len().mean().alias("negatives_per_query"),
+                (count == 0).sum().alias("queries_without_negatives"),
+                count.mean().alias("negatives_per_query"),
                 *[
                     e.quantile(q).alias(f"{name}_score_p{int(q * 100)}")
                     for name, e in score.items()

@@ -30,6 +30,12 @@ class Normalize(Stage):
     writes = ("query", "positive", "negatives", "instruction")
     config: NormalizeConfig
 
+    @classmethod
+    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+        """The fields it normalises (negatives only while they are inline texts, which the validator checks)."""
+        assert isinstance(config, NormalizeConfig)
+        return tuple(config.fields)
+
     def _text(self, arr: pa.Array) -> pa.Array:
         cfg = self.config
         if cfg.unicode_form != "none":
