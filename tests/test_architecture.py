@@ -13,8 +13,8 @@ from tests.conftest import ROOT
 
 PACKAGES = ("langid", "sources", "pipeline", "train")
 # What each layer may import from the project (a prefix allows the package and its modules; a
-# trailing `$` the module alone). The trainer takes the shared settings and task names from
-# `sources` and one page helper from reporting; the engine takes only the version from `pipeline`;
+# trailing `$` the module alone). The trainer takes the shared settings, task names and passage
+# table reader from `sources` and one page helper from reporting; the engine takes only the version from `pipeline`;
 # `sources.extras` (which imports nothing of the project) tells any command which pip extra it lacks.
 ALLOWED = {
     "langid": ("langid", "sources.extras$"),
@@ -25,7 +25,7 @@ ALLOWED = {
     "pipeline.reporting": ("pipeline.reporting", "pipeline.engine", "pipeline.ops", "sources", "langid"),
     "pipeline.tools": ("pipeline.tools", "pipeline.stages", "pipeline.engine", "pipeline.ops", "pipeline.reporting", "sources", "langid"),
     "pipeline": ("pipeline", "sources", "langid"),
-    "train": ("train", "sources.settings", "sources.tasks", "sources.extras", "pipeline.reporting.page"),
+    "train": ("train", "sources.settings", "sources.tasks", "sources.extras", "sources.passages", "pipeline.reporting.page"),
 }
 
 
