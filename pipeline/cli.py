@@ -67,9 +67,14 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     from pipeline.tools.export import export
+    from sources.passages import MissingPassage
 
     template = args.template.replace("\\n", "\n") if args.template else None
-    rows = export(args.run_dir, args.out, args.negatives, template, args.layout, args.tokenizer)
+    try:
+        rows = export(args.run_dir, args.out, args.negatives, template, args.layout, args.tokenizer)
+    except (FileNotFoundError, MissingPassage) as exc:
+        console.print(f"[red]export failed:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
     console.print(f"{rows:,} rows written under {args.out}")
     return 0
 
@@ -101,6 +106,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from pipeline.engine.ledger import LedgerError
     from pipeline.engine.lock import RunLocked
     from pipeline.reporting.report import print_summary
+    from sources.passages import MissingPassage
     from sources.reader import SourceError
 
     try:
@@ -108,7 +114,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except RunLocked as exc:
         console.print(f"[red]refused:[/] {exc}", highlight=False, soft_wrap=True)
         return 3
-    except (SourceError, LedgerError) as exc:
+    except (SourceError, LedgerError, MissingPassage) as exc:
         console.print(f"[red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     print_summary(result, Console())

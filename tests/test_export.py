@@ -31,4 +31,4 @@ def test_export_flat_layout_with_and_without_template(tmp_path):
     assert joined["query"].to_list() == ["Instruct: Retrieve passages\nQuery: Who wrote Faust?", "A man dances."] and "negative_2" not in joined.columns
     pq.write_table(pa.Table.from_pylist(passages[1:], schema=CORPUS_SCHEMA), tmp_path / "run" / "corpus" / "part-00000-abc.parquet")
     lost = run_cli("export", str(tmp_path / "run"), str(tmp_path / "broken"))
-    assert lost.returncode != 0 and f"s/part-00000-abc.parquet: row 0: passage {passages[0]['doc_id']} is not in the passage table" in lost.stderr
+    assert lost.returncode == 1 and f"s/part-00000-abc.parquet: row 0: passage {passages[0]['doc_id']} is not in the passage table" in lost.stderr
