@@ -31,7 +31,7 @@ CORPUS_SCHEMA = pa.schema(
     [
         pa.field(DOC_ID, pa.string(), nullable=False),
         pa.field(TEXT, pa.string(), nullable=False),
-        pa.field("language", pa.string()),  # the passage's language (as a positive, else its row's negatives' label)
+        pa.field("language", pa.string()),  # as a positive, else as a query, else its row's negatives' label
         pa.field("source", pa.string()),  # the source of the first row (by source name) that holds it
     ]
 )

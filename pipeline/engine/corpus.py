@@ -4,8 +4,9 @@ Written after the shards from the passages they listed (`pipeline/engine/shards.
 a negative that was still inline brings its text; a negative stored by reference is looked up in the
 passage store (`pipeline/ops/passage_store.py`). One row per `doc_id` (`sources/passages.py`), sorted
 by it, so the files do not depend on the order of anything before (a resumed run writes the same
-bytes). A passage's language is the one it has as a positive (any row's), else its row's negatives'
-label; its source is the first source name among the rows that name it. A negative id with no text
+bytes). A passage's language is the one it has as a positive (any row's), else as a query (negatives
+`build_pairs` takes from other rows' queries), else its row's negatives' label; its source is the
+first source name among the rows that name it. A negative id with no text
 anywhere is an error naming the row, never a gap in the table.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.engine.shards import QUERY
 from pipeline.ops.files import write_atomic
 from sources.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 
@@ -24,16 +26,21 @@ from sources.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
     """The passage table under `out` from the passages listed in `refs` and the store's files `store`
     (local); returns one entry per file (path relative to `out`, rows)."""
-    named = pl.scan_parquet(refs).sort(DOC_ID, "role", "language", "source", "id", "origin", nulls_last=True)
+    named = pl.col("role") != QUERY
     passages = (
-        named.group_by(DOC_ID)
+        pl.scan_parquet(refs)
+        .sort(DOC_ID, "role", "language", "source", "id", "origin", nulls_last=True)
+        .group_by(DOC_ID)
         .agg(
             pl.col(TEXT).drop_nulls().first(),
-            pl.col("language").drop_nulls().first(),
-            pl.col("source").min(),
-            pl.col("id").first(),
-            pl.col("origin").first(),
+            pl.col("language").drop_nulls().first(),  # as a positive, else as a query, else its row's negatives' label
+            pl.col("source").filter(named).min(),
+            pl.col("id").filter(named).first(),
+            pl.col("origin").filter(named).first(),
+            named.any().alias("_named"),
         )
+        .filter("_named")
+        .drop("_named")
         .collect()
     )
     missing = passages.filter(pl.col(TEXT).is_null())

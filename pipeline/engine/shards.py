@@ -23,8 +23,10 @@ from sources.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT,
 from sources.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
-# A passage a kept row names: as its positive (role 0, with its text) or a negative (role 1; the
-# text when it was still inline, else null: it is in the passage store).
+# What a kept row says about passages: it names its positive (role 0, with the text) and its
+# negatives (role 2; the text when still inline, else null: it is in the passage store); its query
+# (role 1, with the text) only tells a passage's language when the same text is named elsewhere.
+POSITIVE, QUERY, NEGATIVE = 0, 1, 2
 REFS_SCHEMA = pa.schema([(DOC_ID, pa.string()), (TEXT, pa.string()), ("role", pa.int8()), ("language", pa.string()),
                          ("source", pa.string()), ("id", pa.string()), ("origin", pa.string())])
 
@@ -104,11 +106,13 @@ def with_passage_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
     negatives = [[passage_id(t) for t in own] if own is not None else ids for own, ids in zip(inline, stored)]
     df = df.with_columns(pl.Series(POSITIVE_ID, positives, pl.String), pl.Series(NEGATIVE_IDS, negatives, pl.List(pl.String)))
     refs: dict[str, list] = {name: [] for name in REFS_SCHEMA.names}
-    rows = zip(positives, df["positive"].to_list(), df["positive_lang"].to_list(), negatives, inline, df["negatives_lang"].to_list(),
-               df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
-    for pos_id, pos, pos_lang, neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
-        named = [(pos_id, pos, 0, pos_lang)] if pos_id else []
-        named += [(d, neg_texts[k] if neg_texts is not None else None, 1, neg_lang) for k, d in enumerate(neg_ids or [])]
+    rows = zip(positives, df["positive"].to_list(), df["positive_lang"].to_list(), df["query"].to_list(), df["query_lang"].to_list(),
+               negatives, inline, df["negatives_lang"].to_list(), df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
+    for pos_id, pos, pos_lang, query, query_lang, neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
+        named = [(pos_id, pos, POSITIVE, pos_lang)] if pos_id else []
+        named += [(d, neg_texts[k] if neg_texts is not None else None, NEGATIVE, neg_lang) for k, d in enumerate(neg_ids or [])]
+        if neg_ids and query_lang:  # e.g. build_pairs' negatives are other rows' queries
+            named.append((passage_id(query), query, QUERY, query_lang))
         for doc, text, role, lang in named:
             for column, value in zip(REFS_SCHEMA.names, (doc, text, role, lang, source, rid, origin)):
                 refs[column].append(value)
