@@ -3,8 +3,10 @@ stage-1 sample run, a two-node Ray cluster and an S3 server (moto) on loopback."
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import json
 import os
 import random
 import subprocess
@@ -125,6 +127,43 @@ def shard_digests(run_dir: Path) -> dict[str, str]:
     byte-identical output."""
     files = [*sorted((run_dir / "shards").rglob("*.parquet")), *sorted((run_dir / "corpus").glob("*.parquet"))]
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def passages_manifest(folder: Path, **extra) -> Path:
+    """Retrieval rows whose source gives 3 negatives each, and SIB-200 topics whose negatives
+    `build_pairs` makes (stored by reference from that step on); small shards, no statistics."""
+    with gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt", encoding="utf-8") as f:
+        items = list({r["question"]: r for r in map(json.loads, f)}.values())[:150]  # one row per question
+    contexts = sorted({r["context"] for r in items})
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "qa.jsonl").open("w", encoding="utf-8") as f:
+        for i, r in enumerate(items):
+            negatives = [c for c in contexts if c != r["context"]][i % 5 : i % 5 + 3]
+            f.write(json.dumps({"question": r["question"], "context": r["context"], "negatives": negatives}) + "\n")
+    sources = [
+        {
+            "name": "qa",
+            "task": "retrieval",
+            "path": "qa.jsonl",
+            "licence": "CC-BY-SA-4.0",
+            "columns": {"query": "question", "positive": "context", "negatives": "negatives"},
+        },
+        {
+            "name": "topics",
+            "task": "classification",
+            "path": str(SAMPLES / "sib200_topics" / "*.tsv.gz"),
+            "licence": "CC-BY-SA-4.0",
+            "columns": {"query": "text", "label": "category"},
+        },
+    ]
+    return write_manifest(
+        folder,
+        sources,
+        [{"stage": "build_pairs", "negatives": {"classification": 3}}],
+        shards={"rows_per_shard": 400},
+        stats={"enabled": False},
+        **extra,
+    )
 
 
 def by_reference(rows: list[dict]) -> tuple[list[dict], list[dict]]:

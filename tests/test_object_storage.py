@@ -22,6 +22,7 @@ from tests.conftest import (
     SAMPLES,
     kill_tree,
     object_digests,
+    passages_manifest,
     run_cli,
     stage1_manifest,
     stage1_sources,
@@ -244,3 +245,17 @@ def test_globs_in_s3_match_what_the_same_globs_match_locally(s3_samples):
         in_s3 = [p[len(DATA) + 1 :] for p in storage.glob(f"{DATA}/{pattern}")]
         uploaded = [p for p in local if p.split("/")[0] in ("xquad_r", "sib200_bitext", "xquad_r_heldout")]
         assert in_s3 == uploaded, pattern
+
+
+def test_negatives_stored_by_reference_in_s3(s3_endpoint, tmp_path):
+    """The passage store and the passage table of a run whose output is in S3 (its workers write the
+    store there; the driver reads it back for the table)."""
+    output = f"s3://{BUCKET}/runs/passages"
+    result = run_cli("run", str(passages_manifest(tmp_path, output=output)), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p for p in storage.list_files(f"{output}/passages") if p.endswith(".parquet")]
+    marker = read_marker(f"{output}/shards")
+    corpus = pl.concat([pl.read_parquet(storage.read_bytes(f"{output}/corpus/{c['path']}")) for c in marker["corpus"]])
+    shards = pl.concat([pl.read_parquet(storage.read_bytes(f"{output}/shards/{s['path']}")) for s in marker["shards"]])
+    topics = shards.filter(source="topics")
+    assert (topics["negative_ids"].list.len() == 3).all() and set(topics["negative_ids"].explode()) <= set(corpus["doc_id"])

@@ -4,7 +4,6 @@ is written resumed to the same bytes, and a negative with no passage an error na
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -17,48 +16,12 @@ from pipeline.api import load_manifest, run
 from pipeline.engine import corpus as corpus_mod
 from pipeline.engine.checkpoint import Checkpoint
 from sources.passages import MissingPassage, passage_id
-from tests.conftest import SAMPLES, run_cli, shard_digests, write_manifest
-
-
-def _manifest(folder: Path) -> Path:
-    """Retrieval rows whose source gives 3 negatives each, and SIB-200 topics whose negatives
-    `build_pairs` makes (stored by reference from that step on); small shards, no statistics."""
-    with gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt", encoding="utf-8") as f:
-        items = list({r["question"]: r for r in map(json.loads, f)}.values())[:150]  # one row per question
-    contexts = sorted({r["context"] for r in items})
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "qa.jsonl").open("w", encoding="utf-8") as f:
-        for i, r in enumerate(items):
-            negatives = [c for c in contexts if c != r["context"]][i % 5 : i % 5 + 3]
-            f.write(json.dumps({"question": r["question"], "context": r["context"], "negatives": negatives}) + "\n")
-    sources = [
-        {
-            "name": "qa",
-            "task": "retrieval",
-            "path": "qa.jsonl",
-            "licence": "CC-BY-SA-4.0",
-            "columns": {"query": "question", "positive": "context", "negatives": "negatives"},
-        },
-        {
-            "name": "topics",
-            "task": "classification",
-            "path": str(SAMPLES / "sib200_topics" / "*.tsv.gz"),
-            "licence": "CC-BY-SA-4.0",
-            "columns": {"query": "text", "label": "category"},
-        },
-    ]
-    return write_manifest(
-        folder,
-        sources,
-        [{"stage": "build_pairs", "negatives": {"classification": 3}}],
-        shards={"rows_per_shard": 400},
-        stats={"enabled": False},
-    )
+from tests.conftest import passages_manifest, run_cli, shard_digests
 
 
 def _run(folder: Path) -> Path:
     manifest = folder / "manifest.yaml"  # written once: the input's paths and times are in the run's fingerprint
-    run(load_manifest(manifest if manifest.exists() else _manifest(folder)), quiet=True, log=lambda _: None)
+    run(load_manifest(manifest if manifest.exists() else passages_manifest(folder)), quiet=True, log=lambda _: None)
     return folder / "run"
 
 
