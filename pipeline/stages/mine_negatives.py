@@ -153,7 +153,8 @@ class MineNegatives(ShuffleStage):
         import polars as pl
 
         flags = pl.col(FLAGS).explode()
-        count = pl.coalesce(pl.col("negative_ids"), pl.col("negatives")).list.len()  # by id in a run (see store_negatives)
+        # negatives leave the step as ids in a run (see store_negatives), as texts outside one
+        count = pl.coalesce(pl.col("negative_ids"), pl.col("negatives")).list.len()
         score = {"positive": pl.col("positive_score"), "hardest_negative": pl.col("negative_scores").list.first()}
         table = (
             pl.scan_parquet(files)
