@@ -134,7 +134,7 @@ class Ours:
         self.trainer = Trainer(config)
         t = self.trainer
         self.data = feed(micro_batches(t.data, t.tokenize, 0, 0, 1, 1, config.grad_cache_chunk, pin=t.device.type == "cuda"),
-                         config.data.prefetch if prefetch else 0)
+                         self.trainer.prefetch if prefetch else 0)
 
     def __call__(self, _: Batch) -> None:  # draws the same batch itself (same seed)
         self.trainer.train_step(next(self.data))

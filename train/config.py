@@ -36,8 +36,9 @@ class DataConfig(Strict):
     max_length: int = Field(128, ge=8, description="Tokens per text.")
     piece_tokens: int | None = Field(None, ge=8, description="Each side of a batch (queries, positives, negatives) is sorted by length "
                                      "and embedded in pieces of at most this many padded tokens, each padded to its own longest text "
-                                     "(less padding, same embeddings); default 16384 on a GPU, 2048 on a CPU.")
-    prefetch: int = Field(4, ge=0, description="Steps read and tokenized ahead of training, in a background thread (0: in the loop).")
+                                     "(less padding, same embeddings); default 16384 on a GPU, 1024 on a CPU.")
+    prefetch: int | None = Field(None, ge=0, description="Steps read and tokenized ahead of training, in a background thread "
+                                 "(0: in the loop); default 4 on a GPU, 0 on a CPU (whose cores would tokenize and train at once).")
 
     @field_validator("shards")
     @classmethod

@@ -116,9 +116,12 @@ class Trainer:
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         gpu = self.device.type == "cuda"
+        # On a CPU the same cores tokenize and train: a feed thread would only compete with the
+        # step's compute threads, and small pieces cost little there (no kernel launches to amortise).
+        self.prefetch = config.data.prefetch if config.data.prefetch is not None else (4 if gpu else 0)
         # The feed thread tokenizes with its own copy: a Rust tokenizer's padding and truncation
         # settings are state, and evaluation uses the model's tokenizer after training.
-        self.tokenize = Tokenize(copy.deepcopy(self.tokenizer), config.data.max_length, config.data.piece_tokens or (16384 if gpu else 2048),
+        self.tokenize = Tokenize(copy.deepcopy(self.tokenizer), config.data.max_length, config.data.piece_tokens or (16384 if gpu else 1024),
                                  self.model.include_prompt, multiple=8 if gpu else 1)
         self.grid = Grid(config, self.model)
         self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
@@ -236,7 +239,7 @@ class Trainer:
         history: list[dict[str, Any]] = []
         bar = tqdm(total=c.steps, initial=self.step, desc="training", disable=self.rank != 0, unit="step")
         data = feed(micro_batches(self.data, self.tokenize, self.step, self.rank, self.world, c.grad_accum, c.grad_cache_chunk,
-                                  pin=self.device.type == "cuda"), c.data.prefetch)
+                                  pin=self.device.type == "cuda"), self.prefetch)
         first = self.step
         self.tokens_seen, self.padded_seen, self.flops_done, started = 0, 0, 0.0, time.perf_counter()
         try:
