@@ -6,8 +6,8 @@ language (ar de el en es hi ru zh). Each question's pool is the paragraphs of it
 whose hardest kept negative contains the question's gold answer string counts as a likely false
 negative. Columns: `none` = only the positive and other known positives of the query removed;
 `defaults` = the stage's defaults (skip the top 5, drop candidates above 95% of the positive's
-score and near duplicates of the positive); `-rank`, `-ratio`, `-neardup` = the defaults with that
-one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
+score, near duplicates of the positive and its 8 nearest pool neighbours); `-rank`, `-ratio`,
+`-neardup`, `-neighbr` = the defaults with that one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
 (what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
 `lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
 `--model DIR` mines with a local dense model instead.
@@ -36,11 +36,12 @@ from sources.record import WORK_SCHEMA  # noqa: E402
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad-r-dev.tar.xz"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")
 SETTINGS = {
-    "none": {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0},
+    "none": {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0, "positive_neighbours": 0},
     "defaults": {},
     "-rank": {"skip_top": 0},
     "-ratio": {"max_score_ratio": None},
     "-neardup": {"near_dup_threshold": 1.0},
+    "-neighbr": {"positive_neighbours": 0},
 }
 
 
