@@ -112,3 +112,15 @@ def test_dense_mining_needs_a_model_folder(tmp_path):
     (tmp_path / "not_a_model").mkdir()
     msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    retriever: dense\n    model: not_a_model\n"))
     assert "m.yaml:11: stages[0].model" in msg and "is not a model folder" in msg
+
+
+def test_a_mining_corpus_must_be_a_corpus_source_and_be_named(tmp_path):
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n    corpus: wiki\n"))
+    assert "m.yaml:8: stages: Value error, stages[0] (mine_negatives) names sources the manifest lacks: ['wiki']" in msg
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n    corpus: x\n"))
+    assert "uses ['x'] as a corpus, but a corpus source has `task: corpus`" in msg
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n"))
+    assert "m.yaml:9: stages[0]" in msg and "`pool: corpus` and `corpus: SOURCE` go together" in msg
+    corpus = _base(tmp_path).replace("stages:\n", "  - name: wiki\n    task: corpus\n    path: {p}\n    columns: {{query: context}}\n"
+                                     "    licence: CC-BY-SA-4.0\nstages:\n".format(p=ROOT / "manifests" / "samples" / "xquad_r" / "en.jsonl.gz"))
+    assert "corpus sources ['wiki'] are named by no stage" in _error(tmp_path, corpus)
