@@ -22,6 +22,7 @@ import pyarrow as pa
 from pipeline.ops.minhash import tokens
 
 QUERY_BLOCK = 256  # queries scored together against a pool shard: a (256 x shard) float32 matrix
+NEIGHBOUR_TERMS = 64  # BM25: a passage's weightiest tokens, the query that finds its neighbours
 Found = tuple[list[np.ndarray], list[np.ndarray], np.ndarray]
 
 
@@ -77,12 +78,26 @@ class Bm25Search:
         return ranked, scored, pos
 
     def neighbours(self, entries: np.ndarray, depth: int) -> list[np.ndarray]:
-        out = []
+        """Scored with the entry's `NEIGHBOUR_TERMS` most weighty tokens (tf x idf, among those other
+        passages share) as the query, as Lucene's MoreLikeThis does: a passage's whole text as a
+        query would cost a posting list per common word."""
+        if not hasattr(self, "_df"):
+            df: dict[str, int] = {}
+            for toks in self.pool_tokens:
+                for t in set(toks):
+                    df[t] = df.get(t, 0) + 1
+            self._df = df
+        n, out = len(self.pool_tokens), []
         for e in entries.tolist():
-            scores = self.index.get_scores(self.pool_tokens[e])[: self.candidates] if self.pool_tokens[e] else None
-            if scores is None:
+            tf: dict[str, int] = {}
+            for t in self.pool_tokens[e]:
+                tf[t] = tf.get(t, 0) + 1
+            weight = {t: c * math.log(n / self._df[t]) for t, c in tf.items() if self._df[t] > 1}
+            terms = sorted(weight, key=lambda t: (-weight[t], t))[:NEIGHBOUR_TERMS]
+            if not terms:
                 out.append(np.zeros(0, np.int64))
                 continue
+            scores = self.index.get_scores(terms)[: self.candidates]
             if e < self.candidates:
                 scores[e] = -np.inf
             out.append(top(scores, depth))
