@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import random
 import subprocess
@@ -93,6 +94,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not beside the checkout")
     return SHARED_DATA
+
+
+def xquad_paragraphs(data: Path, lang: str) -> list[dict]:
+    """XQuAD-R's paragraphs of one language (development data), each with its `qas`."""
+    import tarfile
+
+    with tarfile.open(data / "xquad-r-dev.tar.xz", "r:xz") as tar:
+        doc = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
+    return [p for article in doc["data"] for p in article["paragraphs"]]
 
 
 def kill_tree(pid: int) -> None:

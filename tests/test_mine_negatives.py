@@ -4,8 +4,6 @@ mined "negatives" that contain the gold answer (likely false negatives)."""
 
 from __future__ import annotations
 
-import json
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,17 +12,19 @@ import pytest
 from pipeline.engine.stage import RunContext
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig
 from sources.record import FLAGS, WORK_SCHEMA
+from tests.conftest import xquad_paragraphs
 
 
 @pytest.fixture(scope="module")
 def xquad(shared_data) -> dict[str, list[dict]]:
-    out = {}
-    with tarfile.open(shared_data / "xquad-r-dev.tar.xz", "r:xz") as tar:
-        for lang in ("en", "zh"):
-            data = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
-            out[lang] = [{"query": qa["question"], "positive": p["context"], "answer": qa["answers"][0]["text"]}
-                         for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]]
-    return out
+    return {
+        lang: [
+            {"query": qa["question"], "positive": p["context"], "answer": qa["answers"][0]["text"]}
+            for p in xquad_paragraphs(shared_data, lang)
+            for qa in p["qas"]
+        ]
+        for lang in ("en", "zh")
+    }
 
 
 def _mine(rows: list[dict], lang: str, **config) -> list[dict]:

@@ -4,7 +4,6 @@ the approximate index for large pools, and bad pool input: on real XQuAD-R quest
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,19 @@ from pipeline.engine.stage import RunContext
 from pipeline.ops.retrieval import AnnSearch, DenseSearch
 from pipeline.stages.mine_negatives import POOL_PASSAGE, MineNegatives, MineNegativesConfig
 from sources.record import DROP, FLAGS, WORK_SCHEMA
-from tests.conftest import write_manifest
+from tests.conftest import write_manifest, xquad_paragraphs
 
 
 @pytest.fixture(scope="module")
 def paragraphs(shared_data) -> dict[str, list[dict]]:
     """Per language, one entry per paragraph: its text and its questions."""
-    out = {}
-    with tarfile.open(shared_data / "xquad-r-dev.tar.xz", "r:xz") as tar:
-        for lang in ("en", "zh"):
-            data = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
-            out[lang] = [
-                {"text": p["context"], "questions": [qa["question"] for qa in p["qas"]]}
-                for article in data["data"]
-                for p in article["paragraphs"]
-            ]
-    return out
+    return {
+        lang: [
+            {"text": p["context"], "questions": [qa["question"] for qa in p["qas"]]}
+            for p in xquad_paragraphs(shared_data, lang)
+        ]
+        for lang in ("en", "zh")
+    }
 
 
 def _records(paras: list[dict], source: str, lang: str, task: str = "retrieval") -> list[dict]:

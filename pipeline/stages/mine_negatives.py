@@ -122,7 +122,7 @@ class MineNegativesConfig(StageConfig):
     ann_min_pool: int = Field(
         200_000, ge=1, description="Dense pools of at least this many passages are searched with an approximate index."
     )
-    ann_nprobe: int = Field(32, ge=1, description="Approximate index: clusters scanned per query (recall vs time).")
+    ann_nprobe: int = Field(64, ge=1, description="Approximate index: clusters scanned per query (recall vs time).")
     seed: int = 0
 
     @field_validator("model")
