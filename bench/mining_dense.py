@@ -41,6 +41,18 @@ def load(langs: tuple[str, ...] = LANGS) -> dict[str, list[dict]]:
     }
 
 
+def small_model(folder: Path, layers: int = 6) -> Path:
+    """The MiniLM-L6-sized pass-through model (see the module's docstring), built offline. Its
+    layers pass their input through, so fewer `layers` give a retriever of the same kind (its
+    random token vectors differ), faster."""
+    from train.small_model import build_small_model
+
+    texts = [r[k] for rows in load().values() for r in rows for k in ("question", "context")]
+    return build_small_model(
+        texts, folder, vocab_size=30000, hidden=384, layers=layers, heads=12, max_length=512, pass_through=True
+    )
+
+
 def sentence_transformers_run(model_dir: Path, data: dict[str, list[dict]]) -> tuple[float, int]:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
@@ -117,15 +129,10 @@ def main() -> None:
     parser.add_argument("--languages", default=",".join(LANGS), help="a subset, e.g. en,zh (on a busy machine)")
     args = parser.parse_args()
     langs = tuple(args.languages.split(","))
-    from train.small_model import build_small_model
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        texts = [r[k] for rows in load().values() for r in rows for k in ("question", "context")]
         data = load(langs)
-        model_dir = build_small_model(
-            texts, folder / "model", vocab_size=30000, hidden=384, layers=6, heads=12, max_length=512, pass_through=True
-        )
+        model_dir = small_model(folder / "model")
         queries = sum(len(r) for r in data.values())
         st, ours, whole = [], [], []
         for i in range(args.repeats):

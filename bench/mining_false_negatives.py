@@ -6,13 +6,16 @@ language (ar de el en es hi ru zh). Each question's pool is the paragraphs of it
 whose hardest kept negative contains the question's gold answer string counts as a likely false
 negative. Columns: `none` = only the positive and other known positives of the query removed;
 `defaults` = the stage's defaults (skip the top 5, drop candidates above 95% of the positive's
-score and near duplicates of the positive); `-rank`, `-ratio`, `-neardup` = the defaults with that
-one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
+score, near duplicates of the positive and its 8 nearest pool neighbours); `-rank`, `-ratio`,
+`-neardup`, `-neighbr` = the defaults with that one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
 (what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
 `lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
-`--model DIR` mines with a local dense model instead.
+`--model DIR` mines with a local dense model instead, `--small-model` with the dense bench's
+MiniLM-sized pass-through model (`bench/mining_dense.py`, built offline; it ranks lexically), at one
+layer: its layers pass their input through, so one layer is the same kind of retriever at a sixth
+of the cost.
 
-    python bench/mining_false_negatives.py [--languages en,zh] [--model DIR]
+    python bench/mining_false_negatives.py [--languages en,zh] [--model DIR | --small-model]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,11 +40,12 @@ from sources.record import WORK_SCHEMA  # noqa: E402
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad-r-dev.tar.xz"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")
 SETTINGS = {
-    "none": {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0},
+    "none": {"skip_top": 0, "max_score_ratio": None, "near_dup_threshold": 1.0, "positive_neighbours": 0},
     "defaults": {},
     "-rank": {"skip_top": 0},
     "-ratio": {"max_score_ratio": None},
     "-neardup": {"near_dup_threshold": 1.0},
+    "-neighbr": {"positive_neighbours": 0},
 }
 
 
@@ -93,9 +98,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--languages", default=",".join(LANGS))
     parser.add_argument("--model", help="a local model folder: dense mining instead of BM25")
+    parser.add_argument("--small-model", action="store_true", help="dense mining with the dense bench's model")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.small_model:
+            from bench.mining_dense import small_model
+
+            args.model = str(small_model(Path(tmp) / "model", layers=1))
+        report(args, Path(tmp) / "vectors")
+
+
+def report(args: argparse.Namespace, cache: Path) -> None:
     dense = {"retriever": "dense", "model": args.model} if args.model else {}
-    embedder = Embedder(lambda: load_encoder(args.model, device())) if args.model else None
+    # One model, and each text's vector computed once, for every setting.
+    embedder = Embedder(lambda: load_encoder(args.model, device()), cache=cache) if args.model else None
     print(f"{'dense' if dense else 'bm25'}: share of rows whose hardest negative contains the gold answer")
     print("lang  queries  " + "  ".join(f"{k:>8}" for k in SETTINGS) + "    chance  negatives/query  lost   queries/s")
     worst, queries, seconds = 0.0, 0, 0.0

@@ -38,7 +38,7 @@ CORPUS_SCHEMA = pa.schema(
 
 
 def passage_id(text: str) -> str:
-    """The passage's stable id: BLAKE2b-128 of its UTF-8 text, hex (as `pipeline/ops/embed.text_id`)."""
+    """The passage's stable id: BLAKE2b-128 of its UTF-8 text, hex."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 

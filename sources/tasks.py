@@ -19,6 +19,9 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "pair_classification": TaskSpec(("query", "positive", "label")),
     "classification": TaskSpec(("query", "label")),
     "clustering": TaskSpec(("query", "label")),
+    # Passages with no queries (a Wikipedia dump, say), the text in `query` as for single-text tasks:
+    # a named pool for `mine_negatives` (`pool: corpus`), never a training record.
+    "corpus": TaskSpec(("query",)),
 }
 TASKS = tuple(TASK_SPECS)
 # The task names as a type, for settings that name tasks (built from the table, so it never drifts).

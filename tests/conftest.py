@@ -97,6 +97,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def xquad_paragraphs(data: Path, lang: str) -> list[dict]:
+    """XQuAD-R's paragraphs of one language (development data), each with its `qas`."""
+    import tarfile
+
+    with tarfile.open(data / "xquad-r-dev.tar.xz", "r:xz") as tar:
+        doc = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
+    return [p for article in doc["data"] for p in article["paragraphs"]]
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants at once, as a crash or an OOM kill of the machine
     would. Ray's worker processes are children of the raylet but lead their own process groups, so

@@ -120,3 +120,15 @@ def test_a_stage_reading_negative_texts_after_they_are_stored_by_reference_is_re
     msg = _error(tmp_path, _base(tmp_path, after))
     assert "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference before it: put normalize first" in msg
     assert "stages[2]" not in msg  # the same stage without negatives is fine
+
+
+def test_a_mining_corpus_must_be_a_corpus_source_and_be_named(tmp_path):
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n    corpus: wiki\n"))
+    assert "m.yaml:8: stages: Value error, stages[0] (mine_negatives) names sources the manifest lacks: ['wiki']" in msg
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n    corpus: x\n"))
+    assert "uses ['x'] as a corpus, but a corpus source has `task: corpus`" in msg
+    msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n"))
+    assert "m.yaml:9: stages[0]" in msg and "`pool: corpus` and `corpus: SOURCE` go together" in msg
+    corpus = _base(tmp_path).replace("stages:\n", "  - name: wiki\n    task: corpus\n    path: {p}\n    columns: {{query: context}}\n"
+                                     "    licence: CC-BY-SA-4.0\nstages:\n".format(p=ROOT / "manifests" / "samples" / "xquad_r" / "en.jsonl.gz"))
+    assert "corpus sources ['wiki'] are named by no stage" in _error(tmp_path, corpus)

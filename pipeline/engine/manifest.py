@@ -111,6 +111,14 @@ class Manifest(Strict):
             unknown = stage.unknown_sources(set(names))
             if unknown:
                 raise ValueError(f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})")
+        tasks = {s.name: s.task for s in info.data.get("sources") or []}
+        for i, stage in enumerate(stages):
+            wrong = [n for n in stage.corpora() if tasks.get(n, "corpus") != "corpus"]
+            if wrong:
+                raise ValueError(f"stages[{i}] ({stage.stage}) uses {wrong} as a corpus, but a corpus source has `task: corpus`")
+        unused = sorted({n for n, t in tasks.items() if t == "corpus"} - {n for s in stages for n in s.corpora()})
+        if unused:
+            raise ValueError(f"corpus sources {unused} are named by no stage (mine_negatives: `pool: corpus`, `corpus: NAME`)")
         return stages
 
 

@@ -35,6 +35,11 @@ class StageConfig(Strict):
         """Source names these settings refer to that the manifest lacks (checked at validation)."""
         return []
 
+    def corpora(self) -> list[str]:
+        """Sources (of task `corpus`) this stage uses as a pool of passages; a corpus source no stage
+        names would end as records with no pairs, so the manifest rejects it."""
+        return []
+
 
 class DedupConfig(StageConfig):
     """Settings every dedup stage shares: which row of a cluster is kept."""

@@ -4,8 +4,8 @@ Any folder that `sentence-transformers` loads: its own format (`modules.json`), 
 `transformers` model (encoder or decoder) with its tokenizer, which it wraps with mean pooling;
 `python -m train export` writes such a folder. Nothing is ever downloaded (offline mode).
 
-`Embedder` embeds each distinct text once: texts are keyed by a content hash (`text_id`, the same id
-the passage table uses), sorted by token length so a batch pads little, and kept in a cache folder in
+`Embedder` embeds each distinct text once: texts are keyed by a content hash (`sources.passages.passage_id`,
+the passage table's `doc_id`), sorted by token length so a batch pads little, and kept in a cache folder in
 chunks, so a run that is killed and run again reads back what it already embedded.
 """
 
@@ -19,13 +19,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.ops.files import write_atomic
+from sources.passages import passage_id
 
 CHUNK_TEXTS = 4096  # texts per cache file: the unit of resume while embedding
-
-
-def text_id(text: str) -> str:
-    """Stable content hash of a text (BLAKE2b-128, hex): a passage's `doc_id`."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -75,7 +71,7 @@ class Embedder:
         return self._model
 
     def __call__(self, texts: list[str], prompt: str = "") -> np.ndarray:
-        ids = [text_id(prompt + t) for t in texts]
+        ids = [passage_id(prompt + t) for t in texts]
         first: dict[str, str] = {}
         for i, t in zip(ids, texts):
             first.setdefault(i, t)

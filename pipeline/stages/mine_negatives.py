@@ -1,17 +1,24 @@
 """Hard-negative mining (BM25 or dense retrieval) with positive-aware filtering, resumable by shard.
 
-For each row with a positive, candidates are retrieved from a pool (the positives of the same source
-and language) and filtered before any is kept, because a "negative" that answers the query (a false
-negative) teaches the model the wrong thing:
+For each row with a positive, candidates are retrieved from a pool and filtered before any is kept,
+because a "negative" that answers the query (a false negative) teaches the model the wrong thing.
+The pool (`pool`) is the positives of the same source and language, the positives of every source
+of the language, or a named corpus: a source of task `corpus` (passages with no queries, such as a
+Wikipedia dump, the text in `query`), whose rows are used as the pool and then leave the records
+(dropped as `mining_pool_passage`). Filters:
 - the rank window: candidates ranked above `skip_top` or below `max_rank` are not used;
 - the positive itself, other known positives of the same query, and near duplicates of the positive
   (MinHash estimated Jaccard >= `near_dup_threshold`, script-aware shingles as in `near_dedup`);
+- the positive's `positive_neighbours` nearest pool passages (by the same retriever, the positive
+  as the query): passages that close to the positive tend to share its content, answer included;
 - TopK-PercPos (Moreira et al. 2024, NV-Retriever): candidates scoring above `max_score_ratio` of
-  the positive's score; and an absolute `max_score` ceiling.
+  the positive's score; and an absolute `max_score` ceiling. A positive outside the pool (a named
+  corpus) is still scored against its query, so these hold whatever the pool.
 Then the best `num_negatives` (per task) are kept, or a seeded sample of the survivors.
 
-How it runs: rows are grouped by source and language (a shuffle), and each group's queries are
-mined in shards of `shard_queries` against the group's pool (`pipeline/ops/retrieval.py`). With
+How it runs: rows are grouped by pool (source and language, or language alone; a shuffle), and each
+group's queries are mined in shards of `shard_queries` against its pool (`pipeline/ops/retrieval.py`:
+BM25, exact dense search, or faiss IVF for dense pools of `ann_min_pool` passages or more). With
 `retriever: dense`, the group's distinct passages and queries are embedded first, each distinct text
 once, in batches sorted by token length, on a GPU where the worker has one (`pipeline/ops/embed.py`).
 Finished embedding chunks and mining shards are written to the step's work folder, so a run killed
@@ -41,12 +48,21 @@ from pipeline.ops.embed import Embedder, device, is_model_dir, load_encoder
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import hash_strings, signatures
 from pipeline.ops.passage_store import store_negatives
-from pipeline.ops.retrieval import Bm25Search, DenseSearch, Search
-from sources.record import DROP, FLAGS, WORK_SCHEMA
+from pipeline.ops.retrieval import AnnSearch, Bm25Search, DenseSearch, Search
+from sources.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
 from sources.settings import from_manifest
 from sources.tasks import TaskName
 
-FILTERS = ("rank_window", "positive", "known_positive", "near_duplicate", "above_positive_ratio", "above_max_score")
+FILTERS = (
+    "rank_window",
+    "positive",
+    "known_positive",
+    "near_duplicate",
+    "positive_neighbour",
+    "above_positive_ratio",
+    "above_max_score",
+)
+POOL_PASSAGE = "mining_pool_passage"  # a named corpus's rows leave the records once they are the pool
 SHARD_SCHEMA = pa.schema(
     [
         ("origin", pa.string()),
@@ -73,6 +89,12 @@ class MineNegativesConfig(StageConfig):
     max_seq_length: int | None = Field(
         None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's)."
     )
+    pool: Literal["source", "language", "corpus"] = Field(
+        "source",
+        description="Candidates come from the positives of the query's source (and language), of every source "
+        "of its language, or from the `corpus` source (of the query's language, with `per_language`).",
+    )
+    corpus: str | None = Field(None, description="With `pool: corpus`: the source (task `corpus`) that is the pool.")
     tasks: list[TaskName] = Field(
         default_factory=lambda: ["retrieval"], description="Tasks whose rows get mined negatives."
     )
@@ -88,6 +110,9 @@ class MineNegativesConfig(StageConfig):
     near_dup_threshold: float = Field(
         0.5, gt=0, le=1, description="Drop candidates this similar (estimated Jaccard) to the positive."
     )
+    positive_neighbours: int = Field(
+        8, ge=0, description="Drop candidates among the positive's this many nearest pool passages (0: off)."
+    )
     num_negatives: int | dict[str, int] = Field(24, description="Negatives kept per row: one number, or per task.")
     sampling: Literal["top", "random"] = Field(
         "top", description="Keep the best-scoring survivors, or a seeded sample of them."
@@ -95,6 +120,10 @@ class MineNegativesConfig(StageConfig):
     keep_existing: bool = Field(True, description="Rows that already carry negatives are left as they are.")
     shard_queries: int = Field(2048, ge=1, description="Queries per mining shard: the unit of progress and of resume.")
     pool_shard_rows: int = Field(100_000, ge=1, description="Dense search scores the pool this many vectors at a time.")
+    ann_min_pool: int = Field(
+        200_000, ge=1, description="Dense pools of at least this many passages are searched with an approximate index."
+    )
+    ann_nprobe: int = Field(64, ge=1, description="Approximate index: clusters scanned per query (recall vs time).")
     seed: int = 0
 
     @field_validator("model")
@@ -111,7 +140,17 @@ class MineNegativesConfig(StageConfig):
     def _dense_needs_model(self) -> MineNegativesConfig:
         if self.retriever == "dense" and not self.model:
             raise ValueError("retriever: dense needs `model` (a local model folder)")
+        if (self.pool == "corpus") != (self.corpus is not None):
+            raise ValueError("`pool: corpus` and `corpus: SOURCE` go together")
+        if self.pool == "language" and not self.per_language:
+            raise ValueError("`pool: language` needs `per_language: true`")
         return self
+
+    def unknown_sources(self, names: set[str]) -> list[str]:
+        return [self.corpus] if self.corpus and self.corpus not in names else []
+
+    def corpora(self) -> list[str]:
+        return [self.corpus] if self.corpus else []
 
     def count(self, task: str) -> int:
         return self.num_negatives if isinstance(self.num_negatives, int) else self.num_negatives.get(task, 0)
@@ -193,12 +232,17 @@ class MineNegatives(ShuffleStage):
         ]  # what the terminal summary shows
         return table.select(first + [c for c in table.columns if c not in first])
 
-    def _group(self, batch: pa.Table) -> pa.Array:
-        lang = batch.column("query_lang") if self.config.per_language else pa.nulls(batch.num_rows, pa.string())
-        return pc.binary_join_element_wise(batch.column("source"), pc.fill_null(lang, "und"), "\x1f")
+    def _pool_key(self, batch: pa.Table) -> pa.Array:
+        """The pool a row belongs to: its source and language, or (wider pools) its language alone."""
+        config = self.config
+        lang = batch.column("query_lang") if config.per_language else pa.nulls(batch.num_rows, pa.string())
+        lang = pc.fill_null(lang, "und")
+        if config.pool == "source":
+            return pc.binary_join_element_wise(batch.column("source"), lang, "\x1f")
+        return pc.cast(lang, pa.string())
 
     def key(self, batch: pa.Table) -> pa.Array:
-        return pa.array(hash_strings(self._group(batch)), pa.uint64())
+        return pa.array(hash_strings(self._pool_key(batch)), pa.uint64())
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -212,7 +256,7 @@ class MineNegatives(ShuffleStage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(WORK_SCHEMA.names).to_pylist()
         groups: dict[str, list[int]] = {}
-        for i, g in enumerate(self._group(batch).to_pylist()):
+        for i, g in enumerate(self._pool_key(batch).to_pylist()):
             groups.setdefault(g, []).append(i)
         with _progress(sum(self.config.wants(r) for r in rows)) as bar:
             for group, members in sorted(groups.items()):
@@ -220,34 +264,54 @@ class MineNegatives(ShuffleStage):
         # Every row's negatives leave the step as ids, their texts once in the run's passage store.
         return store_negatives(pa.Table.from_pylist(rows, schema=WORK_SCHEMA), self.context.passages)
 
+    def _pool(self, rows: list[dict], members: list[int], targets: list[int]) -> tuple[list[str], int]:
+        """The pool's texts and how many of them may be candidates: the members' distinct positives,
+        or the corpus's distinct passages followed by the targets' positives outside it (scored only).
+        The corpus rows leave the records here, counted."""
+        config = self.config
+        if config.pool != "corpus":
+            pool = sorted({rows[i]["positive"] for i in members if rows[i]["positive"]})
+            return pool, len(pool)
+        passages: set[str] = set()
+        for i in members:
+            if rows[i]["source"] == config.corpus:
+                passages.add(rows[i]["query"])
+                rows[i][DROP], rows[i][DETAIL] = POOL_PASSAGE, f"a passage of the pool of {config.corpus!r}"
+        outside = sorted({rows[i]["positive"] for i in targets} - passages)
+        return sorted(passages) + outside, len(passages)
+
     def _mine(self, group: str, rows: list[dict], members: list[int], bar: Any) -> None:
         config = self.config
         members = sorted(members, key=lambda i: rows[i]["origin"])  # rows arrive in any order after the shuffle
-        pool = sorted({rows[i]["positive"] for i in members if rows[i]["positive"]})
         targets = [i for i in members if config.wants(rows[i])]
-        if len(pool) < 2 or not targets:  # e.g. the only query of its language: nothing to mine from, kept and counted
+        pool, candidates = self._pool(rows, members, targets)
+        if candidates < 2 or not targets:  # e.g. the only query of its language: nothing to mine from, kept and counted
+            reason = "mining_skipped:empty_pool" if not candidates else "mining_skipped:pool_too_small"
             for i in targets:
-                rows[i][FLAGS] = [
-                    {"reason": "mining_skipped:pool_too_small", "language": rows[i]["query_lang"] or "und", "count": 1}
-                ]
+                rows[i][FLAGS] = [{"reason": reason, "language": rows[i]["query_lang"] or "und", "count": 1}]
             bar.update(len(targets))
             return
         index = {text: k for k, text in enumerate(pool)}
         positives = np.array([index[rows[i]["positive"]] for i in targets])
         known: dict[str, set[int]] = {}
         for i in members:
-            if rows[i]["positive"]:
+            if rows[i]["positive"] in index:
                 known.setdefault(rows[i]["query"], set()).add(index[rows[i]["positive"]])
         state: dict[str, Any] = {}  # built on the first shard that is not already in the work folder
 
         def search() -> tuple[Search, np.ndarray]:
             if not state:
+                queries = [rows[i]["query"] for i in targets]
                 if config.retriever == "dense":
                     passages = self.embedder(pool, config.passage_prompt)
-                    queries = self.embedder([rows[i]["query"] for i in targets], config.query_prompt)
-                    state["search"] = DenseSearch(passages, queries, config.pool_shard_rows)
+                    vectors = self.embedder(queries, config.query_prompt)
+                    state["search"] = (
+                        AnnSearch(passages, vectors, candidates, config.ann_nprobe, config.seed)
+                        if candidates >= config.ann_min_pool
+                        else DenseSearch(passages, vectors, config.pool_shard_rows, candidates)
+                    )
                 else:
-                    state["search"] = Bm25Search(pool, [rows[i]["query"] for i in targets])
+                    state["search"] = Bm25Search(pool, queries, candidates)
                 state["signatures"] = signatures(pa.array(pool))
             return state["search"], state["signatures"]
 
@@ -259,7 +323,7 @@ class MineNegatives(ShuffleStage):
             if resumed:
                 mined = pq.read_table(path)
             else:
-                mined = self._mine_shard(chunk, name, targets, rows, positives, known, pool, *search())
+                mined = self._mine_shard(chunk, name, targets, rows, positives, known, pool, candidates, *search())
                 if path:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_atomic(path, lambda tmp, mined=mined: pq.write_table(mined, tmp))
@@ -290,11 +354,18 @@ class MineNegatives(ShuffleStage):
         positives: np.ndarray,
         known: dict[str, set[int]],
         pool: list[str],
+        candidates: int,
         search: Search,
         pool_sig: np.ndarray,
     ) -> pa.Table:
         config = self.config
-        ranked, scored, pos_scores = search(chunk, positives[chunk], min(config.max_rank, len(pool)))
+        ranked, scored, pos_scores = search(chunk, positives[chunk], min(config.max_rank, candidates))
+        distinct = np.unique(positives[chunk])
+        neighbours = (
+            dict(zip(distinct.tolist(), search.neighbours(distinct, config.positive_neighbours)))
+            if config.positive_neighbours
+            else {}
+        )
         rng = random.Random(f"{config.seed}:{name}")  # per shard: the same sample whichever shards ran before
         out = []
         for k, cands, scores, pos_score in zip(chunk, ranked, scored, pos_scores):
@@ -310,7 +381,10 @@ class MineNegatives(ShuffleStage):
                     }
                 )
                 continue
-            reasons = self._filter(cands, scores, positives[k], pos_score, known[row["query"]], pool_sig)
+            pos = int(positives[k])
+            reasons = self._filter(
+                cands, scores, pos, pos_score, known[row["query"]], pool_sig, neighbours.get(pos, ())
+            )
             keep = reasons < 0
             survivors = list(zip(cands[keep].tolist(), scores[keep].tolist()))
             removed = np.bincount(reasons[~keep], minlength=len(FILTERS))
@@ -332,7 +406,14 @@ class MineNegatives(ShuffleStage):
         return pa.Table.from_pylist(out, schema=SHARD_SCHEMA)
 
     def _filter(
-        self, cands: np.ndarray, scores: np.ndarray, pos: int, pos_score: float, known: set[int], pool_sig: np.ndarray
+        self,
+        cands: np.ndarray,
+        scores: np.ndarray,
+        pos: int,
+        pos_score: float,
+        known: set[int],
+        pool_sig: np.ndarray,
+        neighbours: Any,
     ) -> np.ndarray:
         """Per candidate (in rank order), the number in FILTERS of the first filter that removes it, or -1."""
         config = self.config
@@ -343,6 +424,7 @@ class MineNegatives(ShuffleStage):
                 cands == pos,  # positive
                 np.isin(cands, list(known)),  # known_positive
                 (pool_sig[cands] == pool_sig[pos]).mean(axis=1) >= config.near_dup_threshold,  # near_duplicate
+                np.isin(cands, np.asarray(neighbours, np.int64)),  # positive_neighbour
                 scores > config.max_score_ratio * pos_score
                 if config.max_score_ratio is not None
                 else never,  # above_positive_ratio
