@@ -49,14 +49,13 @@ class Thresholds:
         self.default = default
         # Whether any label's threshold depends on length (else texts need no length bucket).
         self.by_length = any((row != row[0]).any() for row in self.table.values())
+        # The table as one matrix (label x bucket), its last row the default: one lookup per text.
+        self._row = {label: i for i, label in enumerate(self.table)}
+        self._matrix = np.vstack([*self.table.values(), np.full(len(BUCKET_NAMES), default, dtype=np.float32)])
 
     def __call__(self, labels: list[str], buckets: np.ndarray) -> np.ndarray:
-        out = np.full(len(labels), self.default, dtype=np.float32)
-        for i, (label, b) in enumerate(zip(labels, buckets.tolist())):
-            row = self.table.get(label)
-            if row is not None:
-                out[i] = row[b]
-        return out
+        rows = np.fromiter((self._row.get(label, -1) for label in labels), dtype=np.int64, count=len(labels))
+        return self._matrix[rows, buckets]
 
 
 def calibrate(

@@ -435,3 +435,24 @@ def test_pair_context_rule_is_flagged_and_counted_in_the_ledger(tmp_path, sib_de
     ledger = count_outcomes(["langid"], [str(tmp_path / "out.parquet")])
     counted = ledger.filter((ledger["kind"] == "flagged") & (ledger["reason"] == PAIR_FLAG))
     assert counted["rows"].sum() == len(queries)
+
+
+def test_stage_columns_with_missing_texts_and_no_declarations(sib_dev):
+    """The column-wise path (nothing declared): a missing text has no label and a null confidence,
+    cross_lingual is null unless both sides are known, and only cross-lingual rows are flagged."""
+    by = {}
+    for t, lab in zip(sib_dev.texts, sib_dev.labels):
+        by.setdefault(lab, []).append(t)
+    rows = [
+        {"query": by["eng_Latn"][0], "positive": by["fra_Latn"][0]},
+        {"query": by["deu_Latn"][1], "positive": None},
+        {"query": "12:30 !!", "positive": by["deu_Latn"][2]},
+        {"query": by["spa_Latn"][3], "positive": by["spa_Latn"][4]},
+    ]
+    stage = ready(LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": _src()})))
+    out = stage(_stage_batch(rows)).to_pylist()
+    assert [r["query_lang"] for r in out] == ["eng_Latn", "deu_Latn", "und", "spa_Latn"]
+    assert [r["positive_lang"] for r in out] == ["fra_Latn", None, "deu_Latn", "spa_Latn"]
+    assert out[1]["positive_lang_conf"] is None and out[2]["query_lang_conf"] == 0.0 and out[0]["query_lang_conf"] > 0.5
+    assert [r["cross_lingual"] for r in out] == [True, None, None, False]
+    assert [r[FLAGS] for r in out] == [[{"reason": "cross_lingual", "language": "eng_Latn", "count": None}], None, None, None]

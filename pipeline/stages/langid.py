@@ -13,7 +13,7 @@ among the query's best candidates (flagged `language_from_pair`).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Literal
 
 import numpy as np
@@ -115,14 +115,20 @@ class LangTag(Stage):
         tagger's `Tags` and the indices they are for (texts present and not trusted)."""
         texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
         present = texts.is_valid().to_numpy(zero_copy_only=False)
+        if any(d is not None for d in declared):
+            present &= np.array(self._policies(declared, policies)) != "trusted"
+        todo = np.flatnonzero(present)
+        if not len(todo):
+            return [None] * len(texts), np.zeros(len(texts), dtype=np.float32), None, todo
+        if len(todo) == len(texts):  # every text tagged: the common case, no per-text copying
+            tags = self.tagger.tag(texts)
+            return tags.decided(), tags.confidence.copy(), tags, todo
+        tags = self.tagger.tag(texts.take(pa.array(todo, pa.int64())))
         labels: list[str | None] = [None] * len(texts)
         conf = np.zeros(len(texts), dtype=np.float32)
-        todo = np.flatnonzero(present & (np.array(self._policies(declared, policies)) != "trusted"))
-        if not len(todo):
-            return labels, conf, None, todo
-        tags = self.tagger.tag(texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())))
-        for i, label, c in zip(todo.tolist(), tags.decided(), tags.confidence.tolist()):
-            labels[i], conf[i] = label, c
+        conf[todo] = tags.confidence
+        for i, label in zip(todo.tolist(), tags.decided()):
+            labels[i] = label
         return labels, conf, tags, todo
 
     @staticmethod
@@ -134,6 +140,8 @@ class LangTag(Stage):
         """Declared languages in place (trusted: taken; verified: kept where the prediction agrees)
         for the texts present; returns the indices of confident disagreements."""
         mismatches = []
+        if all(d is None for d in declared):
+            return mismatches  # nothing declared: the common case, kept cheap
         policies = self._policies(declared, policies)
         for i in np.flatnonzero(texts.is_valid().to_numpy(zero_copy_only=False)).tolist():
             d, policy = declared[i], policies[i]
@@ -172,10 +180,10 @@ class LangTag(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        flags: list[list[dict]] = [[] for _ in range(n)]
+        flags: defaultdict[int, list[dict]] = defaultdict(list)  # row -> its flags (most rows have none)
         drop: list[str | None] = [None] * n
         detail: list[str | None] = [None] * n
-        out: dict[str, list[str | None]] = {}
+        out: dict[str, pa.Array] = {}
 
         tagged = {}
         for field in ("query", "positive"):
@@ -195,9 +203,10 @@ class LangTag(Stage):
                 flags[i].append({"reason": "language_mismatch", "language": declared[i]})
                 if self.config.drop_mismatch and drop[i] is None:
                     drop[i], detail[i] = "language_mismatch", f"{field}: declared {declared[i]}, predicted {labels[i]} ({conf[i]:.2f})"
-            out[field] = labels
-            batch = replace_column(batch, f"{field}_lang", pa.array(labels, pa.string()))
-            batch = replace_column(batch, f"{field}_lang_conf", pa.array([None if l is None else float(c) for l, c in zip(labels, conf)], pa.float32()))
+            out[field] = pa.array(labels, pa.string())
+            batch = replace_column(batch, f"{field}_lang", out[field])
+            missing = np.fromiter((label is None for label in labels), dtype=bool, count=n)
+            batch = replace_column(batch, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=missing))
 
         # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
         negatives = batch.column("negatives").combine_chunks()
@@ -221,14 +230,23 @@ class LangTag(Stage):
         batch = replace_column(batch, "negatives_lang", pa.array(neg_lang, pa.string()))
         batch = replace_column(batch, "negatives_lang_conf", pa.array(neg_conf, pa.float32()))
 
-        cross = []
-        for i, (q, p) in enumerate(zip(out["query"], out["positive"])):
-            known = q not in (None, UNDETERMINED) and p not in (None, UNDETERMINED)
-            cross.append(language_of(q) != language_of(p) if known else None)
-            if cross[-1]:
-                flags[i].append({"reason": "cross_lingual", "language": q})
-            if self.config.drop_below and q == UNDETERMINED and drop[i] is None:
-                drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
-        batch = replace_column(batch, "cross_lingual", pa.array(cross, pa.bool_()))
-        batch = replace_column(batch, FLAGS, pa.array([f or None for f in flags], pa.list_(FLAG_TYPE)))
+        # Column-wise: a batch has a few hundred distinct labels at most, its rows thousands.
+        query, positive = out["query"], out["positive"]
+        known = pc.and_(pc.not_equal(query, UNDETERMINED), pc.not_equal(positive, UNDETERMINED))
+        cross = pc.if_else(known, pc.not_equal(_languages(query), _languages(positive)), pa.scalar(None, pa.bool_()))
+        query_labels = query.to_pylist()
+        for i in np.flatnonzero(pc.fill_null(cross, False).to_numpy(zero_copy_only=False)).tolist():
+            flags[i].append({"reason": "cross_lingual", "language": query_labels[i]})
+        if self.config.drop_below:
+            for i in np.flatnonzero(pc.fill_null(pc.equal(query, UNDETERMINED), False).to_numpy(zero_copy_only=False)).tolist():
+                if drop[i] is None:
+                    drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
+        batch = replace_column(batch, "cross_lingual", cross)
+        batch = replace_column(batch, FLAGS, pa.array([flags.get(i) for i in range(n)], pa.list_(FLAG_TYPE)))
         return self.drop(batch, drop, detail)
+
+
+def _languages(labels: pa.Array) -> pa.Array:
+    """The language of each label (`srp` for `srp_Cyrl`), computed once per distinct label."""
+    encoded = labels.dictionary_encode()
+    return pa.array([language_of(label) for label in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
