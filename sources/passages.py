@@ -50,8 +50,11 @@ def corpus_files(run_dir: str | Path) -> list[str]:
     """The passage table's files of a run folder (or a folder or glob of them), sorted."""
     path = Path(run_dir)
     if path.is_dir():
-        root = path / CORPUS_DIR if (path / CORPUS_DIR).is_dir() else path
-        return sorted(str(f) for f in root.rglob("*.parquet"))
+        if (path / CORPUS_DIR).is_dir():
+            path = path / CORPUS_DIR
+        elif (path / "shards").is_dir():  # a run folder without a table: never its other Parquet files
+            return []
+        return sorted(str(f) for f in path.rglob("*.parquet"))
     return sorted(glob.glob(str(run_dir), recursive=True))
 
 

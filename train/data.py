@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -161,8 +162,12 @@ class Batches:
         if not weights.sum():
             raise ValueError(f"data.weights leaves no source to train on ({config.weights})")
         self.probabilities = weights / weights.sum()
-        self.members, self.where, self.seed = members, where, seed
-        self.passages = passage_table(files)
+        self.members, self.where, self.seed, self.files = members, where, seed, files
+
+    @cached_property
+    def passages(self) -> PassageTable:
+        """Loaded on the first batch whose negatives are ids (never in stage 1, which samples none)."""
+        return passage_table(self.files)
 
     def _streams(self) -> dict[Group, GroupStream]:
         return {key: GroupStream(self.config.batch_by, groups, sorted({f for g in groups for f in self.where[g]}),
@@ -187,16 +192,20 @@ class Batches:
             batch = Batch(source, task, queries, positives, in_batch=task in self.config.in_batch,
                           keys=[first.setdefault(p, i) for i, p in enumerate(positives)], prompts=prompts)
             k = self.config.negatives.get(task, 0)
-            places = []
+            stored, places = [], []  # where batch.negatives holds ids (per row: shards of older runs hold texts)
             for i, r in enumerate(rows):
-                own = r.get(NEGATIVE_IDS, r.get(NEGATIVES)) or []
+                ids = r.get(NEGATIVE_IDS)
+                own = (ids if ids is not None else r.get(NEGATIVES)) or []
                 if k and own:
                     for j in sorted(rng.choice(len(own), size=min(k, len(own)), replace=False)):
+                        if ids is not None:
+                            stored.append(len(batch.negatives))
+                            places.append(r["where"])
                         batch.negatives.append(own[j])
                         batch.owner.append(i)
-                        places.append(r["where"])
-            if batch.negatives and NEGATIVE_IDS in rows[0]:  # ids, resolved in one lookup for the batch
-                batch.negatives = self.passages.texts_of(batch.negatives, places)
+            if stored:  # resolved in one lookup for the batch
+                for at, text in zip(stored, self.passages.texts_of([batch.negatives[at] for at in stored], places)):
+                    batch.negatives[at] = text
             yield batch
 
 

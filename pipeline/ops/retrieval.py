@@ -100,7 +100,8 @@ class Bm25Search:
             scores = self.index.get_scores(terms)[: self.candidates]
             if e < self.candidates:
                 scores[e] = -np.inf
-            out.append(top(scores, depth))
+            best = top(scores, depth)
+            out.append(best[scores[best] > 0])  # a passage sharing no term with it is no neighbour
         return out
 
 

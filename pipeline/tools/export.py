@@ -16,7 +16,7 @@ The instruction is kept apart from the query unless a template joins them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, POSITIVE_ID, TEXT, PassageTable, corpus_files
 
 Layout = Literal["flat", "ml-embed"]
-LAYOUTS: tuple[str, ...] = ("flat", "ml-embed")
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 def joined_query(template: str | None) -> pl.Expr:
@@ -64,6 +64,8 @@ def export(run_dir: str | Path, out: str | Path, negatives: int | None = None, t
     shards = sorted((run_dir / "shards").rglob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"no shards under {run_dir / 'shards'}")
+    if not (run_dir / CORPUS_DIR).is_dir():
+        raise FileNotFoundError(f"no passage table ({run_dir / CORPUS_DIR}): a run written before it existed; run the manifest again")
     if negatives is None:
         negatives = int(pl.scan_parquet(shards).select(pl.col(NEGATIVE_IDS).list.len().max()).collect().item() or 0)
     if layout == "ml-embed":
