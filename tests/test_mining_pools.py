@@ -15,6 +15,7 @@ from pipeline.api import load_manifest, run
 from pipeline.engine.stage import RunContext
 from pipeline.ops.retrieval import AnnSearch, DenseSearch
 from pipeline.stages.mine_negatives import POOL_PASSAGE, MineNegatives, MineNegativesConfig
+from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
 from sources.record import DROP, FLAGS, WORK_SCHEMA
 from tests.conftest import write_manifest, xquad_paragraphs
 
@@ -128,7 +129,9 @@ def test_a_named_corpus_with_broken_rows_is_quarantined_and_the_rest_is_the_pool
     shards = pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")
     assert set(shards["source"]) == {"qa"} and shards.height == 30
     pool = {json.loads(line)["text"] for line in lines}
-    assert set(shards["negatives"].explode().drop_nulls()) <= pool and (shards["negatives"].list.len() > 0).all()
+    corpus_table = dict(pl.read_parquet(tmp_path / "run" / CORPUS_DIR).select(DOC_ID, TEXT).iter_rows())
+    negatives = {corpus_table[i] for i in shards[NEGATIVE_IDS].explode().drop_nulls()}  # by id, texts in the passage table
+    assert negatives <= pool and (shards[NEGATIVE_IDS].list.len() > 0).all()
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
     dropped = ledger.filter(pl.col("reason") == POOL_PASSAGE)["rows"].sum()
     assert dropped == 40  # every passage read is accounted for: the pool, or the quarantine
