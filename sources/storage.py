@@ -113,7 +113,7 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return _store(parts.scheme.lower(), parts.netloc), f"{parts.netloc}{parts.path}".rstrip("/")
 
 
-def _url(fs: pafs.FileSystem, like: str, inner: str) -> str:
+def _url(like: str, inner: str) -> str:
     """A path inside `fs` written the way `like` is (URL or local)."""
     return f"{urlsplit(like).scheme}://{inner}" if is_url(like) else inner
 
@@ -172,14 +172,14 @@ def list_files(prefix: str) -> list[str]:
     """Every file under `prefix` (recursively), sorted; none if it does not exist."""
     fs, inner = filesystem(prefix)
     found = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
-    return sorted(_url(fs, prefix, f.path) for f in found if f.type == pafs.FileType.File)
+    return sorted(_url(prefix, f.path) for f in found if f.type == pafs.FileType.File)
 
 
 def children(prefix: str) -> list[str]:
     """The files and folders directly under `prefix` (a folder's or a prefix's), sorted."""
     fs, inner = filesystem(prefix)
     found = fs.get_file_info(pafs.FileSelector(inner, recursive=False, allow_not_found=True))
-    return sorted(_url(fs, prefix, f.path) for f in found)
+    return sorted(_url(prefix, f.path) for f in found)
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sources.passages import CORPUS_DIR, NEGATIVE_IDS, NEGATIVES, PassageTable
+from sources.passages import NEGATIVE_IDS, NEGATIVES, PassageTable, corpus_files
 from train.config import DataConfig
 
 COLUMNS = ["source", "task", "instruction", "query", "positive"]  # and the negatives, by id (or inline)
@@ -55,7 +55,7 @@ class Batch:
 def passage_table(files: list[str]) -> PassageTable:
     """The passage tables of the runs the shard files belong to (`RUN/corpus/` beside `RUN/shards/`)."""
     runs = {p for f in files for p in Path(f).parents if p.name == "shards"}
-    return PassageTable(str(c) for run in sorted(runs) for c in sorted((run.parent / CORPUS_DIR).glob("*.parquet")))
+    return PassageTable(f for run in sorted(runs) for f in corpus_files(run.parent))
 
 
 def shard_files(paths: list[str]) -> list[str]:

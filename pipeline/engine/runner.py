@@ -328,7 +328,7 @@ class Runner:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         bad = (
-            pl.scan_parquet(ingest.files())
+            pl.scan_parquet(self._local(ingest.files()))  # read as every checkpoint is: through sources.storage
             .filter(pl.col(DROP).is_not_null())
             .select("source", "origin", pl.col(DROP).alias("reason"), pl.col(DETAIL).alias("detail"), pl.col(RAW).alias("raw"))
             .sort("source", "origin")

@@ -62,4 +62,4 @@ def _write(table: pa.Table, path: str) -> None:
 
 def store_files(store: str) -> list[str]:
     """Every file of the store (none when there is no store yet)."""
-    return [p for p in storage.list_files(store) if p.endswith(".parquet")] if storage.exists(store) else []
+    return [p for p in storage.list_files(store) if p.endswith(".parquet")]  # none when the store does not exist

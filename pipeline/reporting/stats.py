@@ -118,14 +118,14 @@ def passage_figures(files: list[str], count: TokenCounter) -> pl.DataFrame:
                       for p in parts], how="vertical") if parts else pl.DataFrame(schema={DOC_ID: pl.String, "chars": pl.Int64, "tokens": pl.Int64})
 
 
-def _negatives(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame | None) -> pl.DataFrame:
+def _negatives(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame) -> pl.DataFrame:
     """Per row: its negatives' number, characters and tokens, by id through the passage table (or from
     inline texts, in shards written before negatives were stored by reference)."""
     rows = df.with_row_index("row")
     if NEGATIVE_IDS in df.columns:
         number = pl.col(NEGATIVE_IDS).list.len()
         flat = rows.select("row", pl.col(NEGATIVE_IDS).alias(DOC_ID)).explode(DOC_ID).drop_nulls(DOC_ID)
-        flat = flat.join(passages if passages is not None else passage_figures([], count), on=DOC_ID, how="left")
+        flat = flat.join(passages, on=DOC_ID, how="left")
     else:
         number = pl.col("negatives").list.len()
         flat = rows.select("row", "negatives").explode("negatives").drop_nulls("negatives")
@@ -135,7 +135,7 @@ def _negatives(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame | N
             .join(per_row, on="row", how="left", maintain_order="left").fill_null(0))
 
 
-def _per_row(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame | None = None) -> pl.DataFrame:
+def _per_row(df: pl.DataFrame, count: TokenCounter, passages: pl.DataFrame) -> pl.DataFrame:
     """The figures of each row that the sums and histograms are made of."""
     negatives = _negatives(df, count, passages)
     out = df.select(
