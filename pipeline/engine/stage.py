@@ -58,22 +58,11 @@ class DedupConfig(StageConfig):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs; the runner sizes pools and requests from these alone."""
+    """What one worker of a stage needs; the runner makes its Ray requests from these alone."""
 
     cpus: float = 1.0
     gpus: float = 0.0  # a stage that can use a GPU when the cluster has one says so here (fraction or whole)
     memory_mb: int = 0  # per worker, for Ray's scheduler; 0: no reservation
-
-    def pool(self, cluster: Mapping[str, float]) -> tuple[int, int]:
-        """(actors, CPU threads per actor) for a pool of such workers on a cluster with these
-        resources (`ray.cluster_resources()`): one actor per GPU share when the stage uses GPUs and
-        the cluster has them; else one per CPU share, leaving one CPU to the reading and writing
-        tasks, since a pool that takes every CPU deadlocks (the tasks that feed it never start)."""
-        gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
-        if self.gpus and gpus:
-            return max(1, int(gpus / self.gpus)), 1
-        size = max(1, int(cpus / max(self.cpus, 1e-3)) - 1)
-        return size, max(1, int(cpus // size))
 
     def ray_options(self, cluster: Mapping[str, float]) -> dict[str, float]:
         """The per-worker request for Ray: GPUs only where the cluster has them. `cluster` is

@@ -11,7 +11,6 @@ chunks, so a run that is killed and run again reads back what it already embedde
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -102,7 +101,7 @@ class Embedder:
 
     def _chunk(self, ids: list[str], texts: list[str]) -> np.ndarray:
         path = (
-            self.cache / f"{hashlib.blake2b(''.join(ids).encode(), digest_size=16).hexdigest()}.npy"
+            self.cache / f"{passage_id(''.join(ids))}.npy"
             if self.cache
             else None
         )
