@@ -7,7 +7,10 @@ whose hardest kept negative contains the question's gold answer string counts as
 negative. Columns: `none` = only the positive and other known positives of the query removed;
 `defaults` = the stage's defaults (skip the top 5, drop candidates above 95% of the positive's
 score, near duplicates of the positive and its 8 nearest pool neighbours); `-rank`, `-ratio`,
-`-neardup`, `-neighbr` = the defaults with that one filter off; `chance` = the share of the question's other pool paragraphs that contain the answer
+`-neardup`, `-neighbr` = the defaults with that one filter off; `nb-retr` = the defaults with the positive's
+neighbours found by the mining retriever instead of BM25 (the same as `defaults` when mining with BM25); `words` = the
+defaults, counting an answer only where it stands as whole words (a short answer such as Hindi "वार" or Arabic "لم"
+is inside many unrelated words; Chinese has no spaces, so there it is the substring count); `chance` = the share of the question's other pool paragraphs that contain the answer
 (what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
 `lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
 `--model DIR` mines with a local dense model instead, `--small-model` with the dense bench's
@@ -26,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,7 +50,9 @@ SETTINGS = {
     "-ratio": {"max_score_ratio": None},
     "-neardup": {"near_dup_threshold": 1.0},
     "-neighbr": {"positive_neighbours": 0},
+    "nb-retr": {"neighbours_by": "retriever"},
 }
+UNSPACED = {"zh", "ja", "th"}
 
 
 def rows(tar: tarfile.TarFile, lang: str) -> list[dict]:
@@ -83,10 +89,28 @@ def mine(items: list[dict], embedder: Embedder | None = None, **config) -> tuple
     return out, time.perf_counter() - started
 
 
-def hardest_share(items: list[dict], mined: list[dict]) -> float:
-    """Share of rows with negatives whose hardest negative contains the answer."""
+def hardest_share(items: list[dict], mined: list[dict], words: str | None = None) -> float:
+    """Share of rows with negatives whose hardest negative contains the answer (as whole words when
+    `words` names the language of a spaced script)."""
     pairs = [(r["answer"], m["negatives"][0]) for r, m in zip(items, mined) if m["negatives"]]
-    return sum(a in n for a, n in pairs) / max(len(pairs), 1)
+    contains = as_words if words and words not in UNSPACED else str.__contains__
+    return sum(contains(n, a) for a, n in pairs) / max(len(pairs), 1)
+
+
+def as_words(text: str, answer: str) -> bool:
+    """`answer` occurs in `text` with a space, punctuation or an end on both sides (Python's `\\b` would
+    split Devanagari words at their vowel signs)."""
+
+    def edge(c: str) -> bool:
+        return c.isspace() or unicodedata.category(c)[0] in "PSZ"
+
+    start = text.find(answer)
+    while start >= 0:
+        end = start + len(answer)
+        if (start == 0 or edge(text[start - 1])) and (end == len(text) or edge(text[end])):
+            return True
+        start = text.find(answer, start + 1)
+    return False
 
 
 def chance(items: list[dict]) -> float:
@@ -113,13 +137,18 @@ def report(args: argparse.Namespace, cache: Path) -> None:
     # One model, and each text's vector computed once, for every setting.
     embedder = Embedder(lambda: load_encoder(args.model, device()), cache=cache) if args.model else None
     print(f"{'dense' if dense else 'bm25'}: share of rows whose hardest negative contains the gold answer")
-    print("lang  queries  " + "  ".join(f"{k:>8}" for k in SETTINGS) + "    chance  negatives/query  lost   queries/s")
+    print(
+        "lang  queries  "
+        + "  ".join(f"{k:>8}" for k in SETTINGS)
+        + "     words    chance  negatives/query  lost   queries/s"
+    )
     worst, queries, seconds = 0.0, 0, 0.0
     with tarfile.open(XQUAD, "r:xz") as tar:
         for lang in args.languages.split(","):
             items = rows(tar, lang)
             results = {name: mine(items, embedder, **dense, **config) for name, config in SETTINGS.items()}
             shares = {name: hardest_share(items, mined) for name, (mined, _) in results.items()}
+            shares["words"] = hardest_share(items, results["defaults"][0], lang)
             per_query = {
                 name: sum(len(m["negatives"] or []) for m in mined) / len(items) for name, (mined, _) in results.items()
             }
@@ -130,7 +159,7 @@ def report(args: argparse.Namespace, cache: Path) -> None:
             )
             print(
                 f"{lang:4}  {len(items):7}  "
-                + "  ".join(f"{shares[k]:8.3%}" for k in SETTINGS)
+                + "  ".join(f"{shares[k]:8.3%}" for k in [*SETTINGS, "words"])
                 + f"  {chance(items):8.3%}  {per_query['defaults']:15.1f}  {per_query['none'] - per_query['defaults']:4.1f}"
                 f"  {len(items) / results['defaults'][1]:9.0f}",
                 flush=True,

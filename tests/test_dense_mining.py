@@ -131,3 +131,37 @@ def test_dense_mining_run_is_killed_and_resumes_without_redoing_finished_shards(
     flagged = ledger.filter(pl.col("kind") == "flagged", pl.col("reason") == "mining_resumed")["rows"].sum()
     assert flagged == done_rows  # every finished shard was read back, none mined again
     assert shard_digests(tmp_path / "run") == shard_digests(tmp_path / "clean" / "run")
+
+
+@pytest.mark.parametrize("neighbours_by", ["lexical", "retriever"])
+def test_dense_mining_drops_the_positives_lexical_neighbours_by_default(small_model, neighbours_by):
+    """By default the positive's neighbours are found with BM25 whatever the retriever: no kept negative
+    is among them; with `neighbours_by: retriever` (the model's neighbours) some are."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+
+    from pipeline.engine.stage import RunContext
+    from pipeline.ops.retrieval import Bm25Search
+    from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig
+    from sources.record import WORK_SCHEMA
+
+    rows = [json.loads(line) for line in gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt")][:300]
+    records = [
+        {"id": str(i), "source": "x", "task": "retrieval", "query": r["question"], "positive": r["context"],
+         "licence": "x", "origin": f"f:{i}"}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    config = MineNegativesConfig(
+        stage="mine_negatives", retriever="dense", model=str(small_model), neighbours_by=neighbours_by
+    )
+    mined = MineNegatives(config, RunContext(Path("."), ("x",)))(pa.Table.from_pylist(records, schema=WORK_SCHEMA))
+    pool = sorted({r["context"] for r in rows})
+    lexical = Bm25Search(pool, [], len(pool))
+    positives = sorted({pool.index(r["context"]) for r in rows})
+    near = {pool[p]: {pool[n] for n in found} for p, found in zip(positives, lexical.neighbours(np.array(positives), 8))}
+    kept = [set(texts or []) for texts in mined.column("negatives").to_pylist()]  # texts: outside a run
+    assert sum(map(len, kept)) > 20 * len(rows)
+    hits = sum(len(k & near[r["context"]]) for k, r in zip(kept, rows))
+    assert (hits == 0) if neighbours_by == "lexical" else (hits > 0)

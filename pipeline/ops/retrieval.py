@@ -58,10 +58,10 @@ class Bm25Search:
         import bm25s
 
         self.candidates = len(pool) if candidates is None else candidates
-        self.pool_tokens = tokens(pa.array(pool), "auto")[0].to_pylist()
+        self.pool_tokens = tokens(pa.array(pool, pa.string()), "auto")[0].to_pylist()
         self.index = bm25s.BM25()
         self.index.index(self.pool_tokens, show_progress=False)
-        self.query_tokens = tokens(pa.array(queries), "auto")[0].to_pylist()
+        self.query_tokens = tokens(pa.array(queries, pa.string()), "auto")[0].to_pylist()
 
     def __call__(self, queries: list[int], positives: np.ndarray, depth: int) -> Found:
         ranked, scored, pos = [], [], np.zeros(len(queries), np.float64)
