@@ -160,7 +160,9 @@ def test_dense_mining_drops_the_positives_lexical_neighbours_by_default(small_mo
     pool = sorted({r["context"] for r in rows})
     lexical = Bm25Search(pool, [], len(pool))
     positives = sorted({pool.index(r["context"]) for r in rows})
-    near = {pool[p]: {pool[n] for n in found} for p, found in zip(positives, lexical.neighbours(np.array(positives), 8))}
+    near = {
+        pool[p]: {pool[n] for n in found} for p, found in zip(positives, lexical.neighbours(np.array(positives), 8))
+    }
     kept = [set(texts or []) for texts in mined.column("negatives").to_pylist()]  # texts: outside a run
     assert sum(map(len, kept)) > 20 * len(rows)
     hits = sum(len(k & near[r["context"]]) for k, r in zip(kept, rows))

@@ -1,11 +1,13 @@
 """The passage table: negatives by id in checkpoints and shards, every passage once in `corpus/`,
-ids stable, readers (datasets, polars, pyarrow, export) working as they are, a crash while the table
+ids stable, readers (datasets, polars, pyarrow, export) working as they are, a kill -9 while the table
 is written resumed to the same bytes, and a negative with no passage an error naming its row."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,10 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.api import load_manifest, run
-from pipeline.engine import corpus as corpus_mod
 from pipeline.engine.checkpoint import Checkpoint
 from sources.passages import MissingPassage, passage_id
-from tests.conftest import passages_manifest, run_cli, shard_digests
+from tests.conftest import ROOT, kill_tree, passages_manifest, run_cli, shard_digests
 
 
 def _run(folder: Path) -> Path:
@@ -95,25 +96,32 @@ def test_readers_need_no_conversion(passages_run, tmp_path):
     assert the.height and all(ids[0] == 2 for ids in the["input_ids"])
 
 
-def test_crash_while_writing_the_table_resumes_identically_and_a_lost_passage_names_its_row(
-    passages_run, tmp_path, monkeypatch
-):
-    real = corpus_mod.write_atomic
-    calls = []
+KILLED_AFTER_ONE_TABLE_FILE = """
+import sys, time
+from pipeline.engine import corpus
+real = corpus.write_atomic
+def pause_after_one(path, write):
+    real(path, write)
+    print("written", path, flush=True)
+    time.sleep(600)  # where the test kills the run (-9, every process)
+corpus.write_atomic = pause_after_one
+from pipeline.cli import main
+sys.exit(main(["run", sys.argv[1], "--quiet"]))
+"""
 
-    def crash_after_one(path, write):  # a crash after the first file of the passage table
-        if calls:
-            raise KeyboardInterrupt("killed")
-        calls.append(path)
-        real(path, write)
 
+def test_kill_9_while_writing_the_table_resumes_identically_and_a_lost_passage_names_its_row(passages_run, tmp_path):
     clean = shard_digests(_run(tmp_path / "again"))
     shutil.rmtree(tmp_path / "again" / "run")
-    monkeypatch.setattr(corpus_mod, "write_atomic", crash_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "again")
-    assert calls and not (tmp_path / "again" / "run" / "shards" / "_SUCCESS.json").exists()
-    monkeypatch.undo()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AFTER_ONE_TABLE_FILE, str(tmp_path / "again" / "manifest.yaml")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    written = proc.stdout.readline()  # type: ignore[union-attr]
+    kill_tree(proc.pid)
+    proc.wait()
+    assert written.startswith("written") and "corpus" in written
+    assert not (tmp_path / "again" / "run" / "shards" / "_SUCCESS.json").exists()
     resumed = _run(tmp_path / "again")
     assert len(list((resumed / "corpus").iterdir())) > 1 and shard_digests(resumed) == clean
     # another folder, the same input: the same ids, the same passage table (the shards' `origin` names the folder)
