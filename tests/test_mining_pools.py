@@ -73,6 +73,8 @@ def test_pools_by_source_by_language_and_from_a_named_corpus(paragraphs):
     assert [m[DROP] for m in out if m["source"] == "wiki"] == [POOL_PASSAGE] * len(corpus)
     zh_rows = [m for m in out if m["source"] == "a" and m["query_lang"] == "cmn_Hans"]
     assert zh_rows and all(set(m["negatives"]) <= {p["text"] for p in zh[:40]} for m in zh_rows)
+    # the negatives' language is their passages' (the corpus rows' tags), so the passage table has one
+    assert {m["negatives_lang"] for m in mined} == {"eng_Latn"} and {m["negatives_lang"] for m in zh_rows} == {"cmn_Hans"}
 
     # Queries of a language the corpus lacks: kept, without negatives, and counted.
     lonely = _mine(_records(a[:5], "a", "deu_Latn") + corpus, pool="corpus", corpus="wiki")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Iterator, Literal
@@ -183,15 +184,16 @@ def _digest(*parts: str) -> str:
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
     config_model = MineNegativesConfig
-    writes = ("negatives", "negative_ids", "negative_scores", "positive_score")
+    writes = ("negatives", "negative_ids", "negative_scores", "positive_score", "negatives_lang")
     resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one
     config: MineNegativesConfig
 
     @classmethod
     def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
-        """The query's language when pools are per language."""
+        """The query's language (the pool's when pools are per language) and the positive's: they label
+        the mined negatives' language."""
         assert isinstance(config, MineNegativesConfig)
-        return ("query_lang",) if config.per_language else ()
+        return ("query_lang", "positive_lang")
 
     def report(self, files: list[str]) -> Any:
         """Per source and language: queries mined, negatives per query, score distributions of the
@@ -271,27 +273,30 @@ class MineNegatives(ShuffleStage):
         # Every row's negatives leave the step as ids, their texts once in the run's passage store.
         return store_negatives(pa.Table.from_pylist(rows, schema=WORK_SCHEMA), self.context.passages)
 
-    def _pool(self, rows: list[dict], members: list[int], targets: list[int]) -> tuple[list[str], int]:
-        """The pool's texts and how many of them may be candidates: the members' distinct positives,
-        or the corpus's distinct passages followed by the targets' positives outside it (scored only).
-        The corpus rows leave the records here, counted."""
+    def _pool(self, rows: list[dict], members: list[int], targets: list[int]) -> tuple[list[str], int, dict[str, str]]:
+        """The pool's texts, how many of them may be candidates, and their languages: the members'
+        distinct positives, or the corpus's distinct passages followed by the targets' positives
+        outside it (scored only). The corpus rows leave the records here, counted."""
         config = self.config
+        language: dict[str, str] = {}  # a passage's language as its first row (by origin) tagged it
         if config.pool != "corpus":
-            pool = sorted({rows[i]["positive"] for i in members if rows[i]["positive"]})
-            return pool, len(pool)
-        passages: set[str] = set()
+            for i in members:
+                if rows[i]["positive"]:
+                    language.setdefault(rows[i]["positive"], rows[i]["positive_lang"] or rows[i]["query_lang"])
+            pool = sorted(language)
+            return pool, len(pool), language
         for i in members:
             if rows[i]["source"] == config.corpus:
-                passages.add(rows[i]["query"])
+                language.setdefault(rows[i]["query"], rows[i]["query_lang"])
                 rows[i][DROP], rows[i][DETAIL] = POOL_PASSAGE, f"a passage of the pool of {config.corpus!r}"
-        outside = sorted({rows[i]["positive"] for i in targets} - passages)
-        return sorted(passages) + outside, len(passages)
+        outside = sorted({rows[i]["positive"] for i in targets} - language.keys())
+        return sorted(language) + outside, len(language), language
 
     def _mine(self, group: str, rows: list[dict], members: list[int], bar: Any) -> None:
         config = self.config
         members = sorted(members, key=lambda i: rows[i]["origin"])  # rows arrive in any order after the shuffle
         targets = [i for i in members if config.wants(rows[i])]
-        pool, candidates = self._pool(rows, members, targets)
+        pool, candidates, language = self._pool(rows, members, targets)
         if candidates < 2 or not targets:  # e.g. the only query of its language: nothing to mine from, kept and counted
             reason = "mining_skipped:empty_pool" if not candidates else "mining_skipped:pool_too_small"
             for i in targets:
@@ -348,6 +353,10 @@ class MineNegatives(ShuffleStage):
                         m["negative_scores"],
                         m["positive_score"],
                     )
+                    # as `langid` labels a row's negatives: their most common language
+                    labels = Counter(language[t] for t in m["negatives"] if language.get(t))
+                    row["negatives_lang"] = labels.most_common(1)[0][0] if labels else None
+                    row["negatives_lang_conf"] = None
                     flags += [
                         {"reason": f"negatives_filtered:{f}", "language": lang, "count": n}
                         for f, n in zip(FILTERS, m["removed"])
