@@ -42,9 +42,11 @@ def test_shards_hold_every_kept_row_once_sorted_and_do_not_depend_on_input_layou
                      "licence": "x", "origin": f"f:{i}", DROP: "exact_duplicate" if i % 10 == 0 else None})
     settings = ShardSettings(rows_per_shard=250)
     outputs = []
-    for k, files in ((1, 3), (2, 7)):  # the second: other files, other row order
+    for k, files, ranges in ((1, 3, None), (2, 7, 5)):  # the second: other files, row order, passage-table id ranges
         folder = tmp_path / f"out{k}"
-        outputs.append(write_shards(_checkpoint(tmp_path / f"in{k}", rows, files)[::-1], folder / "shards", settings, "t4g", tmp_path / f"refs{k}"))
+        outputs.append(write_shards(_checkpoint(tmp_path / f"in{k}", rows, files)[::-1], folder / "shards", settings, "t4g",
+                                    tmp_path / f"refs{k}", passage_ranges=ranges))
+        assert len(list((tmp_path / f"refs{k}").iterdir())) == (ranges or 1)
         write_corpus(tmp_path / f"refs{k}", [], folder / "corpus", settings, "t4g")
         rng.shuffle(rows)
     first, second = outputs

@@ -1,6 +1,7 @@
 """The run's passage table, `corpus/part-NNNNN-<tag>.parquet`: every passage a kept row names, once.
 
-Written after the shards from the passages they listed (`pipeline/engine/shards.py`): a positive or
+Written after the shards from the passages they listed (`pipeline/engine/shards.py`, one file per
+range of the doc-id space, so one range at a time is in memory however large the run): a positive or
 a negative that was still inline brings its text; a negative stored by reference is looked up in the
 passage store (`pipeline/ops/passage_store.py`). One row per `doc_id` (`sources/passages.py`), sorted
 by it, so the files do not depend on the order of anything before (a resumed run writes the same
@@ -12,20 +13,50 @@ anywhere is an error naming the row, never a gap in the table.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.engine.shards import QUERY
+from pipeline.engine.shards import QUERY, id_range
 from pipeline.ops.files import write_atomic
 from sources.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 
 
 def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
-    """The passage table under `out` from the passages listed in `refs` and the store's files `store`
-    (local); returns one entry per file (path relative to `out`, rows)."""
+    """The passage table under `out` from the passages listed in the folder `refs` (one file per
+    range of doc ids, `pipeline/engine/shards.py`) and the store's files `store` (local); returns one
+    entry per file (path relative to `out`, rows). One range is in memory at a time; files hold
+    `rows_per_shard` rows across ranges, so the table's bytes do not depend on the number of ranges."""
+    parts = sorted(refs.glob("*.parquet"))
+    ranges = int(parts[0].stem.split("-")[1]) if parts else 1
+    lookup = _StoreByRange(store, refs / "store", ranges)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    pending: list[pa.Table] = []
+
+    def flush(final: bool) -> None:
+        table = pa.concat_tables(pending) if pending else CORPUS_SCHEMA.empty_table()
+        pending.clear()
+        start = 0
+        while table.num_rows - start >= settings.rows_per_shard or (final and table.num_rows > start):
+            _write_part(table.slice(start, settings.rows_per_shard), out, len(written), settings, tag, written)
+            start += settings.rows_per_shard
+        if start < table.num_rows:
+            pending.append(table.slice(start))
+
+    for part in parts:
+        pending.append(_passages(part, lookup))
+        flush(final=False)
+    flush(final=True)
+    return written
+
+
+def _passages(refs: Path, lookup: _StoreByRange) -> pa.Table:
+    """One range's passages, sorted by doc id, texts of negatives stored by reference looked up."""
     named = pl.col("role") != QUERY
     passages = (
         pl.scan_parquet(refs)
@@ -45,11 +76,7 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
     )
     missing = passages.filter(pl.col(TEXT).is_null())
     if missing.height:
-        found = (
-            pl.scan_parquet(store).filter(pl.col(DOC_ID).is_in(missing[DOC_ID].implode())).unique(DOC_ID).collect()
-            if store
-            else pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String})
-        )
+        found = lookup(int(refs.stem.split("-")[0]), missing[DOC_ID])
         passages = (
             passages.join(found.rename({TEXT: "_stored"}), on=DOC_ID, how="left")
             .with_columns(pl.col(TEXT).fill_null(pl.col("_stored")))
@@ -60,19 +87,49 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
             doc, rid, origin = lost.row(0, named=True)[DOC_ID], lost["id"][0], lost["origin"][0]
             raise MissingPassage(
                 f"row {rid} ({origin}) names negative {doc}, which is not in the passage store "
-                f"({len(store)} files; {lost.height} passages missing in all)"
+                f"({len(lookup.store)} files; {lost.height} passages of its id range missing)"
             )
-    table = passages.sort(DOC_ID).select(CORPUS_SCHEMA.names).to_arrow().cast(CORPUS_SCHEMA)
-    out.mkdir(parents=True, exist_ok=True)
+    return passages.sort(DOC_ID).select(CORPUS_SCHEMA.names).to_arrow().cast(CORPUS_SCHEMA)
+
+
+class _StoreByRange:
+    """Texts of stored passages by doc id. With one range the store is scanned as it is; with more, it
+    is first split by range (one pass, on first need), so each range reads only its own part."""
+
+    def __init__(self, store: list[str], folder: Path, ranges: int):
+        self.store, self.folder, self.ranges = store, folder, ranges
+
+    def __call__(self, r: int, ids: pl.Series) -> pl.DataFrame:
+        empty = pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String})
+        if not self.store:
+            return empty
+        if self.ranges == 1:
+            files: list[str] = self.store
+        else:
+            if not self.folder.exists():
+                self._split()
+            files = [str(f) for f in sorted(self.folder.glob(f"{r:05d}-*.parquet"))]
+        if not files:
+            return empty
+        return pl.scan_parquet(files).filter(pl.col(DOC_ID).is_in(ids.implode())).unique(DOC_ID).collect()
+
+    def _split(self) -> None:
+        tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for k, file in enumerate(self.store):
+            for b, batch in enumerate(pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[DOC_ID, TEXT])):
+                frame = pl.from_arrow(batch).with_columns(id_range(pl.col(DOC_ID), self.ranges).alias("_range"))
+                for (r,), group in frame.partition_by("_range", as_dict=True).items():
+                    group.drop("_range").write_parquet(tmp / f"{r:05d}-{k:06d}-{b:06d}.parquet", compression="lz4")
+        tmp.rename(self.folder)
+
+
+def _write_part(chunk: pa.Table, out: Path, k: int, settings: Any, tag: str, written: list[dict[str, Any]]) -> None:
     compression = None if settings.compression == "none" else settings.compression
-    written = []
-    for k, start in enumerate(range(0, table.num_rows, settings.rows_per_shard)):
-        chunk, target = table.slice(start, settings.rows_per_shard), out / f"part-{k:05d}-{tag}.parquet"
-        write_atomic(
-            target,
-            lambda tmp, chunk=chunk: pq.write_table(
-                chunk, tmp, compression=compression, compression_level=settings.compression_level
-            ),
-        )
-        written.append({"path": target.name, "rows": chunk.num_rows})
-    return written
+    target = out / f"part-{k:05d}-{tag}.parquet"
+    write_atomic(
+        target,
+        lambda tmp: pq.write_table(chunk, tmp, compression=compression, compression_level=settings.compression_level),
+    )
+    written.append({"path": target.name, "rows": chunk.num_rows})

@@ -295,12 +295,12 @@ class Runner:
         if marker is None or marker.get("fingerprint") != shards_fp:
             self.log("writing shards")
             storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
-            refs = self.run_dir / "work" / "_passage_refs.parquet"
+            refs = self.run_dir / "work" / "_passage_refs"
             written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], refs, self.run_dir / "work" / "_spill")
             self.log("writing the passage table")
             store = self._local(store_files(self.context.passages or ""))
             corpus = write_corpus(refs, store, corpus_local, self.manifest.shards, shards_fp[:8])
-            refs.unlink()
+            shutil.rmtree(refs)
             self._drop_empty_work()
             for shard in written:
                 storage.upload(local / shard["path"], storage.join(remote, shard["path"]))

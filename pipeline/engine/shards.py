@@ -23,6 +23,9 @@ from sources.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT,
 from sources.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
+# Kept rows whose passages one range of the passage table holds: the table is grouped one range of
+# the doc_id space at a time, so a 33M-row run never needs all its passage references in memory.
+PASSAGE_RANGE_ROWS = 250_000
 # What a kept row says about passages: it names its positive (role 0, with the text) and its
 # negatives (role 2; the text when still inline, else null: it is in the passage store); its query
 # (role 1, with the text) only tells a passage's language when the same text is named elsewhere.
@@ -35,20 +38,28 @@ def _folder_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", str(value)) if value is not None else "null"
 
 
-def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Path, spill: Path | None = None) -> list[dict[str, Any]]:
+def id_range(ids: pl.Expr, ranges: int | pl.Expr) -> pl.Expr:
+    """Which of `ranges` equal ranges of the hash space an id (hex, uniform) falls in."""
+    return ids.str.slice(0, ID_PREFIX).str.to_integer(base=16).cast(pl.Int64) * ranges // 16**ID_PREFIX
+
+
+def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Path, spill: Path | None = None,
+                 passage_ranges: int | None = None) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
     caches a local dataset by its file patterns, so other content must mean other names. `spill`:
     a scratch folder (default `out/_spill`), removed at the end. Rows leave with `positive_id` and
     `negative_ids` (inline negatives get their ids here); every passage they name is listed in the
-    file `refs`, for the passage table (`pipeline/engine/corpus.py`)."""
+    folder `refs`, one file per range of doc ids (`passage_ranges`, default one per
+    `PASSAGE_RANGE_ROWS` kept rows), for the passage table (`pipeline/engine/corpus.py`)."""
     keys = settings.partition_by
     kept = pl.scan_parquet(files).filter(pl.col(DROP).is_null()).select(COLUMNS)
     counts = kept.group_by(keys).agg(pl.len().alias("_rows")).sort(keys, nulls_last=True).collect()
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
     spill = spill or out / "_spill"
-    _spill(files, keys, plan, spill, refs)
+    ranges = passage_ranges or max(1, -(-int(plan["_rows"].sum()) // PASSAGE_RANGE_ROWS))
+    _spill(files, keys, plan, spill, refs, ranges)
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
     for p, row in enumerate(plan.iter_rows(named=True)):
@@ -72,29 +83,33 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Pat
     return written
 
 
-def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, refs: Path) -> None:
+def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, refs: Path, ranges: int) -> None:
     """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`,
-    with its passage ids; the passages it names to `refs`."""
-    shutil.rmtree(spill, ignore_errors=True)  # a crashed attempt's
-    spill.mkdir(parents=True)
+    with its passage ids; the passages it names to `refs/<range>-<ranges>.parquet` by doc id."""
+    for folder in (spill, refs):
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed attempt's
+        folder.mkdir(parents=True)
     index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
     writers: dict[tuple[int, int], pq.ParquetWriter] = {}
-    refs_writer = pq.ParquetWriter(refs, REFS_SCHEMA, compression="lz4")
+    ref_writers: dict[int, pq.ParquetWriter] = {}
     try:
         for file in files:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, NEGATIVES, DROP]):
                 df, passages = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
-                refs_writer.write_table(passages)
+                named = pl.from_arrow(passages).with_columns(id_range(pl.col(DOC_ID), ranges).alias("_range"))
+                for (r,), group in named.partition_by("_range", as_dict=True).items():
+                    if r not in ref_writers:
+                        ref_writers[r] = pq.ParquetWriter(refs / f"{r:05d}-{ranges:05d}.parquet", REFS_SCHEMA, compression="lz4")
+                    ref_writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
                 df = df.select(COLUMNS).join(index, on=keys, how="left", nulls_equal=True).with_columns(
-                    (pl.col("id").str.slice(0, ID_PREFIX).str.to_integer(base=16).cast(pl.Int64) * pl.col("_ranges") // 16**ID_PREFIX).alias("_range"))
+                    id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
                 for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
                     table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
                     if (p, r) not in writers:
                         writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="lz4")
                     writers[(p, r)].write_table(table)
     finally:
-        refs_writer.close()
-        for w in writers.values():
+        for w in [*ref_writers.values(), *writers.values()]:
             w.close()
 
 
