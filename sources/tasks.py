@@ -10,6 +10,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class TaskSpec:
     required: tuple[str, ...]  # record fields a source of this task must map and fill
+    record: bool = True  # its rows are training records (not only a pool that others' rows use)
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -21,9 +22,12 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "clustering": TaskSpec(("query", "label")),
     # Passages with no queries (a Wikipedia dump, say), the text in `query` as for single-text tasks:
     # a named pool for `mine_negatives` (`pool: corpus`), never a training record.
-    "corpus": TaskSpec(("query",)),
+    "corpus": TaskSpec(("query",), record=False),
 }
 TASKS = tuple(TASK_SPECS)
+# Tasks whose rows are a pool, not records: they never win a duplicate against a record, and the
+# mixture neither counts nor samples them.
+POOL_TASKS = tuple(t for t, spec in TASK_SPECS.items() if not spec.record)
 # The task names as a type, for settings that name tasks (built from the table, so it never drifts).
 TaskName = Literal[TASKS]  # type: ignore[valid-type]
 

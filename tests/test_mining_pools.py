@@ -74,7 +74,9 @@ def test_pools_by_source_by_language_and_from_a_named_corpus(paragraphs):
     zh_rows = [m for m in out if m["source"] == "a" and m["query_lang"] == "cmn_Hans"]
     assert zh_rows and all(set(m["negatives"]) <= {p["text"] for p in zh[:40]} for m in zh_rows)
     # the negatives' language is their passages' (the corpus rows' tags), so the passage table has one
-    assert {m["negatives_lang"] for m in mined} == {"eng_Latn"} and {m["negatives_lang"] for m in zh_rows} == {"cmn_Hans"}
+    assert {m["negatives_lang"] for m in mined} == {"eng_Latn"} and {m["negatives_lang"] for m in zh_rows} == {
+        "cmn_Hans"
+    }
 
     # Queries of a language the corpus lacks: kept, without negatives, and counted.
     lonely = _mine(_records(a[:5], "a", "deu_Latn") + corpus, pool="corpus", corpus="wiki")
@@ -132,8 +134,33 @@ def test_a_named_corpus_with_broken_rows_is_quarantined_and_the_rest_is_the_pool
     assert set(shards["source"]) == {"qa"} and shards.height == 30
     pool = {json.loads(line)["text"] for line in lines}
     corpus_table = dict(pl.read_parquet(tmp_path / "run" / CORPUS_DIR).select(DOC_ID, TEXT).iter_rows())
-    negatives = {corpus_table[i] for i in shards[NEGATIVE_IDS].explode().drop_nulls()}  # by id, texts in the passage table
+    negatives = {
+        corpus_table[i] for i in shards[NEGATIVE_IDS].explode().drop_nulls()
+    }  # by id, texts in the passage table
     assert negatives <= pool and (shards[NEGATIVE_IDS].list.len() > 0).all()
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
     dropped = ledger.filter(pl.col("reason") == POOL_PASSAGE)["rows"].sum()
     assert dropped == 40  # every passage read is accounted for: the pool, or the quarantine
+
+
+def test_a_pool_passage_never_wins_a_duplicate_against_a_record(tmp_path):
+    from pipeline.stages.exact_dedup import ExactDedupConfig
+    from sources.config import SourceConfig
+
+    def source(name: str, task: str) -> SourceConfig:
+        return SourceConfig(
+            name=name,
+            task=task,
+            path=str(tmp_path / "x.jsonl"),
+            columns={"query": "q", "label": "l"} if task != "corpus" else {"query": "q"},
+            licence="x",
+        )
+
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    sources = {"wiki": source("wiki", "corpus"), "qa": source("qa", "clustering")}  # the pool listed first
+    context = RunContext(tmp_path, ("wiki", "qa"), sources)
+    assert ExactDedupConfig(stage="exact_dedup").ranks(context) == {"qa": 0, "wiki": 1}
+    assert ExactDedupConfig(stage="exact_dedup", priority=["wiki"]).ranks(context) == {
+        "wiki": 0,
+        "qa": 1,
+    }  # unless named

@@ -42,7 +42,9 @@ def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
     rows = [{"id": f"{i:08x}", "source": "big" if i % 4 else "small", "task": "retrieval", "query": f"text {i}", "licence": "x",
              "origin": f"f:{i}", "query_lang": ["eng_Latn", "eng_Latn", "eng_Latn", "fra_Latn", "swh_Latn"][int(rng.integers(5))]}
             for i in range(40_000)]
-    table = pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+    pool = [{"id": f"c{i:07x}", "source": "wiki", "task": "corpus", "query": f"passage {i}", "licence": "x", "origin": f"w:{i}",
+             "query_lang": "eng_Latn"} for i in range(3000)]  # a mining pool: not part of the mixture
+    table = pa.Table.from_pylist(rows + pool, schema=WORK_SCHEMA)
     config = MixConfig(stage="mix", max_rows_per_source=20_000, temperature_alpha=0.5, seed=3)
 
     def run(blocks: int) -> pl.DataFrame:
@@ -60,3 +62,4 @@ def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
         assert group.height == entry["rows"] and abs(got - expected) <= 4 * np.sqrt(expected) + 1, entry
     assert out.filter(source="big").height == 30_000 and kept.filter(source="big").height <= 20_000 + 4 * np.sqrt(20_000)  # capped
     assert set(out[DROP].drop_nulls()) == {"mix_source_cap", "mix_language_temperature"}
+    assert kept.filter(source="wiki").height == 3000 and "wiki" not in {e["source"] for e in plan}

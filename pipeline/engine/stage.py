@@ -21,6 +21,7 @@ from pydantic import Field
 from pipeline.ops.arrow import replace_column
 from sources.record import DETAIL, DROP
 from sources.settings import Strict
+from sources.tasks import POOL_TASKS
 
 if TYPE_CHECKING:
     from sources.config import SourceConfig
@@ -51,8 +52,11 @@ class DedupConfig(StageConfig):
         return [n for n in self.priority if n not in names]
 
     def ranks(self, context: RunContext) -> dict[str, int]:
-        """Source -> rank (smaller is kept first)."""
-        order = list(dict.fromkeys([*self.priority, *context.source_order]))
+        """Source -> rank (smaller is kept first): `priority`, then the manifest's order, sources of a
+        pool task (`corpus`) after every source of records unless `priority` names them."""
+        pools = {n for n, s in context.sources.items() if s.task in POOL_TASKS}
+        records = [n for n in context.source_order if n not in pools]
+        order = list(dict.fromkeys([*self.priority, *records, *context.source_order]))
         return {name: i for i, name in enumerate(order)}
 
 

@@ -27,6 +27,7 @@ from pipeline.engine.stage import DatasetStage, Stage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.minhash import hash_strings
 from sources.record import DROP
+from sources.tasks import POOL_TASKS
 
 
 class MixConfig(StageConfig):
@@ -72,7 +73,9 @@ def _uniform(batch: pa.Table, seed: int) -> np.ndarray:
 def _sample(batch: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], seed: int) -> pa.Table:
     u = _uniform(batch, seed)
     langs = pc.fill_null(batch.column("query_lang"), "und").to_pylist()
-    cap, lang = np.array([rates[(s, l)] for s, l in zip(batch.column("source").to_pylist(), langs)]).reshape(-1, 2).T
+    pool = _pool_rows(batch).to_pylist()  # a mining pool's rows are kept whole
+    keys = zip(batch.column("source").to_pylist(), langs, pool)
+    cap, lang = np.array([(1.0, 1.0) if p else rates[(s, l)] for s, l, p in keys]).reshape(-1, 2).T
     over_cap = u >= cap
     over_language = ~over_cap & (u >= cap * lang)
     reasons = np.where(over_cap, "mix_source_cap", np.where(over_language, "mix_language_temperature", None))
@@ -101,6 +104,7 @@ class Mix(DatasetStage):
         plan = json.loads((self.context.run_dir / "mix_plan.json").read_text(encoding="utf-8"))
         targets = pl.DataFrame([{"language": p["language"], "target_share": p["target_share"]} for p in plan]).unique("language")
         counts = (pl.scan_parquet(files)
+                  .filter(~pl.col("task").is_in(POOL_TASKS))
                   .group_by(pl.col("query_lang").fill_null("und").alias("language"))
                   .agg(pl.len().alias("rows_before"), pl.col(DROP).is_null().sum().alias("rows_after"))
                   .collect())
@@ -111,9 +115,13 @@ class Mix(DatasetStage):
                 .sort("rows_before", descending=True))
 
 
+def _pool_rows(batch: pa.Table) -> pa.Array:
+    return pc.is_in(batch.column("task"), pa.array(POOL_TASKS, pa.string()))
+
+
 def _count_task(block: pa.Table) -> list[pa.Table]:
-    """Rows of a block per (source, language)."""
-    frame = pl.from_arrow(block.select(["source", "query_lang"]))
+    """Records of a block per (source, language); a mining pool's rows are not part of the mixture."""
+    frame = pl.from_arrow(block.filter(pc.invert(_pool_rows(block))).select(["source", "query_lang"]))
     counts = frame.group_by("source", pl.col("query_lang").fill_null("und").alias("language")).agg(pl.len().cast(pl.Int64).alias("rows"))
     return [counts.to_arrow()]  # type: ignore[union-attr]
 
