@@ -68,7 +68,7 @@ class PassageTable:
         table = pq.read_table(files, columns=schema.names, schema=schema) if files else schema.empty_table()
         keys = _prefixes(table[DOC_ID])
         order = np.argsort(keys, kind="stable")
-        self.keys, self.ids = keys[order], table[DOC_ID].take(pa.array(order)).to_numpy(zero_copy_only=False)
+        self.keys, self.ids = keys[order], table[DOC_ID].combine_chunks().take(pa.array(order))
         self.texts = table[TEXT].combine_chunks().take(pa.array(order))
 
     def __len__(self) -> int:
@@ -77,9 +77,13 @@ class PassageTable:
     def rows(self, ids: list[str], where: str | list[str] = "") -> np.ndarray:
         """Row numbers of `ids` in the table; a missing id raises `MissingPassage` naming where it
         was found (`where`, or `where[k]` for the k-th id)."""
-        keys = _prefixes(pa.array(ids, pa.string()))
-        found = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
-        ok = (self.ids[found] == np.asarray(ids, dtype=object)) if len(self.keys) else np.zeros(len(ids), bool)
+        wanted = pa.array(ids, pa.string())
+        found = np.searchsorted(self.keys, _prefixes(wanted)).clip(max=max(len(self.keys) - 1, 0))
+        ok = (
+            pc.equal(self.ids.take(pa.array(found)), wanted).to_numpy(zero_copy_only=False)
+            if len(self.keys)
+            else np.zeros(len(ids), bool)
+        )
         if not ok.all():
             k = int(np.flatnonzero(~ok)[0])
             place = where[k] if isinstance(where, list) else where
@@ -90,7 +94,21 @@ class PassageTable:
         return self.texts.take(pa.array(self.rows(ids, where))).to_pylist() if ids else []
 
 
+_NIBBLE = np.zeros(256, np.uint64)  # hex digit (ASCII) -> its value; anything else 0
+for _value, _digit in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_digit] = _NIBBLE[bytes([_digit]).upper()[0]] = _value
+
+
 def _prefixes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The first 16 hex digits of each id as an unsigned 64-bit number (ids are uniform hashes)."""
-    head = pc.utf8_slice_codeunits(ids, 0, 16).to_numpy(zero_copy_only=False)
-    return np.array([int(h, 16) for h in head], dtype=np.uint64)
+    """The first 16 hex digits of each id as an unsigned 64-bit number (ids are uniform hashes), over
+    the Arrow buffer (no Python string per id). An id that is not hex gets some key: the caller
+    compares the whole id after the search, so it is reported missing, never mistaken."""
+    head = pc.utf8_rpad(pc.utf8_slice_codeunits(ids, 0, 16), 16, "0").cast(pa.binary())
+    head = pc.if_else(pc.equal(pc.binary_length(head), 16), head, pa.scalar(b"0" * 16, pa.binary()))  # non-ASCII
+    fixed = head.cast(pa.binary(16))
+    fixed = fixed.combine_chunks() if isinstance(fixed, pa.ChunkedArray) else fixed
+    if not len(fixed):
+        return np.zeros(0, np.uint64)
+    digits = np.frombuffer(fixed.buffers()[1], np.uint8)[fixed.offset * 16 : (fixed.offset + len(fixed)) * 16]
+    shifts = np.arange(60, -1, -4, dtype=np.uint64)
+    return np.bitwise_or.reduce(_NIBBLE[digits.reshape(-1, 16)] << shifts, axis=1)
