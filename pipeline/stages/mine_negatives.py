@@ -183,6 +183,7 @@ def _digest(*parts: str) -> str:
 
 class MineNegatives(ShuffleStage):
     name = "mine_negatives"
+    version = "2"  # neighbours by BM25 by default; the mined negatives' language
     config_model = MineNegativesConfig
     writes = ("negatives", "negative_ids", "negative_scores", "positive_score", "negatives_lang")
     resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one

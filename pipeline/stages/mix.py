@@ -84,6 +84,7 @@ def _sample(batch: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], 
 
 class Mix(DatasetStage):
     name = "mix"
+    version = "2"  # a mining pool's rows are kept whole
     config_model = MixConfig
     reads = ("query_lang",)
     config: MixConfig
