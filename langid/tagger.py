@@ -97,6 +97,23 @@ class Tags:
         return [label if ok else UNDETERMINED for label, ok in zip(self.labels, self.sure.tolist())]
 
 
+@dataclass
+class _Best:
+    """The model's prediction per distinct text of `todo`: its line and raw best labels
+    (`inverse[j]` is the distinct text of `todo[j]`)."""
+
+    todo: np.ndarray
+    inverse: np.ndarray
+    lines: list[str]
+    raw: list
+
+    def by_text(self, n: int) -> np.ndarray:
+        """Per text of the batch, the index of its distinct line, -1 where the model did not run."""
+        out = np.full(n, -1, dtype=np.int64)
+        out[self.todo] = self.inverse
+        return out
+
+
 class LanguageTagger:
     """Loads a fastText model (and its threshold table) once and tags lists of texts."""
 
@@ -131,10 +148,10 @@ class LanguageTagger:
         """`Tags` of each text (see the module docstring for what decides them)."""
         column = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
         column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        texts = column.to_pylist() if not isinstance(texts, list) else texts
-        labels = [UNDETERMINED] * len(texts)
-        confidence = np.zeros(len(texts), dtype=np.float32)
-        decided = np.zeros(len(texts), dtype=bool)  # by code detection or a script rule: no threshold
+        n = len(column)
+        labels = [UNDETERMINED] * n
+        confidence = np.zeros(n, dtype=np.float32)
+        decided = np.zeros(n, dtype=bool)  # by code detection or a script rule: no threshold
         if self.code is not None:
             for i, (label, conf) in self.code(column).items():
                 labels[i], confidence[i], decided[i] = label, conf, True
@@ -146,8 +163,8 @@ class LanguageTagger:
         has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(has_letter & ~decided)
         # Length buckets cost a few passes over the texts: only for a length-aware threshold table.
-        buckets = bucket_indices(column) if self.thresholds.by_length else np.zeros(len(texts), dtype=np.int64)
-        best = self._model_labels(column, texts, todo, labels, confidence) if len(todo) else {}
+        buckets = bucket_indices(column) if self.thresholds.by_length else np.zeros(n, dtype=np.int64)
+        best = self._model_labels(column, todo, labels, confidence) if len(todo) else None
         sure = decided | ~has_letter
         model_labels = [labels[i] for i in todo.tolist()]
         sure[todo] = (confidence[todo] >= self.thresholds(model_labels, buckets[todo])) & (np.array(model_labels, dtype=object) != UNDETERMINED)
@@ -155,34 +172,37 @@ class LanguageTagger:
             self._fall_back(column, np.flatnonzero(~sure), labels, confidence, sure, best)
         return Tags(labels, confidence, sure, buckets)
 
-    def _model_labels(self, column: pa.Array, texts: list, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> dict[int, tuple[str, tuple]]:
+    def _model_labels(self, column: pa.Array, todo: np.ndarray, labels: list[str], confidence: np.ndarray) -> _Best:
         """Fill `labels` and `confidence` at `todo` from the model; returns each text's line and raw
         best labels (the fallback's candidates: asked for in the same prediction, which costs about
-        as much as asking for one)."""
-        lines = [_one_line(texts[i], self.max_chars) for i in todo.tolist()]
+        as much as asking for one). Each distinct text is predicted once (queries repeat: short
+        ones often, within a batch too); fastText's prediction is the bulk of the stage's time."""
+        distinct = column.take(pa.array(todo, pa.int64())).dictionary_encode()
+        unique, inverse = distinct.dictionary, distinct.indices.to_numpy(zero_copy_only=False)
+        lines = [_one_line(text, self.max_chars) for text in unique.to_pylist()]
         raw, probs = self.model.predict(lines, k=FALLBACK_CANDIDATES if self.fallback is not None else 1)
         plain = self.map_label.without_text  # labels that need no look at the text, computed once
-        for i, line, raw_labels, p in zip(todo.tolist(), lines, raw, probs):
-            raw_label = raw_labels[0]
-            labels[i] = plain.get(raw_label) or self.map_label(raw_label, line)
-            confidence[i] = p[0] if p[0] < 1.0 else 1.0
+        unique_labels = [plain.get(raw_labels[0]) or self.map_label(raw_labels[0], line) for line, raw_labels in zip(lines, raw)]
         # A label whose script does not occur in the text is a model error (Mongolian script called
         # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
-        scripts = [labels[i].partition("_")[2] for i in todo.tolist()]
-        missing = ~script_present(column.take(pa.array(todo, pa.int64())), scripts)
-        for j in np.flatnonzero(missing).tolist():
-            labels[int(todo[j])] = UNDETERMINED
-        return dict(zip(todo.tolist(), zip(lines, raw)))
+        missing = ~script_present(unique, [label.partition("_")[2] for label in unique_labels])
+        for u in np.flatnonzero(missing).tolist():
+            unique_labels[u] = UNDETERMINED
+        for i, u in zip(todo.tolist(), inverse.tolist()):
+            labels[i] = unique_labels[u]
+        confidence[todo] = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)[inverse]
+        return _Best(todo, inverse, lines, raw)
 
-    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray, best: dict) -> None:
+    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: list[str], confidence: np.ndarray, sure: np.ndarray, best: _Best | None) -> None:
         """Texts the model is unsure of take the fallback's label where the fallback is sure of it
         and it is new to the model, among the model's best candidates, or the model's label was
         impossible (see the module docstring)."""
         other = self.fallback.tag(column.take(pa.array(unsure, pa.int64())))
+        line_of = best.by_text(len(column)) if best is not None else None
         for j, i in enumerate(unsure.tolist()):
-            if other.labels[j] in self.model_labels and i in best:
-                line, raw = best[i]
-                took = labels[i] == UNDETERMINED or other.labels[j] in {self.map_label(r, line) for r in raw}
+            if other.labels[j] in self.model_labels and line_of is not None and line_of[i] >= 0:
+                u = line_of[i]
+                took = labels[i] == UNDETERMINED or other.labels[j] in {self.map_label(r, best.lines[u]) for r in best.raw[u]}
             else:
                 took = labels[i] == UNDETERMINED or other.labels[j] not in self.model_labels
             if other.sure[j] and other.labels[j] != UNDETERMINED and took:

@@ -375,6 +375,32 @@ def test_shipped_model_tags_real_short_questions(short_tagger, questions):
     assert min(right_pairs.values()) >= 0.45 and sum(right_pairs.values()) / len(right_pairs) >= 0.65, right_pairs
 
 
+def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_tagger, questions):
+    """The tagger predicts a batch's distinct texts once: a batch with repeats gets, text for text,
+    what each text gets alone, and the model's labels and confidences are raw fastText's."""
+    from langid.tagger import _one_line
+
+    texts = [t for label in sorted(questions) for t in questions[label][:25]]
+    texts = [w for t in texts for w in (t, t.split()[0])] + texts[:60]  # questions, 1-word, repeats
+    calls: list[int] = []
+    model = short_tagger.model
+    short_tagger.model = type("Counting", (), {"predict": lambda _, lines, k: calls.append(len(lines)) or model.predict(lines, k=k)})()
+    try:
+        tags = short_tagger.tag(texts)
+        short_tagger.tag(list(dict.fromkeys(texts)))
+    finally:
+        short_tagger.model = model
+    assert calls[0] == calls[1] < len(texts) - 60
+    alone = [short_tagger.tag([t]) for t in dict.fromkeys(texts)]
+    by_text = {t: (a.labels[0], float(a.confidence[0]), bool(a.sure[0])) for t, a in zip(dict.fromkeys(texts), alone)}
+    assert [(label, float(c), bool(s)) for label, c, s in zip(tags.labels, tags.confidence, tags.sure)] == [by_text[t] for t in texts]
+    bare = LanguageTagger("short200", detect_code=False, rules=False).tag(texts)  # the model alone, on every text
+    raw, probs = model.predict([_one_line(t, 3000) for t in texts], k=1)
+    mapper = LabelMapper()
+    assert [label if label == "und" else mapper(r[0], t) for t, label, r in zip(texts, bare.labels, raw)] == bare.labels
+    assert bare.confidence.tolist() == pytest.approx([min(p[0], 1.0) if prepare(t, 3000) else 0.0 for t, p in zip(texts, probs)], abs=1e-6)
+
+
 def test_length_aware_thresholds_from_the_table_and_overrides(short_tagger, questions):
     import numpy as np
 
