@@ -114,7 +114,7 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _url(like: str, inner: str) -> str:
-    """A path inside `fs` written the way `like` is (URL or local)."""
+    """`inner` (a path of `like`'s filesystem) written the way `like` is (URL or local)."""
     return f"{urlsplit(like).scheme}://{inner}" if is_url(like) else inner
 
 

@@ -143,7 +143,7 @@ def test_a_named_corpus_with_broken_rows_is_quarantined_and_the_rest_is_the_pool
     assert dropped == 40  # every passage read is accounted for: the pool, or the quarantine
 
 
-def test_a_pool_passage_never_wins_a_duplicate_against_a_record(tmp_path):
+def test_dedup_ranks_pool_sources_after_every_source_of_records(tmp_path):
     from pipeline.stages.exact_dedup import ExactDedupConfig
     from sources.config import SourceConfig
 

@@ -47,8 +47,9 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
     for name in ("ray", "ray.data", "ray.data._internal"):
         logging.getLogger(name).setLevel(level)
     if not verbose:
-        # Ray Data warns that a dataset "will hang" when a pool's actors ask for every CPU of a small
-        # cluster; our pools always leave one free (Resources.pool), so the warning is noise here.
+        # Ray Data warns about resource tuning on small clusters (e.g. that a dataset "will hang" when
+        # its workers ask for every CPU); the runner's steps are plain tasks that run in turn, so such
+        # warnings are noise here.
         warnings.filterwarnings("ignore", module="ray.data")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet

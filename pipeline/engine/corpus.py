@@ -13,7 +13,6 @@ anywhere is an error naming the row, never a gap in the table.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
     range of doc ids, `pipeline/engine/shards.py`) and the store's files `store` (local); returns one
     entry per file (path relative to `out`, rows). One range is in memory at a time; files hold
     `rows_per_shard` rows across ranges, so the table's bytes do not depend on the number of ranges."""
-    parts = sorted(refs.glob("*.parquet"))
-    ranges = int(parts[0].stem.split("-")[1]) if parts else 1
-    lookup = _StoreByRange(store, refs / "store", ranges)
+    # `<range>-<ranges>.parquet`; a range no row named has no file
+    parts = [(int(p.stem.split("-")[0]), int(p.stem.split("-")[1]), p) for p in sorted(refs.glob("*.parquet"))]
+    lookup = _StoreByRange(store, refs / "store", parts[0][1] if parts else 1)
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     pending: list[pa.Table] = []
@@ -48,15 +47,15 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
         if start < table.num_rows:
             pending.append(table.slice(start))
 
-    for part in parts:
-        pending.append(_passages(part, lookup))
+    for r, _, part in parts:
+        pending.append(_passages(part, r, lookup))
         flush(final=False)
     flush(final=True)
     return written
 
 
-def _passages(refs: Path, lookup: _StoreByRange) -> pa.Table:
-    """One range's passages, sorted by doc id, texts of negatives stored by reference looked up."""
+def _passages(refs: Path, r: int, lookup: _StoreByRange) -> pa.Table:
+    """Range `r`'s passages, sorted by doc id, texts of negatives stored by reference looked up."""
     named = pl.col("role") != QUERY
     passages = (
         pl.scan_parquet(refs)
@@ -76,7 +75,7 @@ def _passages(refs: Path, lookup: _StoreByRange) -> pa.Table:
     )
     missing = passages.filter(pl.col(TEXT).is_null())
     if missing.height:
-        found = lookup(int(refs.stem.split("-")[0]), missing[DOC_ID])
+        found = lookup(r, missing[DOC_ID])
         passages = (
             passages.join(found.rename({TEXT: "_stored"}), on=DOC_ID, how="left")
             .with_columns(pl.col(TEXT).fill_null(pl.col("_stored")))
@@ -94,35 +93,40 @@ def _passages(refs: Path, lookup: _StoreByRange) -> pa.Table:
 
 class _StoreByRange:
     """Texts of stored passages by doc id. With one range the store is scanned as it is; with more, it
-    is first split by range (one pass, on first need), so each range reads only its own part."""
+    is first split into one file per range (one pass, on first need), so each range reads only its own.
+    The split lives in the refs folder, which the next attempt's shards remove first."""
 
     def __init__(self, store: list[str], folder: Path, ranges: int):
         self.store, self.folder, self.ranges = store, folder, ranges
+        self.split = ranges == 1  # nothing to split
 
     def __call__(self, r: int, ids: pl.Series) -> pl.DataFrame:
-        empty = pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String})
-        if not self.store:
-            return empty
-        if self.ranges == 1:
-            files: list[str] = self.store
-        else:
-            if not self.folder.exists():
-                self._split()
-            files = [str(f) for f in sorted(self.folder.glob(f"{r:05d}-*.parquet"))]
+        if not self.split:
+            self._split()
+        own = self.folder / f"{r:05d}.parquet"
+        files = self.store if self.ranges == 1 else [str(own)] if own.exists() else []
         if not files:
-            return empty
+            return pl.DataFrame(schema={DOC_ID: pl.String, TEXT: pl.String})
         return pl.scan_parquet(files).filter(pl.col(DOC_ID).is_in(ids.implode())).unique(DOC_ID).collect()
 
     def _split(self) -> None:
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for k, file in enumerate(self.store):
-            for b, batch in enumerate(pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[DOC_ID, TEXT])):
-                frame = pl.from_arrow(batch).with_columns(id_range(pl.col(DOC_ID), self.ranges).alias("_range"))
-                for (r,), group in frame.partition_by("_range", as_dict=True).items():
-                    group.drop("_range").write_parquet(tmp / f"{r:05d}-{k:06d}-{b:06d}.parquet", compression="lz4")
-        tmp.rename(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for file in self.store:
+                for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[DOC_ID, TEXT]):
+                    frame = pl.from_arrow(batch).with_columns(id_range(pl.col(DOC_ID), self.ranges).alias("_range"))
+                    for (r,), group in frame.partition_by("_range", as_dict=True).items():
+                        table = group.drop("_range").to_arrow()
+                        if r not in writers:
+                            writers[r] = pq.ParquetWriter(
+                                self.folder / f"{r:05d}.parquet", table.schema, compression="lz4"
+                            )
+                        writers[r].write_table(table)
+        finally:
+            for w in writers.values():
+                w.close()
+        self.split = True
 
 
 def _write_part(chunk: pa.Table, out: Path, k: int, settings: Any, tag: str, written: list[dict[str, Any]]) -> None:

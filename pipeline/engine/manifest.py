@@ -32,6 +32,7 @@ from sources.settings import (
     line_of,
     load_yaml_model,
 )
+from sources.tasks import POOL_TASKS
 
 # Record columns every row has from ingestion on (filled, or null where the source has no value).
 INGESTED = (*(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf"))
@@ -113,10 +114,10 @@ class Manifest(Strict):
                 raise ValueError(f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})")
         tasks = {s.name: s.task for s in info.data.get("sources") or []}
         for i, stage in enumerate(stages):
-            wrong = [n for n in stage.corpora() if tasks.get(n, "corpus") != "corpus"]
+            wrong = [n for n in stage.corpora() if n in tasks and tasks[n] not in POOL_TASKS]
             if wrong:
                 raise ValueError(f"stages[{i}] ({stage.stage}) uses {wrong} as a corpus, but a corpus source has `task: corpus`")
-        unused = sorted({n for n, t in tasks.items() if t == "corpus"} - {n for s in stages for n in s.corpora()})
+        unused = sorted({n for n, t in tasks.items() if t in POOL_TASKS} - {n for s in stages for n in s.corpora()})
         if unused:
             raise ValueError(f"corpus sources {unused} are named by no stage (mine_negatives: `pool: corpus`, `corpus: NAME`)")
         return stages

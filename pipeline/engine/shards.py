@@ -58,8 +58,8 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Pat
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
     spill = spill or out / "_spill"
-    ranges = passage_ranges or max(1, -(-int(plan["_rows"].sum()) // PASSAGE_RANGE_ROWS))
-    _spill(files, keys, plan, spill, refs, ranges)
+    ref_ranges = passage_ranges or max(1, -(-int(plan["_rows"].sum()) // PASSAGE_RANGE_ROWS))
+    _spill(files, keys, plan, spill, refs, ref_ranges)
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
     for p, row in enumerate(plan.iter_rows(named=True)):

@@ -14,6 +14,8 @@ filters still know the positive's score.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -77,22 +79,19 @@ class Bm25Search:
             pos[k] = scores[positives[k]]
         return ranked, scored, pos
 
+    @cached_property
+    def document_frequency(self) -> Counter[str]:
+        """Pool passages per token (for the neighbours' tf x idf); only neighbour searches need it."""
+        return Counter(t for toks in self.pool_tokens for t in set(toks))
+
     def neighbours(self, entries: np.ndarray, depth: int) -> list[np.ndarray]:
         """Scored with the entry's `NEIGHBOUR_TERMS` most weighty tokens (tf x idf, among those other
         passages share) as the query, as Lucene's MoreLikeThis does: a passage's whole text as a
         query would cost a posting list per common word."""
-        if not hasattr(self, "_df"):
-            df: dict[str, int] = {}
-            for toks in self.pool_tokens:
-                for t in set(toks):
-                    df[t] = df.get(t, 0) + 1
-            self._df = df
-        n, out = len(self.pool_tokens), []
+        df, n, out = self.document_frequency, len(self.pool_tokens), []
         for e in entries.tolist():
-            tf: dict[str, int] = {}
-            for t in self.pool_tokens[e]:
-                tf[t] = tf.get(t, 0) + 1
-            weight = {t: c * math.log(n / self._df[t]) for t, c in tf.items() if self._df[t] > 1}
+            tf = Counter(self.pool_tokens[e])
+            weight = {t: c * math.log(n / df[t]) for t, c in tf.items() if df[t] > 1}
             terms = sorted(weight, key=lambda t: (-weight[t], t))[:NEIGHBOUR_TERMS]
             if not terms:
                 out.append(np.zeros(0, np.int64))

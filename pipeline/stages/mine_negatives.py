@@ -119,7 +119,8 @@ class MineNegativesConfig(StageConfig):
         "lexical",
         description="Find the positive's neighbours with BM25 (lexical) or with the mining retriever. Lexical "
         "by default: passages sharing the positive's rarest words share its topic whatever the model's quality "
-        "(XQuAD-R, dense with the stage-1 sample model: worst language 1.38% -> 1.04% hardest false negatives).",
+        "(XQuAD-R, dense with the stage-1 sample model, hardest false negatives: Arabic 1.20% -> 0.77%, Hindi 1.38% "
+        "-> 1.30%).",
     )
     num_negatives: int | dict[str, int] = Field(24, description="Negatives kept per row: one number, or per task.")
     sampling: Literal["top", "random"] = Field(
@@ -185,7 +186,7 @@ class MineNegatives(ShuffleStage):
     name = "mine_negatives"
     version = "2"  # neighbours by BM25 by default; the mined negatives' language
     config_model = MineNegativesConfig
-    writes = ("negatives", "negative_ids", "negative_scores", "positive_score", "negatives_lang")
+    writes = ("negatives", "negative_ids", "negative_scores", "positive_score", "negatives_lang", "negatives_lang_conf")
     resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one
     config: MineNegativesConfig
 
@@ -249,7 +250,7 @@ class MineNegatives(ShuffleStage):
         lang = pc.fill_null(lang, "und")
         if config.pool == "source":
             return pc.binary_join_element_wise(batch.column("source"), lang, "\x1f")
-        return pc.cast(lang, pa.string())
+        return lang
 
     def key(self, batch: pa.Table) -> pa.Array:
         return pa.array(hash_strings(self._pool_key(batch)), pa.uint64())
