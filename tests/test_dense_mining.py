@@ -40,14 +40,16 @@ def test_sharded_dense_search_equals_a_full_sort():
 
 
 class _Recording:
-    """The real model, with a record of the batches it was asked to encode."""
+    """The real model, with a record of the token ids of each batch it was asked to embed."""
 
     def __init__(self, model):
         self.model, self.tokenizer, self.max_seq_length, self.batches = model, model.tokenizer, model.max_seq_length, []
+        self.device = model.device
 
-    def encode(self, texts, **kwargs):
-        self.batches.append(list(texts))
-        return self.model.encode(texts, **kwargs)
+    def __call__(self, features):
+        mask = features["attention_mask"].bool()
+        self.batches.append([ids[m].tolist() for ids, m in zip(features["input_ids"], mask)])
+        return self.model(features)
 
     def get_embedding_dimension(self):
         return self.model.get_embedding_dimension()
@@ -61,11 +63,11 @@ def test_embedder_embeds_each_distinct_text_once_in_length_sorted_batches_and_re
     texts = [r["context"] for r in rows] + [r["question"] for r in rows]  # contexts repeat (several questions each)
     model = _Recording(load_encoder(str(small_model)))
     vectors = Embedder(lambda: model, batch_size=8, cache=tmp_path / "cache")(texts, "passage: ")
-    encoded = [t for b in model.batches for t in b]
-    assert sorted(encoded) == sorted({"passage: " + t for t in texts})  # each distinct text once
-    lengths = [
-        len(ids) for ids in model.tokenizer(encoded, truncation=True, max_length=model.max_seq_length)["input_ids"]
-    ]
+    distinct = sorted({"passage: " + t for t in texts})
+    expected = model.tokenizer(distinct, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    embedded = [ids for b in model.batches for ids in b]
+    assert sorted(embedded) == sorted(expected)  # each distinct text once, tokenized as the model would
+    lengths = [len(ids) for ids in embedded]
     assert lengths == sorted(lengths) and max(len(b) for b in model.batches) == 8
     direct = model.model.encode(["passage: " + t for t in texts], normalize_embeddings=True)
     assert vectors.shape == direct.shape and np.allclose(vectors, direct, atol=1e-4)

@@ -5,8 +5,9 @@ Any folder that `sentence-transformers` loads: its own format (`modules.json`), 
 `python -m train export` writes such a folder. Nothing is ever downloaded (offline mode).
 
 `Embedder` embeds each distinct text once: texts are keyed by a content hash (`sources.passages.passage_id`,
-the passage table's `doc_id`), sorted by token length so a batch pads little, and kept in a cache folder in
-chunks, so a run that is killed and run again reads back what it already embedded.
+the passage table's `doc_id`), tokenized once and sorted by token length so a batch pads little, run in
+bfloat16 on a GPU, and kept in a cache folder in chunks, so a run that is killed and run again reads back
+what it already embedded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def load_encoder(path: str, device: str | None = None, max_seq_length: int | Non
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device=device, local_files_only=True)
+    model.eval()
     if max_seq_length:
         model.max_seq_length = max_seq_length
     if str(model.device).startswith("cuda"):
@@ -73,42 +75,37 @@ class Embedder:
         ids = [passage_id(prompt + t) for t in texts]
         first: dict[str, str] = {}
         for i, t in zip(ids, texts):
-            first.setdefault(i, t)
+            first.setdefault(i, prompt + t)
         if not first:
             return np.zeros((0, dimension(self.model)), np.float32)
-        order = self._by_length(first, prompt)
+        order, tokens = self._by_length(first)
         vectors: dict[str, np.ndarray] = {}
         for start in range(0, len(order), CHUNK_TEXTS):
             chunk = order[start : start + CHUNK_TEXTS]
-            block = self._chunk(chunk, [prompt + first[i] for i in chunk])
-            vectors.update(zip(chunk, block))
+            inputs = [tokens[i] for i in chunk] if tokens else [first[i] for i in chunk]
+            vectors.update(zip(chunk, self._chunk(chunk, inputs)))
         return np.stack([vectors[i] for i in ids]).astype(np.float32, copy=False)
 
-    def _by_length(self, texts: dict[str, str], prompt: str) -> list[str]:
-        """Ids sorted by token count (then id): batches of neighbours pad little, and the order, so
-        the cache's chunks, is the same in every run over the same texts."""
+    def _by_length(self, texts: dict[str, str]) -> tuple[list[str], dict[str, list[int]]]:
+        """Ids sorted by token count (then id), and each text's token ids: batches of neighbours pad
+        little, the order (so the cache's chunks) is the same in every run over the same texts, and
+        no text is tokenized twice. A model without a tokenizer is sorted by characters."""
         tokenizer = getattr(self.model, "tokenizer", None)
         keys = list(texts)
         if tokenizer is None:
-            lengths = [len(prompt + texts[k]) for k in keys]
-        else:
-            limit = getattr(self.model, "max_seq_length", None) or 512
-            ids = tokenizer(
-                [prompt + texts[k] for k in keys], add_special_tokens=True, truncation=True, max_length=limit
-            )["input_ids"]
-            lengths = [len(x) for x in ids]
-        return [k for _, k in sorted(zip(lengths, keys))]
+            return [k for _, k in sorted((len(texts[k]), k) for k in keys)], {}
+        limit = getattr(self.model, "max_seq_length", None) or 512
+        encoded = tokenizer([texts[k] for k in keys], add_special_tokens=True, truncation=True, max_length=limit)
+        tokens = dict(zip(keys, encoded["input_ids"]))
+        return [k for _, k in sorted((len(tokens[k]), k) for k in keys)], tokens
 
-    def _chunk(self, ids: list[str], texts: list[str]) -> np.ndarray:
-        path = (
-            self.cache / f"{passage_id(''.join(ids))}.npy"
-            if self.cache
-            else None
-        )
+    def _chunk(self, ids: list[str], inputs: list) -> np.ndarray:
+        path = self.cache / f"{passage_id(''.join(ids))}.npy" if self.cache else None
         if path and path.exists():
             return np.load(path, allow_pickle=False)
+        embed = self._forward if inputs and isinstance(inputs[0], list) else self._encode
         out = np.concatenate(
-            [self._batch(texts[a : a + self.batch_size]) for a in range(0, len(texts), self.batch_size)]
+            [embed(inputs[a : a + self.batch_size]) for a in range(0, len(inputs), self.batch_size)]
         )
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +117,34 @@ class Embedder:
             write_atomic(path, save)
         return out
 
-    def _batch(self, texts: list[str]) -> np.ndarray:
-        # One call per batch of neighbours in token length (sentence-transformers would re-sort a
-        # longer list by characters, which across scripts is not tokens).
+    def _forward(self, tokens: list[list[int]]) -> np.ndarray:
+        """One batch of token ids through the model's modules (the transformer, its pooling, ...).
+        Padded here rather than by sentence-transformers' `encode`, which would tokenize the texts a
+        second time and re-sort them by characters (across scripts, not tokens); on a GPU the
+        tokenizer, not the model, would then set the pace."""
+        import torch
+
+        model, tokenizer = self.model, self.model.tokenizer
+        width = max(map(len, tokens))
+        ids = np.full((len(tokens), width), tokenizer.pad_token_id or 0, np.int64)
+        mask = np.zeros((len(tokens), width), np.int64)
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        for row, x in enumerate(tokens):
+            span = slice(width - len(x), width) if left else slice(0, len(x))
+            ids[row, span], mask[row, span] = x, 1
+        features = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+            features["token_type_ids"] = np.zeros_like(ids)
+        features = {k: torch.from_numpy(v).to(model.device, non_blocking=True) for k, v in features.items()}
+        with torch.inference_mode():
+            vectors = model(features)["sentence_embedding"].float()
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1).cpu().numpy()
+        if self.progress:
+            self.progress(len(tokens))
+        return vectors
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """A model without a tokenizer: its own `encode`, one batch of neighbours per call."""
         vectors = self.model.encode(
             texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )

@@ -87,7 +87,12 @@ class MineNegativesConfig(StageConfig):
     )
     query_prompt: str = Field("", description="Prepended to queries before embedding (e.g. 'query: ' for E5 models).")
     passage_prompt: str = Field("", description="Prepended to pool passages before embedding.")
-    embed_batch_size: int = Field(64, ge=1)
+    embed_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Texts per embedding batch (default: 64 on a CPU, 256 on a GPU, where 256 embedded 1.8-2x "
+        "more texts/s than 64; bench/embedding.py).",
+    )
     max_seq_length: int | None = Field(
         None, ge=8, description="Truncate texts to this many tokens when embedding (default: the model's)."
     )
@@ -260,9 +265,9 @@ class MineNegatives(ShuffleStage):
         """Dense mining's texts to vectors; the model loads on first use, the cache lives in the
         step's work folder (so a re-run after a crash embeds nothing twice)."""
         config, cache = self.config, self.context.work_dir / "embeddings" if self.context.work_dir else None
-        return Embedder(
-            lambda: load_encoder(config.model, device(), config.max_seq_length), config.embed_batch_size, cache
-        )  # type: ignore[arg-type]
+        where = device()
+        batch = config.embed_batch_size or (256 if where == "cuda" else 64)
+        return Embedder(lambda: load_encoder(config.model, where, config.max_seq_length), batch, cache)  # type: ignore[arg-type]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(WORK_SCHEMA.names).to_pylist()
