@@ -116,7 +116,7 @@ def our_run(model_dir: Path, folder: Path, run_dir: Path, langs: tuple[str, ...]
     step = next(s.seconds for s in result.steps if s.name.endswith("mine_negatives"))
     negatives = int(
         pl.scan_parquet(str(run_dir / "shards" / "**" / "*.parquet"))
-        .select(pl.col("negatives").list.len().sum())
+        .select(pl.col("negative_ids").list.len().sum())
         .collect()
         .item()
     )

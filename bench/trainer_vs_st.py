@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--piece-tokens", type=int, help="our data.piece_tokens (default: the trainer's)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of ours (MRL+MLL) with torch.profiler: top ops by device and host time")
     parser.add_argument("--interleave", type=int, default=0, help="time the loops in turns of this many steps (a noisy machine); ours then tokenizes inline")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -226,7 +227,32 @@ def main() -> None:
                             "mfu": peak and round(flops / s / peak, 4), "seconds": [round(t, 2) for t in times]}
         st = result["sentence_transformers_Matryoshka2dLoss"]["samples_per_s"]
         result["ratio_over_sentence_transformers"] = {k: round(result[k]["samples_per_s"] / st, 2) for k in seconds if k != "sentence_transformers_Matryoshka2dLoss"}
+        if args.profile:
+            profile(Ours(make("profiled", variants["ours_MRL_MLL"]), prefetch=True), batches[0], args.profile, device)
     print(json.dumps(result, indent=1))
+
+
+def profile(ours: Ours, batch: Batch, steps: int, device: torch.device) -> None:
+    """Where a step of ours spends device and host time: the top operators, and how busy the device was."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for _ in range(3):
+        ours(batch)  # ours draws its own batches: the argument is not read
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(steps):
+            ours(batch)
+        sync(device)
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6 if device.type == "cuda" else 0.0
+    print(f"profiled {steps} steps: {wall:.2f} s wall, device busy {busy:.2f} s ({busy / wall:.0%})", file=sys.stderr)
+    for key in (["self_cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]:
+        print(events.table(sort_by=key, row_limit=18, max_name_column_width=60), file=sys.stderr)
+    ours.data.close()
 
 
 if __name__ == "__main__":
