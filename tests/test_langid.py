@@ -434,6 +434,21 @@ def test_fallback_takes_languages_the_model_lacks(udhr):
     assert combined.predict([welsh])[0] == alone.predict([welsh])[0] == ["cym_Latn"]
 
 
+
+def test_fallback_vouches_for_a_variety_only_the_model_knows_below_its_bar(short_tagger, questions, monkeypatch):
+    """XQuAD-R dev questions in Standard Arabic that short200 gives to Najdi Arabic (a label lid176 lacks)
+    above its threshold but below `VOUCH_BELOW` go to lid176's Standard Arabic; above the bar they stay."""
+    import langid.tagger
+
+    low = ["كم عدد لاعبي دفاع فريق البانثرز الذين اختيروا في البرو بول؟", "من الذي خسر أمام البرونكوس في الجولة الفاصلة؟"]
+    high = ["ما السوق السابق الذي حل سوق غرينجر محله؟"]  # Najdi at 0.75
+    assert set(low + high) <= set(questions["arb_Arab"]) and "ars_Arab" not in short_tagger.fallback.model_labels
+    tags = short_tagger.tag(low + high)
+    assert tags.labels == ["arb_Arab", "arb_Arab", "ars_Arab"] and tags.sure.all()
+    monkeypatch.setattr(langid.tagger, "VOUCH_BELOW", 0.0)  # the rule off: the model's sure labels stand
+    before = short_tagger.tag(low)
+    assert before.labels == ["ars_Arab"] * 2 and before.sure.all()
+
 # Two-word fragments of XQuAD-R dev questions that short200 (with lid176 as fallback) is unsure of (below their
 # thresholds: `und`), with their language among the model's 5 best candidates.
 PAIR_QUERIES = [("Wer verlor", "deu_Latn"), ("Panthers defense", "eng_Latn"), ("la AFC", "spa_Latn"), ("сезоне 2015", "rus_Cyrl")]
