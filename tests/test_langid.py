@@ -434,7 +434,6 @@ def test_fallback_takes_languages_the_model_lacks(udhr):
     assert combined.predict([welsh])[0] == alone.predict([welsh])[0] == ["cym_Latn"]
 
 
-
 def test_fallback_vouches_for_a_variety_only_the_model_knows_below_its_bar(short_tagger, questions, monkeypatch):
     """XQuAD-R dev questions in Standard Arabic that short200 gives to Najdi Arabic (a label lid176 lacks)
     above its threshold but below `VOUCH_BELOW` go to lid176's Standard Arabic; above the bar they stay."""
@@ -448,6 +447,7 @@ def test_fallback_vouches_for_a_variety_only_the_model_knows_below_its_bar(short
     monkeypatch.setattr(langid.tagger, "VOUCH_BELOW", 0.0)  # the rule off: the model's sure labels stand
     before = short_tagger.tag(low)
     assert before.labels == ["ars_Arab"] * 2 and before.sure.all()
+
 
 # Two-word fragments of XQuAD-R dev questions that short200 (with lid176 as fallback) is unsure of (below their
 # thresholds: `und`), with their language among the model's 5 best candidates.
