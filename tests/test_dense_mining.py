@@ -79,6 +79,15 @@ def test_embedder_embeds_each_distinct_text_once_in_length_sorted_batches_and_re
     assert again.batches == []  # a re-run reads every chunk back
 
 
+def test_embedder_leaves_a_models_own_default_prompt_to_its_encode(small_model):
+    model = load_encoder(str(small_model))
+    model.prompts, model.default_prompt_name = {"query": "query: "}, "query"
+    texts = ["Wer verlor?", "Who lost the game?"]
+    vectors = Embedder(lambda: model, batch_size=8)(texts)
+    assert np.allclose(vectors, model.encode(texts, normalize_embeddings=True), atol=1e-5)
+    assert not np.allclose(vectors, model.encode(texts, prompt="", normalize_embeddings=True), atol=1e-3)
+
+
 def _manifest(folder: Path, model: Path) -> Path:
     sources = [
         {

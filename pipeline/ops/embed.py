@@ -79,6 +79,8 @@ class Embedder:
         if not first:
             return np.zeros((0, dimension(self.model)), np.float32)
         order, tokens = self._by_length(first)
+        if getattr(self.model, "default_prompt_name", None):
+            tokens = {}  # a prompt the model adds itself (and may leave out of its pooling): its own `encode`
         vectors: dict[str, np.ndarray] = {}
         for start in range(0, len(order), CHUNK_TEXTS):
             chunk = order[start : start + CHUNK_TEXTS]
@@ -104,9 +106,7 @@ class Embedder:
         if path and path.exists():
             return np.load(path, allow_pickle=False)
         embed = self._forward if inputs and isinstance(inputs[0], list) else self._encode
-        out = np.concatenate(
-            [embed(inputs[a : a + self.batch_size]) for a in range(0, len(inputs), self.batch_size)]
-        )
+        out = np.concatenate([embed(inputs[a : a + self.batch_size]) for a in range(0, len(inputs), self.batch_size)])
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
 
