@@ -234,6 +234,7 @@ def main() -> None:
 
 def profile(ours: Ours, batch: Batch, steps: int, device: torch.device) -> None:
     """Where a step of ours spends device and host time: the top operators, and how busy the device was."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -248,7 +249,9 @@ def profile(ours: Ours, batch: Batch, steps: int, device: torch.device) -> None:
         sync(device)
         wall = time.perf_counter() - started
     events = prof.key_averages()
-    busy = sum(e.self_device_time_total for e in events) / 1e6 if device.type == "cuda" else 0.0
+    # Kernels only: the operators that launch them report the same device time again.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
     print(f"profiled {steps} steps: {wall:.2f} s wall, device busy {busy:.2f} s ({busy / wall:.0%})", file=sys.stderr)
     for key in (["self_cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]:
         print(events.table(sort_by=key, row_limit=18, max_name_column_width=60), file=sys.stderr)

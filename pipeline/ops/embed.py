@@ -81,11 +81,11 @@ class Embedder:
         order, tokens = self._by_length(first)
         if getattr(self.model, "default_prompt_name", None):
             tokens = {}  # a prompt the model adds itself (and may leave out of its pooling): its own `encode`
+        embed, inputs = (self._forward, tokens) if tokens else (self._encode, first)
         vectors: dict[str, np.ndarray] = {}
         for start in range(0, len(order), CHUNK_TEXTS):
             chunk = order[start : start + CHUNK_TEXTS]
-            inputs = [tokens[i] for i in chunk] if tokens else [first[i] for i in chunk]
-            vectors.update(zip(chunk, self._chunk(chunk, inputs)))
+            vectors.update(zip(chunk, self._chunk(chunk, [inputs[i] for i in chunk], embed)))
         return np.stack([vectors[i] for i in ids]).astype(np.float32, copy=False)
 
     def _by_length(self, texts: dict[str, str]) -> tuple[list[str], dict[str, list[int]]]:
@@ -101,11 +101,12 @@ class Embedder:
         tokens = dict(zip(keys, encoded["input_ids"]))
         return [k for _, k in sorted((len(tokens[k]), k) for k in keys)], tokens
 
-    def _chunk(self, ids: list[str], inputs: list) -> np.ndarray:
+    def _chunk(self, ids: list[str], inputs: list, embed: Callable[[list], np.ndarray]) -> np.ndarray:
+        """The vectors of one chunk of texts (token ids for `_forward`, texts for `_encode`), from the
+        cache when an earlier run embedded it."""
         path = self.cache / f"{passage_id(''.join(ids))}.npy" if self.cache else None
         if path and path.exists():
             return np.load(path, allow_pickle=False)
-        embed = self._forward if inputs and isinstance(inputs[0], list) else self._encode
         out = np.concatenate([embed(inputs[a : a + self.batch_size]) for a in range(0, len(inputs), self.batch_size)])
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,8 @@ class Embedder:
         return vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        """A model without a tokenizer: its own `encode`, one batch of neighbours per call."""
+        """A model without a tokenizer (or with its own default prompt): its `encode`, one batch of
+        neighbours per call."""
         vectors = self.model.encode(
             texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
