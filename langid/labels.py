@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
+import pyarrow as pa
+
 from langid.scripts import dominant_script
 
 UNDETERMINED = "und"
@@ -89,7 +92,6 @@ class LabelMapper:
 
     def __init__(self) -> None:
         self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self.without_text: dict[str, str] = {}  # raw label -> scheme label, for single-script labels
 
     def plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
         """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
@@ -112,18 +114,36 @@ class LabelMapper:
         """The scheme label of a language written in a script (`hin` in `Arab` is `urd_Arab`)."""
         return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
 
-    def __call__(self, raw_label: str, text: str) -> str:
-        plan = self._plans.get(raw_label)
+    def _plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
+        plan = self._plans.get(raw)
         if plan is None:
-            plan = self._plans[raw_label] = self.plan(raw_label)
-            lang, scripts = plan
-            if len(scripts) <= 1:
-                self.without_text[raw_label] = self.label(lang, scripts[0]) if scripts else lang
-        lang, scripts = plan
+            plan = self._plans[raw] = self.plan(raw)
+        return plan
+
+    def __call__(self, raw_label: str, text: str) -> str:
+        lang, scripts = self._plan(raw_label)
         if not scripts:
             return lang
         script = scripts[0] if len(scripts) == 1 else dominant_script(text, scripts)
         return UNDETERMINED if script is None else self.label(lang, script)
+
+    def many(self, raw_labels: list[str], texts: list[str]) -> np.ndarray:
+        """`self(raw, text)` per pair, as an object array. Labels are decided per distinct raw label
+        (a batch has a few hundred, and thousands of texts); only labels with several possible
+        scripts look at their texts."""
+        encoded = pa.array(raw_labels, pa.string()).dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+        out = np.empty(len(raw_labels), dtype=object)
+        for d, raw in enumerate(encoded.dictionary.to_pylist()):
+            rows = order[bounds[d] : bounds[d + 1]]
+            lang, scripts = self._plan(raw)
+            if len(scripts) <= 1:
+                out[rows] = self.label(lang, scripts[0]) if scripts else lang
+            else:
+                out[rows] = [self(raw, texts[i]) for i in rows.tolist()]
+        return out
 
 
 @lru_cache(maxsize=None)

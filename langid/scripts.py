@@ -26,17 +26,17 @@ _UNICODE_SCRIPT = {
 _RE2_CLASS = {"Hans": r"\p{Han}", "Hant": r"\p{Han}", "Jpan": r"[\p{Han}\p{Hiragana}\p{Katakana}]", "Kore": r"[\p{Hangul}\p{Han}]"}
 
 
-def script_present(texts: pa.Array, scripts: list[str]) -> np.ndarray:
+def script_present(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
     """Per text, whether it contains any character of the script paired with it (`Latn`, `Hans`...);
     True for scripts this module has no table for. One vectorised pass per distinct script."""
     ok = np.ones(len(scripts), dtype=bool)
-    by_script: dict[str, list[int]] = {}
-    for i, script in enumerate(scripts):
-        by_script.setdefault(script, []).append(i)
-    for script, idx in by_script.items():
+    encoded = scripts.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    for d, script in enumerate(encoded.dictionary.to_pylist()):
         cls = _RE2_CLASS.get(script) or (rf"\p{{{_UNICODE_SCRIPT[script]}}}" if script in _UNICODE_SCRIPT else None)
         if cls is None:
             continue
+        idx = np.flatnonzero(codes == d)
         found = pc.match_substring_regex(texts.take(pa.array(idx, pa.int64())), cls)
         ok[idx] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
     return ok

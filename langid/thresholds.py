@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from langid.fragments import BUCKET_NAMES
 from langid.labels import UNDETERMINED
@@ -53,9 +54,10 @@ class Thresholds:
         self._row = {label: i for i, label in enumerate(self.table)}
         self._matrix = np.vstack([*self.table.values(), np.full(len(BUCKET_NAMES), default, dtype=np.float32)])
 
-    def __call__(self, labels: list[str], buckets: np.ndarray) -> np.ndarray:
-        rows = np.fromiter((self._row.get(label, -1) for label in labels), dtype=np.int64, count=len(labels))
-        return self._matrix[rows, buckets]
+    def __call__(self, labels: list[str] | np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        encoded = pa.array(labels, pa.string()).dictionary_encode()  # one table lookup per distinct label
+        rows = np.array([self._row.get(label, -1) for label in encoded.dictionary.to_pylist()], dtype=np.int64)
+        return self._matrix[rows[encoded.indices.to_numpy(zero_copy_only=False)], buckets]
 
 
 def calibrate(
