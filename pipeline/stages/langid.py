@@ -13,7 +13,7 @@ among the query's best candidates (flagged `language_from_pair`).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Literal
 
 import numpy as np
@@ -27,8 +27,8 @@ from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
 from langid.labels import CODE_PREFIX, is_scheme_label, language_of
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.ops.arrow import replace_column
-from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
+from pipeline.ops.arrow import flag_column, replace_column
+from sources.record import DECLARED_LANG, FLAGS
 from sources.settings import from_manifest
 
 PAIR_FLAG = "language_from_pair"
@@ -116,7 +116,7 @@ class LangTag(Stage):
         tagger's `Tags` and the indices they are for (texts present and not trusted)."""
         texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
         present = texts.is_valid().to_numpy(zero_copy_only=False)
-        if any(d is not None for d in declared):
+        if declared.count(None) < len(declared):
             present &= np.array(self._policies(declared, policies)) != "trusted"
         todo = np.flatnonzero(present)
         if not len(todo):
@@ -141,7 +141,7 @@ class LangTag(Stage):
         """Declared languages in place (trusted: taken; verified: kept where the prediction agrees)
         for the texts present; returns the indices of confident disagreements."""
         mismatches = []
-        if all(d is None for d in declared):
+        if declared.count(None) == len(declared):
             return mismatches  # nothing declared: the common case, kept cheap
         policies = self._policies(declared, policies)
         for i in np.flatnonzero(texts.is_valid().to_numpy(zero_copy_only=False)).tolist():
@@ -181,7 +181,7 @@ class LangTag(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        flags: defaultdict[int, list[dict]] = defaultdict(list)  # row -> its flags (most rows have none)
+        flags: list[tuple[int, str, str | None]] = []  # (row, reason, language); cross-lingual ones are added column-wise
         drop: list[str | None] = [None] * n
         detail: list[str | None] = [None] * n
         out: dict[str, pa.Array] = {}
@@ -196,18 +196,17 @@ class LangTag(Stage):
             if p_tags is not None:
                 p_sure[p_todo] = p_tags.sure
             for i in self._from_pair(batch.column("query").combine_chunks(), tagged["query"][2], p_labels, p_sure):
-                flags[i].append({"reason": PAIR_FLAG, "language": tagged["query"][2][0][i]})
+                flags.append((i, PAIR_FLAG, tagged["query"][2][0][i]))
         for field in ("query", "positive"):
             declared, policies, (labels, conf, _, _) = tagged[field]
             mismatches = self._apply_declared(batch.column(field).combine_chunks(), labels, conf, declared, policies)
             for i in mismatches:
-                flags[i].append({"reason": "language_mismatch", "language": declared[i]})
+                flags.append((i, "language_mismatch", declared[i]))
                 if self.config.drop_mismatch and drop[i] is None:
                     drop[i], detail[i] = "language_mismatch", f"{field}: declared {declared[i]}, predicted {labels[i]} ({conf[i]:.2f})"
             out[field] = pa.array(labels, pa.string())
             batch = replace_column(batch, f"{field}_lang", out[field])
-            missing = np.fromiter((label is None for label in labels), dtype=bool, count=n)
-            batch = replace_column(batch, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=missing))
+            batch = replace_column(batch, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=out[field].is_null().to_numpy(zero_copy_only=False)))
 
         # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
         negatives = batch.column("negatives").combine_chunks()
@@ -218,7 +217,7 @@ class LangTag(Stage):
         labels, conf, _, _ = self._tag_field(flat, each_declared, each_policy)
         mismatches = self._apply_declared(flat, labels, conf, each_declared, each_policy)
         for i in sorted({owner[j] for j in mismatches}):  # one count per row for its set of negatives
-            flags[i].append({"reason": "language_mismatch", "language": declared[i]})
+            flags.append((i, "language_mismatch", declared[i]))
         neg_lang: list[str | None] = [None] * n
         neg_conf: list[float | None] = [None] * n
         by_row: dict[int, list[int]] = {}
@@ -235,15 +234,16 @@ class LangTag(Stage):
         query, positive = out["query"], out["positive"]
         known = pc.and_(pc.not_equal(query, UNDETERMINED), pc.not_equal(positive, UNDETERMINED))
         cross = pc.if_else(known, pc.not_equal(_languages(query), _languages(positive)), pa.scalar(None, pa.bool_()))
-        query_labels = query.to_pylist()
-        for i in np.flatnonzero(pc.fill_null(cross, False).to_numpy(zero_copy_only=False)).tolist():
-            flags[i].append({"reason": "cross_lingual", "language": query_labels[i]})
         if self.config.drop_below:
             for i in np.flatnonzero(pc.fill_null(pc.equal(query, UNDETERMINED), False).to_numpy(zero_copy_only=False)).tolist():
                 if drop[i] is None:
                     drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
         batch = replace_column(batch, "cross_lingual", cross)
-        batch = replace_column(batch, FLAGS, pa.array([flags.get(i) for i in range(n)], pa.list_(FLAG_TYPE)))
+        crossed = np.flatnonzero(pc.fill_null(cross, False).to_numpy(zero_copy_only=False))
+        rows = np.concatenate([np.array([f[0] for f in flags], dtype=np.int64), crossed])
+        reasons = pa.array([f[1] for f in flags] + ["cross_lingual"] * len(crossed), pa.string())
+        languages = pa.concat_arrays([pa.array([f[2] for f in flags], pa.string()), query.take(pa.array(crossed, pa.int64()))])
+        batch = replace_column(batch, FLAGS, flag_column(n, rows, reasons, languages))
         return self.drop(batch, drop, detail)
 
 
