@@ -429,6 +429,36 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, shards, ti
     assert {"padding", "tflops_per_s", "samples_per_s"} <= set(entry)
 
 
+def test_mixed_precision_casts_each_weight_once_per_step_whatever_the_pieces(tmp_path, shards, tiny_model):
+    """Under bf16 autocast the step's pieces share one context, so each weight is cast to bf16 once
+    per step (a kernel launch forward and back per cast: per piece, they made a GPU step host-bound)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from train.loop import Trainer
+
+    config = load_config(_config(tmp_path, shards, tiny_model, steps=3, log_every=100, precision="bf16", data={
+        "shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40, "piece_tokens": 64}))
+    trainer = Trainer(config)
+    trainer.fit(until=1)
+    weights = {p.data_ptr(): p.shape for p in trainer.model.parameters()}  # whole weights (MEL's rank slice of V is a view, cast per piece)
+    casts = []
+
+    class Casts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and (kwargs or {}).get("dtype") == torch.bfloat16 and weights.get(args[0].data_ptr()) == args[0].shape:
+                casts.append(args[0].data_ptr())
+            return func(*args, **(kwargs or {}))
+
+    pieces = []
+    forward = trainer._forward
+    trainer._forward = lambda piece, layers: pieces.append(piece) or forward(piece, layers)
+    with Casts():
+        (entry,) = trainer.fit(until=2)
+    assert len(pieces) > 3  # queries, positives and classification negatives in several pieces each
+    assert casts and len(casts) == len(set(casts)) <= len(weights)
+    assert np.isfinite(entry["loss"])
+
+
 def test_pieces_cut_padding_and_embed_as_one_padded_batch(shards, tiny_model):
     """Length-sorted pieces: less padding than padding to the longest, the same embeddings in the
     texts' order, and instructions left out of mean pooling as sentence-transformers counts them."""
