@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
-from pipeline.ops.arrow import map_list_values, replace_column
+from pipeline.ops.arrow import lists_by_row, replace_column
 from sources import storage
 from sources.config import SourceConfig
 from sources.reader import Unit, read_unit
@@ -62,13 +62,9 @@ def ingest_units(batch: pa.Table, sources: dict[str, SourceConfig]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _tag_flags(flags: pa.Array, step: str) -> pa.Array:
-    """Each flag of a list<flag> column with `step` filled in."""
-    def tag(values: pa.Array) -> pa.Array:
-        fields = [values.field(i) for i in range(values.type.num_fields)]
-        return pa.StructArray.from_arrays([*fields, pa.array([step] * len(values), pa.string())], fields=list(GROUP_FLAG_TYPE))
-
-    return map_list_values(flags, tag)
+def _tag_flags(flags: pa.StructArray, step: str) -> pa.StructArray:
+    """Flags (structs) with `step` filled in."""
+    return pa.StructArray.from_arrays([*flags.flatten(), pa.array([step] * len(flags), pa.string())], fields=list(GROUP_FLAG_TYPE))
 
 
 class GroupWorker:
@@ -87,30 +83,38 @@ class GroupWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = kept(batch)
-        lang_in = batch.column("query_lang")
-        flags: list[list[dict] | None] = [None] * batch.num_rows
+        n, lang_in = batch.num_rows, batch.column("query_lang")
+        where = np.arange(n)  # each remaining row's index in the input batch
+        # Every flag raised so far, column-wise: the input row it belongs to, and its struct.
+        owners: list[np.ndarray] = [np.zeros(0, np.int64)]
+        values: list[pa.Array] = [pa.array([], GROUP_FLAG_TYPE)]
         done: list[pa.Table] = []
         for name, stage in zip(self.names, self.stages):
             out = to_work_schema(stage(batch))
             if out.num_rows != batch.num_rows:
                 raise RuntimeError(f"stage {name} returned {out.num_rows} rows for {batch.num_rows}: a row-local stage keeps every row")
-            new = _tag_flags(out.column(FLAGS).combine_chunks(), name)
-            for i, value in zip(np.flatnonzero(new.is_valid().to_numpy(zero_copy_only=False)).tolist(), new.drop_null().to_pylist()):
-                flags[i] = (flags[i] or []) + value
+            new = out.column(FLAGS).combine_chunks()
+            owners.append(np.repeat(where, pc.fill_null(pc.list_value_length(new), 0).to_numpy(zero_copy_only=False)))
+            values.append(_tag_flags(pc.list_flatten(new), name))
             gone = pc.is_valid(out.column(DROP)).to_numpy(zero_copy_only=False)
             if gone.any():
                 rows = np.flatnonzero(gone)
-                done.append(self._finish(out.take(rows), [flags[i] for i in rows.tolist()], name, lang_in.take(rows)))
+                done.append(self._finish(out.take(rows), where[rows], owners, values, name, lang_in.take(rows), n))
             stay = np.flatnonzero(~gone)
-            batch, lang_in = out.take(stay), lang_in.take(stay)
-            batch = replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))  # counted above
-            flags = [flags[i] for i in stay.tolist()]
-        done.append(self._finish(batch, flags, None, lang_in))
+            batch, lang_in, where = out.take(stay), lang_in.take(stay), where[stay]
+            batch = replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))  # collected above
+        done.append(self._finish(batch, where, owners, values, None, lang_in, n))
         return pa.concat_tables(done)
 
     @staticmethod
-    def _finish(rows: pa.Table, flags: list[list[dict] | None], step: str | None, lang_in: pa.Array) -> pa.Table:
-        rows = rows.drop_columns([FLAGS]).append_column(FLAGS, pa.array(flags, pa.list_(GROUP_FLAG_TYPE)))
+    def _finish(rows: pa.Table, where: np.ndarray, owners: list[np.ndarray], values: list[pa.Array], step: str | None, lang_in: pa.Array, n: int) -> pa.Table:
+        """`rows` (input rows `where`) with the flags every stage raised on them, in stage order."""
+        position = np.full(n, -1)
+        position[where] = np.arange(len(where))
+        at = position[np.concatenate(owners)]
+        mine = at >= 0
+        flags = lists_by_row(len(where), at[mine], pa.concat_arrays(values).filter(pa.array(mine)))
+        rows = rows.drop_columns([FLAGS]).append_column(FLAGS, flags)
         return rows.append_column(DROP_STEP, pa.array([step] * rows.num_rows, pa.string())).append_column(LANG_IN, lang_in)
 
 

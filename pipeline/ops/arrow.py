@@ -8,8 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sources.record import FLAG_TYPE
-
 # Horizontal whitespace for Arrow's RE2 regexes, whose `\s` is ASCII-only: this adds no-break and
 # the other Unicode spaces, so "a\u00a0b" and "a b" normalise alike.
 HSPACE = r"[\t\x{0B}\x{0C} \x{A0}\x{1680}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}]"
@@ -24,15 +22,14 @@ def map_list_values(arr: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Arr
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=arr.is_null())
 
 
-def flag_column(n: int, rows: np.ndarray, reasons: pa.Array, languages: pa.Array) -> pa.Array:
-    """The `_flags` column of `n` rows from one (row, reason, language) entry per flag, in their
-    order within a row; null where a row has none. Built column-wise: in a bitext batch nearly
-    every row is flagged cross-lingual."""
+def lists_by_row(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
+    """A list column of `n` rows from one (row, value) entry per element, each row's elements in
+    their entries' order; null where a row has none. Column-wise, for flags: in a bitext batch
+    nearly every row is flagged cross-lingual, and Python objects per row cost more than tagging."""
     order = pa.array(np.argsort(rows, kind="stable"), pa.int64())
     counts = np.bincount(rows, minlength=n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
-    values = pa.StructArray.from_arrays([reasons.take(order), languages.take(order), pa.nulls(len(rows), pa.int32())], fields=list(FLAG_TYPE))
-    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(counts == 0))
+    return pa.ListArray.from_arrays(offsets, values.take(order), mask=pa.array(counts == 0))
 
 
 def set_where(column: pa.Array, mask: pa.Array, value: object) -> pa.Array:
