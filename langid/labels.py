@@ -114,14 +114,15 @@ class LabelMapper:
         """The scheme label of a language written in a script (`hin` in `Arab` is `urd_Arab`)."""
         return script_switches().get(lang, {}).get(script) or f"{lang}_{script}"
 
-    def _plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
+    def cached_plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
+        """`plan`, computed once per raw label."""
         plan = self._plans.get(raw)
         if plan is None:
             plan = self._plans[raw] = self.plan(raw)
         return plan
 
     def __call__(self, raw_label: str, text: str) -> str:
-        lang, scripts = self._plan(raw_label)
+        lang, scripts = self.cached_plan(raw_label)
         if not scripts:
             return lang
         script = scripts[0] if len(scripts) == 1 else dominant_script(text, scripts)
@@ -138,7 +139,7 @@ class LabelMapper:
         out = np.empty(len(raw_labels), dtype=object)
         for d, raw in enumerate(encoded.dictionary.to_pylist()):
             rows = order[bounds[d] : bounds[d + 1]]
-            lang, scripts = self._plan(raw)
+            lang, scripts = self.cached_plan(raw)
             if len(scripts) <= 1:
                 out[rows] = self.label(lang, scripts[0]) if scripts else lang
             else:

@@ -49,12 +49,11 @@ def rule_labels(texts: pa.Array) -> dict[int, str]:
     candidates = texts.take(pa.array(hits, pa.int64()))
     points = np.frombuffer("".join(candidates.to_pylist()).encode("utf-32-le"), dtype=np.uint32)
     owner = np.repeat(np.arange(len(hits)), pc.utf8_length(candidates).to_numpy(zero_copy_only=False))
-    seen = np.flatnonzero(np.bincount(points))
+    seen, at = np.unique(points, return_inverse=True)
     rule_of = np.full(len(seen), len(rules), dtype=np.int64)  # len(rules): no rule's script
     letter = np.zeros(len(seen), dtype=bool)
     for j, point in enumerate(seen.tolist()):
         rule_of[j], letter[j] = _classify(point)
-    at = np.searchsorted(seen, points)
     letters = np.bincount(owner, weights=letter[at], minlength=len(hits))
     found = np.bincount(owner * (len(rules) + 1) + rule_of[at], minlength=len(hits) * (len(rules) + 1)).reshape(len(hits), -1)[:, :-1]
     shares = np.array([r.min_share for r in rules])

@@ -430,8 +430,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, shards, ti
 
 
 def test_mixed_precision_casts_each_weight_once_per_step_whatever_the_pieces(tmp_path, shards, tiny_model):
-    """Under bf16 autocast the step's pieces share one context, so each weight is cast to bf16 once
-    per step (a kernel launch forward and back per cast: per piece, they made a GPU step host-bound)."""
+    """Under bf16 autocast a pass's pieces share one context, so each weight is cast to bf16 once per
+    pass, here once per step (a kernel launch forward and back per cast: per piece, they made a GPU
+    step host-bound)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from train.loop import Trainer

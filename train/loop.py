@@ -185,7 +185,7 @@ class Trainer:
             start = 0
             for piece in side.pieces:
                 set_rng_state(states[n], self.device)
-                with self._autocast():  # one per piece: its backward runs before the next piece's forward
+                with self._autocast():  # per piece, as before: one context over the loop is untested on a GPU
                     again = self._forward(piece, layers)
                 sync = contextlib.nullcontext() if self.ddp is None or n == count - 1 else self.ddp.no_sync()
                 with sync:
