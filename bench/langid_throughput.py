@@ -11,11 +11,12 @@ in-process stage run pinned there; in Ray the actor pins itself there, while Ray
   ray-fixed the same Ray Data map on 100 records: the fixed cost of a run (actor start, imports,
             model load), so the steady-state ratio (ray minus fixed) can be told from start-up
 Prints docs/s for each and the ratios stage/raw and ray/raw (the goal is >= 0.8). The stage runs
-with its defaults (script rules; with `--model short200`, lid176 as fallback where it is unsure); the
-raw baseline is the same model's `predict`. `--texts fragments` tags 1-5-word fragments cut from
+with its defaults (script rules; with `--model short200`, lid176 as fallback where it is unsure) or
+the `--fallback` given (lid176 with `--fallback short200`: better on short texts, a second model's
+work); the raw baseline is the main model's `predict`. `--texts fragments` tags 1-5-word fragments cut from
 the sentences instead (queries: where script rules and the fallback do most).
 
-    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--texts fragments]
+    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--fallback short200] [--texts fragments]
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=8192)
     parser.add_argument("--texts", choices=["sentences", "fragments"], default="sentences")
     parser.add_argument("--model", default=LangTagConfig.model_fields["model"].default, help="the stage's model (and the raw baseline's)")
+    parser.add_argument("--fallback", default=LangTagConfig.model_fields["fallback"].default,
+                        help="the stage's fallback model (the raw baseline stays the main model's predict)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -115,7 +118,7 @@ def main() -> None:
 
     table = records(args.records, args.texts)
     docs = 2 * args.records
-    config = LangTagConfig(stage="langid", model=args.model)
+    config = LangTagConfig(stage="langid", model=args.model, fallback=args.fallback)
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
     stage.setup()
     raw_model = LanguageTagger(args.model).model
