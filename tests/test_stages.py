@@ -39,6 +39,22 @@ def test_normalize_unicode_controls_whitespace():
     assert out[2][DROP] is None and out[2]["positive"] is None
 
 
+def test_regex_replacements_run_only_where_they_change_a_row():
+    """`replace_regex` replaces only on the rows its `rows` pattern finds: for each whitespace rule,
+    every kind of space, alone, doubled and beside a newline, gives what a plain replace gives."""
+    import itertools
+
+    import pyarrow.compute as pc
+
+    from pipeline.ops.arrow import HSPACE, HSPACE_TO_COLLAPSE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
+
+    spaces = [" ", "\t", "\x0b", "\x0c", "\u00a0", "\u1680", "\u2000", "\u2005", "\u200a", "\u202f", "\u205f", "\u3000", "\n", "\r\n"]
+    texts = pa.array([f"a{x}b{y}c" for x, y in itertools.product(spaces + [""], repeat=2)] + [None, "", "plain words"])
+    for pattern, replacement, rows in ((HSPACE + "+", " ", HSPACE_TO_COLLAPSE), (f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE),
+                                       (r" ?\n ?", "\n", r" \n|\n "), (r"\r\n?", "\n", None)):
+        assert replace_regex(texts, pattern, replacement, rows).equals(pc.replace_substring_regex(texts, pattern=pattern, replacement=replacement))
+
+
 def _sib_sentences(shared_data: Path, codes: list[str], n: int = 20) -> dict[str, list[str]]:
     out = {}
     with tarfile.open(shared_data / "sib200-train-dev.tar.xz", "r:xz") as tar:

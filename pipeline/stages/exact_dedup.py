@@ -11,7 +11,7 @@ import xxhash
 from pydantic import Field
 
 from pipeline.engine.stage import DedupConfig, ShuffleStage, StageConfig
-from pipeline.ops.arrow import HSPACE
+from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
 from sources.record import WORK_SCHEMA
 
 
@@ -50,7 +50,7 @@ class ExactDedup(ShuffleStage):
             if field == "negatives":
                 col = pc.binary_join(col, "\x1e")
             col = pc.fill_null(col, "")
-            col = pc.utf8_trim_whitespace(pc.replace_substring_regex(col, pattern=f"(?:{HSPACE}|\\n)+", replacement=" "))
+            col = pc.utf8_trim_whitespace(replace_regex(col, f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE))
             parts.append(pc.utf8_lower(col) if self.config.casefold else col)
         return pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.ops.arrow import HSPACE, map_list_values, replace_column
+from pipeline.ops.arrow import HSPACE, HSPACE_TO_COLLAPSE, map_list_values, replace_column, replace_regex
 
 # C0/C1 control characters except tab and newline; also BOM and the Unicode replacement of NUL.
 _CONTROL = r"[\x{00}-\x{08}\x{0B}\x{0C}\x{0E}-\x{1F}\x{7F}-\x{9F}\x{FEFF}]"
@@ -41,12 +41,12 @@ class Normalize(Stage):
         if cfg.unicode_form != "none":
             arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
         if cfg.strip_control:
-            arr = pc.replace_substring_regex(arr, pattern=_CONTROL, replacement="")
+            arr = replace_regex(arr, _CONTROL, "")
         if cfg.collapse_whitespace:
-            arr = pc.replace_substring_regex(arr, pattern=r"\r\n?", replacement="\n")
-            arr = pc.replace_substring_regex(arr, pattern=HSPACE + "+", replacement=" ")
-            arr = pc.replace_substring_regex(arr, pattern=r" ?\n ?", replacement="\n")
-            arr = pc.replace_substring_regex(arr, pattern=r"\n{3,}", replacement="\n\n")
+            arr = replace_regex(arr, r"\r\n?", "\n")
+            arr = replace_regex(arr, HSPACE + "+", " ", HSPACE_TO_COLLAPSE)
+            arr = replace_regex(arr, r" ?\n ?", "\n", r" \n|\n ")
+            arr = replace_regex(arr, r"\n{3,}", "\n\n")
             arr = pc.utf8_trim_whitespace(arr)
         return arr
 
