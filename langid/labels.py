@@ -14,8 +14,8 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-import pyarrow as pa
 
+from langid.distinct import groups
 from langid.scripts import dominant_script
 
 UNDETERMINED = "und"
@@ -132,13 +132,8 @@ class LabelMapper:
         """`self(raw, text)` per pair, as an object array. Labels are decided per distinct raw label
         (a batch has a few hundred, and thousands of texts); only labels with several possible
         scripts look at their texts."""
-        encoded = pa.array(raw_labels, pa.string()).dictionary_encode()
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
         out = np.empty(len(raw_labels), dtype=object)
-        for d, raw in enumerate(encoded.dictionary.to_pylist()):
-            rows = order[bounds[d] : bounds[d + 1]]
+        for raw, rows in groups(raw_labels):
             lang, scripts = self.cached_plan(raw)
             if len(scripts) <= 1:
                 out[rows] = self.label(lang, scripts[0]) if scripts else lang

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
+from langid.distinct import groups
+
 # ISO 15924 code -> Unicode script property name; `regex` knows the Unicode tables, so we need no
 # character ranges. Patterns are compiled on first use.
 _UNICODE_SCRIPT = {
@@ -30,13 +32,10 @@ def script_present(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
     """Per text, whether it contains any character of the script paired with it (`Latn`, `Hans`...);
     True for scripts this module has no table for. One vectorised pass per distinct script."""
     ok = np.ones(len(scripts), dtype=bool)
-    encoded = scripts.dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    for d, script in enumerate(encoded.dictionary.to_pylist()):
+    for script, idx in groups(scripts):
         cls = _RE2_CLASS.get(script) or (rf"\p{{{_UNICODE_SCRIPT[script]}}}" if script in _UNICODE_SCRIPT else None)
         if cls is None:
             continue
-        idx = np.flatnonzero(codes == d)
         found = pc.match_substring_regex(texts.take(pa.array(idx, pa.int64())), cls)
         ok[idx] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
     return ok

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import regex
 
 from langid.code import CodeDetector
+from langid.distinct import map_distinct
 from langid.fragments import bucket_indices
 from langid.labels import UNDETERMINED, LabelMapper
 from langid.script_rules import rule_labels, script_rules
@@ -197,8 +198,7 @@ class LanguageTagger:
         unique_labels = self.map_label.many([r[0] for r in raw], lines)
         # A label whose script does not occur in the text is a model error (Mongolian script called
         # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
-        encoded = pa.array(unique_labels, pa.string()).dictionary_encode()
-        scripts = pa.array([label.partition("_")[2] for label in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+        scripts = map_distinct(unique_labels, lambda label: label.partition("_")[2])
         unique_labels[~script_present(unique, scripts)] = UNDETERMINED
         labels[todo] = unique_labels[inverse]
         confidence[todo] = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)[inverse]

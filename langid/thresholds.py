@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from langid.distinct import map_distinct
 from langid.fragments import BUCKET_NAMES
 from langid.labels import UNDETERMINED
 
@@ -55,9 +56,8 @@ class Thresholds:
         self._matrix = np.vstack([*self.table.values(), np.full(len(BUCKET_NAMES), default, dtype=np.float32)])
 
     def __call__(self, labels: list[str] | np.ndarray, buckets: np.ndarray) -> np.ndarray:
-        encoded = pa.array(labels, pa.string()).dictionary_encode()  # one table lookup per distinct label
-        rows = np.array([self._row.get(label, -1) for label in encoded.dictionary.to_pylist()], dtype=np.int64)
-        return self._matrix[rows[encoded.indices.to_numpy(zero_copy_only=False)], buckets]
+        rows = map_distinct(labels, lambda label: self._row.get(label, -1), pa.int64()).to_numpy(zero_copy_only=False)
+        return self._matrix[rows, buckets]
 
 
 def calibrate(

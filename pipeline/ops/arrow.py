@@ -42,7 +42,7 @@ def replace_regex(arr: pa.Array | pa.ChunkedArray, pattern: str, replacement: st
 def lists_by_row(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
     """A list column of `n` rows from one (row, value) entry per element, each row's elements in
     their entries' order; null where a row has none. Column-wise, for flags: in a bitext batch
-    nearly every row is flagged cross-lingual, and Python objects per row cost more than tagging."""
+    nearly every row is flagged cross-lingual, and a Python object per row was a large cost."""
     order = pa.array(np.argsort(rows, kind="stable"), pa.int64())
     counts = np.bincount(rows, minlength=n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())

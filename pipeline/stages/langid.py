@@ -23,6 +23,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
+from langid.distinct import map_distinct
 from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
 from langid.labels import CODE_PREFIX, is_scheme_label, language_of
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
@@ -250,5 +251,4 @@ class LangTag(Stage):
 
 def _languages(labels: pa.Array) -> pa.Array:
     """The language of each label (`srp` for `srp_Cyrl`), computed once per distinct label."""
-    encoded = labels.dictionary_encode()
-    return pa.array([language_of(label) for label in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+    return map_distinct(labels, language_of)
