@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--fallback", default=DEFAULT_FALLBACK, help="model asked where the first is unsure, for languages the first lacks")
     ev.add_argument("--no-fallback", action="store_true", help="the model alone")
     ev.add_argument("--no-rules", action="store_true", help="no script rules (Hangul is Korean...) ahead of the model")
+    ev.add_argument("--keep-varieties", action="store_true", help="no preference for a standard over its regional varieties (langid/varieties.py)")
     _add_data_args(ev)
     ev.add_argument("--fragments", action="store_true", help="also cut each text into fragments of 1, 2 and 3-5 words and score them (by length)")
     ev.add_argument("--no-code", action="store_true", help="do not run the code detector")
@@ -120,7 +121,7 @@ def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
     from langid.tagger import LanguageTagger
 
     fallback = None if args.no_fallback else args.fallback
-    tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback)
+    tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback, prefer_standard=not args.keep_varieties)
     if args.fragments:
         data.extend(cut(data, DEV_SIZES, seed=1))
     report, _ = evaluate(tagger, data)

@@ -13,6 +13,9 @@ How texts are prepared (fastText reads one line per prediction and averages n-gr
   whatever natural language the model would have guessed;
 - with `rules`, a text written in a script that names its language (Hangul, Thai, Greek...) gets it
   without the model (langid/script_rules.py);
+- a regional variety (Najdi Arabic, Cantonese, Dari) keeps a text only with at least half of its
+  group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it
+  (langid/varieties.py; `prefer_standard`);
 - with a `fallback` model, a text the main model is unsure of (below its length-aware threshold,
   langid/thresholds.py) takes the fallback's label when the fallback is sure of it and it is a
   language the main model does not know (lid.176 knows languages SIB-200 lacks, and a model says
@@ -43,6 +46,7 @@ from langid.labels import UNDETERMINED, LabelMapper
 from langid.script_rules import rule_labels, script_rules
 from langid.scripts import script_present
 from langid.thresholds import Thresholds, read_thresholds, table_path
+from langid.varieties import StandardPreference
 
 # Models shipped with the package, by the name a manifest uses.
 BUNDLED_MODELS = {"lid176": "lid.176.ftz", "sib200": "sib200.ftz", "short200": "short200.ftz"}
@@ -128,6 +132,7 @@ class LanguageTagger:
     def __init__(
         self, model: str = DEFAULT_MODEL, max_chars: int = 3000, detect_code: bool = True, rules: bool = True,
         fallback: str | None = None, min_confidence: float = 0.3, thresholds: dict[str, float] | None = None,
+        prefer_standard: bool = True,
     ):
         path = model_path(model)
         self.model = load_fasttext(path)
@@ -137,7 +142,8 @@ class LanguageTagger:
         self.rules = rules
         self.thresholds = Thresholds(read_thresholds(table_path(path)), min_confidence, thresholds)
         same = fallback is not None and model_path(fallback).resolve() == path.resolve()
-        self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds)
+        self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds, prefer_standard)
+        self.standard = StandardPreference(self.model.get_labels(), self.map_label) if prefer_standard else None
         # Every scheme label the model can produce (all scripts of multi-script labels).
         self.model_labels = {self.map_label.label(lang, s) for lang, scripts in map(self.map_label.plan, self.model.get_labels()) for s in scripts}
 
@@ -195,7 +201,10 @@ class LanguageTagger:
         lines = self._lines(unique)
         # fastText's own `predict` only checks each line and appends the newline `_lines` appended.
         raw, probs = self.model.f.multilinePredict(lines, FALLBACK_CANDIDATES if self.fallback is not None else 1, 0.0, "strict")
-        unique_labels = self.map_label.many([r[0] for r in raw], lines)
+        firsts = [r[0] for r in raw]
+        if self.standard is not None:
+            self.standard.apply(lambda some, k: self.model.f.multilinePredict(some, k, 0.0, "strict"), lines, raw, probs, firsts)
+        unique_labels = self.map_label.many(firsts, lines)
         # A label whose script does not occur in the text is a model error (Mongolian script called
         # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
         scripts = map_distinct(unique_labels, lambda label: label.partition("_")[2])

@@ -19,7 +19,7 @@ from langid.corpora import Labelled, sib200, udhr_label
 from langid.declared import declared_label
 from langid.evaluate import score
 from langid.labels import LabelMapper, canonical, language_name
-from langid.tagger import LanguageTagger, prepare
+from langid.tagger import FALLBACK_CANDIDATES, LanguageTagger, prepare
 from pipeline.engine.stage import RunContext
 from pipeline.stages.langid import LangTag, LangTagConfig
 from sources.config import SourceConfig
@@ -386,17 +386,18 @@ def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_t
     calls: list[int] = []
     model = short_tagger.model
     binding = model.f  # the tagger calls fastText's binding itself (see `LanguageTagger._lines`)
-    model.f = type("Counting", (), {"multilinePredict": lambda _, lines, *args: calls.append(len(lines)) or binding.multilinePredict(lines, *args)})()
+    count = lambda _, lines, k, *args: (k == FALLBACK_CANDIDATES and calls.append(len(lines))) or binding.multilinePredict(lines, k, *args)  # noqa: E731
+    model.f = type("Counting", (), {"multilinePredict": count})()
     try:
         tags = short_tagger.tag(texts)
         short_tagger.tag(list(dict.fromkeys(texts)))
     finally:
         model.f = binding
-    assert calls[0] == calls[1] < len(texts) - 62
+    assert calls[0] == calls[1] < len(texts) - 62  # the main prediction (varieties are asked again: see below)
     alone = [short_tagger.tag([t]) for t in dict.fromkeys(texts)]
     by_text = {t: (a.labels[0], float(a.confidence[0]), bool(a.sure[0])) for t, a in zip(dict.fromkeys(texts), alone)}
     assert [(label, float(c), bool(s)) for label, c, s in zip(tags.labels, tags.confidence, tags.sure)] == [by_text[t] for t in texts]
-    bare = LanguageTagger("short200", detect_code=False, rules=False).tag(texts)  # the model alone, on every text
+    bare = LanguageTagger("short200", detect_code=False, rules=False, prefer_standard=False).tag(texts)  # the model alone, on every text
     raw, probs = model.predict([_one_line(t, 3000) for t in texts], k=1)
     mapper = LabelMapper()
     assert [label if label == "und" else mapper(r[0], t) for t, label, r in zip(texts, bare.labels, raw)] == bare.labels
@@ -436,20 +437,55 @@ def test_fallback_takes_languages_the_model_lacks(udhr):
     assert combined.predict([welsh])[0] == alone.predict([welsh])[0] == ["cym_Latn"]
 
 
-def test_fallback_vouches_for_a_variety_only_the_model_knows_below_its_bar(short_tagger, questions, monkeypatch):
+def test_fallback_vouches_for_a_variety_only_the_model_knows_below_its_bar(questions, monkeypatch):
     """XQuAD-R dev questions in Standard Arabic that short200 gives to Najdi Arabic (a label lid176 lacks)
     above its threshold but below `VOUCH_BELOW` go to lid176's Standard Arabic; above the bar they stay."""
     import langid.tagger
 
     low = ["كم عدد لاعبي دفاع فريق البانثرز الذين اختيروا في البرو بول؟", "من الذي خسر أمام البرونكوس في الجولة الفاصلة؟"]
     high = ["ما السوق السابق الذي حل سوق غرينجر محله؟"]  # Najdi at 0.75
-    assert set(low + high) <= set(questions["arb_Arab"]) and "ars_Arab" not in short_tagger.fallback.model_labels
-    tags = short_tagger.tag(low + high)
+    tagger = LanguageTagger("short200", fallback="lid176", prefer_standard=False)  # this rule alone (see the next test)
+    assert set(low + high) <= set(questions["arb_Arab"]) and "ars_Arab" not in tagger.fallback.model_labels
+    tags = tagger.tag(low + high)
     assert tags.labels == ["arb_Arab", "arb_Arab", "ars_Arab"] and tags.sure.all()
     monkeypatch.setattr(langid.tagger, "VOUCH_BELOW", 0.0)  # the rule off: the model's sure labels stand
-    before = short_tagger.tag(low)
+    before = tagger.tag(low)
     assert before.labels == ["ars_Arab"] * 2 and before.sure.all()
 
+
+
+def test_a_variety_keeps_a_text_only_with_its_groups_majority(questions, sib_dev):
+    """Where the model's best label is a regional variety (varieties.tsv), the text takes the standard
+    unless the variety holds at least half of its group's probability among the model's 5 best labels:
+    checked against raw fastText's top 5 on Standard Arabic questions and FLORES' Arabic and Chinese
+    variety sentences; texts whose best label is no variety are untouched."""
+    from langid.labels import language_of
+    from langid.tagger import _one_line
+    from langid.varieties import VARIETY_SHARE, standards
+
+    sentences = [t for t, label in zip(sib_dev.texts, sib_dev.labels) if language_of(label) in standards()]
+    texts = questions["arb_Arab"][:150] + questions["zho_Hans"][:50] + sentences[:300] + questions["deu_Latn"][:20]
+    plain = LanguageTagger("short200", detect_code=False, rules=False, prefer_standard=False)
+    ruled = LanguageTagger("short200", detect_code=False, rules=False)
+    before, after = plain.tag(texts), ruled.tag(texts)
+    raw, probs = plain.model.predict([_one_line(t, 3000) for t in texts], k=5)
+    mapper = LabelMapper()
+    expected, taken = [], 0
+    for text, label, labels, ps in zip(texts, before.labels, raw, probs):
+        langs = [language_of(mapper(r, text)) for r in labels]
+        standard = standards().get(langs[0])
+        group = sum(p for lang, p in zip(langs, ps) if standard and standards().get(lang, lang) == standard)
+        if standard is None or ps[0] >= VARIETY_SHARE * group:
+            expected.append(label)
+        else:
+            taken += 1
+            expected.append(mapper(next((r for r, lang in zip(labels, langs) if lang == standard), f"__label__{standard}_{label.split('_')[1]}"), text))
+    assert after.labels == expected
+    assert taken >= 100
+    kept = [label for label, text in zip(after.labels, texts) if text in sentences[:300]]
+    assert sum(language_of(label) in standards() for label in kept) >= 60  # dialect sentences sure of their variety keep it
+    arabic = after.labels[:150]
+    assert arabic.count("arb_Arab") >= 120 > before.labels[:150].count("arb_Arab")
 
 # Two-word fragments of XQuAD-R dev questions that short200 (with lid176 as fallback) is unsure of (below their
 # thresholds: `und`), with their language among the model's 5 best candidates.

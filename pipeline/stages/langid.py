@@ -48,6 +48,7 @@ class LangTagConfig(StageConfig):
     drop_mismatch: bool = Field(False, description="Drop rows where a verified declared language is confidently contradicted.")
     max_chars: int = Field(3000, ge=30, description="Longer texts are predicted on three windows (start, middle, end) of max_chars/3.")
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
+    prefer_standard: bool = Field(True, description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.")
 
     @field_validator("pair_max_words")
     @classmethod
@@ -78,7 +79,7 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage):
     name = "langid"
     config_model = LangTagConfig
-    version = "3"
+    version = "4"
     reads = ("query", "positive", "negatives")  # negatives as texts: the validator refuses langid after they are stored by id
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
     config: LangTagConfig
@@ -87,7 +88,7 @@ class LangTag(Stage):
         config, context = self.config, self.context
         self.tagger = LanguageTagger(
             config.model, max_chars=config.max_chars, detect_code=config.detect_code, fallback=config.fallback,
-            min_confidence=config.min_confidence, thresholds=config.thresholds,
+            min_confidence=config.min_confidence, thresholds=config.thresholds, prefer_standard=config.prefer_standard,
         )
         # field -> {source: (declared label, policy)} for the sources that declare one
         self.declared = {
