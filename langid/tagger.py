@@ -8,14 +8,15 @@ How texts are prepared (fastText reads one line per prediction and averages n-gr
   from its start, middle and end, joined: the cost stays bounded and a long document's boilerplate
   header or footer does not decide its language alone;
 - a predicted label whose script does not occur in the text at all becomes `und` (a model error,
-  e.g. Mongolian-script text that lid.176 calls Chinese);
+  e.g. Mongolian-script text that lid.176 calls Chinese; Japanese needs kana in a text of 6+ Han
+  characters, langid/scripts.py);
 - with `detect_code`, texts that look like source code get `code:<lang>` (langid/code.py) instead of
   whatever natural language the model would have guessed;
 - with `rules`, a text written in a script that names its language (Hangul, Thai, Greek...) gets it
   without the model (langid/script_rules.py);
 - a regional variety (Najdi Arabic, Cantonese, Dari) keeps a text only with at least half of its
-  group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it
-  (langid/varieties.py; `prefer_standard`);
+  group's probability and in a script it is written in, else the standard (Standard Arabic,
+  Mandarin, Persian) takes it (langid/varieties.py; `prefer_standard`);
 - with a `fallback` model, a text the main model is unsure of (below its length-aware threshold,
   langid/thresholds.py) takes the fallback's label when the fallback is sure of it and it is a
   language the main model does not know (lid.176 knows languages SIB-200 lacks, and a model says
@@ -53,12 +54,18 @@ BUNDLED_MODELS = {"lid176": "lid.176.ftz", "sib200": "sib200.ftz", "short200": "
 # short200 is not the default: on real questions (XQuAD-R) it is worse than lid176 (README).
 DEFAULT_MODEL, DEFAULT_FALLBACK = "lid176", "lid176"
 FALLBACK_CANDIDATES = 3  # the fallback may pick among the main model's this many best labels
+NEXT_CANDIDATES = 3  # labels after an impossible one that may take its text
+JAPANESE = "jpn_Jpan"
 # Chosen on dev data (short200 + lid176), 0.5 / 0.7 / 0.9: XQuAD-R dev questions macro-F1 0.932 ->
 # 0.954 / 0.959 / 0.960, SIB-200 dev 0.966 -> 0.964 / 0.962 / 0.955 (its varieties lose to their big
 # language as the bar rises).
 VOUCH_BELOW = 0.7
 _LETTER = regex.compile(r"\p{L}")
 WHITESPACE = regex.compile(r"\s+")
+
+
+def _script(label: str) -> str:
+    return label.partition("_")[2]
 
 
 def model_path(model: str) -> Path:
@@ -205,13 +212,34 @@ class LanguageTagger:
         if self.standard is not None:
             self.standard.apply(lambda some, k: self.model.f.multilinePredict(some, k, 0.0, "strict"), lines, raw, probs, firsts)
         unique_labels = self.map_label.many(firsts, lines)
+        conf = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)
         # A label whose script does not occur in the text is a model error (Mongolian script called
-        # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection.
-        scripts = map_distinct(unique_labels, lambda label: label.partition("_")[2])
-        unique_labels[~script_present(unique, scripts)] = UNDETERMINED
+        # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection. Chinese
+        # without kana called Japanese takes the model's next possible label instead (most other
+        # impossible labels are lid176's English for scripts it does not know, with none possible).
+        impossible = ~script_present(unique, map_distinct(unique_labels, _script))
+        kana_free = np.flatnonzero(impossible & (unique_labels == JAPANESE))
+        unique_labels[impossible] = UNDETERMINED
+        if len(kana_free):
+            self._next_possible(unique, lines, kana_free, unique_labels, conf)
+        if self.standard is not None:
+            self.standard.written(unique_labels)
         labels[todo] = unique_labels[inverse]
-        confidence[todo] = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)[inverse]
+        confidence[todo] = conf[inverse]
         return _Best(todo, inverse, lines, raw)
+
+    def _next_possible(self, texts: pa.Array, lines: list[str], rows: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:
+        """Gives each of `rows` (texts whose best label is impossible) the model's best label among
+        its next `NEXT_CANDIDATES` whose script occurs in the text; the others stay `und`."""
+        raw, probs = self.model.f.multilinePredict([lines[i] for i in rows.tolist()], NEXT_CANDIDATES + 1, 0.0, "strict")
+        owner = np.fromiter((j for j, cands in enumerate(raw) for _ in cands[1:]), dtype=np.int64)
+        candidates = self.map_label.many([r for cands in raw for r in cands[1:]], [lines[rows[j]] for j in owner.tolist()])
+        ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, _script)) & (candidates != UNDETERMINED)
+        first, at = np.unique(owner[ok], return_index=True)  # each row's first possible candidate
+        chosen = np.flatnonzero(ok)[at]
+        labels[rows[first]] = candidates[chosen]
+        p = np.fromiter((pr for ps in probs for pr in ps[1:]), dtype=np.float64, count=len(owner))
+        conf[rows[first]] = np.minimum(p[chosen], 1.0)
 
     def _lines(self, texts: pa.Array) -> list[str]:
         """The line fastText reads for each text, newline-terminated as its `predict` would send it.

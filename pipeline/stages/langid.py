@@ -79,7 +79,7 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage):
     name = "langid"
     config_model = LangTagConfig
-    version = "4"
+    version = "5"
     reads = ("query", "positive", "negatives")  # negatives as texts: the validator refuses langid after they are stored by id
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
     config: LangTagConfig
