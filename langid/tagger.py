@@ -214,14 +214,15 @@ class LanguageTagger:
         unique_labels = self.map_label.many(firsts, lines)
         conf = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)
         # A label whose script does not occur in the text is a model error (Mongolian script called
-        # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection. Chinese
-        # without kana called Japanese takes the model's next possible label instead (most other
-        # impossible labels are lid176's English for scripts it does not know, with none possible).
+        # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection. A text
+        # called Japanese that cannot be (Chinese without kana, mostly) takes the model's next
+        # possible label instead (most other impossible labels are lid176's English for scripts it
+        # does not know, where no next label is possible either).
         impossible = ~script_present(unique, map_distinct(unique_labels, _script))
-        kana_free = np.flatnonzero(impossible & (unique_labels == JAPANESE))
+        not_japanese = np.flatnonzero(impossible & (unique_labels == JAPANESE))
         unique_labels[impossible] = UNDETERMINED
-        if len(kana_free):
-            self._next_possible(unique, lines, kana_free, unique_labels, conf)
+        if len(not_japanese):
+            self._next_possible(unique, lines, not_japanese, unique_labels, conf)
         if self.standard is not None:
             self.standard.written(unique_labels)
         labels[todo] = unique_labels[inverse]

@@ -29,21 +29,26 @@ Predict = Callable[[list[str], int], tuple[list, list]]
 
 
 @lru_cache(maxsize=None)
+def _table() -> tuple[dict[str, str], ...]:
+    return tuple(read_table("varieties.tsv"))
+
+
 def standards() -> dict[str, str]:
     """variety language -> its standard language (ISO 639-3)."""
-    return {r["variety"]: r["standard"] for r in read_table("varieties.tsv")}
+    return {r["variety"]: r["standard"] for r in _table()}
 
 
-@lru_cache(maxsize=None)
 def _written_in() -> dict[str, set[str]]:
-    return {r["variety"]: set(r["scripts"].split(",")) for r in read_table("varieties.tsv")}
+    return {r["variety"]: set(r["scripts"].split(",")) for r in _table()}
 
 
 class StandardPreference:
     """For one model: which of its raw labels are varieties, and the group each raw label is in."""
 
     def __init__(self, raw_labels: list[str], mapper: LabelMapper):
-        language = {raw: mapper.cached_plan(raw)[0] for raw in raw_labels}
+        plans = {raw: mapper.cached_plan(raw) for raw in raw_labels}
+        language = {raw: lang for raw, (lang, _) in plans.items()}
+        self.scripts = {raw: set(scripts) for raw, (_, scripts) in plans.items()}
         standard_of = standards()
         members = set(standard_of.values())
         # raw label -> the standard language of its group, for varieties and standards alike
@@ -54,7 +59,7 @@ class StandardPreference:
         self.standard_raw: dict[str, list[str]] = {}
         scripts: dict[str, set[str]] = {}  # the scripts the model's labels of each language come out in
         for raw, lang in language.items():
-            scripts.setdefault(lang, set()).update(mapper.cached_plan(raw)[1])
+            scripts.setdefault(lang, set()).update(self.scripts[raw])
             if lang in members:
                 self.standard_raw.setdefault(lang, []).append(raw)
         # Scheme labels of a variety in a script it is not written in -> the standard's (yue_Hans -> cmn_Hans).
@@ -67,26 +72,30 @@ class StandardPreference:
     def apply(self, predict: Predict, lines: list[str], raw: list, probs: list, firsts: list[str]) -> None:
         """Rewrites in place the best labels (`raw`, `probs`: one list per line, best first;
         `firsts`: each line's best label) of the lines whose best label is a variety without its
-        group's majority."""
+        group's majority: the standard first, then the labels outside the group."""
         if self.varieties.isdisjoint(firsts):  # the common case, checked at C speed
             return
         rows = [i for i, first in enumerate(firsts) if first in self.varieties]
         wider_raw, wider_probs = predict([lines[i] for i in rows], CANDIDATES)
         for i, labels, ps in zip(rows, wider_raw, wider_probs):
-            standard = self.group[labels[0]]
-            mass = sum(p for label, p in zip(labels, ps) if self.group.get(label) == standard)
-            if ps[0] >= VARIETY_SHARE * mass:
+            variety = firsts[i]  # not labels[0]: a tie may order the wider prediction differently
+            standard = self.group[variety]
+            prob = dict(zip(labels, ps))
+            mass = sum(p for label, p in prob.items() if self.group.get(label) == standard)
+            if prob.get(variety, ps[0]) >= VARIETY_SHARE * mass:
                 continue
             k = len(raw[i])
-            rest = [(label, p) for label, p in zip(labels, ps) if self.language[label] != standard and label != labels[0]]
-            ranked = [(self._standard_label(labels, standard), min(mass, 1.0)), *rest]
+            rest = [(label, p) for label, p in zip(labels, ps) if self.group.get(label) != standard]
+            ranked = [(self._standard_label(labels, standard, variety), min(mass, 1.0)), *rest]
             raw[i], probs[i] = [label for label, _ in ranked[:k]], [p for _, p in ranked[:k]]
             firsts[i] = raw[i][0]
 
-    def _standard_label(self, labels: list[str], standard: str) -> str:
-        """The standard's best raw label among the candidates, else the model's first for it
-        (the mapper decides the script from the text where a label allows several)."""
-        return next((label for label in labels if self.language[label] == standard), self.standard_raw[standard][0])
+    def _standard_label(self, labels: list[str], standard: str, variety: str) -> str:
+        """The standard's raw label for the text: its best among the candidates, else the model's
+        first, preferring a label in the variety's script (sib200 has `arb_Latn` before `arb_Arab`;
+        the mapper decides the script from the text where a label allows several)."""
+        options = [label for label in labels if self.language[label] == standard] + self.standard_raw[standard]
+        return next((label for label in options if self.scripts[label] & self.scripts[variety]), options[0])
 
     def written(self, labels: np.ndarray) -> None:
         """Gives the standard, in place, the scheme labels of a variety in a script it is not written

@@ -20,7 +20,8 @@ from langid.declared import declared_label
 from langid.evaluate import score
 from langid.labels import LabelMapper, canonical, language_name
 from langid.scripts import script_present
-from langid.tagger import FALLBACK_CANDIDATES, LanguageTagger, prepare
+from langid.tagger import FALLBACK_CANDIDATES, NEXT_CANDIDATES, LanguageTagger, prepare
+from langid.varieties import CANDIDATES
 from pipeline.engine.stage import RunContext
 from pipeline.stages.langid import LangTag, LangTagConfig
 from sources.config import SourceConfig
@@ -387,6 +388,7 @@ def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_t
     calls: list[int] = []
     model = short_tagger.model
     binding = model.f  # the tagger calls fastText's binding itself (see `LanguageTagger._lines`)
+    assert FALLBACK_CANDIDATES not in (CANDIDATES, NEXT_CANDIDATES + 1)  # the main prediction is told apart by its k
     count = lambda _, lines, k, *args: (k == FALLBACK_CANDIDATES and calls.append(len(lines))) or binding.multilinePredict(lines, k, *args)  # noqa: E731
     model.f = type("Counting", (), {"multilinePredict": count})()
     try:
@@ -498,6 +500,9 @@ def test_a_variety_keeps_a_text_only_with_its_groups_majority(questions, sib_dev
     chinese = after.labels[150:200]
     assert "yue_Hans" in before.labels[150:200] and "yue_Hans" not in chinese and chinese.count("cmn_Hans") >= 25
     assert ruled.standard.relabel == {"yue_Hans": "cmn_Hans"}  # FLORES' Cantonese is in Traditional characters
+    # sib200 lists `arb_Latn` before `arb_Arab`: the standard takes the variety's script, not the first label.
+    sib = LanguageTagger("sib200", detect_code=False, rules=False).tag(sentences)
+    assert "und" not in sib.labels and sib.labels.count("arb_Arab") > 50
 
 
 def test_japanese_needs_kana_beyond_a_few_han_characters(questions, sib_dev):

@@ -81,6 +81,10 @@ def test_pools_by_source_by_language_and_from_a_named_corpus(paragraphs):
     # Queries of a language the corpus lacks: kept, without negatives, and counted.
     lonely = _mine(_records(a[:5], "a", "deu_Latn") + corpus, pool="corpus", corpus="wiki")
     assert [m[FLAGS][0]["reason"] for m in lonely if m["source"] == "a"] == ["mining_skipped:empty_pool"] * 10
+    # Two questions on the one German paragraph of their source: a pool of one passage, nothing to mine.
+    alone = _mine(_records(a[:1], "a", "deu_Latn") + _records(a[1:], "a", "eng_Latn"))
+    german = [m for m in alone if m["query_lang"] == "deu_Latn"]
+    assert len(german) == 2 and all(m[FLAGS][0]["reason"] == "mining_skipped:pool_too_small" and not m["negatives"] for m in german)
 
 
 def test_approximate_index_finds_what_exact_search_finds():
