@@ -500,6 +500,15 @@ def test_a_variety_keeps_a_text_only_with_its_groups_majority(questions, sib_dev
     chinese = after.labels[150:200]
     assert "yue_Hans" in before.labels[150:200] and "yue_Hans" not in chinese and chinese.count("cmn_Hans") >= 25
     assert ruled.standard.relabel == {"yue_Hans": "cmn_Hans"}  # FLORES' Cantonese is in Traditional characters
+    # The manifest's switch reaches the tagger: a question the rule gives to Standard Arabic keeps its variety without it.
+    moved = next(text for text, b, a in zip(texts, before.labels, after.labels) if b != a and a == "arb_Arab")
+    rows = [{"query": moved, "positive": moved}]
+    ctx = RunContext(Path("."), ("src",))
+    by_switch = {
+        on: ready(LangTag(LangTagConfig(stage="langid", model="short200", fallback=None, prefer_standard=on), ctx))(_stage_batch(rows)).to_pylist()[0]["query_lang"]
+        for on in (True, False)
+    }
+    assert by_switch[True] == "arb_Arab" != by_switch[False]  # without it: its variety, or `und` below that one's threshold
     # sib200 lists `arb_Latn` before `arb_Arab`: the standard takes the variety's script, not the first label.
     sib = LanguageTagger("sib200", detect_code=False, rules=False).tag(sentences)
     assert "und" not in sib.labels and sib.labels.count("arb_Arab") > 50
