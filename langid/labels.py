@@ -83,6 +83,11 @@ def language_of(label: str) -> str:
     return canonical(label).partition("_")[0]
 
 
+def script_of(label: str) -> str:
+    """The script part of a label (`Cyrl` for `srp_Cyrl`; empty for `und` and `code:<lang>`)."""
+    return label.partition("_")[2]
+
+
 class LabelMapper:
     """Turns one model's raw labels into scheme labels, deciding scripts from the text where needed.
 
@@ -165,7 +170,7 @@ def script_name(label: str) -> str | None:
     """ISO 15924 name of a label's script (`srp_Cyrl` -> `Cyrillic`); None for `und` and code."""
     import pycountry
 
-    script = label.partition("_")[2] if not label.startswith(CODE_PREFIX) else ""
+    script = script_of(label) if not label.startswith(CODE_PREFIX) else ""
     if not script:
         return None
     found = pycountry.scripts.get(alpha_4=script)

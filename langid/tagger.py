@@ -43,7 +43,7 @@ import regex
 from langid.code import CodeDetector
 from langid.distinct import map_distinct
 from langid.fragments import bucket_indices
-from langid.labels import UNDETERMINED, LabelMapper
+from langid.labels import UNDETERMINED, LabelMapper, script_of
 from langid.script_rules import rule_labels, script_rules
 from langid.scripts import script_present
 from langid.thresholds import Thresholds, read_thresholds, table_path
@@ -62,10 +62,6 @@ JAPANESE = "jpn_Jpan"
 VOUCH_BELOW = 0.7
 _LETTER = regex.compile(r"\p{L}")
 WHITESPACE = regex.compile(r"\s+")
-
-
-def _script(label: str) -> str:
-    return label.partition("_")[2]
 
 
 def model_path(model: str) -> Path:
@@ -218,7 +214,7 @@ class LanguageTagger:
         # called Japanese that cannot be (Chinese without kana, mostly) takes the model's next
         # possible label instead (most other impossible labels are lid176's English for scripts it
         # does not know, where no next label is possible either).
-        impossible = ~script_present(unique, map_distinct(unique_labels, _script))
+        impossible = ~script_present(unique, map_distinct(unique_labels, script_of))
         not_japanese = np.flatnonzero(impossible & (unique_labels == JAPANESE))
         unique_labels[impossible] = UNDETERMINED
         if len(not_japanese):
@@ -235,7 +231,7 @@ class LanguageTagger:
         raw, probs = self.model.f.multilinePredict([lines[i] for i in rows.tolist()], NEXT_CANDIDATES + 1, 0.0, "strict")
         owner = np.fromiter((j for j, cands in enumerate(raw) for _ in cands[1:]), dtype=np.int64)
         candidates = self.map_label.many([r for cands in raw for r in cands[1:]], [lines[rows[j]] for j in owner.tolist()])
-        ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, _script)) & (candidates != UNDETERMINED)
+        ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, script_of)) & (candidates != UNDETERMINED)
         first, at = np.unique(owner[ok], return_index=True)  # each row's first possible candidate
         chosen = np.flatnonzero(ok)[at]
         labels[rows[first]] = candidates[chosen]

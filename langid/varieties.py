@@ -63,10 +63,11 @@ class StandardPreference:
             if lang in members:
                 self.standard_raw.setdefault(lang, []).append(raw)
         # Scheme labels of a variety in a script it is not written in -> the standard's (yue_Hans -> cmn_Hans).
+        written_in = _written_in()
         self.relabel = {
             mapper.label(variety, script): mapper.label(standard, script)
             for variety, standard in standard_of.items()
-            for script in sorted((scripts.get(variety, set()) & scripts.get(standard, set())) - _written_in()[variety])
+            for script in sorted((scripts.get(variety, set()) & scripts.get(standard, set())) - written_in[variety])
         }
 
     def apply(self, predict: Predict, lines: list[str], raw: list, probs: list, firsts: list[str]) -> None:
