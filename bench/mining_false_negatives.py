@@ -10,7 +10,9 @@ score, near duplicates of the positive and its 8 nearest pool neighbours); `-ran
 `-neardup`, `-neighbr` = the defaults with that one filter off; `nb-retr` = the defaults with the positive's
 neighbours found by the mining retriever instead of BM25 (the same as `defaults` when mining with BM25); `words` = the
 defaults, counting an answer only where it stands as whole words (a short answer such as Hindi "वार" or Arabic "لم"
-is inside many unrelated words; Chinese has no spaces, so there it is the substring count); `chance` = the share of the question's other pool paragraphs that contain the answer
+is inside many unrelated words; Chinese has no spaces, so there it is the substring count); `article` = the
+defaults, counting a hit only where the negative is a paragraph of the positive's own article (the hits that can
+plausibly answer the question; `--show` prints every hit beside its English parallel to judge by eye); `chance` = the share of the question's other pool paragraphs that contain the answer
 (what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
 `lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
 `--model DIR` mines with a local dense model instead, `--small-model` with the dense bench's
@@ -18,7 +20,7 @@ MiniLM-sized pass-through model (`bench/mining_dense.py`, built offline; it rank
 layer: its layers pass their input through, so one layer is the same kind of retriever at a sixth
 of the cost.
 
-    python bench/mining_false_negatives.py [--languages en,zh] [--model DIR | --small-model]
+    python bench/mining_false_negatives.py [--languages en,zh] [--model DIR | --small-model] [--show]
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ UNSPACED = {"zh", "ja", "th"}
 def rows(tar: tarfile.TarFile, lang: str) -> list[dict]:
     data = json.load(tar.extractfile(f"xquad-r/{lang}.json"))  # type: ignore[arg-type]
     return [
-        {"query": qa["question"], "positive": p["context"], "answer": qa["answers"][0]["text"]}
+        {
+            "query": qa["question"],
+            "positive": p["context"],
+            "answer": qa["answers"][0]["text"],
+            "article": article["title"],
+        }
         for article in data["data"]
         for p in article["paragraphs"]
         for qa in p["qas"]
@@ -97,6 +104,29 @@ def hardest_share(items: list[dict], mined: list[dict], words: str | None = None
     return sum(contains(n, a) for a, n in pairs) / max(len(pairs), 1)
 
 
+def same_article_share(items: list[dict], mined: list[dict]) -> float:
+    """Share of rows whose hardest negative contains the answer and is a paragraph of the positive's own
+    article: the hits that can plausibly answer the question (XQuAD questions are written for one paragraph;
+    a paragraph of another article that holds the answer string holds it by chance)."""
+    article = {r["positive"]: r["article"] for r in items}
+    pairs = [(r, m["negatives"][0]) for r, m in zip(items, mined) if m["negatives"]]
+    return sum(r["answer"] in n and article[n] == r["article"] for r, n in pairs) / max(len(pairs), 1)
+
+
+def show_hits(items: list[dict], english: list[dict], mined: list[dict]) -> None:
+    """Print each row whose hardest negative contains the answer beside the English parallel of the question,
+    answer and negative (XQuAD-R's languages are aligned row by row), so a reader can judge whether the
+    negative answers the question."""
+    index = {r["positive"]: i for i, r in reversed(list(enumerate(items)))}
+    for i, (r, m) in enumerate(zip(items, mined)):
+        if m["negatives"] and r["answer"] in m["negatives"][0]:
+            negative = english[index[m["negatives"][0]]]
+            print(f"  row {i}: {english[i]['query']!r} answer {english[i]['answer']!r} ({r['answer']!r})")
+            print(
+                f"    hardest negative ({negative['article']}, positive's: {r['article']}): {negative['positive'][:160]!r}"
+            )
+
+
 def as_words(text: str, answer: str) -> bool:
     """`answer` occurs in `text` with a space, punctuation or an end on both sides (Python's `\\b` would
     split Devanagari words at their vowel signs)."""
@@ -123,6 +153,9 @@ def main() -> None:
     parser.add_argument("--languages", default=",".join(LANGS))
     parser.add_argument("--model", help="a local model folder: dense mining instead of BM25")
     parser.add_argument("--small-model", action="store_true", help="dense mining with the dense bench's model")
+    parser.add_argument(
+        "--show", action="store_true", help="print each hit at the defaults beside its English parallel"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.small_model:
@@ -140,7 +173,7 @@ def report(args: argparse.Namespace, cache: Path) -> None:
     print(
         "lang  queries  "
         + "  ".join(f"{k:>8}" for k in SETTINGS)
-        + "     words    chance  negatives/query  lost   queries/s"
+        + "     words   article    chance  negatives/query  lost   queries/s"
     )
     worst, queries, seconds = 0.0, 0, 0.0
     with tarfile.open(XQUAD, "r:xz") as tar:
@@ -149,6 +182,7 @@ def report(args: argparse.Namespace, cache: Path) -> None:
             results = {name: mine(items, embedder, **dense, **config) for name, config in SETTINGS.items()}
             shares = {name: hardest_share(items, mined) for name, (mined, _) in results.items()}
             shares["words"] = hardest_share(items, results["defaults"][0], lang)
+            shares["article"] = same_article_share(items, results["defaults"][0])
             per_query = {
                 name: sum(len(m["negatives"] or []) for m in mined) / len(items) for name, (mined, _) in results.items()
             }
@@ -159,11 +193,13 @@ def report(args: argparse.Namespace, cache: Path) -> None:
             )
             print(
                 f"{lang:4}  {len(items):7}  "
-                + "  ".join(f"{shares[k]:8.3%}" for k in [*SETTINGS, "words"])
+                + "  ".join(f"{shares[k]:8.3%}" for k in [*SETTINGS, "words", "article"])
                 + f"  {chance(items):8.3%}  {per_query['defaults']:15.1f}  {per_query['none'] - per_query['defaults']:4.1f}"
                 f"  {len(items) / results['defaults'][1]:9.0f}",
                 flush=True,
             )
+            if args.show:
+                show_hits(items, rows(tar, "en"), results["defaults"][0])
     print(
         f"worst language at the defaults: {worst:.3%}; mining throughput {queries / seconds:.0f} queries/s (one process)"
     )
