@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from langid.fragments import BUCKET_NAMES
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL
 
 
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_args(ev)
     ev.add_argument("--fragments", action="store_true", help="also cut each text into fragments of 1, 2 and 3-5 words and score them (by length)")
     ev.add_argument("--no-code", action="store_true", help="do not run the code detector")
+    ev.add_argument("--prior", type=float, nargs="?", const=100.0, metavar="MAX_ODDS", help="revise short texts with the set's own language distribution as the prior, its odds capped at MAX_ODDS (default 100), as the `langid_prior` stage does per source")
+    ev.add_argument("--prior-max-words", default="6-15", choices=BUCKET_NAMES, help="longest length bucket the prior revises")
     ev.add_argument("--top", type=int, default=20, help="rows of the per-language and confusion tables")
     ev.add_argument("--json", help="write the full report here")
     tr = sub.add_parser("train", help="train a fastText language-ID model (settings chosen on dev)")
@@ -124,7 +127,7 @@ def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
     tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback, prefer_standard=not args.keep_varieties)
     if args.fragments:
         data.extend(cut(data, DEV_SIZES, seed=1))
-    report, _ = evaluate(tagger, data)
+    report, _ = evaluate(tagger, data, prior=args.prior, prior_longest=BUCKET_NAMES.index(args.prior_max_words))
     print_report(report, console, args.top)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "fallback": fallback, **report.to_json()}, indent=1), encoding="utf-8")

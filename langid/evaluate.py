@@ -18,6 +18,7 @@ import pyarrow as pa
 from langid.corpora import Labelled
 from langid.fragments import BUCKET_NAMES, bucket_indices
 from langid.labels import CODE_PREFIX, canonical, language_of
+from langid.prior import CorpusPrior, revise
 from langid.tagger import LanguageTagger
 
 
@@ -93,14 +94,25 @@ def score_by_bucket(texts: list[str], gold: list[str], predicted: list[str], cov
     return report
 
 
-def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096) -> tuple[Report, list[str]]:
+def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: float | None = None, prior_longest: int = 3) -> tuple[Report, list[str]]:
     """Tag `data` with `tagger` (no confidence threshold) and score it, overall and per length
-    bucket; also returns the predictions."""
+    bucket; also returns the predictions. With `prior` (its `max_odds`), texts of at most the
+    `prior_longest` bucket are revised with the set's own language distribution (its sure labels)
+    as the prior, as the `langid_prior` stage does per source (`langid/prior.py`)."""
     predicted: list[str] = []
+    confidence: list[float] = []
+    sure: list[bool] = []
     for start in range(0, len(data), batch):
-        predicted += tagger.predict(data.texts[start : start + batch])[0]
+        tags = tagger.tag(data.texts[start : start + batch])
+        predicted += tags.labels
+        confidence += tags.confidence.tolist()
+        sure += tags.sure.tolist()
     gold = [g for g in data.labels]
     covered = tagger.covered_labels()
+    if prior is not None:
+        corpus = CorpusPrior.of((label for label, s in zip(predicted, sure) if s), prior)
+        for i, (label, _) in revise(tagger, data.texts, predicted, confidence, [corpus] * len(data), prior_longest).items():
+            predicted[i] = label
     if any(g.startswith(CODE_PREFIX) for g in gold):
         covered |= {g for g in gold if g.startswith(CODE_PREFIX)}
     return score_by_bucket(data.texts, gold, predicted, covered), predicted

@@ -582,3 +582,61 @@ def test_stage_columns_with_missing_texts_and_no_declarations(sib_dev):
     assert out[1]["positive_lang_conf"] is None and out[2]["query_lang_conf"] == 0.0 and out[0]["query_lang_conf"] > 0.5
     assert [r["cross_lingual"] for r in out] == [True, None, None, False]
     assert [r[FLAGS] for r in out] == [[{"reason": "cross_lingual", "language": "eng_Latn", "count": None}], None, None, None]
+
+
+def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_odds():
+    from langid.prior import CorpusPrior
+
+    spanish = CorpusPrior.of(["spa_Latn"] * 999 + ["und", "code:python", None])
+    assert spanish.counts == {"spa_Latn": 999}
+    assert spanish.decide({"ast_Latn": 0.6, "spa_Latn": 0.3, "glg_Latn": 0.1}, "ast_Latn", 0.6) == ("spa_Latn", 0.3)
+    assert spanish.decide({"ast_Latn": 0.2, "spa_Latn": 0.2}, "und", 0.2) == ("spa_Latn", 0.2)  # `und` takes a label too
+    # The model surer than the odds cap (100): its label stays, however rare in the source.
+    assert spanish.decide({"ast_Latn": 0.995, "spa_Latn": 0.005}, "ast_Latn", 0.995) is None
+    assert CorpusPrior(spanish.counts, max_odds=1000).decide({"ast_Latn": 0.995, "spa_Latn": 0.005}, "ast_Latn", 0.995) == ("spa_Latn", 0.005)
+    # A source showing both languages alike changes nothing; a new label needs `share` of the weighted mass.
+    assert CorpusPrior.of(["spa_Latn", "ast_Latn"] * 50).decide({"ast_Latn": 0.6, "spa_Latn": 0.3}, "ast_Latn", 0.6) is None
+    two = CorpusPrior({"spa_Latn": 100, "glg_Latn": 100})
+    assert two.decide({"ast_Latn": 0.5, "spa_Latn": 0.25, "glg_Latn": 0.25}, "ast_Latn", 0.5) is None  # spa holds 49.8%
+    # The current label (a fallback model's, say) competes at its confidence even when not a candidate.
+    assert spanish.decide({"ast_Latn": 0.3}, "spa_Latn", 0.4) is None
+
+
+def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_path, questions, sib_dev):
+    import pyarrow.parquet as pq
+
+    from pipeline.engine.ledger import count_outcomes
+    from pipeline.stages.langid_prior import PRIOR_FLAG, LangPrior, LangPriorConfig
+
+    by: dict[str, list[str]] = {}
+    for t, lab in zip(sib_dev.texts, sib_dev.labels):
+        by.setdefault(lab, []).append(t)
+    spanish = [{"query": q, "positive": by["spa_Latn"][i % len(by["spa_Latn"])]} for i, q in enumerate(questions["spa_Latn"][:600])]
+    asturian = [{"query": " ".join(t.split()[:4]), "positive": t} for t in by["ast_Latn"][:150]]
+    ctx = RunContext(tmp_path, ("es_qa", "ast_pairs"))
+    tag = ready(LangTag(LangTagConfig(stage="langid", model="short200"), ctx))
+    tagged = pa.concat_tables([tag(_stage_batch(spanish, "es_qa")), tag(_stage_batch(asturian, "ast_pairs"))])
+    tagged = tagged.drop_columns([FLAGS]).append_column(FLAGS, pa.nulls(tagged.num_rows, WORK_SCHEMA.field(FLAGS).type))
+    stage = LangPrior(LangPriorConfig(stage="langid_prior", model="short200"), ctx)
+    out = pa.concat_tables(stage.plan([tagged.slice(0, 400), tagged.slice(400)], tagged.num_rows))
+    before, after = tagged.to_pylist(), out.to_pylist()
+    assert len(after) == len(before) and [r["id"] for r in after] == [r["id"] for r in before]
+
+    es = slice(0, len(spanish))
+    moved = [(b, a) for b, a in zip(before[es], after[es]) if b["query_lang"] != a["query_lang"]]
+    wrong = lambda rows: sum(r["query_lang"] != "spa_Latn" for r in rows)  # noqa: E731
+    assert len(moved) >= 5 and wrong(after[es]) < wrong(before[es]) / 2, (len(moved), wrong(before[es]), wrong(after[es]))
+    assert all(a["query_lang"] == "spa_Latn" and a["cross_lingual"] is False for _, a in moved)
+    assert all({"reason": PRIOR_FLAG, "language": "spa_Latn", "count": None} in a[FLAGS] for _, a in moved)
+    # The Asturian source keeps its Asturian: its prior is its own.
+    ast = slice(len(spanish), None)
+    assert not any(a["query_lang"] == "spa_Latn" and b["query_lang"] != "spa_Latn" for b, a in zip(before[ast], after[ast]))
+    assert sum(r["query_lang"] == "ast_Latn" for r in after[ast]) >= sum(r["query_lang"] == "ast_Latn" for r in before[ast])
+    priors = json.loads((tmp_path / "langid_prior.json").read_text(encoding="utf-8"))
+    es_q, ast_q = priors["es_qa"]["query"], priors["ast_pairs"]["query"]
+    assert max(es_q, key=es_q.get) == "spa_Latn" and max(ast_q, key=ast_q.get) == "ast_Latn"
+
+    pq.write_table(out, tmp_path / "out.parquet")
+    ledger = count_outcomes(["langid_prior"], [str(tmp_path / "out.parquet")])
+    counted = ledger.filter((ledger["kind"] == "flagged") & (ledger["reason"] == PRIOR_FLAG))
+    assert counted["rows"].sum() == sum(f["reason"] == PRIOR_FLAG for r in after for f in r[FLAGS] or [])

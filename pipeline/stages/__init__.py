@@ -10,9 +10,10 @@ from pipeline.stages.decontaminate import Decontaminate
 from pipeline.stages.exact_dedup import ExactDedup
 from pipeline.stages.instruct import Instruct
 from pipeline.stages.langid import LangTag
+from pipeline.stages.langid_prior import LangPrior
 from pipeline.stages.mine_negatives import MineNegatives
 from pipeline.stages.mix import Mix
 from pipeline.stages.near_dedup import NearDedup
 from pipeline.stages.normalize import Normalize
 
-REGISTRY = Registry((Normalize, LangTag, Decontaminate, Instruct, ExactDedup, NearDedup, BuildPairs, MineNegatives, Mix))
+REGISTRY = Registry((Normalize, LangTag, LangPrior, Decontaminate, Instruct, ExactDedup, NearDedup, BuildPairs, MineNegatives, Mix))

@@ -35,6 +35,29 @@ from sources.settings import from_manifest
 PAIR_FLAG = "language_from_pair"
 
 
+def bucket_name(bucket: str) -> str:
+    """A length bucket's name, checked (a config's `..._max_words`)."""
+    if bucket not in BUCKET_NAMES:
+        raise ValueError(f"must be one of {', '.join(BUCKET_NAMES)}")
+    return bucket
+
+
+def resolve_model(model: str | None, info: ValidationInfo) -> str | None:
+    """A bundled model's name as it is, or the resolved path of a model file (relative to the manifest)."""
+    if model is None or model in BUNDLED_MODELS:
+        return model
+    path = from_manifest(model, info)
+    if not path.is_file():
+        raise ValueError(f"no fastText model at {path} (bundled models: {', '.join(BUNDLED_MODELS)})")
+    return str(path.resolve())
+
+
+def cross_lingual(query: pa.Array, positive: pa.Array) -> pa.Array:
+    """Whether query and positive are in different languages (null where either is missing or `und`)."""
+    known = pc.and_(pc.not_equal(query, UNDETERMINED), pc.not_equal(positive, UNDETERMINED))
+    return pc.if_else(known, pc.not_equal(_languages(query), _languages(positive)), pa.scalar(None, pa.bool_()))
+
+
 class LangTagConfig(StageConfig):
     stage: Literal["langid"]
     model: str = Field(DEFAULT_MODEL, description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
@@ -50,22 +73,8 @@ class LangTagConfig(StageConfig):
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
     prefer_standard: bool = Field(True, description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.")
 
-    @field_validator("pair_max_words")
-    @classmethod
-    def _bucket(cls, bucket: str) -> str:
-        if bucket not in BUCKET_NAMES:
-            raise ValueError(f"pair_max_words must be one of {', '.join(BUCKET_NAMES)}")
-        return bucket
-
-    @field_validator("model", "fallback")
-    @classmethod
-    def _model_exists(cls, model: str | None, info: ValidationInfo) -> str | None:
-        if model is None or model in BUNDLED_MODELS:
-            return model
-        path = from_manifest(model, info)
-        if not path.is_file():
-            raise ValueError(f"no fastText model at {path} (bundled models: {', '.join(BUNDLED_MODELS)})")
-        return str(path.resolve())
+    _bucket = field_validator("pair_max_words")(classmethod(lambda cls, bucket: bucket_name(bucket)))
+    _model_exists = field_validator("model", "fallback")(classmethod(lambda cls, model, info: resolve_model(model, info)))
 
     @field_validator("thresholds")
     @classmethod
@@ -234,8 +243,7 @@ class LangTag(Stage):
 
         # Column-wise: a batch has a few hundred distinct labels at most, its rows thousands.
         query, positive = out["query"], out["positive"]
-        known = pc.and_(pc.not_equal(query, UNDETERMINED), pc.not_equal(positive, UNDETERMINED))
-        cross = pc.if_else(known, pc.not_equal(_languages(query), _languages(positive)), pa.scalar(None, pa.bool_()))
+        cross = cross_lingual(query, positive)
         if self.config.drop_below:
             for i in np.flatnonzero(pc.fill_null(pc.equal(query, UNDETERMINED), False).to_numpy(zero_copy_only=False)).tolist():
                 if drop[i] is None:

@@ -1,0 +1,90 @@
+"""A corpus's own language distribution as the prior for its short texts.
+
+A short query is ambiguous between neighbouring languages (Spanish or Asturian, Hindi or Bhojpuri,
+Standard Arabic or its varieties) that a model trained on language-balanced data cannot tell apart;
+the corpus it comes from can: a source whose texts are Spanish asks Spanish questions. The prior is
+each label's share of the source's sure labels, add-one smoothed (a language the source has not
+shown keeps a chance). A text takes the label that maximises the model's probability x the prior among its best
+candidates when that label holds at least `share` of the candidates' weighted mass (Bayes' rule: the
+model was trained with every language alike). The prior's odds between two labels are capped at
+`max_odds`, so a text the model is surer of than that keeps its label however rare its language is
+in the source. A balanced corpus gives a flat prior and changes little; no outside language
+frequencies are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+
+from langid.fragments import bucket_indices
+from langid.labels import CODE_PREFIX, UNDETERMINED
+from langid.tagger import LanguageTagger
+
+
+def countable(label: str | None) -> bool:
+    """Labels that are evidence of a natural language (not missing, `und` or source code)."""
+    return label is not None and label != UNDETERMINED and not label.startswith(CODE_PREFIX)
+
+
+@dataclass(frozen=True)
+class CorpusPrior:
+    counts: Mapping[str, int]  # sure labels of the corpus (a source), `countable` ones only
+    max_odds: float = 100.0  # the most the prior may favour one label over another
+
+    @classmethod
+    def of(cls, labels: Iterable[str | None], max_odds: float = 100.0) -> CorpusPrior:
+        counts: dict[str, int] = {}
+        for label in labels:
+            if countable(label):
+                counts[label] = counts.get(label, 0) + 1  # type: ignore[index]
+        return cls(counts, max_odds)
+
+    @cached_property
+    def _floor(self) -> float:
+        """Add-one smoothed counts below this are raised to it (the odds cap)."""
+        return (max(self.counts.values(), default=0) + 1) / self.max_odds
+
+    def weight(self, label: str) -> float:
+        """The label's prior, up to a constant factor (only ratios matter)."""
+        return max(self.counts.get(label, 0) + 1, self._floor)
+
+    def decide(self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5) -> tuple[str, float] | None:
+        """The label a text takes instead of `current` (and the model's probability of it), or None
+        to keep `current`. `candidates` are the model's best labels with their probabilities;
+        `current` (the tagger's label, perhaps from a fallback model or a script rule) competes with
+        them at `confidence`."""
+        options = {label: p for label, p in candidates.items() if countable(label)}
+        if countable(current):
+            options[current] = max(options.get(current, 0.0), confidence)
+        weighted = {label: p * self.weight(label) for label, p in options.items()}
+        total = sum(weighted.values())
+        if not total:
+            return None
+        best = max(sorted(weighted), key=weighted.__getitem__)  # sorted: ties go the same way every run
+        if best == current or weighted[best] < share * total:
+            return None
+        return best, options[best]
+
+
+def revise(
+    tagger: LanguageTagger, texts: Sequence[str | None], labels: Sequence[str | None], confidence: Sequence[float],
+    priors: Sequence[CorpusPrior | None], longest: int, candidates: int = 5, share: float = 0.5,
+) -> dict[int, tuple[str, float]]:
+    """The texts of at most `longest` (a length bucket's index) whose label the prior changes: index ->
+    (label, the model's probability of it). A text without a prior, or tagged as code, is left alone."""
+    buckets = bucket_indices(pa.array(texts, pa.string()))
+    rows = [
+        i for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
+        if text and prior is not None and buckets[i] <= longest and not (label or "").startswith(CODE_PREFIX)
+    ]
+    best = tagger.candidates([texts[i] for i in rows], candidates) if rows else []  # type: ignore[misc]
+    changed = {}
+    for i, options in zip(rows, best):
+        decision = priors[i].decide(options, labels[i] or UNDETERMINED, float(confidence[i]), share)  # type: ignore[union-attr]
+        if decision is not None:
+            changed[i] = decision
+    return changed

@@ -1,0 +1,116 @@
+"""Short texts revised with their source's own language distribution as the prior (`langid/prior.py`).
+
+A model trained on language-balanced data spreads short Spanish queries over Asturian and Galician,
+and short Hindi ones over Bhojpuri and Awadhi; the source they come from says which is likely. Two
+rounds of tasks, no rows on the driver: each block counts the sure labels (`query_lang`,
+`positive_lang`: what `langid` kept above its thresholds) per source and field (a bitext source's
+queries and positives are in different languages); then each block's short texts
+(up to `max_words`) take the label that maximises the model's probability x the source's prior
+among their best candidates, where that label holds at least `share` of the candidates' weighted
+mass. A changed text is flagged `language_from_prior` (counted in the ledger under its new
+language) and `cross_lingual` is recomputed. A field whose language the source declares is left
+as `langid` set it. The priors are written to `langid_prior.json` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from langid.fragments import BUCKET_NAMES
+from langid.labels import CODE_PREFIX, UNDETERMINED
+from langid.prior import CorpusPrior, revise
+from langid.tagger import DEFAULT_MODEL, LanguageTagger
+from pipeline.engine.stage import DatasetStage, StageConfig
+from pipeline.ops import exchange
+from pipeline.ops.arrow import lists_by_row, replace_column
+from pipeline.stages.langid import bucket_name, cross_lingual, resolve_model
+from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
+
+PRIOR_FLAG = "language_from_prior"
+TextField = Literal["query", "positive"]
+
+
+class LangPriorConfig(StageConfig):
+    stage: Literal["langid_prior"]
+    model: str = Field(DEFAULT_MODEL, description="The model whose candidates the prior weighs: the `langid` stage's `model`.")
+    fields: list[TextField] = Field(["query", "positive"], min_length=1, description="The text fields revised.")
+    max_words: str = Field("6-15", description=f"Longest length bucket revised ({', '.join(BUCKET_NAMES)}).")
+    candidates: int = Field(5, ge=1, le=20, description="How many of the model's best labels compete.")
+    max_odds: float = Field(100.0, ge=1.0, description="The most the prior may favour one label over another (1: the model alone).")
+    share: float = Field(0.5, gt=0.0, le=1.0, description="Least share of the candidates' weighted mass the new label must hold.")
+
+    _bucket = field_validator("max_words")(classmethod(lambda cls, bucket: bucket_name(bucket)))
+    _model_exists = field_validator("model")(classmethod(lambda cls, model, info: resolve_model(model, info)))
+
+
+class LangPrior(DatasetStage):
+    name = "langid_prior"
+    config_model = LangPriorConfig
+    reads = ("query_lang", "positive_lang")
+    writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "cross_lingual")
+    config: LangPriorConfig
+
+    def plan(self, blocks: list[Any], rows: int) -> list[Any]:
+        fields = self.config.fields
+        per_block = exchange.track(exchange.submit(_count_task, [(b, fields) for b in blocks], 1), "langid_prior: counts")
+        tables = [pl.from_arrow(exchange.get(out[0])) for out in per_block]  # (source, label) pairs: small
+        counts: dict[str, dict[str, dict[str, int]]] = {}  # source -> field -> label -> sure texts
+        if tables:
+            grouped = pl.concat(tables).group_by("source", "field", "label").agg(pl.col("n").sum()).sort("source", "field", "label")
+            for source, field, label, n in grouped.iter_rows():
+                counts.setdefault(source, {}).setdefault(field, {})[label] = int(n)
+        self.context.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.context.run_dir / "langid_prior.json").write_text(json.dumps(counts, indent=1, ensure_ascii=False), encoding="utf-8")
+        declared = {f: sorted(name for name, src in self.context.sources.items() if src.declared_language(f)) for f in fields}
+        revised = exchange.submit(_revise_task, [(b, counts, declared, self.config) for b in blocks], 1)
+        return [out[0] for out in exchange.track(revised, "langid_prior: revising")]
+
+
+def _count_task(block: pa.Table, fields: list[str]) -> list[pa.Table]:
+    """Sure labels of a block per (source, field, label)."""
+    frames = [pl.from_arrow(block.select(["source", f"{f}_lang"])).rename({f"{f}_lang": "label"}).with_columns(field=pl.lit(f)) for f in fields]  # type: ignore[union-attr]
+    label = pl.col("label")
+    frame = pl.concat(frames).filter(label.is_not_null() & (label != UNDETERMINED) & ~label.str.starts_with(CODE_PREFIX))  # see `countable`
+    return [frame.group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n")).to_arrow()]
+
+
+@lru_cache(maxsize=4)
+def _tagger(model: str) -> LanguageTagger:
+    """One model per worker process (Ray reuses its workers from task to task)."""
+    return LanguageTagger(model, detect_code=False, rules=False)
+
+
+def _revise_task(block: pa.Table, counts: dict[str, dict[str, dict[str, int]]], declared: dict[str, list[str]], config: LangPriorConfig) -> list[pa.Table]:
+    tagger = _tagger(config.model)
+    sources = block.column("source").to_pylist()
+    row_declared = block.column(DECLARED_LANG).is_valid().to_numpy(zero_copy_only=False)
+    flags: list[tuple[int, str]] = []
+    for field in config.fields:
+        trusted = set(declared[field])
+        priors = {source: CorpusPrior(by_field[field], config.max_odds) for source, by_field in counts.items() if field in by_field}
+        labels = block.column(f"{field}_lang").to_pylist()
+        conf = block.column(f"{field}_lang_conf").to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
+        field_priors = [None if s in trusted or row_declared[i] else priors.get(s) for i, s in enumerate(sources)]
+        texts = block.column(field).to_pylist()
+        changed = revise(tagger, texts, labels, np.nan_to_num(conf), field_priors, BUCKET_NAMES.index(config.max_words), config.candidates, config.share)
+        for i, (label, p) in changed.items():
+            labels[i], conf[i] = label, p
+            flags.append((i, label))
+        lang = pa.array(labels, pa.string())
+        block = replace_column(block, f"{field}_lang", lang)
+        block = replace_column(block, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=lang.is_null().to_numpy(zero_copy_only=False)))
+    block = replace_column(block, "cross_lingual", cross_lingual(block.column("query_lang").combine_chunks(), block.column("positive_lang").combine_chunks()))
+    flags.sort()
+    rows = np.array([i for i, _ in flags], dtype=np.int64)
+    values = pa.StructArray.from_arrays(
+        [pa.array([PRIOR_FLAG] * len(flags), pa.string()), pa.array([label for _, label in flags], pa.string()), pa.nulls(len(flags), pa.int32())],
+        fields=list(FLAG_TYPE),
+    )
+    return [replace_column(block, FLAGS, lists_by_row(block.num_rows, rows, values))]
