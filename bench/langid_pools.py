@@ -1,6 +1,6 @@
 """Language ID's effect on a finished run: the share of queries tagged `und` and the per-language
 mining pools (source x query language, as `mine_negatives` groups them) with fewer than 10 distinct
-passages, plus the ledger's `language_from_pair` count. Run it on two runs of one manifest (say
+passages, plus the ledger's `language_from_pair` and `language_from_prior` counts. Run it on two runs of one manifest (say
 `model: lid176, fallback: null` and the defaults) to compare.
 
     python bench/langid_pools.py runs/stage1 [runs/stage1-lid176 ...]
@@ -13,7 +13,12 @@ from pathlib import Path
 
 import polars as pl
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.stages.langid import PAIR_FLAG  # noqa: E402
+from pipeline.stages.langid_prior import PRIOR_FLAG  # noqa: E402
+
 SMALL_POOL = 10
+MOVED = (PAIR_FLAG, PRIOR_FLAG)  # ledger flags of texts whose language a rule changed
 
 
 def figures(run: Path) -> dict[str, float]:
@@ -29,13 +34,14 @@ def figures(run: Path) -> dict[str, float]:
         .collect()
     )
     ledger = pl.read_parquet(run / "ledger.parquet")
-    paired = ledger.filter((pl.col("kind") == "flagged") & (pl.col("reason") == "language_from_pair"))["rows"].sum()
+    flagged = ledger.filter(pl.col("kind") == "flagged")
+    moved = {reason: int(flagged.filter(pl.col("reason") == reason)["rows"].sum() or 0) for reason in MOVED}
     return {
         "queries": queries["n"],
         "und_share": queries["und"] / max(queries["n"], 1),
         "pools": pools.height,
         "pools_under_10": int((pools["passages"] < SMALL_POOL).sum()),
-        "language_from_pair": int(paired or 0),
+        **moved,
     }
 
 
@@ -44,7 +50,8 @@ def main() -> None:
         f = figures(Path(run))
         print(
             f"{run}: {f['queries']:,} queries, {f['und_share']:.2%} tagged und; {f['pools']} pools (source x language), "
-            f"{f['pools_under_10']} with fewer than {SMALL_POOL} passages; language_from_pair: {f['language_from_pair']}"
+            f"{f['pools_under_10']} with fewer than {SMALL_POOL} passages; "
+            + ", ".join(f"{reason}: {f[reason]}" for reason in MOVED)
         )
 
 

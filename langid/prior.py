@@ -20,9 +20,13 @@ from functools import cached_property
 
 import pyarrow as pa
 
-from langid.fragments import bucket_indices
+from langid.fragments import BUCKETS, bucket_indices
 from langid.labels import CODE_PREFIX, UNDETERMINED
 from langid.tagger import LanguageTagger
+
+# A text of more characters than this a word, at the longest bucket revised, is longer than that bucket
+# (no language's words are that long on average): its words are not counted (a long passage's are costly).
+CHARS_PER_WORD = 40
 
 
 def countable(label: str | None) -> bool:
@@ -52,6 +56,12 @@ class CorpusPrior:
         """The label's prior, up to a constant factor (only ratios matter)."""
         return max(self.counts.get(label, 0) + 1, self._floor)
 
+    def settled(self, current: str | None, confidence: float) -> bool:
+        """Whether no other label can take the text: at this confidence the others hold less than
+        1/max_odds of it, which no prior within the cap makes up. Most texts are settled, and need
+        no second prediction."""
+        return countable(current) and (1.0 - confidence) * self.max_odds <= confidence
+
     def decide(self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5) -> tuple[str, float] | None:
         """The label a text takes instead of `current` (and the model's probability of it), or None
         to keep `current`. `candidates` are the model's best labels with their probabilities;
@@ -75,12 +85,17 @@ def revise(
     priors: Sequence[CorpusPrior | None], longest: int, candidates: int = 5, share: float = 0.5,
 ) -> dict[int, tuple[str, float]]:
     """The texts of at most `longest` (a length bucket's index) whose label the prior changes: index ->
-    (label, the model's probability of it). A text without a prior, or tagged as code, is left alone."""
-    buckets = bucket_indices(pa.array(texts, pa.string()))
+    (label, the model's probability of it). A text without a prior, tagged as code or settled (see
+    `CorpusPrior.settled`) is left alone."""
+    too_long = CHARS_PER_WORD * BUCKETS[longest][2]
     rows = [
         i for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
-        if text and prior is not None and buckets[i] <= longest and not (label or "").startswith(CODE_PREFIX)
+        if text and len(text) <= too_long and prior is not None and not (label or "").startswith(CODE_PREFIX)
+        and not prior.settled(label, float(confidence[i]))
     ]
+    if rows:  # lengths only for the texts left: counting words is the costly part
+        buckets = bucket_indices(pa.array([texts[i] for i in rows], pa.string()))
+        rows = [i for i, bucket in zip(rows, buckets.tolist()) if bucket <= longest]
     best = tagger.candidates([texts[i] for i in rows], candidates) if rows else []  # type: ignore[misc]
     changed = {}
     for i, options in zip(rows, best):

@@ -598,6 +598,7 @@ def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_o
     assert CorpusPrior.of(["spa_Latn", "ast_Latn"] * 50).decide({"ast_Latn": 0.6, "spa_Latn": 0.3}, "ast_Latn", 0.6) is None
     two = CorpusPrior({"spa_Latn": 100, "glg_Latn": 100})
     assert two.decide({"ast_Latn": 0.5, "spa_Latn": 0.25, "glg_Latn": 0.25}, "ast_Latn", 0.5) is None  # spa holds 49.8%
+    assert spanish.settled("ast_Latn", 0.995) and not spanish.settled("ast_Latn", 0.98) and not spanish.settled("und", 0.999)
     # The current label (a fallback model's, say) competes at its confidence even when not a candidate.
     assert spanish.decide({"ast_Latn": 0.3}, "spa_Latn", 0.4) is None
 
