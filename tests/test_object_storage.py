@@ -114,7 +114,7 @@ def test_stage1_in_s3_on_a_two_node_cluster_gives_the_local_rows(s3_run, stage1_
 def test_rerun_on_s3_is_a_no_op(s3_run, tmp_path):
     before = object_digests(s3_run)
     again = run_cli("run", str(_s3_stage1(tmp_path, s3_run)), "--quiet")
-    assert again.returncode == 0 and again.stdout.count("(done before)") == 6, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stdout.count("(done before)") == 7, again.stderr[-2000:]
     assert object_digests(s3_run) == before
 
 
@@ -160,7 +160,7 @@ def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s
     proc.wait()
     try:
         proc = start()
-        _wait_for(lambda: read_marker(f"{output}/stages/05-near_dedup") is not None, proc)
+        _wait_for(lambda: read_marker(f"{output}/stages/06-near_dedup") is not None, proc)
         s3_proxy.put_delay = 0.3  # from here on, uploads are slow enough to be caught in the middle
         _wait_for(lambda: any(p.endswith(".parquet") for p in storage.list_files(f"{output}/shards")), proc)
         kill_tree(proc.pid)
