@@ -127,6 +127,8 @@ def _eval(args: argparse.Namespace, data: Any, console: Console) -> int:
     tagger = LanguageTagger(args.model, detect_code=not args.no_code, rules=not args.no_rules, fallback=fallback, prefer_standard=not args.keep_varieties)
     if args.fragments:
         data.extend(cut(data, DEV_SIZES, seed=1))
+    if args.prior is not None and args.prior < 1:
+        raise SystemExit(f"--prior: MAX_ODDS must be at least 1, not {args.prior}")
     report, _ = evaluate(tagger, data, prior=args.prior, prior_longest=BUCKET_NAMES.index(args.prior_max_words))
     print_report(report, console, args.top)
     if args.json:

@@ -100,18 +100,18 @@ def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: f
     `prior_longest` bucket are revised with the set's own language distribution (its sure labels)
     as the prior, as the `langid_prior` stage does per source (`langid/prior.py`)."""
     predicted: list[str] = []
+    decided: list[str] = []  # `und` below the thresholds: what the stage hands `langid_prior`
     confidence: list[float] = []
-    sure: list[bool] = []
     for start in range(0, len(data), batch):
         tags = tagger.tag(data.texts[start : start + batch])
         predicted += tags.labels
+        decided += tags.decided()
         confidence += tags.confidence.tolist()
-        sure += tags.sure.tolist()
     gold = [g for g in data.labels]
     covered = tagger.covered_labels()
     if prior is not None:
-        corpus = CorpusPrior.of((label for label, s in zip(predicted, sure) if s), prior)
-        for i, (label, _) in revise(tagger, data.texts, predicted, confidence, [corpus] * len(data), prior_longest).items():
+        corpus = CorpusPrior.of(decided, prior)
+        for i, (label, _) in revise(tagger, data.texts, decided, confidence, [corpus] * len(data), prior_longest).items():
             predicted[i] = label
     if any(g.startswith(CODE_PREFIX) for g in gold):
         covered |= {g for g in gold if g.startswith(CODE_PREFIX)}

@@ -19,14 +19,19 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import regex
 
+from langid.distinct import map_distinct
 from langid.fragments import BUCKETS, bucket_indices
-from langid.labels import CODE_PREFIX, UNDETERMINED
+from langid.labels import CODE_PREFIX, UNDETERMINED, script_of
+from langid.scripts import script_present
 from langid.tagger import LanguageTagger
 
 # A text of more characters than this a word, at the longest bucket revised, is longer than that bucket
 # (no language's words are that long on average): its words are not counted (a long passage's are costly).
 CHARS_PER_WORD = 40
+_LETTER = regex.compile(r"\pL")
 
 
 def countable(label: str | None) -> bool:
@@ -34,10 +39,15 @@ def countable(label: str | None) -> bool:
     return label is not None and label != UNDETERMINED and not label.startswith(CODE_PREFIX)
 
 
+def countable_mask(labels: pa.Array) -> pa.Array:
+    """`countable`, column-wise (the labels of a batch)."""
+    return pc.fill_null(pc.and_(pc.not_equal(labels, UNDETERMINED), pc.invert(pc.starts_with(labels, CODE_PREFIX))), False)
+
+
 @dataclass(frozen=True)
 class CorpusPrior:
     counts: Mapping[str, int]  # sure labels of the corpus (a source), `countable` ones only
-    max_odds: float = 100.0  # the most the prior may favour one label over another
+    max_odds: float = 100.0  # the most the prior may favour one label over another (>= 1)
 
     @classmethod
     def of(cls, labels: Iterable[str | None], max_odds: float = 100.0) -> CorpusPrior:
@@ -47,35 +57,47 @@ class CorpusPrior:
                 counts[label] = counts.get(label, 0) + 1  # type: ignore[index]
         return cls(counts, max_odds)
 
+    def __post_init__(self) -> None:
+        if self.max_odds < 1:
+            raise ValueError(f"max_odds must be at least 1, not {self.max_odds}")
+
     @cached_property
     def _floor(self) -> float:
         """Add-one smoothed counts below this are raised to it (the odds cap)."""
         return (max(self.counts.values(), default=0) + 1) / self.max_odds
 
     def weight(self, label: str) -> float:
-        """The label's prior, up to a constant factor (only ratios matter)."""
+        """The label's prior, up to a constant factor (only ratios matter); a label that is not a
+        language (`und`, code) or that the source has not shown has the floor."""
         return max(self.counts.get(label, 0) + 1, self._floor)
 
     def settled(self, current: str | None, confidence: float) -> bool:
-        """Whether no other label can take the text: at this confidence the others hold less than
-        1/max_odds of it, which no prior within the cap makes up. Most texts are settled, and need
-        no second prediction."""
+        """A text its tagger gave a language with at least max_odds/(1 + max_odds) confidence (99% at
+        100; a script rule's 1.0) keeps it: the rule's promise that the prior never overturns a label
+        the model is that sure of. For the model's own label this follows from the cap (the others
+        hold at most 1/max_odds of its probability); for a fallback's or a group's label it is the
+        rule. Most texts are settled, and need no second prediction."""
         return countable(current) and (1.0 - confidence) * self.max_odds <= confidence
 
     def decide(self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5) -> tuple[str, float] | None:
         """The label a text takes instead of `current` (and the model's probability of it), or None
         to keep `current`. `candidates` are the model's best labels with their probabilities;
         `current` (the tagger's label, perhaps from a fallback model or a script rule) competes with
-        them at `confidence`."""
+        them at `confidence`. The new label needs `share` of the weighted mass, counting the model's
+        probability outside the candidates' languages (other labels, `und`) at the floor, so one
+        improbable candidate cannot win alone; a tie keeps `current`."""
+        if self.settled(current, confidence):
+            return None
         options = {label: p for label, p in candidates.items() if countable(label)}
         if countable(current):
             options[current] = max(options.get(current, 0.0), confidence)
         weighted = {label: p * self.weight(label) for label, p in options.items()}
-        total = sum(weighted.values())
-        if not total:
+        rest = max(0.0, 1.0 - sum(options.values())) * self._floor
+        total = sum(weighted.values()) + rest
+        if not weighted or not total:
             return None
         best = max(sorted(weighted), key=weighted.__getitem__)  # sorted: ties go the same way every run
-        if best == current or weighted[best] < share * total:
+        if best == current or weighted[best] <= weighted.get(current, 0.0) or weighted[best] < share * total:
             return None
         return best, options[best]
 
@@ -85,20 +107,27 @@ def revise(
     priors: Sequence[CorpusPrior | None], longest: int, candidates: int = 5, share: float = 0.5,
 ) -> dict[int, tuple[str, float]]:
     """The texts of at most `longest` (a length bucket's index) whose label the prior changes: index ->
-    (label, the model's probability of it). A text without a prior, tagged as code or settled (see
-    `CorpusPrior.settled`) is left alone."""
+    (label, the model's probability of it). Left alone: a text without a prior, without a letter (the
+    tagger does not identify those either), tagged as code, or settled (`CorpusPrior.settled`). As in
+    the tagger, a candidate whose script does not occur in the text is not a candidate."""
     too_long = CHARS_PER_WORD * BUCKETS[longest][2]
     rows = [
         i for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
         if text and len(text) <= too_long and prior is not None and not (label or "").startswith(CODE_PREFIX)
-        and not prior.settled(label, float(confidence[i]))
+        and not prior.settled(label, float(confidence[i])) and _LETTER.search(text)
     ]
     if rows:  # lengths only for the texts left: counting words is the costly part
         buckets = bucket_indices(pa.array([texts[i] for i in rows], pa.string()))
         rows = [i for i, bucket in zip(rows, buckets.tolist()) if bucket <= longest]
     best = tagger.candidates([texts[i] for i in rows], candidates) if rows else []  # type: ignore[misc]
+    pairs = [(j, label) for j, options in enumerate(best) for label in options if countable(label)]
+    possible = script_present(
+        pa.array([texts[rows[j]] for j, _ in pairs], pa.string()), map_distinct([label for _, label in pairs], script_of)
+    ) if pairs else []
+    impossible = {pair for pair, ok in zip(pairs, possible) if not ok}
     changed = {}
-    for i, options in zip(rows, best):
+    for j, (i, options) in enumerate(zip(rows, best)):
+        options = {label: p for label, p in options.items() if (j, label) not in impossible}
         decision = priors[i].decide(options, labels[i] or UNDETERMINED, float(confidence[i]), share)  # type: ignore[union-attr]
         if decision is not None:
             changed[i] = decision

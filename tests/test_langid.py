@@ -4,6 +4,7 @@ declared languages in the stage, evaluation and training commands."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import sysconfig
@@ -11,6 +12,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -601,6 +603,20 @@ def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_o
     assert spanish.settled("ast_Latn", 0.995) and not spanish.settled("ast_Latn", 0.98) and not spanish.settled("und", 0.999)
     # The current label (a fallback model's, say) competes at its confidence even when not a candidate.
     assert spanish.decide({"ast_Latn": 0.3}, "spa_Latn", 0.4) is None
+    # One improbable candidate does not win alone: the model's other mass counts, at the floor.
+    assert spanish.decide({"kor_Hang": 0.024}, "und", 0.0) is None and spanish.decide({"spa_Latn": 0.2}, "und", 0.0) == ("spa_Latn", 0.2)
+    assert CorpusPrior({"spa_Latn": 10, "glg_Latn": 10}).decide({"glg_Latn": 0.5, "spa_Latn": 0.5}, "spa_Latn", 0.5) is None  # a tie keeps it
+    with pytest.raises(ValueError, match="max_odds"):
+        CorpusPrior({}, max_odds=0.5)
+    # For the model's own best label, `settled` is a promise `decide` keeps, whatever the prior.
+    rng = random.Random(0)
+    for _ in range(2000):
+        probs = [rng.random() ** 4 for _ in range(6)]
+        dist = {f"l{k}_Latn": p / sum(probs) for k, p in enumerate(probs)}
+        prior = CorpusPrior({label: rng.choice([0, 1, 50, 10**6]) for label in dist}, max_odds=rng.choice([1.0, 3.0, 100.0]))
+        current = max(dist, key=dist.get)
+        if prior.settled(current, dist[current]):
+            assert prior.decide(dist, current, dist[current]) is None
 
 
 def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_path, questions, sib_dev):
@@ -612,16 +628,31 @@ def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_
     by: dict[str, list[str]] = {}
     for t, lab in zip(sib_dev.texts, sib_dev.labels):
         by.setdefault(lab, []).append(t)
-    spanish = [{"query": q, "positive": by["spa_Latn"][i % len(by["spa_Latn"])]} for i, q in enumerate(questions["spa_Latn"][:600])]
+    es_questions = questions["spa_Latn"]
+    spanish = [{"query": q, "positive": by["spa_Latn"][i % len(by["spa_Latn"])]} for i, q in enumerate(es_questions[:600])]
     asturian = [{"query": " ".join(t.split()[:4]), "positive": t} for t in by["ast_Latn"][:150]]
-    ctx = RunContext(tmp_path, ("es_qa", "ast_pairs"))
+    # Spanish questions as positives too (the positive field has its own prior); texts with no letter.
+    pairs = [{"query": q, "positive": p} for q, p in zip(es_questions[600:800], es_questions[800:1000])]
+    no_letters = [{"query": q, "positive": by["spa_Latn"][0]} for q in ("?!", "👍👍", "2015", "...")]
+    ctx = RunContext(tmp_path, ("es_qa", "ast_pairs", "es_pairs"))
     tag = ready(LangTag(LangTagConfig(stage="langid", model="short200"), ctx))
-    tagged = pa.concat_tables([tag(_stage_batch(spanish, "es_qa")), tag(_stage_batch(asturian, "ast_pairs"))])
+    batches = [_stage_batch(spanish + no_letters, "es_qa"), _stage_batch(asturian, "ast_pairs"), _stage_batch(pairs, "es_pairs")]
+    tagged = pa.concat_tables([tag(b) for b in batches])
     tagged = tagged.drop_columns([FLAGS]).append_column(FLAGS, pa.nulls(tagged.num_rows, WORK_SCHEMA.field(FLAGS).type))
+    # Three wrongly tagged Spanish questions whose row declares its language: `langid` has judged them; they stay.
+    wrong_rows = [i for i, label in enumerate(tagged.column("query_lang").to_pylist()[: len(spanish)]) if label != "spa_Latn"][:3]
+    declared = pa.array(["spa_Latn" if i in wrong_rows else None for i in range(tagged.num_rows)], pa.string())
+    tagged = tagged.set_column(tagged.schema.get_field_index(DECLARED_LANG), DECLARED_LANG, declared)
     stage = LangPrior(LangPriorConfig(stage="langid_prior", model="short200"), ctx)
     out = pa.concat_tables(stage.plan([tagged.slice(0, 400), tagged.slice(400)], tagged.num_rows))
     before, after = tagged.to_pylist(), out.to_pylist()
-    assert len(after) == len(before) and [r["id"] for r in after] == [r["id"] for r in before]
+    assert len(after) == len(before) and [r["query"] for r in after] == [r["query"] for r in before]
+    assert all(after[i]["query_lang"] == before[i]["query_lang"] and not after[i][FLAGS] for i in wrong_rows)
+    assert all(r["query_lang"] == "und" and not r[FLAGS] for r in after[len(spanish) : len(spanish) + len(no_letters)])
+    # Positives are revised with the positive field's own prior.
+    es_pairs = [(b, a) for b, a in zip(before, after) if b["source"] == "es_pairs"]
+    moved_positives = [a for b, a in es_pairs if b["positive_lang"] != a["positive_lang"]]
+    assert moved_positives and all(a["positive_lang"] == "spa_Latn" for a in moved_positives)
 
     es = slice(0, len(spanish))
     moved = [(b, a) for b, a in zip(before[es], after[es]) if b["query_lang"] != a["query_lang"]]
@@ -630,14 +661,16 @@ def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_
     assert all(a["query_lang"] == "spa_Latn" and a["cross_lingual"] is False for _, a in moved)
     assert all({"reason": PRIOR_FLAG, "language": "spa_Latn", "count": None} in a[FLAGS] for _, a in moved)
     # The Asturian source keeps its Asturian: its prior is its own.
-    ast = slice(len(spanish), None)
-    assert not any(a["query_lang"] == "spa_Latn" and b["query_lang"] != "spa_Latn" for b, a in zip(before[ast], after[ast]))
-    assert sum(r["query_lang"] == "ast_Latn" for r in after[ast]) >= sum(r["query_lang"] == "ast_Latn" for r in before[ast])
+    ast = [(b, a) for b, a in zip(before, after) if b["source"] == "ast_pairs"]
+    assert not any(a["query_lang"] == "spa_Latn" and b["query_lang"] != "spa_Latn" for b, a in ast)
+    assert sum(a["query_lang"] == "ast_Latn" for _, a in ast) >= sum(b["query_lang"] == "ast_Latn" for b, _ in ast)
     priors = json.loads((tmp_path / "langid_prior.json").read_text(encoding="utf-8"))
     es_q, ast_q = priors["es_qa"]["query"], priors["ast_pairs"]["query"]
     assert max(es_q, key=es_q.get) == "spa_Latn" and max(ast_q, key=ast_q.get) == "ast_Latn"
 
+    # The ledger counts one flag per changed field, under the new label.
+    changed = Counter(a[f"{field}_lang"] for b, a in zip(before, after) for field in ("query", "positive") if b[f"{field}_lang"] != a[f"{field}_lang"])
     pq.write_table(out, tmp_path / "out.parquet")
     ledger = count_outcomes(["langid_prior"], [str(tmp_path / "out.parquet")])
-    counted = ledger.filter((ledger["kind"] == "flagged") & (ledger["reason"] == PRIOR_FLAG))
-    assert counted["rows"].sum() == sum(f["reason"] == PRIOR_FLAG for r in after for f in r[FLAGS] or [])
+    counted = ledger.filter((ledger["kind"] == "flagged") & (ledger["reason"] == PRIOR_FLAG)).group_by("language").agg(pl.col("rows").sum())
+    assert dict(counted.iter_rows()) == dict(changed)

@@ -73,8 +73,15 @@ class LangTagConfig(StageConfig):
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
     prefer_standard: bool = Field(True, description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.")
 
-    _bucket = field_validator("pair_max_words")(classmethod(lambda cls, bucket: bucket_name(bucket)))
-    _model_exists = field_validator("model", "fallback")(classmethod(lambda cls, model, info: resolve_model(model, info)))
+    @field_validator("pair_max_words")
+    @classmethod
+    def _bucket(cls, bucket: str) -> str:
+        return bucket_name(bucket)
+
+    @field_validator("model", "fallback")
+    @classmethod
+    def _model_exists(cls, model: str | None, info: ValidationInfo) -> str | None:
+        return resolve_model(model, info)
 
     @field_validator("thresholds")
     @classmethod

@@ -8,8 +8,8 @@ queries and positives are in different languages); then each block's short texts
 (up to `max_words`) take the label that maximises the model's probability x the source's prior
 among their best candidates, where that label holds at least `share` of the candidates' weighted
 mass. A changed text is flagged `language_from_prior` (counted in the ledger under its new
-language) and `cross_lingual` is recomputed. A field whose language the source declares is left
-as `langid` set it. The priors are written to `langid_prior.json` in the run folder.
+language) and `cross_lingual` is recomputed (the ledger's `cross_lingual` count stays `langid`'s). A
+field whose language is declared (trusted or verified) is left as `langid` set it. The priors are written to `langid_prior.json` in the run folder.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from langid.fragments import BUCKET_NAMES
-from langid.labels import CODE_PREFIX, UNDETERMINED
-from langid.prior import CorpusPrior, revise
+from langid.prior import CorpusPrior, countable_mask, revise
 from langid.tagger import DEFAULT_MODEL, LanguageTagger
 from pipeline.engine.stage import DatasetStage, StageConfig
 from pipeline.ops import exchange
@@ -46,8 +45,15 @@ class LangPriorConfig(StageConfig):
     max_odds: float = Field(100.0, ge=1.0, description="The most the prior may favour one label over another (1: the model alone).")
     share: float = Field(0.5, gt=0.0, le=1.0, description="Least share of the candidates' weighted mass the new label must hold.")
 
-    _bucket = field_validator("max_words")(classmethod(lambda cls, bucket: bucket_name(bucket)))
-    _model_exists = field_validator("model")(classmethod(lambda cls, model, info: resolve_model(model, info)))
+    @field_validator("max_words")
+    @classmethod
+    def _bucket(cls, bucket: str) -> str:
+        return bucket_name(bucket)
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, model: str, info: ValidationInfo) -> str | None:
+        return resolve_model(model, info)
 
 
 class LangPrior(DatasetStage):
@@ -68,17 +74,23 @@ class LangPrior(DatasetStage):
                 counts.setdefault(source, {}).setdefault(field, {})[label] = int(n)
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         (self.context.run_dir / "langid_prior.json").write_text(json.dumps(counts, indent=1, ensure_ascii=False), encoding="utf-8")
-        declared = {f: sorted(name for name, src in self.context.sources.items() if src.declared_language(f)) for f in fields}
-        revised = exchange.submit(_revise_task, [(b, counts, declared, self.config) for b in blocks], 1)
-        return [out[0] for out in exchange.track(revised, "langid_prior: revising")]
+        # What `langid` took from a declaration (trusted or verified) stays; an ignored one did not count there either.
+        ignoring = sorted(name for name, src in self.context.sources.items() if src.language_policy == "ignored")
+        declared = {f: sorted(n for n, src in self.context.sources.items() if n not in ignoring and src.declared_language(f)) for f in fields}
+        revised = exchange.submit(_revise_task, [(b, counts, declared, ignoring, self.config) for b in blocks], 1)
+        out = [out[0] for out in exchange.track(revised, "langid_prior: revising")]
+        _tagger.cache_clear()  # in process, the model would otherwise outlive the step
+        return out
 
 
 def _count_task(block: pa.Table, fields: list[str]) -> list[pa.Table]:
     """Sure labels of a block per (source, field, label)."""
-    frames = [pl.from_arrow(block.select(["source", f"{f}_lang"])).rename({f"{f}_lang": "label"}).with_columns(field=pl.lit(f)) for f in fields]  # type: ignore[union-attr]
-    label = pl.col("label")
-    frame = pl.concat(frames).filter(label.is_not_null() & (label != UNDETERMINED) & ~label.str.starts_with(CODE_PREFIX))  # see `countable`
-    return [frame.group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n")).to_arrow()]
+    frames = []
+    for f in fields:
+        labels = block.column(f"{f}_lang")
+        sure = pa.table({"source": block.column("source"), "label": labels}).filter(countable_mask(labels))
+        frames.append(pl.from_arrow(sure).with_columns(field=pl.lit(f)))  # type: ignore[union-attr]
+    return [pl.concat(frames).group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n")).to_arrow()]
 
 
 @lru_cache(maxsize=4)
@@ -87,17 +99,20 @@ def _tagger(model: str) -> LanguageTagger:
     return LanguageTagger(model, detect_code=False, rules=False)
 
 
-def _revise_task(block: pa.Table, counts: dict[str, dict[str, dict[str, int]]], declared: dict[str, list[str]], config: LangPriorConfig) -> list[pa.Table]:
+def _revise_task(
+    block: pa.Table, counts: dict[str, dict[str, dict[str, int]]], declared: dict[str, list[str]], ignoring: list[str], config: LangPriorConfig
+) -> list[pa.Table]:
     tagger = _tagger(config.model)
     sources = block.column("source").to_pylist()
-    row_declared = block.column(DECLARED_LANG).is_valid().to_numpy(zero_copy_only=False)
+    # A row's own declaration counts unless its source ignores declarations (as in `langid`).
+    row_declared = block.column(DECLARED_LANG).is_valid().to_numpy(zero_copy_only=False) & ~np.isin(sources, ignoring)
     flags: list[tuple[int, str]] = []
     for field in config.fields:
-        trusted = set(declared[field])
+        declaring = set(declared[field])
         priors = {source: CorpusPrior(by_field[field], config.max_odds) for source, by_field in counts.items() if field in by_field}
         labels = block.column(f"{field}_lang").to_pylist()
         conf = block.column(f"{field}_lang_conf").to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-        field_priors = [None if s in trusted or row_declared[i] else priors.get(s) for i, s in enumerate(sources)]
+        field_priors = [None if s in declaring or row_declared[i] else priors.get(s) for i, s in enumerate(sources)]
         texts = block.column(field).to_pylist()
         changed = revise(tagger, texts, labels, np.nan_to_num(conf), field_priors, BUCKET_NAMES.index(config.max_words), config.candidates, config.share)
         for i, (label, p) in changed.items():
@@ -107,7 +122,6 @@ def _revise_task(block: pa.Table, counts: dict[str, dict[str, dict[str, int]]], 
         block = replace_column(block, f"{field}_lang", lang)
         block = replace_column(block, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=lang.is_null().to_numpy(zero_copy_only=False)))
     block = replace_column(block, "cross_lingual", cross_lingual(block.column("query_lang").combine_chunks(), block.column("positive_lang").combine_chunks()))
-    flags.sort()
     rows = np.array([i for i, _ in flags], dtype=np.int64)
     values = pa.StructArray.from_arrays(
         [pa.array([PRIOR_FLAG] * len(flags), pa.string()), pa.array([label for _, label in flags], pa.string()), pa.nulls(len(flags), pa.int32())],
