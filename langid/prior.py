@@ -79,20 +79,23 @@ class CorpusPrior:
         rule. Most texts are settled, and need no second prediction."""
         return countable(current) and (1.0 - confidence) * self.max_odds <= confidence
 
-    def decide(self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5) -> tuple[str, float] | None:
+    def decide(
+        self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5, impossible: float = 0.0
+    ) -> tuple[str, float] | None:
         """The label a text takes instead of `current` (and the model's probability of it), or None
         to keep `current`. `candidates` are the model's best labels with their probabilities;
         `current` (the tagger's label, perhaps from a fallback model or a script rule) competes with
         them at `confidence`. The new label needs `share` of the weighted mass, counting the model's
         probability outside the candidates' languages (other labels, `und`) at the floor, so one
-        improbable candidate cannot win alone; a tie keeps `current`."""
+        improbable candidate cannot win alone, except the `impossible` mass: that of labels known to
+        be wrong (their script is not in the text). A tie keeps `current`."""
         if self.settled(current, confidence):
             return None
         options = {label: p for label, p in candidates.items() if countable(label)}
         if countable(current):
             options[current] = max(options.get(current, 0.0), confidence)
         weighted = {label: p * self.weight(label) for label, p in options.items()}
-        rest = max(0.0, 1.0 - sum(options.values())) * self._floor
+        rest = max(0.0, 1.0 - sum(options.values()) - impossible) * self._floor
         total = sum(weighted.values()) + rest
         if not weighted or not total:
             return None
@@ -109,7 +112,8 @@ def revise(
     """The texts of at most `longest` (a length bucket's index) whose label the prior changes: index ->
     (label, the model's probability of it). Left alone: a text without a prior, without a letter (the
     tagger does not identify those either), tagged as code, or settled (`CorpusPrior.settled`). As in
-    the tagger, a candidate whose script does not occur in the text is not a candidate."""
+    the tagger, a candidate whose script does not occur in the text is not a candidate, and its
+    probability is set aside (a pure-Han question lid176 calls English is not English)."""
     too_long = CHARS_PER_WORD * BUCKETS[longest][2]
     rows = [
         i for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
@@ -127,8 +131,9 @@ def revise(
     impossible = {pair for pair, ok in zip(pairs, possible) if not ok}
     changed = {}
     for j, (i, options) in enumerate(zip(rows, best)):
+        wrong = sum(p for label, p in options.items() if (j, label) in impossible)
         options = {label: p for label, p in options.items() if (j, label) not in impossible}
-        decision = priors[i].decide(options, labels[i] or UNDETERMINED, float(confidence[i]), share)  # type: ignore[union-attr]
+        decision = priors[i].decide(options, labels[i] or UNDETERMINED, float(confidence[i]), share, wrong)  # type: ignore[union-attr]
         if decision is not None:
             changed[i] = decision
     return changed

@@ -606,6 +606,9 @@ def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_o
     # One improbable candidate does not win alone: the model's other mass counts, at the floor.
     assert spanish.decide({"kor_Hang": 0.024}, "und", 0.0) is None and spanish.decide({"spa_Latn": 0.2}, "und", 0.0) == ("spa_Latn", 0.2)
     assert CorpusPrior({"spa_Latn": 10, "glg_Latn": 10}).decide({"glg_Latn": 0.5, "spa_Latn": 0.5}, "spa_Latn", 0.5) is None  # a tie keeps it
+    # Mass known to be wrong (labels whose script the text lacks) is set aside, not counted against the others.
+    assert spanish.decide({"spa_Latn": 0.005}, "und", 0.0) is None
+    assert spanish.decide({"spa_Latn": 0.005}, "und", 0.0, impossible=0.99) == ("spa_Latn", 0.005)
     with pytest.raises(ValueError, match="max_odds"):
         CorpusPrior({}, max_odds=0.5)
     # For the model's own best label, `settled` is a promise `decide` keeps, whatever the prior.
