@@ -60,9 +60,14 @@ def script_switches() -> dict[str, dict[str, str]]:
     return out
 
 
+def is_language(label: str | None) -> bool:
+    """A natural language's label: not missing, `und` or `code:<lang>`."""
+    return label is not None and label != UNDETERMINED and not label.startswith(CODE_PREFIX)
+
+
 def is_scheme_label(label: str) -> bool:
     """`xxx_Xxxx` (ISO 639-3 + ISO 15924), or the special labels."""
-    if label == UNDETERMINED or label.startswith(CODE_PREFIX):
+    if not is_language(label):
         return True
     lang, _, script = label.partition("_")
     return len(lang) == 3 and lang.isalpha() and lang.islower() and len(script) == 4 and script.isalpha() and script[0].isupper()
@@ -71,7 +76,7 @@ def is_scheme_label(label: str) -> bool:
 @lru_cache(maxsize=65536)
 def canonical(label: str) -> str:
     """A scheme label (or a bare ISO 639-3 code) with equivalent codes unified: `zho_Hans` -> `cmn_Hans`."""
-    if label == UNDETERMINED or label.startswith(CODE_PREFIX):
+    if not is_language(label):
         return label
     lang, sep, script = label.partition("_")
     return equivalents().get(lang, lang) + sep + script
@@ -101,7 +106,7 @@ class LabelMapper:
     def plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
         """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
         label = raw.removeprefix("__label__")
-        if label.startswith(CODE_PREFIX) or label == UNDETERMINED:
+        if not is_language(label):
             return label, ()
         if is_scheme_label(label):  # GlotLID / OpenLID / SIB-200 style: the model says the script
             lang, _, script = canonical(label).partition("_")

@@ -14,6 +14,7 @@ frequencies are needed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +25,7 @@ import regex
 
 from langid.distinct import map_distinct
 from langid.fragments import BUCKETS, bucket_indices
-from langid.labels import CODE_PREFIX, UNDETERMINED, script_of
+from langid.labels import CODE_PREFIX, UNDETERMINED, is_language, script_of
 from langid.scripts import script_present
 from langid.tagger import LanguageTagger
 
@@ -34,28 +35,19 @@ CHARS_PER_WORD = 40
 _LETTER = regex.compile(r"\pL")
 
 
-def countable(label: str | None) -> bool:
-    """Labels that are evidence of a natural language (not missing, `und` or source code)."""
-    return label is not None and label != UNDETERMINED and not label.startswith(CODE_PREFIX)
-
-
-def countable_mask(labels: pa.Array) -> pa.Array:
-    """`countable`, column-wise (the labels of a batch)."""
+def language_mask(labels: pa.Array) -> pa.Array:
+    """`is_language`, column-wise (the labels of a batch)."""
     return pc.fill_null(pc.and_(pc.not_equal(labels, UNDETERMINED), pc.invert(pc.starts_with(labels, CODE_PREFIX))), False)
 
 
 @dataclass(frozen=True)
 class CorpusPrior:
-    counts: Mapping[str, int]  # sure labels of the corpus (a source), `countable` ones only
+    counts: Mapping[str, int]  # sure labels of the corpus (a source), `is_language` ones only
     max_odds: float = 100.0  # the most the prior may favour one label over another (>= 1)
 
     @classmethod
     def of(cls, labels: Iterable[str | None], max_odds: float = 100.0) -> CorpusPrior:
-        counts: dict[str, int] = {}
-        for label in labels:
-            if countable(label):
-                counts[label] = counts.get(label, 0) + 1  # type: ignore[index]
-        return cls(counts, max_odds)
+        return cls(Counter(label for label in labels if is_language(label)), max_odds)  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         if self.max_odds < 1:
@@ -77,7 +69,7 @@ class CorpusPrior:
         the model is that sure of. For the model's own label this follows from the cap (the others
         hold at most 1/max_odds of its probability); for a fallback's or a group's label it is the
         rule. Most texts are settled, and need no second prediction."""
-        return countable(current) and (1.0 - confidence) * self.max_odds <= confidence
+        return is_language(current) and (1.0 - confidence) * self.max_odds <= confidence
 
     def decide(
         self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5, impossible: float = 0.0
@@ -91,8 +83,8 @@ class CorpusPrior:
         be wrong (their script is not in the text). A tie keeps `current`."""
         if self.settled(current, confidence):
             return None
-        options = {label: p for label, p in candidates.items() if countable(label)}
-        if countable(current):
+        options = {label: p for label, p in candidates.items() if is_language(label)}
+        if is_language(current):
             options[current] = max(options.get(current, 0.0), confidence)
         weighted = {label: p * self.weight(label) for label, p in options.items()}
         rest = max(0.0, 1.0 - sum(options.values()) - impossible) * self._floor
@@ -124,7 +116,7 @@ def revise(
         buckets = bucket_indices(pa.array([texts[i] for i in rows], pa.string()))
         rows = [i for i, bucket in zip(rows, buckets.tolist()) if bucket <= longest]
     best = tagger.candidates([texts[i] for i in rows], candidates) if rows else []  # type: ignore[misc]
-    pairs = [(j, label) for j, options in enumerate(best) for label in options if countable(label)]
+    pairs = [(j, label) for j, options in enumerate(best) for label in options if is_language(label)]
     possible = script_present(
         pa.array([texts[rows[j]] for j, _ in pairs], pa.string()), map_distinct([label for _, label in pairs], script_of)
     ) if pairs else []

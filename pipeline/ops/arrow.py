@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sources.record import FLAG_TYPE
+
 # Horizontal whitespace for Arrow's RE2 regexes, whose `\s` is ASCII-only: this adds no-break and
 # the other Unicode spaces, so "a\u00a0b" and "a b" normalise alike.
 _OTHER_SPACES = r"\t\x{0B}\x{0C}\x{A0}\x{1680}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}"
@@ -47,6 +49,12 @@ def lists_by_row(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
     counts = np.bincount(rows, minlength=n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
     return pa.ListArray.from_arrays(offsets, values.take(order), mask=pa.array(counts == 0))
+
+
+def flag_lists(n: int, rows: np.ndarray, reasons: pa.Array, languages: pa.Array) -> pa.Array:
+    """The flags column of `n` rows from one (row, reason, language) entry per flag (no counts)."""
+    values = pa.StructArray.from_arrays([reasons, languages, pa.nulls(len(rows), pa.int32())], fields=list(FLAG_TYPE))
+    return lists_by_row(n, rows, values)
 
 
 def set_where(column: pa.Array, mask: pa.Array, value: object) -> pa.Array:

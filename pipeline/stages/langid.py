@@ -28,8 +28,8 @@ from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
 from langid.labels import CODE_PREFIX, is_scheme_label, language_of
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
 from pipeline.engine.stage import Stage, StageConfig
-from pipeline.ops.arrow import lists_by_row, replace_column
-from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
+from pipeline.ops.arrow import flag_lists, replace_column
+from sources.record import DECLARED_LANG, FLAGS
 from sources.settings import from_manifest
 
 PAIR_FLAG = "language_from_pair"
@@ -260,8 +260,7 @@ class LangTag(Stage):
         rows = np.concatenate([np.array([f[0] for f in flags], dtype=np.int64), crossed])
         reasons = pa.array([f[1] for f in flags] + ["cross_lingual"] * len(crossed), pa.string())
         languages = pa.concat_arrays([pa.array([f[2] for f in flags], pa.string()), query.take(pa.array(crossed, pa.int64()))])
-        values = pa.StructArray.from_arrays([reasons, languages, pa.nulls(len(rows), pa.int32())], fields=list(FLAG_TYPE))
-        batch = replace_column(batch, FLAGS, lists_by_row(n, rows, values))
+        batch = replace_column(batch, FLAGS, flag_lists(n, rows, reasons, languages))
         return self.drop(batch, drop, detail)
 
 

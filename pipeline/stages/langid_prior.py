@@ -24,13 +24,13 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
 from langid.fragments import BUCKET_NAMES
-from langid.prior import CorpusPrior, countable_mask, revise
+from langid.prior import CorpusPrior, language_mask, revise
 from langid.tagger import DEFAULT_MODEL, LanguageTagger
 from pipeline.engine.stage import DatasetStage, StageConfig
 from pipeline.ops import exchange
-from pipeline.ops.arrow import lists_by_row, replace_column
+from pipeline.ops.arrow import flag_lists, replace_column
 from pipeline.stages.langid import bucket_name, cross_lingual, resolve_model
-from sources.record import DECLARED_LANG, FLAG_TYPE, FLAGS
+from sources.record import DECLARED_LANG, FLAGS
 
 PRIOR_FLAG = "language_from_prior"
 TextField = Literal["query", "positive"]
@@ -88,7 +88,7 @@ def _count_task(block: pa.Table, fields: list[str]) -> list[pa.Table]:
     frames = []
     for f in fields:
         labels = block.column(f"{f}_lang")
-        sure = pa.table({"source": block.column("source"), "label": labels}).filter(countable_mask(labels))
+        sure = pa.table({"source": block.column("source"), "label": labels}).filter(language_mask(labels))
         frames.append(pl.from_arrow(sure).with_columns(field=pl.lit(f)))  # type: ignore[union-attr]
     return [pl.concat(frames).group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n")).to_arrow()]
 
@@ -123,8 +123,5 @@ def _revise_task(
         block = replace_column(block, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=lang.is_null().to_numpy(zero_copy_only=False)))
     block = replace_column(block, "cross_lingual", cross_lingual(block.column("query_lang").combine_chunks(), block.column("positive_lang").combine_chunks()))
     rows = np.array([i for i, _ in flags], dtype=np.int64)
-    values = pa.StructArray.from_arrays(
-        [pa.array([PRIOR_FLAG] * len(flags), pa.string()), pa.array([label for _, label in flags], pa.string()), pa.nulls(len(flags), pa.int32())],
-        fields=list(FLAG_TYPE),
-    )
-    return [replace_column(block, FLAGS, lists_by_row(block.num_rows, rows, values))]
+    reasons, languages = pa.array([PRIOR_FLAG] * len(flags), pa.string()), pa.array([label for _, label in flags], pa.string())
+    return [replace_column(block, FLAGS, flag_lists(block.num_rows, rows, reasons, languages))]
