@@ -34,6 +34,22 @@ _RE2_CLASS = {"Hans": r"\p{Han}", "Hant": r"\p{Han}", "Jpan": r"[\p{Han}\p{Hirag
 KANA_FREE_HAN = 6
 
 
+def mostly_han(texts: pa.Array) -> np.ndarray:
+    """Per text, whether it is Chinese by its script: at least `KANA_FREE_HAN` Han characters, no
+    kana, and no more letters of other scripts than Han characters (a Chinese question naming
+    `IPCC` or `Merit` is still Chinese; a Han character is a morpheme, worth several letters).
+    Texts without Han are ruled out in one pass; only the others are counted."""
+    out = pc.fill_null(pc.match_substring_regex(texts, r"\p{Han}"), False).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(out)
+    if len(rows):
+        some = texts.take(pa.array(rows, pa.int64()))
+        han = pc.count_substring_regex(some, r"\p{Han}")
+        enough = pc.and_(pc.greater_equal(han, KANA_FREE_HAN), pc.greater_equal(pc.multiply(han, 2), pc.count_substring_regex(some, r"\pL")))
+        ok = pc.and_(enough, pc.invert(pc.match_substring_regex(some, r"[\p{Hiragana}\p{Katakana}]")))
+        out[rows] = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    return out
+
+
 def script_present(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
     """Per text, whether it contains any character of the script paired with it (`Latn`, `Hans`...),
     and for `Jpan` some kana unless it has fewer than `KANA_FREE_HAN` Han characters; True for

@@ -41,11 +41,14 @@ def read_thresholds(path: Path) -> dict[str, np.ndarray]:
 
 class Thresholds:
     """Per text, the confidence its label needs: the manifest's override for the label, else the
-    model's table at the text's length bucket, else `default`."""
+    model's table at the text's length bucket but at least `default`, else `default`. The floor
+    matters for tables calibrated on language-balanced dev data (short200's is 0 for most labels on
+    sentences: there 90% of a label's predictions are right at any confidence), where a real source's
+    texts are in a few languages and a rare label's weak prediction is mostly wrong."""
 
     def __init__(self, table: dict[str, np.ndarray], default: float, overrides: dict[str, float] | None = None):
         self.table = {
-            **table,
+            **{label: np.maximum(row, default) for label, row in table.items()},
             **{label: np.full(len(BUCKET_NAMES), v, dtype=np.float32) for label, v in (overrides or {}).items()},
         }
         self.default = default
