@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress
 
 import pyarrow as pa
 
 from langid.corpora import Labelled
-from langid.fragments import BUCKET_NAMES, bucket_indices
+from langid.fragments import BUCKET_NAMES, bucket_index, bucket_indices
 from langid.labels import CODE_PREFIX, canonical, language_of
-from langid.prior import CorpusPrior, revise
+from langid.prior import COUNTED_FROM, CorpusPrior, revise
 from langid.tagger import LanguageTagger
 
 
@@ -97,8 +98,8 @@ def score_by_bucket(texts: list[str], gold: list[str], predicted: list[str], cov
 def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: float | None = None, prior_longest: int = 3) -> tuple[Report, list[str]]:
     """Tag `data` with `tagger` (no confidence threshold) and score it, overall and per length
     bucket; also returns the predictions. With `prior` (its `max_odds`), texts of at most the
-    `prior_longest` bucket are revised with the set's own language distribution (its sure labels)
-    as the prior, as the `langid_prior` stage does per source (`langid/prior.py`)."""
+    `prior_longest` bucket are revised with the set's own language distribution (the sure labels of
+    its texts of `COUNTED_FROM` words or more) as the prior, as the `langid_prior` stage does per source (`langid/prior.py`)."""
     predicted: list[str] = []
     decided: list[str] = []  # `und` below the thresholds: what the stage hands `langid_prior`
     confidence: list[float] = []
@@ -110,7 +111,8 @@ def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: f
     gold = [g for g in data.labels]
     covered = tagger.covered_labels()
     if prior is not None:
-        corpus = CorpusPrior.of(decided, prior)
+        reliable = bucket_indices(pa.array(data.texts, pa.string())) >= bucket_index(COUNTED_FROM)
+        corpus = CorpusPrior.counted(CorpusPrior.counts_of(compress(decided, reliable)), CorpusPrior.counts_of(decided), prior)
         for i, (label, _) in revise(tagger, data.texts, decided, confidence, [corpus] * len(data), prior_longest).items():
             predicted[i] = label
     if any(g.startswith(CODE_PREFIX) for g in gold):

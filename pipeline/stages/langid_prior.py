@@ -4,7 +4,8 @@ A model trained on language-balanced data spreads short Spanish queries over Ast
 and short Hindi ones over Bhojpuri and Awadhi; the source they come from says which is likely. Two
 rounds of tasks, no rows on the driver: each block counts the sure labels (`query_lang`,
 `positive_lang`: what `langid` kept above its thresholds) per source and field (a bitext source's
-queries and positives are in different languages); then each block's short texts
+queries and positives are in different languages), those of texts of 6 words or more apart (the
+prior is counted on them where a source has 100, `langid/prior.py`); then each block's short texts
 (up to `max_words`) take the label that maximises the model's probability x the source's prior
 among their best candidates, where that label holds at least `share` of the candidates' weighted
 mass. A changed text is flagged `language_from_prior` (counted in the ledger under its new
@@ -23,8 +24,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
-from langid.fragments import BUCKET_NAMES
-from langid.prior import CorpusPrior, language_mask, revise
+from langid.fragments import BUCKET_NAMES, bucket_indices
+from langid.prior import CANDIDATES, COUNTED_FROM, CorpusPrior, language_mask, revise
 from langid.tagger import DEFAULT_MODEL, LanguageTagger
 from pipeline.engine.stage import DatasetStage, StageConfig
 from pipeline.ops import exchange
@@ -41,7 +42,7 @@ class LangPriorConfig(StageConfig):
     model: str = Field(DEFAULT_MODEL, description="The model whose candidates the prior weighs: the `langid` stage's `model`.")
     fields: list[TextField] = Field(["query", "positive"], min_length=1, description="The text fields revised.")
     max_words: str = Field("6-15", description=f"Longest length bucket revised ({', '.join(BUCKET_NAMES)}).")
-    candidates: int = Field(5, ge=1, le=20, description="How many of the model's best labels compete.")
+    candidates: int = Field(CANDIDATES, ge=1, le=50, description="How many of the model's best labels compete.")
     max_odds: float = Field(100.0, ge=1.0, description="The most the prior may favour one label over another (1: the model alone).")
     share: float = Field(0.5, gt=0.0, le=1.0, description="Least share of the candidates' weighted mass the new label must hold.")
 
@@ -67,11 +68,17 @@ class LangPrior(DatasetStage):
         fields = self.config.fields
         per_block = exchange.track(exchange.submit(_count_task, [(b, fields) for b in blocks], 1), "langid_prior: counts")
         tables = [pl.from_arrow(exchange.get(out[0])) for out in per_block]  # (source, label) pairs: small
-        counts: dict[str, dict[str, dict[str, int]]] = {}  # source -> field -> label -> sure texts
+        every: dict[tuple[str, str], dict[str, int]] = {}  # (source, field) -> label -> sure texts
+        reliable: dict[tuple[str, str], dict[str, int]] = {}  # the same, of COUNTED_FROM words or more
         if tables:
-            grouped = pl.concat(tables).group_by("source", "field", "label").agg(pl.col("n").sum()).sort("source", "field", "label")
-            for source, field, label, n in grouped.iter_rows():
-                counts.setdefault(source, {}).setdefault(field, {})[label] = int(n)
+            grouped = pl.concat(tables).group_by("source", "field", "label").agg(pl.col("n", "reliable").sum()).sort("source", "field", "label")
+            for source, field, label, n, long in grouped.iter_rows():
+                every.setdefault((source, field), {})[label] = int(n)
+                if long:
+                    reliable.setdefault((source, field), {})[label] = int(long)
+        counts: dict[str, dict[str, dict[str, int]]] = {}  # source -> field -> label -> the prior's counts
+        for (source, field), labels in every.items():
+            counts.setdefault(source, {})[field] = dict(CorpusPrior.counted(reliable.get((source, field), {}), labels).counts)
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         (self.context.run_dir / "langid_prior.json").write_text(json.dumps(counts, indent=1, ensure_ascii=False), encoding="utf-8")
         # What `langid` took from a declaration (trusted or verified) stays; an ignored one did not count there either.
@@ -84,13 +91,16 @@ class LangPrior(DatasetStage):
 
 
 def _count_task(block: pa.Table, fields: list[str]) -> list[pa.Table]:
-    """Sure labels of a block per (source, field, label)."""
+    """Sure labels of a block per (source, field, label): all (`n`) and those of texts of
+    `COUNTED_FROM` words or more (`reliable`)."""
     frames = []
     for f in fields:
         labels = block.column(f"{f}_lang")
-        sure = pa.table({"source": block.column("source"), "label": labels}).filter(language_mask(labels))
-        frames.append(pl.from_arrow(sure).with_columns(field=pl.lit(f)))  # type: ignore[union-attr]
-    return [pl.concat(frames).group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n")).to_arrow()]
+        sure = pa.table({"source": block.column("source"), "label": labels, "text": block.column(f)}).filter(language_mask(labels))
+        reliable = bucket_indices(sure.column("text").combine_chunks()) >= BUCKET_NAMES.index(COUNTED_FROM)
+        frames.append(pl.from_arrow(sure.drop(["text"])).with_columns(field=pl.lit(f), reliable=pl.Series(reliable)))  # type: ignore[union-attr]
+    counts = pl.concat(frames).group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n"), pl.col("reliable").sum().cast(pl.Int64))
+    return [counts.to_arrow()]
 
 
 @lru_cache(maxsize=4)
