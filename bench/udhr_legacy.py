@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from langid.labels import canonical, language_of  # noqa: E402
-from langid.tagger import LanguageTagger  # noqa: E402
+from langid.tagger import DEFAULT_FALLBACK, LanguageTagger  # noqa: E402
 from sources.config import SourceConfig  # noqa: E402
 from sources.reader import Unit, read_unit  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
     args = parser.parse_args()
-    tagger = LanguageTagger(detect_code=False)
+    tagger = LanguageTagger(detect_code=False, fallback=DEFAULT_FALLBACK)
     covered = {language_of(c) for c in tagger.covered_labels()}
     rows, stats = [], Counter()
     with zipfile.ZipFile(UDHR) as archive, tempfile.TemporaryDirectory() as tmp:
