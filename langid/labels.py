@@ -60,6 +60,7 @@ def script_switches() -> dict[str, dict[str, str]]:
     return out
 
 
+@lru_cache(maxsize=4096)  # a few hundred labels, asked about per text and candidate
 def is_language(label: str | None) -> bool:
     """A natural language's label: not missing, `und` or `code:<lang>`."""
     return label is not None and label != UNDETERMINED and not label.startswith(CODE_PREFIX)

@@ -76,10 +76,14 @@ class CorpusPrior:
         """Add-one smoothed counts below this are raised to it (the odds cap)."""
         return (max(self.counts.values(), default=0) + 1) / self.max_odds
 
+    @cached_property
+    def _weights(self) -> dict[str, float]:
+        return {label: max(n + 1, self._floor) for label, n in self.counts.items()}
+
     def weight(self, label: str) -> float:
         """The label's prior, up to a constant factor (only ratios matter); a label that is not a
         language (`und`, code) or that the source has not shown has the floor."""
-        return max(self.counts.get(label, 0) + 1, self._floor)
+        return self._weights.get(label, self._floor)
 
     def settled(self, current: str | None, confidence: float) -> bool:
         """A text its tagger gave a language with at least max_odds/(1 + max_odds) confidence (99% at

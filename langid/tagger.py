@@ -299,7 +299,14 @@ class LanguageTagger:
         labels[rows], confidence[rows], sure[rows] = theirs[take], other.confidence[take], True
 
     def candidates(self, texts: list[str], k: int = 5) -> list[dict[str, float]]:
-        """The model's `k` best labels per text with their probabilities (for the pair-context rule)."""
-        lines = [_one_line(t, self.max_chars) for t in texts]
-        raw, probs = self.model.predict(lines, k=k)
-        return [{self.map_label(r, line): float(p) for r, p in zip(rs, ps)} for line, rs, ps in zip(lines, raw, probs)]
+        """The model's `k` best labels per text with their probabilities (for the pair-context rule
+        and the prior), mapped per distinct raw label; where two raw labels map to one, the more
+        probable stands."""
+        lines = [_one_line(t, self.max_chars) + "\n" for t in texts]
+        raw, probs = self.model.f.multilinePredict(lines, k, 0.0, "strict")
+        owner = [j for j, labels in enumerate(raw) for _ in labels]
+        mapped = self.map_label.many([r for labels in raw for r in labels], [lines[j] for j in owner])
+        out: list[dict[str, float]] = [{} for _ in texts]
+        for j, label, p in zip(owner, mapped.tolist(), (p for ps in probs for p in ps)):
+            out[j].setdefault(label, min(float(p), 1.0))
+        return out
