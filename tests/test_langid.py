@@ -571,6 +571,19 @@ def test_a_text_chinese_by_its_script_is_chinese_where_the_models_label_cannot_b
     assert not mostly_han(pa.array([*japanese, "Energiprojekt AB公司位于何处?", "東京大学", None])).any()
 
 
+def test_candidates_keep_the_more_probable_of_two_raw_labels_for_one_language():
+    """short200's `urd_Arab` read on Devanagari text is Hindi, as is its `hin_Deva`: the candidate keeps
+    Hindi's own probability, not Urdu's tiny one (which, kept last, had hidden Hindi from the prior)."""
+    tagger = LanguageTagger("short200")
+    question = "डिवीजनल राउंड में ब्रोंकोस से कौन हारा?"  # XQuAD-R dev: "Who lost to the Broncos in the divisional round?"
+    raw, probs = tagger.model.predict(question, k=20)
+    prob = dict(zip(raw, probs))
+    assert {"__label__hin_Deva", "__label__urd_Arab"} <= prob.keys() and prob["__label__urd_Arab"] < prob["__label__hin_Deva"] / 100
+    best = tagger.candidates([question], 20)[0]
+    assert best["hin_Deva"] == pytest.approx(min(prob["__label__hin_Deva"], 1.0)) and "urd_Arab" not in best
+    assert list(best.values()) == sorted(best.values(), reverse=True) and len(best) == 19
+
+
 # Two-word fragments of XQuAD-R dev questions that short200 (with lid176 as fallback) is unsure of (below their
 # thresholds: `und`), with their language among the model's 5 best candidates.
 PAIR_QUERIES = [("Wer verlor", "deu_Latn"), ("Panthers defense", "eng_Latn"), ("la AFC", "spa_Latn"), ("сезоне 2015", "rus_Cyrl")]
