@@ -99,7 +99,8 @@ def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: f
     """Tag `data` with `tagger` (no confidence threshold) and score it, overall and per length
     bucket; also returns the predictions. With `prior` (its `max_odds`), texts of at most the
     `prior_longest` bucket are revised with the set's own language distribution (the sure labels of
-    its texts of `COUNTED_FROM` words or more) as the prior, as the `langid_prior` stage does per source (`langid/prior.py`)."""
+    its texts of `COUNTED_FROM` words or more) as the prior, as the `langid_prior` stage does per
+    source (`langid/prior.py`)."""
     predicted: list[str] = []
     decided: list[str] = []  # `und` below the thresholds: what the stage hands `langid_prior`
     confidence: list[float] = []

@@ -6,9 +6,10 @@ the corpus it comes from can: a source whose texts are Spanish asks Spanish ques
 each label's share of the source's sure labels, add-one smoothed (a language the source has not
 shown keeps a chance), counted on its texts of `COUNTED_FROM` words or more where it has at least
 `MIN_COUNTED` of them: the model reads those reliably, while its errors on short texts would vote
-for themselves (short200 calls 68 of XQuAD-R dev's short Spanish questions Asturian). A text takes the label that maximises the model's probability x the prior among its best
-candidates when that label holds at least `share` of the candidates' weighted mass (Bayes' rule: the
-model was trained with every language alike). The prior's odds between two labels are capped at
+for themselves (short200 calls 68 of XQuAD-R dev's short Spanish questions Asturian). A text takes
+the label that maximises the model's probability x the prior among its best candidates when that
+label holds at least `share` of the candidates' weighted mass (Bayes' rule: the model was trained
+with every language alike). The prior's odds between two labels are capped at
 `max_odds`, so a text the model is surer of than that keeps its label however rare its language is
 in the source. A balanced corpus gives a flat prior and changes little; no outside language
 frequencies are needed.

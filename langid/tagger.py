@@ -242,8 +242,8 @@ class LanguageTagger:
     def _chinese(texts: pa.Array, scripts: pa.Array, impossible: np.ndarray) -> np.ndarray:
         """Which texts are Chinese by their script (`mostly_han`: 6+ Han characters, no kana, Han
         the majority of letters) although the model gave them a label impossible for them or not
-        written in Han. Models see a Han run as one rare word and let a Latin acronym beside it
-        decide (short200 called `IPCC 说错了什么？` Xhosa), or call such questions Japanese,
+        written in Han. Models see a Han run as one rare word and let a Latin word beside it
+        decide (short200 called `密歇根州为什么组成了Merit网络` Maltese), or call such questions Japanese,
         English or Cebuano without Chinese among their 3 best labels (lid.176: 13 of XQuAD-R
         dev's 1,190 were left `und`)."""
         out = np.zeros(len(texts), dtype=bool)

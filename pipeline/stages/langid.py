@@ -95,7 +95,7 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage):
     name = "langid"
     config_model = LangTagConfig
-    version = "5"
+    version = "6"  # 6: Chinese by script, min_confidence as a floor under the model's table
     reads = ("query", "positive", "negatives")  # negatives as texts: the validator refuses langid after they are stored by id
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
     config: LangTagConfig

@@ -60,6 +60,7 @@ class LangPriorConfig(StageConfig):
 class LangPrior(DatasetStage):
     name = "langid_prior"
     config_model = LangPriorConfig
+    version = "2"  # 2: counted on 6+-word texts; candidates mapped keeping the more probable
     reads = ("query_lang", "positive_lang")
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "cross_lingual")
     config: LangPriorConfig
