@@ -99,7 +99,7 @@ def _manifest(folder: Path, model: Path) -> Path:
         }
     ]
     stages = [
-        {"stage": "langid"},
+        {"stage": "langid", "model": "lid176"},  # the faster model: which one tags does not matter here
         {"stage": "mine_negatives", "retriever": "dense", "model": str(model), "shard_queries": 40},
     ]
     return write_manifest(folder, sources, stages)

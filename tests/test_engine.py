@@ -76,7 +76,8 @@ def test_fused_every_step_pooled_and_ray_give_the_same_ledger_and_shards_and_set
     included), fused and not: one result."""
     registry = Registry((*(REGISTRY[n] for n in REGISTRY.names()), ShortQueries))
     log = tmp_path / "setups.log"
-    stages = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "short_queries", "max_chars": 45, "log": str(log)},
+    # lid176, the faster model, for speed: which model tags does not matter to this test.
+    stages = [{"stage": "normalize"}, {"stage": "langid", "model": "lid176"}, {"stage": "short_queries", "max_chars": 45, "log": str(log)},
               {"stage": "decontaminate", "eval_sets": [{"name": "heldout", "path": str(SAMPLES / "xquad_r_heldout" / "de.jsonl.gz"),
                                                        "columns": ["question", "context"]}]},
               {"stage": "exact_dedup", "key": ["positive"]}, {"stage": "near_dedup", "fields": ["query"], "threshold": 0.3}]
