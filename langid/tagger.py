@@ -256,15 +256,21 @@ class LanguageTagger:
     def _next_possible(self, texts: pa.Array, lines: list[str], rows: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:
         """Gives each of `rows` (texts whose best label is impossible) the model's best label among
         its next `NEXT_CANDIDATES` whose script occurs in the text; the others stay `und`."""
-        raw, probs = self.model.f.multilinePredict([lines[i] for i in rows.tolist()], NEXT_CANDIDATES + 1, 0.0, "strict")
-        owner = np.fromiter((j for j, cands in enumerate(raw) for _ in cands[1:]), dtype=np.int64)
-        candidates = self.map_label.many([r for cands in raw for r in cands[1:]], [lines[rows[j]] for j in owner.tolist()])
+        some = [lines[i] for i in rows.tolist()]
+        raw, probs = self.model.f.multilinePredict(some, NEXT_CANDIDATES + 1, 0.0, "strict")
+        owner, candidates = self._mapped([cands[1:] for cands in raw], some)
         ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, script_of)) & (candidates != UNDETERMINED)
         first, at = np.unique(owner[ok], return_index=True)  # each row's first possible candidate
         chosen = np.flatnonzero(ok)[at]
         labels[rows[first]] = candidates[chosen]
         p = np.fromiter((pr for ps in probs for pr in ps[1:]), dtype=np.float64, count=len(owner))
         conf[rows[first]] = np.minimum(p[chosen], 1.0)
+
+    def _mapped(self, raw: list[list[str]], lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every raw label of `raw` (one list per line of `lines`) in the scheme, flattened: the index of
+        its line and its label, mapped per distinct raw label (`LabelMapper.many`)."""
+        owner = np.fromiter((j for j, labels in enumerate(raw) for _ in labels), dtype=np.int64)
+        return owner, self.map_label.many([r for labels in raw for r in labels], [lines[j] for j in owner.tolist()])
 
     def _lines(self, texts: pa.Array) -> list[str]:
         """The line fastText reads for each text, newline-terminated as its `predict` would send it.
@@ -289,9 +295,8 @@ class LanguageTagger:
         if best is not None:
             line = best.by_text(len(column))[unsure]
             ran = np.flatnonzero(line >= 0)
-            owner = np.fromiter((j for j in ran.tolist() for _ in best.raw[line[j]]), dtype=np.int64)
-            raw = [r for j in ran.tolist() for r in best.raw[line[j]]]
-            mapped = self.map_label.many(raw, [best.lines[line[j]] for j in owner.tolist()])
+            at, mapped = self._mapped([best.raw[u] for u in line[ran].tolist()], [best.lines[u] for u in line[ran].tolist()])
+            owner = ran[at]
             among = np.bincount(owner, weights=mapped == theirs[owner], minlength=len(unsure)) > 0
         took = (labels[unsure] == UNDETERMINED) | ~known | among
         take = other.sure & (theirs != UNDETERMINED) & took
@@ -304,9 +309,8 @@ class LanguageTagger:
         probable stands."""
         lines = [_one_line(t, self.max_chars) + "\n" for t in texts]
         raw, probs = self.model.f.multilinePredict(lines, k, 0.0, "strict")
-        owner = [j for j, labels in enumerate(raw) for _ in labels]
-        mapped = self.map_label.many([r for labels in raw for r in labels], [lines[j] for j in owner])
+        owner, mapped = self._mapped(raw, lines)
         out: list[dict[str, float]] = [{} for _ in texts]
-        for j, label, p in zip(owner, mapped.tolist(), (p for ps in probs for p in ps)):
+        for j, label, p in zip(owner.tolist(), mapped.tolist(), (p for ps in probs for p in ps)):
             out[j].setdefault(label, min(float(p), 1.0))
         return out
