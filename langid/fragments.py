@@ -66,7 +66,12 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 
 def word_count(text: str) -> int:
-    return len(word_spans(text))
+    """`len(word_spans(text))`, without building the spans (length buckets count every batch's
+    unspaced texts)."""
+    count = 0
+    for token in _TOKEN.findall(text):
+        count += -(-len(_GRAPHEME.findall(token)) // _unit_size(token)) if _UNSPACED.search(token) else 1
+    return count
 
 
 def bucket_of(words: int) -> str:
@@ -83,8 +88,11 @@ def bucket_index(name: str) -> int:
 
 def bucket_indices(texts: pa.Array) -> np.ndarray:
     """Length bucket (index into BUCKETS) per text of an Arrow string column: whitespace tokens
-    counted in one vectorised pass; only short texts with unspaced scripts are cut in Python."""
-    tokens = pc.fill_null(pc.count_substring_regex(texts, r"\S+"), 0).to_numpy(zero_copy_only=False)
+    counted vectorised (splitting the trimmed texts: 4x faster than counting a regex's matches);
+    only short texts with unspaced scripts are cut in Python."""
+    trimmed = pc.ascii_trim_whitespace(texts)
+    tokens = pc.if_else(pc.equal(pc.binary_length(trimmed), 0), 0, pc.list_value_length(pc.ascii_split_whitespace(trimmed)))
+    tokens = pc.fill_null(tokens, 0).to_numpy(zero_copy_only=False)
     out = np.searchsorted(np.array([high for _, _, high in BUCKETS]), tokens)
     unspaced = pc.fill_null(pc.match_substring_regex(texts, _UNSPACED_CLASS), False).to_numpy(zero_copy_only=False)
     lengths = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)

@@ -15,7 +15,6 @@ from importlib import resources
 
 import numpy as np
 
-from langid.distinct import groups
 from langid.scripts import dominant_script
 
 UNDETERMINED = "und"
@@ -103,6 +102,7 @@ class LabelMapper:
 
     def __init__(self) -> None:
         self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._fixed: dict[str, str] = {}  # raw label -> scheme label, for labels with at most one script
 
     def plan(self, raw: str) -> tuple[str, tuple[str, ...]]:
         """(language, candidate scripts) for a raw label; one candidate means no look at the text."""
@@ -140,17 +140,20 @@ class LabelMapper:
         return UNDETERMINED if script is None else self.label(lang, script)
 
     def many(self, raw_labels: list[str], texts: list[str]) -> np.ndarray:
-        """`self(raw, text)` per pair, as an object array. Labels are decided per distinct raw label
-        (a batch has a few hundred, and thousands of texts); only labels with several possible
-        scripts look at their texts."""
+        """`self(raw, text)` per pair, as an object array. A raw label with one possible script is
+        mapped once and remembered (a batch has a few hundred raw labels, and thousands of texts);
+        only labels with several possible scripts look at their texts."""
+        fixed = self._fixed
         out = np.empty(len(raw_labels), dtype=object)
-        for raw, rows in groups(raw_labels):
-            lang, scripts = self.cached_plan(raw)
-            if len(scripts) <= 1:
-                out[rows] = self.label(lang, scripts[0]) if scripts else lang
-            else:
-                out[rows] = [self(raw, texts[i]) for i in rows.tolist()]
+        out[:] = [fixed[raw] if raw in fixed else self._map_new(raw, text) for raw, text in zip(raw_labels, texts)]
         return out
+
+    def _map_new(self, raw: str, text: str) -> str:
+        lang, scripts = self.cached_plan(raw)
+        if len(scripts) > 1:
+            return self(raw, text)
+        label = self._fixed[raw] = self.label(lang, scripts[0]) if scripts else lang
+        return label
 
 
 @lru_cache(maxsize=None)

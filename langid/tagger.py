@@ -49,6 +49,7 @@ from langid.labels import UNDETERMINED, LabelMapper, script_of
 from langid.script_rules import rule_labels, script_rules
 from langid.scripts import han_variant, mostly_han, script_present
 from langid.thresholds import Thresholds, read_thresholds, table_path
+from langid.varieties import CANDIDATES as VARIETY_CANDIDATES
 from langid.varieties import StandardPreference
 
 # Models shipped with the package, by the name a manifest uses.
@@ -119,20 +120,19 @@ class Tags:
 
 
 @dataclass
-class _Best:
-    """The model's prediction per distinct text of `todo`: its line and raw best labels
-    (`inverse[j]` is the distinct text of `todo[j]`)."""
+class _Distinct:
+    """The distinct texts a batch needs the model for, and per distinct text: the line fastText read,
+    its raw best labels (the variety check's and the fallback's candidates), the scheme label, the
+    confidence, the length bucket and whether the label is sure. Work after the prediction is done
+    per distinct text too (queries repeat: short ones often, within a batch too)."""
 
-    todo: np.ndarray
-    inverse: np.ndarray
+    texts: pa.Array
     lines: list[str]
     raw: list
-
-    def by_text(self, n: int) -> np.ndarray:
-        """Per text of the batch, the index of its distinct line, -1 where the model did not run."""
-        out = np.full(n, -1, dtype=np.int64)
-        out[self.todo] = self.inverse
-        return out
+    labels: np.ndarray
+    conf: np.ndarray
+    buckets: np.ndarray
+    sure: np.ndarray
 
 
 class LanguageTagger:
@@ -153,6 +153,13 @@ class LanguageTagger:
         same = fallback is not None and model_path(fallback).resolve() == path.resolve()
         self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds, prefer_standard)
         self.standard = StandardPreference(self.model.get_labels(), self.map_label) if prefer_standard else None
+        # Labels the main prediction asks for: the fallback's and the variety check's candidates come
+        # from it, so no text is predicted twice (a longer list costs fastText little).
+        self.candidates_asked = max(FALLBACK_CANDIDATES if self.fallback else 1, VARIETY_CANDIDATES if self.standard else 1)
+        # Labels below half the uniform probability are left out of those lists: no rule acts on them,
+        # and fastText then skips the logarithm it takes of every label for its top-k heap (fragments:
+        # 5 labels asked for in 10% less time). The best label always reaches 1 / labels.
+        self.min_probability = 0.5 / len(self.model.get_labels())
         # Every scheme label the model can produce (all scripts of multi-script labels).
         self.model_labels = {self.map_label.label(lang, s) for lang, scripts in map(self.map_label.plan, self.model.get_labels()) for s in scripts}
 
@@ -186,34 +193,35 @@ class LanguageTagger:
         has_letter = pc.fill_null(pc.match_substring_regex(column, r"\pL"), False).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(has_letter & ~decided)
         # Length buckets cost a few passes over the texts: only for a length-aware threshold table.
-        buckets = bucket_indices(column) if self.thresholds.by_length else np.zeros(n, dtype=np.int64)
-        best = self._model_labels(column, todo, labels, confidence) if len(todo) else None
+        buckets = bucket_indices(column) if self.by_length else np.zeros(n, dtype=np.int64)
         sure = decided | ~has_letter
-        model_labels = labels[todo]
-        sure[todo] = (confidence[todo] >= self.thresholds(model_labels, buckets[todo])) & (model_labels != UNDETERMINED)
-        if self.fallback is not None:
-            consult = ~sure
-            known = self.fallback.model_labels
-            unknown = np.fromiter((label not in known for label in model_labels), dtype=bool, count=len(model_labels))
-            consult[todo] |= (confidence[todo] < VOUCH_BELOW) & unknown
-            if consult.any():
-                self._fall_back(column, np.flatnonzero(consult), labels, confidence, sure, best)
+        if len(todo):
+            encoded = column.take(pa.array(todo, pa.int64())).dictionary_encode()
+            inverse = encoded.indices.to_numpy(zero_copy_only=False)
+            line_buckets = np.empty(len(encoded.dictionary), dtype=np.int64)
+            line_buckets[inverse] = buckets[todo]
+            distinct = self._predict(encoded.dictionary, self._lines(encoded.dictionary), line_buckets)
+            if self.fallback is not None:
+                self._fall_back(distinct)
+            labels[todo], confidence[todo], sure[todo] = distinct.labels[inverse], distinct.conf[inverse], distinct.sure[inverse]
         return Tags(labels.tolist(), confidence, sure, buckets)
 
-    def _model_labels(self, column: pa.Array, todo: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> _Best:
-        """Fill `labels` and `confidence` at `todo` from the model; returns each text's line and raw
-        best labels (the fallback's candidates: asked for in the same prediction, which costs about
-        as much as asking for one). Each distinct text is predicted once (queries repeat: short
-        ones often, within a batch too); fastText's prediction is the bulk of the stage's time."""
-        distinct = column.take(pa.array(todo, pa.int64())).dictionary_encode()
-        unique, inverse = distinct.dictionary, distinct.indices.to_numpy(zero_copy_only=False)
-        lines = self._lines(unique)
+    @property
+    def by_length(self) -> bool:
+        """Whether this tagger's thresholds, or its fallback's, depend on a text's length."""
+        return self.thresholds.by_length or (self.fallback is not None and self.fallback.by_length)
+
+    def _predict(self, unique: pa.Array, lines: list[str], buckets: np.ndarray) -> _Distinct:
+        """The model's labels of distinct texts (`lines`: what fastText reads for each; `buckets`: their
+        length buckets), with the best labels the variety check and the fallback need asked for in
+        the same prediction (it costs about as much as asking for one); fastText's prediction is
+        the bulk of the stage's time."""
         # fastText's own `predict` only checks each line and appends the newline `_lines` appended.
-        raw, probs = self.model.f.multilinePredict(lines, FALLBACK_CANDIDATES if self.fallback is not None else 1, 0.0, "strict")
+        raw, probs = self.model.f.multilinePredict(lines, self.candidates_asked, self.min_probability, "strict")
         firsts = [r[0] for r in raw]
         if self.standard is not None:
-            self.standard.apply(lambda some, k: self.model.f.multilinePredict(some, k, 0.0, "strict"), lines, raw, probs, firsts)
-        unique_labels = self.map_label.many(firsts, lines)
+            self.standard.apply(raw, probs, firsts)
+        labels = self.map_label.many(firsts, lines)
         conf = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)
         # A label whose script does not occur in the text is a model error (Mongolian script called
         # Chinese, Cyrillic mojibake called English): `und`, confidence kept for inspection. A text
@@ -221,22 +229,21 @@ class LanguageTagger:
         # possible label instead (most other impossible labels are lid176's English for scripts it
         # does not know, where no next label is possible either). A text that is Chinese by its
         # script takes Standard Chinese where the model's label is impossible or not written in Han.
-        scripts = map_distinct(unique_labels, script_of)
+        scripts = map_distinct(labels, script_of)
         impossible = ~script_present(unique, scripts)
         chinese = self._chinese(unique, scripts, impossible)
-        not_japanese = np.flatnonzero(impossible & (unique_labels == JAPANESE) & ~chinese)
-        unique_labels[impossible] = UNDETERMINED
+        not_japanese = np.flatnonzero(impossible & (labels == JAPANESE) & ~chinese)
+        labels[impossible] = UNDETERMINED
         if chinese.any():
             rows = np.flatnonzero(chinese)
-            unique_labels[rows] = [self.map_label.label(CHINESE, han_variant(unique[i].as_py(), "Hans")) for i in rows.tolist()]
+            labels[rows] = [self.map_label.label(CHINESE, han_variant(unique[i].as_py(), "Hans")) for i in rows.tolist()]
             conf[rows] = 1.0
         if len(not_japanese):
-            self._next_possible(unique, lines, not_japanese, unique_labels, conf)
+            self._next_possible(unique, lines, not_japanese, labels, conf)
         if self.standard is not None:
-            self.standard.written(unique_labels)
-        labels[todo] = unique_labels[inverse]
-        confidence[todo] = conf[inverse]
-        return _Best(todo, inverse, lines, raw)
+            self.standard.written(labels)
+        sure = (conf >= self.thresholds(labels, buckets)) & (labels != UNDETERMINED)
+        return _Distinct(unique, lines, raw, labels, conf, buckets, sure)
 
     @staticmethod
     def _chinese(texts: pa.Array, scripts: pa.Array, impossible: np.ndarray) -> np.ndarray:
@@ -282,26 +289,27 @@ class LanguageTagger:
             lines[i] = _one_line(texts[i].as_py(), self.max_chars) + "\n"
         return lines
 
-    def _fall_back(self, column: pa.Array, unsure: np.ndarray, labels: np.ndarray, confidence: np.ndarray, sure: np.ndarray, best: _Best | None) -> None:
-        """Texts the fallback is consulted on (`unsure`: see `tag`) take its label where it is sure of
-        it and it is new to the model, among the model's best candidates, or the model's label was
-        impossible (see the module docstring); the others keep theirs. Decided column-wise: the
-        model's candidates are mapped per distinct raw label (a per-text loop was a tenth of the
-        stage's time on fragments)."""
-        other = self.fallback.tag(column.take(pa.array(unsure, pa.int64())))
-        theirs = np.array(other.labels, dtype=object)
-        known = np.fromiter((label in self.model_labels for label in other.labels), dtype=bool, count=len(theirs))
-        among = np.zeros(len(unsure), dtype=bool)  # the fallback's label is one of the model's best for the text
-        if best is not None:
-            line = best.by_text(len(column))[unsure]
-            ran = np.flatnonzero(line >= 0)
-            at, mapped = self._mapped([best.raw[u] for u in line[ran].tolist()], [best.lines[u] for u in line[ran].tolist()])
-            owner = ran[at]
-            among = np.bincount(owner, weights=mapped == theirs[owner], minlength=len(unsure)) > 0
-        took = (labels[unsure] == UNDETERMINED) | ~known | among
-        take = other.sure & (theirs != UNDETERMINED) & took
-        rows = unsure[take]
-        labels[rows], confidence[rows], sure[rows] = theirs[take], other.confidence[take], True
+    def _fall_back(self, distinct: _Distinct) -> None:
+        """The distinct texts the fallback is consulted on (the unsure ones, and those whose label it
+        does not know held below `VOUCH_BELOW`) take its label where it is sure of it and it is new
+        to the model, among the model's best candidates, or the model's label was impossible (see
+        the module docstring); the others keep theirs. Decided column-wise: the model's candidates
+        are mapped per distinct raw label (a per-text loop was a tenth of the stage's time on
+        fragments)."""
+        known = self.fallback.model_labels
+        unknown = np.fromiter((label not in known for label in distinct.labels), dtype=bool, count=len(distinct.labels))
+        ask = np.flatnonzero(~distinct.sure | ((distinct.conf < VOUCH_BELOW) & unknown))
+        if not len(ask):
+            return
+        lines = [distinct.lines[u] for u in ask.tolist()]
+        other = self.fallback._predict(distinct.texts.take(pa.array(ask, pa.int64())), lines, distinct.buckets[ask])
+        theirs = other.labels
+        new = np.fromiter((label not in self.model_labels for label in theirs), dtype=bool, count=len(theirs))
+        owner, mapped = self._mapped([distinct.raw[u][:FALLBACK_CANDIDATES] for u in ask.tolist()], lines)
+        among = np.bincount(owner, weights=mapped == theirs[owner], minlength=len(ask)) > 0  # the fallback's label is one of the model's best
+        take = other.sure & ((distinct.labels[ask] == UNDETERMINED) | new | among)
+        rows = ask[take]
+        distinct.labels[rows], distinct.conf[rows], distinct.sure[rows] = theirs[take], other.conf[take], True
 
     def candidates(self, texts: list[str], k: int = 5) -> list[dict[str, float]]:
         """The model's `k` best labels per text with their probabilities (for the pair-context rule

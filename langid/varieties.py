@@ -4,8 +4,8 @@ Most written Arabic is Modern Standard Arabic, most written Chinese is Standard 
 the writer speaks. A model trained on FLORES-200, where each Arabic variety has as many sentences as
 Standard Arabic, spreads real Standard Arabic questions over the varieties (XQuAD-R dev: 313 of 1,190
 called Najdi, Tunisian, Moroccan... by short200). So where a model's best label is a variety listed in
-`langid/data/varieties.tsv`, the line is predicted again for its 5 best labels, and the variety keeps
-the text only if it holds at least half of its group's probability there (the group: the standard
+`langid/data/varieties.tsv`, the variety keeps the text only if it holds at least half of its group's
+probability among the line's 5 best labels (asked for in the tagger's one prediction) (the group: the standard
 and its varieties); otherwise the text takes the standard, with the group's probability. A variety
 labelled in a script it is not written in (the table's `scripts`: Yue in Simplified characters) is
 the standard's too. Measured with short200 and the lid176 fallback (`python -m langid eval`): XQuAD-R
@@ -15,7 +15,6 @@ partly go to the standard).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -24,8 +23,6 @@ from langid.labels import LabelMapper, read_table
 
 CANDIDATES = 5  # labels the group's probability is summed over
 VARIETY_SHARE = 0.5  # a variety keeps the text with at least this share of its group's probability
-
-Predict = Callable[[list[str], int], tuple[list, list]]
 
 
 @lru_cache(maxsize=None)
@@ -70,25 +67,21 @@ class StandardPreference:
             for script in sorted((scripts.get(variety, set()) & scripts.get(standard, set())) - written_in[variety])
         }
 
-    def apply(self, predict: Predict, lines: list[str], raw: list, probs: list, firsts: list[str]) -> None:
-        """Rewrites in place the best labels (`raw`, `probs`: one list per line, best first;
-        `firsts`: each line's best label) of the lines whose best label is a variety without its
-        group's majority: the standard first, then the labels outside the group."""
+    def apply(self, raw: list, probs: list, firsts: list[str]) -> None:
+        """Rewrites in place the best labels (`raw`, `probs`: the `CANDIDATES` best per line, best
+        first; `firsts`: each line's best label) of the lines whose best label is a variety without
+        its group's majority: the standard first, then the labels outside the group."""
         if self.varieties.isdisjoint(firsts):  # the common case, checked at C speed
             return
-        rows = [i for i, first in enumerate(firsts) if first in self.varieties]
-        wider_raw, wider_probs = predict([lines[i] for i in rows], CANDIDATES)
-        for i, labels, ps in zip(rows, wider_raw, wider_probs):
-            variety = firsts[i]  # not labels[0]: a tie may order the wider prediction differently
+        for i in [i for i, first in enumerate(firsts) if first in self.varieties]:
+            labels, ps, variety = raw[i], probs[i], firsts[i]
             standard = self.group[variety]
-            prob = dict(zip(labels, ps))
-            mass = sum(p for label, p in prob.items() if self.group.get(label) == standard)
-            if prob.get(variety, ps[0]) >= VARIETY_SHARE * mass:
+            mass = sum(p for label, p in zip(labels, ps) if self.group.get(label) == standard)
+            if ps[0] >= VARIETY_SHARE * mass:
                 continue
-            k = len(raw[i])
             rest = [(label, p) for label, p in zip(labels, ps) if self.group.get(label) != standard]
             ranked = [(self._standard_label(labels, standard, variety), min(mass, 1.0)), *rest]
-            raw[i], probs[i] = [label for label, _ in ranked[:k]], [p for _, p in ranked[:k]]
+            raw[i], probs[i] = [label for label, _ in ranked], [p for _, p in ranked]
             firsts[i] = raw[i][0]
 
     def _standard_label(self, labels: list[str], standard: str, variety: str) -> str:

@@ -391,15 +391,16 @@ def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_t
     calls: list[int] = []
     model = short_tagger.model
     binding = model.f  # the tagger calls fastText's binding itself (see `LanguageTagger._lines`)
-    assert FALLBACK_CANDIDATES not in (CANDIDATES, NEXT_CANDIDATES + 1)  # the main prediction is told apart by its k
-    count = lambda _, lines, k, *args: (k == FALLBACK_CANDIDATES and calls.append(len(lines))) or binding.multilinePredict(lines, k, *args)  # noqa: E731
+    asked = short_tagger.candidates_asked  # the variety check's and the fallback's candidates come from one prediction
+    assert asked == max(CANDIDATES, FALLBACK_CANDIDATES) != NEXT_CANDIDATES + 1  # the main prediction is told apart by its k
+    count = lambda _, lines, k, *args: (k == asked and calls.append(len(lines))) or binding.multilinePredict(lines, k, *args)  # noqa: E731
     model.f = type("Counting", (), {"multilinePredict": count})()
     try:
         tags = short_tagger.tag(texts)
         short_tagger.tag(list(dict.fromkeys(texts)))
     finally:
         model.f = binding
-    assert calls[0] == calls[1] < len(texts) - 62  # the main prediction (varieties are asked again: see below)
+    assert calls[0] == calls[1] < len(texts) - 62 and len(calls) == 2  # one prediction per batch, of its distinct texts
     alone = [short_tagger.tag([t]) for t in dict.fromkeys(texts)]
     by_text = {t: (a.labels[0], float(a.confidence[0]), bool(a.sure[0])) for t, a in zip(dict.fromkeys(texts), alone)}
     assert [(label, float(c), bool(s)) for label, c, s in zip(tags.labels, tags.confidence, tags.sure)] == [by_text[t] for t in texts]
