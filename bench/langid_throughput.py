@@ -16,7 +16,7 @@ the `--fallback` given (lid176 with `--fallback short200`: better on short texts
 work); the raw baseline is the main model's `predict`. `--texts fragments` tags 1-5-word fragments cut from
 the sentences instead (queries: where script rules and the fallback do most).
 
-    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--fallback short200] [--texts fragments]
+    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--fallback short200|none] [--texts fragments]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--texts", choices=["sentences", "fragments"], default="sentences")
     parser.add_argument("--model", default=LangTagConfig.model_fields["model"].default, help="the stage's model (and the raw baseline's)")
     parser.add_argument("--fallback", default=LangTagConfig.model_fields["fallback"].default,
-                        help="the stage's fallback model (the raw baseline stays the main model's predict)")
+                        help="the stage's fallback model, `none` for none (the raw baseline stays the main model's predict)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -121,7 +121,7 @@ def main() -> None:
 
     table = records(args.records, args.texts)
     docs = 2 * args.records
-    config = LangTagConfig(stage="langid", model=args.model, fallback=args.fallback)
+    config = LangTagConfig(stage="langid", model=args.model, fallback=None if args.fallback == "none" else args.fallback)
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
     stage.setup()
     raw_model = LanguageTagger(args.model).model

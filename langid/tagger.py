@@ -118,6 +118,10 @@ class Tags:
         """The labels with `und` where the tagger is not sure."""
         return np.where(self.sure, np.array(self.labels, dtype=object), UNDETERMINED).tolist()
 
+    def slice(self, start: int, stop: int) -> Tags:
+        """The tags of texts `start` to `stop` (a caller that tagged several lists in one call)."""
+        return Tags(self.labels[start:stop], self.confidence[start:stop], self.sure[start:stop], self.buckets[start:stop])
+
 
 @dataclass
 class _Distinct:

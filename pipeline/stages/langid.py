@@ -129,26 +129,36 @@ class LangTag(Stage):
             policies.append(policy)
         return labels, policies
 
-    def _tag_field(self, texts: pa.Array, declared: list[str | None], policies: list[str]) -> tuple[list[str | None], np.ndarray, Tags | None, np.ndarray]:
-        """Labels (None where the text is missing; `und` below the threshold), confidences, the
-        tagger's `Tags` and the indices they are for (texts present and not trusted)."""
-        texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-        present = texts.is_valid().to_numpy(zero_copy_only=False)
-        if declared.count(None) < len(declared):
-            present &= np.array(self._policies(declared, policies)) != "trusted"
-        todo = np.flatnonzero(present)
-        if not len(todo):
-            return [None] * len(texts), np.zeros(len(texts), dtype=np.float32), None, todo
-        if len(todo) == len(texts):  # every text tagged: the common case, no per-text copying
-            tags = self.tagger.tag(texts)
-            return tags.decided(), tags.confidence.copy(), tags, todo
-        tags = self.tagger.tag(texts.take(pa.array(todo, pa.int64())))
-        labels: list[str | None] = [None] * len(texts)
-        conf = np.zeros(len(texts), dtype=np.float32)
-        conf[todo] = tags.confidence
-        for i, label in zip(todo.tolist(), tags.decided()):
-            labels[i] = label
-        return labels, conf, tags, todo
+    def _tag_fields(self, fields: list[tuple[pa.Array, list[str | None], list[str]]]) -> list[tuple[list[str | None], np.ndarray, Tags | None, np.ndarray]]:
+        """Per field (texts, declared labels, policies): labels (None where the text is missing; `und`
+        below the threshold), confidences, the tagger's `Tags` and the indices they are for (texts
+        present and not trusted). All fields are tagged in one call: the model then reads a batch's
+        texts in one run (each call's first predictions pay for bringing the model back into the CPU
+        caches: tagging query and positive apart was 5% slower on fragments), and a text shared by
+        two fields is predicted once."""
+        todos = []
+        for texts, declared, policies in fields:
+            present = texts.is_valid().to_numpy(zero_copy_only=False)
+            if declared.count(None) < len(declared):
+                present &= np.array(self._policies(declared, policies)) != "trusted"
+            todos.append(np.flatnonzero(present))
+        parts = [texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())) for (texts, _, _), todo in zip(fields, todos)]
+        joined = pa.concat_arrays([part.cast(pa.string()) for part in parts])
+        tags = self.tagger.tag(joined) if len(joined) else None
+        out, start = [], 0
+        for (texts, _, _), todo in zip(fields, todos):
+            labels: list[str | None] = [None] * len(texts)
+            conf = np.zeros(len(texts), dtype=np.float32)
+            part = tags.slice(start, start + len(todo)) if len(todo) else None
+            start += len(todo)
+            if part is not None and len(todo) == len(texts):  # every text tagged: the common case, no per-text copying
+                labels, conf = part.decided(), part.confidence.copy()
+            elif part is not None:
+                conf[todo] = part.confidence
+                for i, label in zip(todo.tolist(), part.decided()):
+                    labels[i] = label
+            out.append((labels, conf, part, todo))
+        return out
 
     @staticmethod
     def _policies(declared: list[str | None], policies: list[str]) -> list[str]:
@@ -204,10 +214,14 @@ class LangTag(Stage):
         detail: list[str | None] = [None] * n
         out: dict[str, pa.Array] = {}
 
-        tagged = {}
-        for field in ("query", "positive"):
-            declared, policies = self._declared(batch, field)
-            tagged[field] = (declared, policies, self._tag_field(batch.column(field), declared, policies))
+        # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
+        negatives = batch.column("negatives").combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
+        owner = np.repeat(np.arange(n), lengths).tolist()
+        neg_declared, neg_policies = self._declared(batch, "negatives")
+        fields = {field: (batch.column(field).combine_chunks(), *self._declared(batch, field)) for field in ("query", "positive")}
+        fields["negatives"] = (pc.list_flatten(negatives), [neg_declared[i] for i in owner], [neg_policies[i] for i in owner])
+        tagged = {field: (d, p, result) for (field, (_, d, p)), result in zip(fields.items(), self._tag_fields(list(fields.values())))}
         if self.config.pair_context:
             _, _, (p_labels, _, p_tags, p_todo) = tagged["positive"]
             p_sure = np.zeros(n, dtype=bool)
@@ -226,16 +240,11 @@ class LangTag(Stage):
             batch = replace_column(batch, f"{field}_lang", out[field])
             batch = replace_column(batch, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=out[field].is_null().to_numpy(zero_copy_only=False)))
 
-        # Negatives: every text is tagged, the set gets its most common label and that label's mean confidence.
-        negatives = batch.column("negatives").combine_chunks()
-        lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
-        owner = np.repeat(np.arange(n), lengths).tolist()
-        declared, policies = self._declared(batch, "negatives")
-        flat, each_declared, each_policy = pc.list_flatten(negatives), [declared[i] for i in owner], [policies[i] for i in owner]
-        labels, conf, _, _ = self._tag_field(flat, each_declared, each_policy)
+        flat, each_declared, each_policy = fields["negatives"]
+        labels, conf, _, _ = tagged["negatives"][2]
         mismatches = self._apply_declared(flat, labels, conf, each_declared, each_policy)
         for i in sorted({owner[j] for j in mismatches}):  # one count per row for its set of negatives
-            flags.append((i, "language_mismatch", declared[i]))
+            flags.append((i, "language_mismatch", neg_declared[i]))
         neg_lang: list[str | None] = [None] * n
         neg_conf: list[float | None] = [None] * n
         by_row: dict[int, list[int]] = {}
