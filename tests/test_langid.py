@@ -635,6 +635,39 @@ def test_stage_columns_with_missing_texts_and_no_declarations(sib_dev):
     assert [r[FLAGS] for r in out] == [[{"reason": "cross_lingual", "language": "eng_Latn", "count": None}], None, None, None]
 
 
+def test_stage_tags_all_fields_in_one_call_as_each_text_alone(sib_dev):
+    """The stage tags a batch's queries, positives and negatives in one tagger call (trusted fields
+    left out), and each text gets what it gets alone; the garbage collector's state is as before."""
+    import gc
+
+    by = {}
+    for t, lab in zip(sib_dev.texts, sib_dev.labels):
+        by.setdefault(lab, []).append(t)
+    rows = [
+        {"source": "src", "query": by["eng_Latn"][0], "positive": by["fra_Latn"][0], "negatives": [by["deu_Latn"][0], "Hola"]},
+        {"source": "src", "query": "Qué es", "positive": None, "negatives": None},
+        {"source": "trusting", "query": by["swh_Latn"][1], "positive": by["ita_Latn"][1], "negatives": [by["jpn_Jpan"][1]]},
+    ]
+    sources = {"src": _src(), "trusting": _src(language={"positive": "ita_Latn"}, language_policy="trusted")}
+    stage = ready(LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src", "trusting"), sources)))
+    calls: list[int] = []
+    tag = stage.tagger.tag
+    stage.tagger.tag = lambda texts: calls.append(len(texts)) or tag(texts)
+    gc.disable()
+    try:
+        out = stage(_stage_batch(rows)).to_pylist()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    out = stage(_stage_batch(rows)).to_pylist()
+    assert gc.isenabled() and calls == [7, 7]  # 3 queries, 1 positive (one missing, one trusted), 3 negatives
+    alone = lambda text: tag([text]).decided()[0]  # noqa: E731
+    assert [r["query_lang"] for r in out] == [alone(r["query"]) for r in rows]
+    assert [r["positive_lang"] for r in out] == [alone(rows[0]["positive"]), None, "ita_Latn"]
+    # A set's label is its most common one, the first on a tie.
+    assert [r["negatives_lang"] for r in out] == [alone(rows[0]["negatives"][0]), None, alone(rows[2]["negatives"][0])]
+
+
 def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_odds():
     from langid.prior import CorpusPrior
 
