@@ -172,9 +172,11 @@ class LanguageTagger:
         same = fallback is not None and model_path(fallback).resolve() == path.resolve()
         self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds, prefer_standard)
         self.standard = StandardPreference(self.model.get_labels(), self.map_label) if prefer_standard else None
-        # Labels the main prediction asks for: the fallback's and the variety check's candidates come
-        # from it, so no text is predicted twice (a longer list costs fastText little).
-        self.candidates_asked = max(FALLBACK_CANDIDATES if self.fallback else 1, VARIETY_CANDIDATES if self.standard else 1)
+        # Labels the main prediction asks for. With a fallback, whose candidates are needed for every
+        # text it is consulted on (a quarter of short texts), the variety check's come from the same
+        # list, so no text is predicted twice (a longer list costs fastText little). Alone, a model
+        # asks for one, and the few texts whose best label is a variety are asked again.
+        self.candidates_asked = max(FALLBACK_CANDIDATES, VARIETY_CANDIDATES if self.standard else 1) if self.fallback else 1
         # Labels below half the uniform probability are left out of those lists: no rule acts on them,
         # and fastText then skips the logarithm it takes of every label for its top-k heap (fragments:
         # 5 labels asked for in 10% less time). The best label always reaches 1 / labels.
@@ -246,6 +248,11 @@ class LanguageTagger:
         raw, probs = self.model.f.multilinePredict(lines, self.candidates_asked, self.min_probability, "strict")
         firsts = [r[0] for r in raw]
         if self.standard is not None:
+            if self.candidates_asked < VARIETY_CANDIDATES:
+                rows = self.standard.variety_rows(firsts)
+                wider = self.model.f.multilinePredict([lines[i] for i in rows], VARIETY_CANDIDATES, self.min_probability, "strict")
+                for i, labels, ps in zip(rows, *wider):
+                    raw[i], probs[i] = labels, ps
             self.standard.apply(raw, probs, firsts)
         labels = self.map_label.many(firsts, lines)
         conf = np.minimum(np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(lines)), 1.0)
