@@ -241,15 +241,15 @@ class LanguageTagger:
 
     def _predict(self, unique: pa.Array, lines: list[str], buckets: np.ndarray) -> _Distinct:
         """The model's labels of distinct texts (`lines`: what fastText reads for each; `buckets`: their
-        length buckets), with the best labels the variety check and the fallback need asked for in
-        the same prediction (it costs about as much as asking for one); fastText's prediction is
-        the bulk of the stage's time."""
+        length buckets), with its `candidates_asked` best labels per text (the fallback's and the
+        variety check's candidates; without a fallback the texts whose best label is a variety are
+        asked again for the variety check's); fastText's prediction is the bulk of the stage's time."""
         # fastText's own `predict` only checks each line and appends the newline `_lines` appended.
         raw, probs = self.model.f.multilinePredict(lines, self.candidates_asked, self.min_probability, "strict")
         firsts = [r[0] for r in raw]
         if self.standard is not None:
-            if self.candidates_asked < VARIETY_CANDIDATES:
-                rows = self.standard.variety_rows(firsts)
+            rows = self.standard.variety_rows(firsts) if self.candidates_asked < VARIETY_CANDIDATES else []
+            if rows:
                 wider = self.model.f.multilinePredict([lines[i] for i in rows], VARIETY_CANDIDATES, self.min_probability, "strict")
                 for i, labels, ps in zip(rows, *wider):
                     raw[i], probs[i] = labels, ps
