@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa  # noqa: E402
 
+from core.record import WORK_SCHEMA  # noqa: E402
 from langid.corpora import sib200  # noqa: E402
 from langid.fragments import cut  # noqa: E402
 from langid.tagger import LanguageTagger  # noqa: E402
@@ -40,7 +41,6 @@ from pipeline.engine.plan import plan_steps  # noqa: E402
 from pipeline.engine.stage import RunContext  # noqa: E402
 from pipeline.stages import REGISTRY  # noqa: E402
 from pipeline.stages.langid import LangTag, LangTagConfig  # noqa: E402
-from sources.record import WORK_SCHEMA  # noqa: E402
 
 SIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200-train-dev.tar.xz"
 TAG_CPU = 0

@@ -37,11 +37,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from core.record import WORK_SCHEMA  # noqa: E402
 from pipeline.engine.stage import RunContext  # noqa: E402
 from pipeline.ops.embed import load_encoder  # noqa: E402
 from pipeline.ops.retrieval import AnnSearch, DenseSearch  # noqa: E402
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig  # noqa: E402
-from sources.record import WORK_SCHEMA  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa  # noqa: E402
 
+from core.record import WORK_SCHEMA  # noqa: E402
 from pipeline.engine.stage import RunContext  # noqa: E402
 from pipeline.ops.embed import Embedder, device, load_encoder  # noqa: E402
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig  # noqa: E402
-from sources.record import WORK_SCHEMA  # noqa: E402
 
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad-r-dev.tar.xz"
 LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "zh")

@@ -53,7 +53,7 @@ def start_s3() -> object:
 
 
 def upload(local: Path, url: str) -> None:
-    from sources import storage
+    from core import storage
 
     for path in sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]:
         storage.upload(path, f"{url}/{path.relative_to(local).as_posix()}" if local.is_dir() else url)

@@ -24,8 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.passages import CORPUS_DIR, NEGATIVE_IDS, NEGATIVES, STORE_DIR, PassageTable, corpus_files
 from pipeline.ops.passage_store import store_files
-from sources.passages import CORPUS_DIR, NEGATIVE_IDS, NEGATIVES, STORE_DIR, PassageTable, corpus_files
 
 
 def column_bytes(path: str | io.BytesIO, column: str) -> int:

@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace, train: Any, console: Console) -> int:
 
 
 if __name__ == "__main__":
-    from sources.extras import require_extra
+    from core.extras import require_extra
 
     require_extra("python -m langid", "pipeline", ("fasttext",))
     sys.exit(main())

@@ -66,8 +66,8 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
+    from core.passages import MissingPassage
     from pipeline.tools.export import export
-    from sources.passages import MissingPassage
 
     template = args.template.replace("\\n", "\n") if args.template else None
     try:
@@ -80,8 +80,8 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 
 
 def _load(args: argparse.Namespace, console: Console):  # noqa: ANN202 (a Manifest, or None after printing why)
+    from core.settings import ConfigError
     from pipeline.api import load_manifest
-    from sources.settings import ConfigError
 
     try:
         return load_manifest(args.manifest)
@@ -102,11 +102,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     manifest = _load(args, console)
     if manifest is None:
         return 2
+    from core.passages import MissingPassage
     from pipeline.api import run
     from pipeline.engine.ledger import LedgerError
     from pipeline.engine.lock import RunLocked
     from pipeline.reporting.report import print_summary
-    from sources.passages import MissingPassage
     from sources.reader import SourceError
 
     try:

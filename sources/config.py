@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from core import storage
+from core.settings import Strict, from_manifest, matching_files
+from core.tasks import MAPPABLE_FIELDS, TASK_SPECS, TaskName
 from langid.declared import declared_label
-from sources import storage
-from sources.settings import Strict, from_manifest, matching_files
-from sources.tasks import MAPPABLE_FIELDS, TASK_SPECS, TaskName
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf", "text")
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".txt": "text"}

@@ -6,9 +6,8 @@ import json
 import math
 from typing import Any
 
-from langid.declared import declared_label
-from sources.record import DECLARED_LANG, record_id
-from sources.tasks import (
+from core.record import DECLARED_LANG, record_id
+from core.tasks import (
     LABEL_FIELDS,
     LANGUAGE_FIELDS,
     NUMBER_FIELDS,
@@ -16,6 +15,7 @@ from sources.tasks import (
     TASK_SPECS,
     TEXT_LIST_FIELDS,
 )
+from langid.declared import declared_label
 
 
 class RowError(Exception):

@@ -17,10 +17,10 @@ from typing import Any, Iterator, Protocol
 
 import pyarrow as pa
 
-from sources import storage
+from core import storage
+from core.record import DETAIL, DROP, INGEST_SCHEMA, RAW
 from sources.config import SourceConfig
 from sources.mapping import RowError, map_row
-from sources.record import DETAIL, DROP, INGEST_SCHEMA, RAW
 
 CHUNK_BYTES = 64 << 20  # uncompressed JSONL files larger than this are read in parallel byte ranges
 HF_ROWS_PER_UNIT = 100_000

@@ -184,7 +184,7 @@ def passages_manifest(folder: Path, **extra) -> Path:
 def by_reference(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Records with inline `negatives` as the shards hold them (`negative_ids`), and the passage
     table's rows for those negatives (doc_id, text), sorted by id."""
-    from sources.passages import DOC_ID, NEGATIVE_IDS, TEXT, passage_id
+    from core.passages import DOC_ID, NEGATIVE_IDS, TEXT, passage_id
 
     texts: dict[str, str] = {}
     out = []
@@ -393,7 +393,7 @@ def s3_proxy(s3_endpoint):
 
 def upload_tree(local: Path, url: str) -> None:
     """Every file under a local folder copied to an S3 prefix."""
-    from sources import storage
+    from core import storage
 
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         storage.upload(path, storage.join(url, path.relative_to(local).as_posix()))
@@ -401,7 +401,7 @@ def upload_tree(local: Path, url: str) -> None:
 
 def object_digests(url: str) -> dict[str, str]:
     """`shard_digests` of a run folder in object storage."""
-    from sources import storage
+    from core import storage
 
     shards = storage.join(url, "shards")
     return {p[len(shards) + 1:]: hashlib.sha256(storage.read_bytes(p)).hexdigest() for p in storage.list_files(shards) if p.endswith(".parquet")}

@@ -11,9 +11,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from core.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
 from pipeline.stages.decontaminate import Decontaminate, DecontaminateConfig
-from sources.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
 from tests.conftest import SAMPLES, ready, run_cli, stage1_sources, write_manifest
 
 XQUAD = SAMPLES / "xquad_r"

@@ -153,10 +153,10 @@ def test_dense_mining_drops_the_positives_lexical_neighbours_by_default(small_mo
 
     import pyarrow as pa
 
+    from core.record import WORK_SCHEMA
     from pipeline.engine.stage import RunContext
     from pipeline.ops.retrieval import Bm25Search
     from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig
-    from sources.record import WORK_SCHEMA
 
     rows = [json.loads(line) for line in gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt")][:300]
     records = [

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from core.settings import ConfigError
 from pipeline.engine import execute
 from pipeline.engine.manifest import load_manifest, manifest_model
 from pipeline.engine.plan import plan_steps
@@ -17,7 +18,6 @@ from pipeline.engine.stage import Registry
 from pipeline.stages import REGISTRY
 from pipeline.stages.langid import LangTag
 from pipeline.stages.normalize import Normalize
-from sources.settings import ConfigError
 from tests.conftest import SAMPLES, shard_digests, write_manifest
 from tests.stages_for_tests import ShortQueries
 

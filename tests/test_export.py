@@ -6,8 +6,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sources.passages import CORPUS_SCHEMA
-from sources.record import SCHEMA
+from core.passages import CORPUS_SCHEMA
+from core.record import SCHEMA
 from tests.conftest import by_reference, run_cli
 
 

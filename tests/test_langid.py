@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from core.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
 from langid.code import CodeDetector, declared_code_label
 from langid.corpora import Labelled, sib200, udhr_label
 from langid.declared import declared_label
@@ -27,7 +28,6 @@ from langid.varieties import CANDIDATES
 from pipeline.engine.stage import RunContext
 from pipeline.stages.langid import LangTag, LangTagConfig
 from sources.config import SourceConfig
-from sources.record import DECLARED_LANG, DROP, FLAGS, WORK_SCHEMA
 from tests.conftest import ready
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from core.settings import ConfigError
 from pipeline.api import load_manifest
-from sources.settings import ConfigError
 from tests.conftest import ROOT, run_cli, stage1_sources, write_manifest
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from core.record import FLAGS, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
 from pipeline.stages.mine_negatives import MineNegatives, MineNegativesConfig
-from sources.record import FLAGS, WORK_SCHEMA
 from tests.conftest import xquad_paragraphs
 
 

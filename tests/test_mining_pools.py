@@ -11,12 +11,12 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from core.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
+from core.record import DROP, FLAGS, WORK_SCHEMA
 from pipeline.api import load_manifest, run
 from pipeline.engine.stage import RunContext
 from pipeline.ops.retrieval import AnnSearch, DenseSearch
 from pipeline.stages.mine_negatives import POOL_PASSAGE, MineNegatives, MineNegativesConfig
-from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
-from sources.record import DROP, FLAGS, WORK_SCHEMA
 from tests.conftest import write_manifest, xquad_paragraphs
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from core.record import DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
 from pipeline.stages.mix import Mix, MixConfig, plan_rates
-from sources.record import DROP, WORK_SCHEMA
 
 
 def test_rates_cap_sources_and_flatten_languages():

@@ -13,11 +13,11 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
+from core.record import DETAIL, DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
 from pipeline.ops.minhash import band_keys, signatures
 from pipeline.stages.near_dedup import NearDedup, NearDedupConfig
 from pipeline.tools.dedup_calibration import planted_corpus
-from sources.record import DETAIL, DROP, WORK_SCHEMA
 
 
 @pytest.fixture(scope="module")

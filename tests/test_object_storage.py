@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from core import storage
 from pipeline.engine.checkpoint import MARKER, read_marker
 from pipeline.engine.lock import Lease, RunLocked
-from sources import storage
 from tests.conftest import (
     BUCKET,
     ROOT,

@@ -14,9 +14,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from core.passages import MissingPassage, corpus_files, passage_id
 from pipeline.api import load_manifest, run
 from pipeline.engine.checkpoint import Checkpoint
-from sources.passages import MissingPassage, corpus_files, passage_id
 from tests.conftest import ROOT, kill_tree, passages_manifest, run_cli, shard_digests
 
 

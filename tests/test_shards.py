@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.passages import passage_id
+from core.record import DROP, WORK_SCHEMA, record_id
 from pipeline.engine.corpus import write_corpus
 from pipeline.engine.manifest import ShardSettings
 from pipeline.engine.shards import write_shards
-from sources.passages import passage_id
-from sources.record import DROP, WORK_SCHEMA, record_id
 
 
 def _checkpoint(folder: Path, rows: list[dict], files: int) -> list[str]:

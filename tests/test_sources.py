@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import sources.reader as reader
+from core.record import DROP, INGEST_SCHEMA
 from sources.config import SourceConfig
 from sources.reader import SourceError, plan_units, read_unit
-from sources.record import DROP, INGEST_SCHEMA
 from tests.conftest import SAMPLES
 
 

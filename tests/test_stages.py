@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from core.record import DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
 from pipeline.stages import REGISTRY
-from sources.record import DROP, WORK_SCHEMA
 from tests.conftest import ready
 
 CTX = RunContext(Path("."), ("first", "second"))

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.passages import CORPUS_SCHEMA
+from core.record import SCHEMA
+from core.settings import ConfigError
 from pipeline.api import load_manifest
 from pipeline.engine.ledger import LEDGER_SCHEMA
 from pipeline.reporting import stats
-from sources.passages import CORPUS_SCHEMA
-from sources.record import SCHEMA
-from sources.settings import ConfigError
 from tests.conftest import SAMPLES, by_reference, stage1_sources, write_manifest
 
 

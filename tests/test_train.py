@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from sources.passages import CORPUS_DIR, CORPUS_SCHEMA, MissingPassage
-from sources.record import SCHEMA
-from sources.settings import ConfigError
+from core.passages import CORPUS_DIR, CORPUS_SCHEMA, MissingPassage
+from core.record import SCHEMA
+from core.settings import ConfigError
 from tests.conftest import ROOT, SAMPLES, by_reference
 from train.config import load_config
 from train.data import Batches, rank_slice

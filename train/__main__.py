@@ -1,6 +1,6 @@
 import sys
 
-from sources.extras import require_extra
+from core.extras import require_extra
 
 require_extra("python -m train", "train", ("torch", "transformers", "safetensors", "polars"))
 from train.cli import main  # noqa: E402

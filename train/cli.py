@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fit(args: argparse.Namespace, console: Console) -> int:
-    from sources.settings import ConfigError
+    from core.settings import ConfigError
     from train.config import load_config
 
     try:

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sources.settings import Strict, existing_path, from_manifest, load_yaml_model
-from sources.tasks import TASKS, TaskName
+from core.settings import Strict, existing_path, from_manifest, load_yaml_model
+from core.tasks import TASKS, TaskName
 
 
 def query_last(template: str | None) -> str | None:

@@ -2,7 +2,7 @@
 bounded buffer, deterministic from a seed, split across ranks, resumable at any step.
 
 Hard negatives are ids (`negative_ids`); the chosen ones of a batch are resolved in one lookup in
-the run's passage table (`corpus/`, see `sources/passages.py`). Shards written before the passage
+the run's passage table (`corpus/`, see `core/passages.py`). Shards written before the passage
 table, with negative texts inline, are read as they are.
 
 Every rank computes the same sequence of global batches (same seed) and keeps its own slice, so
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sources.passages import NEGATIVE_IDS, NEGATIVES, PassageTable, corpus_files
+from core.passages import NEGATIVE_IDS, NEGATIVES, PassageTable, corpus_files
 from train.config import DataConfig
 
 COLUMNS = ["source", "task", "instruction", "query", "positive"]  # and the negatives, by id (or inline)

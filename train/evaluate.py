@@ -80,7 +80,7 @@ def report(table: pl.DataFrame, out: Path, title: str) -> Path:
     """Heatmaps of nDCG@10 (mean over languages): one per MEL rank, layers x dims."""
     import plotly.graph_objects as go
 
-    from pipeline.reporting.page import figures_page
+    from core.page import figures_page
 
     mean = table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10", "recall@1", "recall@10").mean()).sort("rank", "layers", "dims")
     figs = []

@@ -12,8 +12,8 @@ from typing import Any
 import polars as pl
 import yaml
 
-from sources.passages import CORPUS_DIR, CORPUS_SCHEMA
-from sources.record import SCHEMA
+from core.passages import CORPUS_DIR, CORPUS_SCHEMA
+from core.record import SCHEMA
 
 
 def write_card(manifest: Any, result: Any) -> None:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sources import storage
+from core import storage
 
 MARKER = "_SUCCESS.json"
 

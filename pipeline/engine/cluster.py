@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 
-from sources import storage  # noqa: E402
+from core import storage  # noqa: E402
 
 
 def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True,

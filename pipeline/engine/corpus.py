@@ -3,7 +3,7 @@
 Written after the shards from the passages they listed (`pipeline/engine/shards.py`, one file per
 range of the doc-id space, so one range at a time is in memory however large the run): a positive or
 a negative that was still inline brings its text; a negative stored by reference is looked up in the
-passage store (`pipeline/ops/passage_store.py`). One row per `doc_id` (`sources/passages.py`), sorted
+passage store (`pipeline/ops/passage_store.py`). One row per `doc_id` (`core/passages.py`), sorted
 by it, so the files do not depend on the order of anything before (a resumed run writes the same
 bytes). A passage's language is the one it has as a positive (any row's), else as a query (negatives
 `build_pairs` takes from other rows' queries), else its row's negatives' label; its source is the
@@ -20,9 +20,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 from pipeline.engine.shards import QUERY, id_range
 from pipeline.ops.files import write_atomic
-from sources.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 
 
 def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:

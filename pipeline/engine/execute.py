@@ -23,14 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core import storage
+from core.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA
 from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import lists_by_row, replace_column
-from sources import storage
 from sources.config import SourceConfig
 from sources.reader import Unit, read_unit
-from sources.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA
 
 BATCH_ROWS = 8192
 ROWS_PER_SHUFFLE_PARTITION = 250_000

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from sources.record import DROP, DROP_STEP, FLAGS, LANG_IN
+from core.record import DROP, DROP_STEP, FLAGS, LANG_IN
 
 LEDGER_SCHEMA = {"step": pl.String, "source": pl.String, "language": pl.String, "kind": pl.String, "reason": pl.String, "rows": pl.Int64}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from sources import storage
+from core import storage
 
 LEASE = "_lease.json"
 LEASE_SECONDS = float(os.environ.get("ML_EMBED_DATA_LEASE_SECONDS", "60"))

@@ -20,19 +20,19 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.engine.stage import Registry, StageConfig
-from sources import storage
-from sources.config import SourceConfig
-from sources.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
-from sources.record import COLUMNS
-from sources.settings import (
+from core import storage
+from core.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
+from core.record import COLUMNS
+from core.settings import (
     ConfigError,
     Strict,
     existing_path,
     line_of,
     load_yaml_model,
 )
-from sources.tasks import POOL_TASKS
+from core.tasks import POOL_TASKS
+from pipeline.engine.stage import Registry, StageConfig
+from sources.config import SourceConfig
 
 # Record columns every row has from ingestion on (filled, or null where the source has no value).
 INGESTED = (*(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf"))

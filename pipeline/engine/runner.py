@@ -28,6 +28,9 @@ from typing import Any, Callable
 import polars as pl
 
 import pipeline
+from core import storage
+from core.passages import CORPUS_DIR, STORE_DIR
+from core.record import DETAIL, DROP, RAW
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
 from pipeline.engine.corpus import write_corpus
@@ -37,10 +40,7 @@ from pipeline.engine.plan import Step, plan_steps
 from pipeline.engine.shards import write_shards
 from pipeline.engine.stage import Registry, RunContext
 from pipeline.ops.passage_store import store_files
-from sources import storage
-from sources.passages import CORPUS_DIR, STORE_DIR
 from sources.reader import Unit, plan_units
-from sources.record import DETAIL, DROP, RAW
 
 # Ingest has no row count before it runs: its input counts as small below this many bytes of source
 # files per row allowed in process (the shipped samples hold about 1 KB per row on disk).
@@ -328,7 +328,7 @@ class Runner:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         bad = (
-            pl.scan_parquet(self._local(ingest.files()))  # read as every checkpoint is: through sources.storage
+            pl.scan_parquet(self._local(ingest.files()))  # read as every checkpoint is: through core.storage
             .filter(pl.col(DROP).is_not_null())
             .select("source", "origin", pl.col(DROP).alias("reason"), pl.col(DETAIL).alias("detail"), pl.col(RAW).alias("raw"))
             .sort("source", "origin")

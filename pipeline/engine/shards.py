@@ -18,9 +18,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT, passage_id
+from core.record import COLUMNS, DROP, SCHEMA
 from pipeline.ops.files import write_atomic
-from sources.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT, passage_id
-from sources.record import COLUMNS, DROP, SCHEMA
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
 # Kept rows whose passages one range of the passage table holds: the table is grouped one range of

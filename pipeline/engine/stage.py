@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from core.record import DETAIL, DROP
+from core.settings import Strict
+from core.tasks import POOL_TASKS
 from pipeline.ops.arrow import replace_column
-from sources.record import DETAIL, DROP
-from sources.settings import Strict
-from sources.tasks import POOL_TASKS
 
 if TYPE_CHECKING:
     from sources.config import SourceConfig

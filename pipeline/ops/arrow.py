@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sources.record import FLAG_TYPE
+from core.record import FLAG_TYPE
 
 # Horizontal whitespace for Arrow's RE2 regexes, whose `\s` is ASCII-only: this adds no-break and
 # the other Unicode spaces, so "a\u00a0b" and "a b" normalise alike.

@@ -4,7 +4,7 @@ Any folder that `sentence-transformers` loads: its own format (`modules.json`), 
 `transformers` model (encoder or decoder) with its tokenizer, which it wraps with mean pooling;
 `python -m train export` writes such a folder. Nothing is ever downloaded (offline mode).
 
-`Embedder` embeds each distinct text once: texts are keyed by a content hash (`sources.passages.passage_id`,
+`Embedder` embeds each distinct text once: texts are keyed by a content hash (`core.passages.passage_id`,
 the passage table's `doc_id`), tokenized once and sorted by token length so a batch pads little, run in
 bfloat16 on a GPU, and kept in a cache folder in chunks, so a run that is killed and run again reads back
 what it already embedded.
@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.passages import passage_id
 from pipeline.ops.files import write_atomic
-from sources.passages import passage_id
 
 CHUNK_TEXTS = 4096  # texts per cache file: the unit of resume while embedding
 

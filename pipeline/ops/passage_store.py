@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import storage
+from core.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, TEXT, passage_id
 from pipeline.ops.arrow import replace_column
 from pipeline.ops.files import write_atomic
-from sources import storage
-from sources.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, TEXT, passage_id
 
 STORE_SCHEMA = pa.schema([pa.field(DOC_ID, pa.string(), nullable=False), pa.field(TEXT, pa.string(), nullable=False)])
 

@@ -26,11 +26,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
 from langid.labels import label_kind, language_family, language_name, script_name
 from pipeline.engine.checkpoint import Checkpoint
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import UNSPACED
-from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, TEXT
 
 STATS_DIR = "stats"
 BATCH_ROWS = 8192

@@ -26,10 +26,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from core.record import DETAIL, DROP, WORK_SCHEMA
 from pipeline.engine.stage import ShuffleStage, StageConfig
 from pipeline.ops.minhash import hash_strings
 from pipeline.ops.passage_store import store_negatives
-from sources.record import DETAIL, DROP, WORK_SCHEMA
 
 
 class BuildPairsConfig(StageConfig):

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from core import storage
+from core.record import FLAG_TYPE, FLAGS
+from core.settings import from_manifest, matching_files
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import replace_column
 from pipeline.ops.minhash import Shingling, shingle_hashes
-from sources import storage
 from sources.reader import load_hf, open_binary
-from sources.record import FLAG_TYPE, FLAGS
-from sources.settings import from_manifest, matching_files
 
 
 class EvalSet(BaseModel):

@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
+from core.record import WORK_SCHEMA
 from pipeline.engine.stage import DedupConfig, ShuffleStage, StageConfig
 from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
-from sources.record import WORK_SCHEMA
 
 
 class ExactDedupConfig(DedupConfig):

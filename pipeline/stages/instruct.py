@@ -13,9 +13,9 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
+from core.record import WORK_SCHEMA
+from core.tasks import TaskName
 from pipeline.engine.stage import Stage, StageConfig
-from sources.record import WORK_SCHEMA
-from sources.tasks import TaskName
 
 
 class InstructConfig(StageConfig):

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
+from core.record import DECLARED_LANG, FLAGS
+from core.settings import from_manifest
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
 from langid.distinct import map_distinct
@@ -29,8 +31,6 @@ from langid.labels import CODE_PREFIX, is_scheme_label, language_of
 from langid.tagger import BUNDLED_MODELS, DEFAULT_FALLBACK, DEFAULT_MODEL, Tags
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import flag_lists, replace_column
-from sources.record import DECLARED_LANG, FLAGS
-from sources.settings import from_manifest
 
 PAIR_FLAG = "language_from_pair"
 

@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
+from core.record import DECLARED_LANG, FLAGS
 from langid.fragments import BUCKET_NAMES, bucket_indices
 from langid.prior import CANDIDATES, COUNTED_FROM, CorpusPrior, language_mask, revise
 from langid.tagger import DEFAULT_MODEL, LanguageTagger
@@ -31,7 +32,6 @@ from pipeline.engine.stage import DatasetStage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.arrow import flag_lists, replace_column
 from pipeline.stages.langid import bucket_name, cross_lingual, resolve_model
-from sources.record import DECLARED_LANG, FLAGS
 
 PRIOR_FLAG = "language_from_prior"
 TextField = Literal["query", "positive"]

@@ -45,15 +45,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from core.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
+from core.settings import from_manifest
+from core.tasks import TaskName
 from pipeline.engine.stage import Resources, ShuffleStage, StageConfig
 from pipeline.ops.embed import Embedder, device, is_model_dir, load_encoder
 from pipeline.ops.files import write_atomic
 from pipeline.ops.minhash import hash_strings, signatures
 from pipeline.ops.passage_store import store_negatives
 from pipeline.ops.retrieval import AnnSearch, Bm25Search, DenseSearch, Search
-from sources.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
-from sources.settings import from_manifest
-from sources.tasks import TaskName
 
 FILTERS = (
     "rank_window",

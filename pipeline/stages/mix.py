@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from core.record import DROP
+from core.tasks import POOL_TASKS
 from pipeline.engine.stage import DatasetStage, Stage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.minhash import hash_strings
-from sources.record import DROP
-from sources.tasks import POOL_TASKS
 
 
 class MixConfig(StageConfig):

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sources.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, POSITIVE_ID, TEXT, PassageTable, corpus_files
+from core.passages import CORPUS_DIR, DOC_ID, NEGATIVE_IDS, POSITIVE_ID, TEXT, PassageTable, corpus_files
 
 Layout = Literal["flat", "ml-embed"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)

@@ -1,7 +1,7 @@
 """Settings files shared by the pipeline and the trainer: a strict pydantic base, paths relative to
 the file that names them, and a YAML loader whose errors name the file, line and key.
 
-A leaf module: it imports nothing of this project but `sources/storage.py` (paths may be URLs), so
+A leaf module: it imports nothing of this project but `core/storage.py` (paths may be URLs), so
 the manifest, the sources and the trainer's config can all build on it without depending on each other.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
-from sources import storage
+from core import storage
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,6 +1,6 @@
 """The canonical record: one Arrow schema for every task, from ingestion to the final shards.
 
-Passages are referred to by id (`sources/passages.py`): the shards carry `positive_id` and
+Passages are referred to by id (`core/passages.py`): the shards carry `positive_id` and
 `negative_ids`, the texts are in the run's passage table. Inside the run, negatives a source gives
 stay inline texts (`negatives`, a work column) until a stage stores them by reference."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sources.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
+from core.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
 
 SCHEMA = pa.schema(
     [
@@ -45,7 +45,7 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 # Columns that live only inside the run folder (stage checkpoints), never in the shards:
-# `negatives` the inline texts of negatives not yet stored by reference (see `sources/passages.py`);
+# `negatives` the inline texts of negatives not yet stored by reference (see `core/passages.py`);
 # `_drop` is the reason a stage dropped the row (null = kept), `_detail` says more, `_raw` holds the
 # original bytes of a row that could not be parsed, `_lang` the language a source declared for the
 # row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger:
