@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,9 @@ def passage_id(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+_LOOKUP = pa.schema([CORPUS_SCHEMA.field(DOC_ID), CORPUS_SCHEMA.field(TEXT)])
+
+
 class MissingPassage(LookupError):
     """A record refers to a passage the table does not hold: a broken run, never a silent gap."""
 
@@ -60,24 +63,47 @@ def corpus_files(run_dir: str | Path) -> list[str]:
 
 class PassageTable:
     """doc_id -> text over a run's corpus files: the texts stay one Arrow column (no Python string
-    per passage), found through a sorted array of the ids' 64-bit prefixes (binary search)."""
+    per passage), found through a sorted array of the ids' 64-bit prefixes (binary search).
+    `PassageTable.mapped` does the same without holding the texts in memory."""
 
     def __init__(self, files: Iterable[str]):
         files = list(files)
-        schema = pa.schema([CORPUS_SCHEMA.field(DOC_ID), CORPUS_SCHEMA.field(TEXT)])
-        table = pq.read_table(files, columns=schema.names, schema=schema) if files else schema.empty_table()
-        keys = _prefixes(table[DOC_ID])
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.ids = keys[order], table[DOC_ID].combine_chunks().take(pa.array(order))
-        self.texts = table[TEXT].combine_chunks().take(pa.array(order))
+        table = pq.read_table(files, columns=_LOOKUP.names, schema=_LOOKUP) if files else _LOOKUP.empty_table()
+        self._index(table[DOC_ID], table[TEXT])
+
+    @classmethod
+    def mapped(cls, files: Iterable[str], folder: str | Path) -> PassageTable:
+        """The same lookups over a table larger than memory: the files (local or in object storage)
+        are copied once, a batch at a time, into an uncompressed Arrow file under `folder` that is
+        memory-mapped, so the operating system pages texts in as they are asked for (and drops them
+        again under memory pressure); only the ids' 8-byte prefixes are held."""
+        from core import storage
+
+        path = Path(folder) / "passages.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _LOOKUP) as writer:
+            for file in files:
+                for batch in storage.parquet_file(file).iter_batches(batch_size=65_536, columns=_LOOKUP.names):
+                    writer.write_batch(batch.cast(_LOOKUP))
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        self = cls.__new__(cls)
+        self._index(table[DOC_ID], table[TEXT])
+        return self
+
+    def _index(self, ids: pa.ChunkedArray, texts: pa.ChunkedArray) -> None:
+        keys = _prefixes(ids) if len(ids) else np.zeros(0, np.uint64)
+        if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():  # a run's table is sorted by id already
+            order = pa.array(np.argsort(keys, kind="stable"))
+            keys, ids, texts = keys[order.to_numpy()], ids.take(order), texts.take(order)
+        self.keys, self.ids, self.texts = keys, ids, texts
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def rows(self, ids: list[str], where: str | list[str] = "") -> np.ndarray:
+    def rows(self, ids: list[str] | pa.Array, where: str | list[str] | Callable[[int], str] = "") -> np.ndarray:
         """Row numbers of `ids` in the table; a missing id raises `MissingPassage` naming where it
-        was found (`where`, or `where[k]` for the k-th id)."""
-        wanted = pa.array(ids, pa.string())
+        was found (`where`, or `where[k]` / `where(k)` for the k-th id)."""
+        wanted = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
         found = np.searchsorted(self.keys, _prefixes(wanted)).clip(max=max(len(self.keys) - 1, 0))
         ok = (
             pc.equal(self.ids.take(pa.array(found)), wanted).to_numpy(zero_copy_only=False)
@@ -86,12 +112,19 @@ class PassageTable:
         )
         if not ok.all():
             k = int(np.flatnonzero(~ok)[0])
-            place = where[k] if isinstance(where, list) else where
-            raise MissingPassage(f"{place}: passage {ids[k]} is not in the passage table ({len(self)} passages)")
+            place = where[k] if isinstance(where, list) else where(k) if callable(where) else where
+            raise MissingPassage(f"{place}: passage {wanted[k].as_py()} is not in the passage table ({len(self)} passages)")
         return found
 
     def texts_of(self, ids: list[str], where: str | list[str] = "") -> list[str]:
         return self.texts.take(pa.array(self.rows(ids, where))).to_pylist() if ids else []
+
+    def take(self, ids: pa.Array, where: str | list[str] | Callable[[int], str] = "") -> pa.Array:
+        """The texts of `ids` as an Arrow array (no Python string each); missing ids as in `rows`."""
+        if not len(ids):
+            return pa.array([], pa.string())
+        texts = self.texts.take(pa.array(self.rows(ids, where)))
+        return texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
 
 
 _NIBBLE = np.zeros(256, np.uint64)  # hex digit (ASCII) -> its value; anything else 0

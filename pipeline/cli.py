@@ -11,7 +11,8 @@ from rich.console import Console
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.tools.export import LAYOUTS
+    from pipeline.export.layouts import DEFAULT_TEMPLATE, LAYOUTS
+    from pipeline.export.negatives import POLICIES
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Build embedding-training corpora from a manifest.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,14 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)")
     de.add_argument("--json", help="write the figures here")
-    ex = sub.add_parser("export", help="write a run's shards as flat query, passage, negative_1..N Parquet, or in ML-Embed's release layout")
-    ex.add_argument("run_dir")
-    ex.add_argument("out")
-    ex.add_argument("--layout", choices=LAYOUTS, default="flat",
-                    help="flat: negative texts in columns; ml-embed: queries/<source>.parquet with passage ids, one corpus.parquet")
-    ex.add_argument("--negatives", type=int, help="negatives per row (default: the longest list)")
-    ex.add_argument("--tokenizer", help="ml-embed: a local tokenizer.json (or folder) to add input_ids with (nothing is downloaded)")
-    ex.add_argument("--template", help='join instructions to queries, e.g. "Instruct: {instruction}\\nQuery: {query}"')
+    ex = sub.add_parser("export", help="write a finished run in the layout another trainer reads (ML-Embed's release, "
+                        "sentence-transformers, FlagEmbedding)")
+    ex.add_argument("run_dir", help="a finished run folder (or s3:// URL)")
+    ex.add_argument("out", help="the folder to write (written aside, then renamed: never half written)")
+    ex.add_argument("--layout", choices=list(LAYOUTS), required=True,
+                    help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; flat: its raw_training_data/; "
+                         "sentence-transformers: a DatasetDict folder (anchor, positive, negative_1..N) + prompts.json; "
+                         "flagembedding: <dataset>.jsonl (query, pos, neg, prompt, scores)")
+    ex.add_argument("--tokenizer", help="ml-embed: the local folder of your model's tokenizer (ids end with its EOS; nothing is downloaded)")
+    ex.add_argument("--max-length", type=int, default=2048, help="ml-embed: tokens per text, EOS included (the release's 2048)")
+    ex.add_argument("--negatives", type=int, help="sentence-transformers, flagembedding: negatives per row (default: 7, "
+                    "clustering 9, classification 1; sentence-transformers at most what the dataset has)")
+    ex.add_argument("--fill", choices=list(POLICIES), default="pool",
+                    help="rows with fewer negatives: pool (from the dataset's passages), repeat (their own), drop")
+    ex.add_argument("--by", choices=["source", "language"], default="source",
+                    help="one dataset per source, or per source and query language")
+    ex.add_argument("--template", default=DEFAULT_TEMPLATE.replace("\n", "\\n"),
+                    help="how an instruction joins its query (ends with {query}); '{query}' leaves instructions out")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar")
     st = sub.add_parser("stats", help="per-language statistics of a run as tables (computes them if the run has none)")
     st.add_argument("run_dir")
     st.add_argument("--lang", help="one language in detail, e.g. swh_Latn")
@@ -66,16 +79,26 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
-    from core.passages import MissingPassage
-    from pipeline.tools.export import export
+    from tqdm import tqdm
 
-    template = args.template.replace("\\n", "\n") if args.template else None
-    try:
-        rows = export(args.run_dir, args.out, args.negatives, template, args.layout, args.tokenizer)
-    except (FileNotFoundError, MissingPassage) as exc:
-        console.print(f"[red]export failed:[/] {exc}", highlight=False, soft_wrap=True)
-        return 1
-    console.print(f"{rows:,} rows written under {args.out}")
+    from core.passages import MissingPassage
+    from pipeline.export import ExportError, export
+    from pipeline.reporting.report import print_export
+
+    with tqdm(desc="export", unit=" rows", disable=args.quiet) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            report = export(args.run_dir, args.out, args.layout, tokenizer=args.tokenizer, max_length=args.max_length,
+                            negatives=args.negatives, policy=args.fill, grouping=args.by, template=args.template.replace("\\n", "\n"),
+                            overwrite=args.overwrite, progress=progress)
+        except (ExportError, MissingPassage, OSError) as exc:
+            bar.close()
+            console.print(f"[red]export failed:[/] {exc}", highlight=False, soft_wrap=True)
+            return 1
+    print_export(report, Console())
     return 0
 
 

@@ -69,6 +69,24 @@ def stage1_run(tmp_path_factory) -> Path:
     return folder / "run"
 
 
+@pytest.fixture(scope="session")
+def stage2_run(tmp_path_factory):
+    """The shipped stage-2 manifest, run once per session (its tests and the exports'), with a reference
+    distribution for the statistics: the folder holding `run/`."""
+    tmp_path = tmp_path_factory.mktemp("stage2")
+    manifest = yaml.safe_load((ROOT / "manifests" / "stage2.yaml").read_text(encoding="utf-8"))
+    manifest["output"] = str(tmp_path / "run")
+    for entry in manifest["sources"] + [s for stage in manifest["stages"] for s in stage.get("eval_sets", [])]:
+        entry["path"] = str(ROOT / "manifests" / entry["path"])
+    (tmp_path / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
+    manifest["stats"] = {"reference": str(tmp_path / "reference.csv")}
+    path = tmp_path / "stage2.yaml"
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
+    result = run_cli("run", str(path), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path
+
+
 STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
                  {"stage": "near_dedup", "fields": ["query", "positive"]}]
 

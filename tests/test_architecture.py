@@ -26,6 +26,7 @@ ALLOWED = {
     "pipeline.engine": ("pipeline.engine", "pipeline.ops", "core", "sources", "langid", "pipeline$"),
     "pipeline.stages": ("pipeline.stages", "pipeline.engine", "pipeline.ops", "core", "sources", "langid"),
     "pipeline.reporting": ("pipeline.reporting", "pipeline.engine", "pipeline.ops", "core", "sources", "langid"),
+    "pipeline.export": ("pipeline.export", "pipeline.engine", "core"),
     "pipeline.tools": ("pipeline.tools", "pipeline.stages", "pipeline.engine", "pipeline.ops", "pipeline.reporting", "core", "sources", "langid"),
     "pipeline": ("pipeline", "core", "sources", "langid"),
     "train": ("train", "core"),

@@ -80,3 +80,19 @@ def print_stats(tables: dict[str, Any], console: Console, lang: str | None = Non
     funnel = tables["funnel"].filter((pl.col("language") == lang) & (pl.col("kind") != "in")).with_columns(pl.col("reason").fill_null(""))
     console.print(_table(funnel.pivot("kind", index=["step", "reason"], values="rows", aggregate_function="sum").sort("step"), "funnel (rows per step)"))
     return True
+
+
+def print_export(report: Any, console: Console) -> None:
+    """An export's datasets: rows in and written, dropped by reason, negatives filled (ExportReport)."""
+    table = Table(title=f"export: {report.layout} -> {report.out}", title_justify="left")
+    for column in ("dataset", "task", "rows in", "written", "dropped", "negatives", "filled rows"):
+        table.add_column(column, justify="left" if column in ("dataset", "task", "dropped") else "right", no_wrap=column == "dataset")
+    for d in report.datasets:
+        dropped = ", ".join(f"{reason} {rows:,}" for reason, rows in sorted(d.dropped.items()))
+        table.add_row(d.name, d.task, f"{d.rows_in:,}", f"{d.rows_written:,}", dropped, str(d.negatives), f"{d.filled_rows:,}")
+    console.print(table)
+    rate = f", {report.rows_in / report.seconds:,.0f} rows/s" if report.seconds else ""
+    console.print(f"{report.rows_written:,} of {report.rows_in:,} rows written in {report.seconds:.1f} s{rate}; "
+                  f"report: {report.out}/export_report.json")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
