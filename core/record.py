@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
 
@@ -72,3 +73,16 @@ def record_id(record: dict[str, Any]) -> str:
     content = json.dumps([record.get(f) for f in CONTENT_FIELDS], ensure_ascii=False, separators=(",", ":"))
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
 
+
+def to_work_schema(table: pa.Table) -> pa.Table:
+    """The table with exactly the work columns, in order and of their types."""
+    return table.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
+
+
+def kept(batch: pa.Table) -> pa.Table:
+    """The rows a stage gets: those no earlier step dropped, with the previous step's flags cleared
+    (counted in its ledger already; a fused group's flags carry their step, another type)."""
+    batch = batch.filter(pc.is_null(batch.column(DROP)))
+    if FLAGS in batch.column_names:
+        batch = batch.drop_columns([FLAGS])
+    return to_work_schema(batch.append_column(FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type)))

@@ -253,6 +253,17 @@ def write_parquet(table: pa.Table, path: str, **options: Any) -> None:
     retried(lambda: pq.write_table(table, inner, filesystem=fs, **options), path)
 
 
+def move(source: str, target: str) -> None:
+    """A file moved to `target` in the same store (a rename locally; a copy, then a delete, in object storage)."""
+    if not is_url(source):
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        os.replace(source, target)
+        return
+    fs, inner = filesystem(source)
+    retried(lambda: fs.copy_file(inner, filesystem(target)[1]), target)
+    delete(source)
+
+
 def delete(path: str) -> None:
     """A file, or a folder / prefix with everything under it; nothing if it does not exist."""
     if not is_url(path):

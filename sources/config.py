@@ -23,6 +23,9 @@ _COMPRESSIONS = (".gz", ".zst")
 class CsvOptions(Strict):
     header: bool = Field(True, description="First line holds column names.")
     column_names: list[str] | None = Field(None, description="Column names when the file has no header.")
+    quoting: Literal["csv", "none"] = Field("csv", description=(
+        "csv: fields may be quoted (\"a, b\", doubled quotes inside); none: quote characters are text, fields end only "
+        "at the delimiter (TSV as most tools write it)."))
 
 
 def infer_format(path: str) -> str | None:

@@ -177,7 +177,9 @@ def _delimited(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
                 bad.append((f"{unit.path}:{line_no}", line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}")))
 
     delimiter = "\t" if source.format == "tsv" else ","
-    reader = csv.reader(decoded_lines(), delimiter=delimiter)
+    quoting = csv.QUOTE_NONE if source.csv.quoting == "none" else csv.QUOTE_MINIMAL
+    reader = csv.reader(decoded_lines(), delimiter=delimiter, quoting=quoting)
+    hint = "" if quoting == csv.QUOTE_NONE else "; if quote characters in this file are text, not CSV quoting, set `csv: {quoting: none}`"
     header = source.csv.column_names
     try:
         for cells in reader:
@@ -191,11 +193,11 @@ def _delimited(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
             if not cells or cells == [""]:
                 continue
             if len(cells) != len(header):
-                yield origin, current["raw"], RowError("bad_csv", f"{len(cells)} cells, header has {len(header)}")
+                yield origin, current["raw"], RowError("bad_csv", f"{len(cells)} cells, header has {len(header)}{hint}")
                 continue
             yield origin, current["raw"], dict(zip(header, cells))
     except csv.Error as exc:
-        yield f"{unit.path}:{current['line']}", current["raw"], RowError("bad_csv", str(exc))
+        yield f"{unit.path}:{current['line']}", current["raw"], RowError("bad_csv", f"{exc}{hint}")
     yield from bad
 
 

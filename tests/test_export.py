@@ -135,11 +135,18 @@ def test_sentence_transformers_trains_on_the_export(stage1_run, stage2_run, smal
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import (
-        CachedMultipleNegativesRankingLoss,
-        MatryoshkaLoss,
-        MultipleNegativesRankingLoss,
-    )
+    try:
+        from sentence_transformers.sentence_transformer.losses import (
+            CachedMultipleNegativesRankingLoss,
+            MatryoshkaLoss,
+            MultipleNegativesRankingLoss,
+        )
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.losses import (
+            CachedMultipleNegativesRankingLoss,
+            MatryoshkaLoss,
+            MultipleNegativesRankingLoss,
+        )
 
     model = SentenceTransformer(str(small_model), device="cpu")
     for name, run in (("stage1", stage1_run), ("stage2", stage2_run / "run")):

@@ -26,6 +26,8 @@ from langid.scripts import script_present
 from langid.tagger import FALLBACK_CANDIDATES, NEXT_CANDIDATES, LanguageTagger, prepare
 from langid.varieties import CANDIDATES
 from pipeline.engine.stage import RunContext
+from pipeline.ops import exchange
+from pipeline.ops.tasks import InProcess
 from pipeline.stages.langid import LangTag, LangTagConfig
 from sources.config import SourceConfig
 from tests.conftest import ready
@@ -732,7 +734,8 @@ def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_
     declared = pa.array(["spa_Latn" if i in wrong_rows else None for i in range(tagged.num_rows)], pa.string())
     tagged = tagged.set_column(tagged.schema.get_field_index(DECLARED_LANG), DECLARED_LANG, declared)
     stage = LangPrior(LangPriorConfig(stage="langid_prior", model="short200"), ctx)
-    out = pa.concat_tables(stage.plan([tagged.slice(0, 400), tagged.slice(400)], tagged.num_rows))
+    rounds = exchange.Rounds(str(tmp_path / "scratch"), InProcess())
+    out = pa.concat_tables([exchange.get(b) for b in stage.plan([tagged.slice(0, 400), tagged.slice(400)], tagged.num_rows, rounds)])
     before, after = tagged.to_pylist(), out.to_pylist()
     assert len(after) == len(before) and [r["query"] for r in after] == [r["query"] for r in before]
     assert all(after[i]["query_lang"] == before[i]["query_lang"] and not after[i][FLAGS] for i in wrong_rows)

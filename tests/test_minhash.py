@@ -14,6 +14,7 @@ from pipeline.ops.minhash import (
     Shingling,
     band_keys,
     choose_bands,
+    compact,
     probability_of_candidate,
     signatures,
     tokens,
@@ -86,12 +87,20 @@ def test_empty_texts_match_nothing_and_signatures_are_deterministic():
 
 
 def test_band_keys_and_band_choice():
-    sig = signatures(pa.array(["the same text here ok", "the same text here ok", "something else entirely now"]), 64)
-    keys = band_keys(sig, 16, 4)
+    texts = pa.array(["the same text here ok", "the same text here ok", "something else entirely now"])
+    sig = compact(signatures(texts, 64))[:, None, :]  # one field
+    keys = band_keys(sig, range(16), 4)
     assert keys.shape == (3, 16) and (keys[0] == keys[1]).all() and not (keys[0] == keys[2]).any()
     assert len(set(keys[0].tolist())) == 16  # the band index is part of the key
+    assert (band_keys(sig, range(4, 8), 4) == keys[:, 4:8]).all()  # a group of bands keys as the whole does
+    salted = band_keys(sig, range(16), 4, np.array([1, 2, 1], np.uint64))
+    assert not (salted[0] == salted[1]).any() and not (salted[0] == keys[0]).any()  # a salt (language) keeps rows apart
     with pytest.raises(ValueError, match="need 72 hashes"):
-        band_keys(sig, 18, 4)
+        band_keys(sig, range(18), 4)
+    # Two fields in a band: rows share it only where both fields agree on it.
+    other = compact(signatures(pa.array(["a b c d e f", "g h i j k l", "a b c d e f"]), 64))[:, None, :]
+    both = band_keys(np.concatenate([sig, other], axis=1), range(16), 2)
+    assert not (both[0] == both[1]).any()
     b, r = choose_bands(0.8, 128)
     assert b * r <= 128
     p = probability_of_candidate(np.array([0.5, 0.8, 0.95]), b, r)

@@ -11,6 +11,8 @@ import pyarrow as pa
 
 from core.record import DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
+from pipeline.ops import exchange
+from pipeline.ops.tasks import InProcess
 from pipeline.stages.mix import Mix, MixConfig, plan_rates
 
 
@@ -34,10 +36,7 @@ def test_without_temperature_and_under_the_cap_every_rate_is_exactly_one():
     assert all(c["rate"] == 1.0 for c in planned)
 
 
-def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
-    import ray
-    import ray.data
-
+def test_sampling_follows_the_plan_and_is_seeded(tmp_path):
     rng = np.random.default_rng(0)
     rows = [{"id": f"{i:08x}", "source": "big" if i % 4 else "small", "task": "retrieval", "query": f"text {i}", "licence": "x",
              "origin": f"f:{i}", "query_lang": ["eng_Latn", "eng_Latn", "eng_Latn", "fra_Latn", "swh_Latn"][int(rng.integers(5))]}
@@ -48,8 +47,10 @@ def test_sampling_follows_the_plan_and_is_seeded(ray_local, tmp_path):
     config = MixConfig(stage="mix", max_rows_per_source=20_000, temperature_alpha=0.5, seed=3)
 
     def run(blocks: int) -> pl.DataFrame:
-        ds = Mix(config, RunContext(tmp_path, ("big", "small"))).plan(ray.data.from_arrow(table).repartition(blocks).to_arrow_refs(), table.num_rows)
-        return pl.from_arrow(pa.concat_tables(ray.get(ds))).sort("id")
+        pieces = [table.take(pa.array(c)) for c in np.array_split(np.arange(table.num_rows), blocks)]
+        rounds = exchange.Rounds(str(tmp_path / "scratch"), InProcess())
+        out = Mix(config, RunContext(tmp_path, ("big", "small"))).plan(pieces, table.num_rows, rounds)
+        return pl.from_arrow(pa.concat_tables([exchange.get(b) for b in out])).sort("id")
 
     out = run(3)
     assert out.select("id", DROP).equals(run(7).select("id", DROP))  # independent of blocking

@@ -1,6 +1,6 @@
-"""Near-duplicate dedup on Ray: the distributed rounds against a single-process reference, on real
-UDHR paragraphs with planted edited copies; determinism across block layouts; languages; and the
-connected-components algorithm against scipy."""
+"""Near-duplicate dedup in rounds of tasks (on Ray, in worker processes or here): against a
+single-process reference on real UDHR paragraphs with planted edited copies; determinism across
+block layouts and executors; languages; and the connected-components algorithm against scipy."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
 from core.record import DETAIL, DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
-from pipeline.ops.minhash import band_keys, signatures
+from pipeline.ops import exchange
+from pipeline.ops.minhash import band_keys
+from pipeline.ops.tasks import InProcess, Pool, RayTasks
 from pipeline.stages.near_dedup import NearDedup, NearDedupConfig
 from pipeline.tools.dedup_calibration import planted_corpus
 
@@ -28,29 +31,41 @@ def planted(shared_data) -> tuple[pa.Table, dict[str, str]]:
     return pa.Table.from_pylist(records, schema=WORK_SCHEMA), {f"{i:06d}": r["cluster"] for i, r in enumerate(rows)}
 
 
-def _run(table: pa.Table, blocks: int, **config) -> pl.DataFrame:
-    import ray
-    import ray.data
+def _run(table: pa.Table, blocks: int, executor: str = "ray", tmp: Path | None = None, **config) -> pl.DataFrame:
+    """The stage's plan over `table` cut into `blocks` input files, its rounds run by `executor`."""
+    import tempfile
 
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    files = []
+    for i, chunk in enumerate(np.array_split(np.arange(table.num_rows), blocks)):
+        files.append(str(folder / f"in-{i}.parquet"))
+        pa.parquet.write_table(table.take(pa.array(chunk, pa.int64())), files[-1])
+    runner = {"ray": RayTasks, "pool": Pool, "here": InProcess}[executor]()
+    rounds = exchange.Rounds(str(folder / "scratch"), runner)
     stage = NearDedup(NearDedupConfig(stage="near_dedup", **config), RunContext(Path("."), ("early", "late")))
-    ds = stage.plan(ray.data.from_arrow(table).repartition(blocks).to_arrow_refs(), table.num_rows)
-    return pl.from_arrow(pa.concat_tables(ray.get(ds))).sort("id")  # type: ignore[return-value]
+    out = [exchange.get(b) for b in stage.plan(exchange.blocks(files), table.num_rows, rounds)]
+    rounds.close()
+    runner.close()
+    assert not (folder / "scratch").exists()
+    return pl.from_arrow(pa.concat_tables(out)).sort("id")  # type: ignore[return-value]
 
 
 def _reference(table: pa.Table, config: NearDedupConfig) -> set[str]:
     """The ids the stage should drop, computed in one process: every pair of rows of one language
-    sharing a band and agreeing on >= threshold of their hashes is linked (all pairs, not only the
+    sharing a band and verified by the stage's own decision is linked (all pairs, not only the
     bucket centre's), components by scipy, kept row = earliest source, then smallest id."""
-    sig = signatures(table.column("query"), config.num_perm, config.seed, config.shingling())
-    keys = band_keys(sig, *config.banding())
+    sig = config.signature([table.column("query")])
+    bands, rows = config.banding()
+    keys = band_keys(sig, range(bands), rows)
     langs = table.column("query_lang").to_pylist()
     buckets: dict[tuple, list[int]] = {}
     for i in range(table.num_rows):
         for k in keys[i]:
             buckets.setdefault((langs[i], int(k)), []).append(i)
-    pairs = {(a, b) for members in buckets.values() for x, a in enumerate(members) for b in members[x + 1 :]
-             if (sig[a] == sig[b]).mean() >= config.threshold}
-    u, v = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    candidates = sorted({(a, b) for members in buckets.values() for x, a in enumerate(members) for b in members[x + 1 :]})
+    a, b = np.array([p[0] for p in candidates]), np.array([p[1] for p in candidates])
+    ok = config.verified(sig[a], sig[b])
+    u, v = a[ok], b[ok]
     n = table.num_rows
     _, comp = scipy_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(n, n)), directed=False)
     df = pl.DataFrame({"id": table.column("id").to_pylist(), "prio": [s != "early" for s in table.column("source").to_pylist()], "c": comp})
@@ -81,10 +96,13 @@ def test_finds_planted_duplicates_like_a_single_process_reference(ray_local, pla
     assert set(detail["kept"]) <= set(kept["id"])
 
 
-def test_results_do_not_depend_on_block_layout(ray_local, planted):
+def test_results_do_not_depend_on_block_layout_or_executor(ray_local, planted):
     table, _ = planted
     one, many = _run(table, blocks=1), _run(table, blocks=9)
-    assert one.select("id", DROP, DETAIL, "near_dup_count").equals(many.select("id", DROP, DETAIL, "near_dup_count"))
+    columns = ["id", DROP, DETAIL, "near_dup_count"]
+    assert one.select(columns).equals(many.select(columns))
+    assert one.select(columns).equals(_run(table, blocks=4, executor="here").select(columns))
+    assert one.select(columns).equals(_run(table, blocks=3, executor="pool").select(columns))
     unverified = _run(table, blocks=4, verify=False, bands=32, rows=4)  # the same candidates, unchecked
     assert set(unverified.filter(pl.col(DROP).is_not_null())["id"]) >= set(one.filter(pl.col(DROP).is_not_null())["id"])
 
@@ -104,9 +122,7 @@ def test_languages_kept_apart_unless_asked(ray_local):
     assert across.filter(pl.col("id").is_in(["e", "f"]))[DROP].is_null().all()  # texts without words match nothing
 
 
-def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local):
-    import ray
-
+def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local, tmp_path):
     from pipeline.ops.components import connected_components, route_undirected
 
     rng = np.random.default_rng(0)
@@ -115,15 +131,20 @@ def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local):
     chain = np.arange(30_000, 33_000)  # a path of 3,000 nodes: the hard case for label propagation
     u, v = np.concatenate([u, chain[:-1]]), np.concatenate([v, chain[1:]])
     parts = 3
-    producers = [[ray.put(t) for t in route_undirected(pa.table({"u": u[s], "v": v[s]}), parts)] for s in np.array_split(np.arange(len(u)), 4)]
-    labels, rounds = connected_components(producers, parts)
-    got = pl.from_arrow(pa.concat_tables(ray.get(labels)))
+    producers = [route_undirected(pa.table({"u": u[s], "v": v[s]}), parts) for s in np.array_split(np.arange(len(u)), 4)]
+    rounds = exchange.Rounds(str(tmp_path / "scratch"), RayTasks())
+    labels, count = connected_components(rounds, producers, parts)
+    got = pl.from_arrow(pa.concat_tables([exchange.get(x) for x in labels]))
     _, comp = scipy_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(chain[-1] + 1,) * 2), directed=False)
     ref = pl.DataFrame({"node": np.arange(chain[-1] + 1), "c": comp}).with_columns(pl.col("node").min().over("c").alias("ref"))
     joined = ref.join(got, on="node", how="inner")
     assert got["node"].is_unique().all() and set(got["node"]) == set(np.concatenate([u, v]).tolist())
     assert joined.height == got.height and (joined["label"] == joined["ref"]).all()
-    assert rounds < 30
+    assert count < 30
+    # Each round deleted the edges it read: what is left in scratch is the labels.
+    left = sorted(p for p in (tmp_path / "scratch").rglob("*.parquet"))
+    assert {p.parent.name.split("-", 2)[-1] for p in left} <= {"large_task"} and len(left) <= parts
+    rounds.close()
 
 
 def test_config_checks_bands_and_rows():
@@ -134,6 +155,8 @@ def test_config_checks_bands_and_rows():
     assert NearDedupConfig(stage="near_dedup", bands=14, rows=8, num_perm=112).banding() == (14, 8)
     assert NearDedupConfig(stage="near_dedup").banding() == (32, 4)  # verified: few misses
     assert NearDedupConfig(stage="near_dedup", verify=False).banding() == (25, 5)
+    # Two fields: a band takes hashes of both, so the same S-curve needs half as many of each.
+    assert NearDedupConfig(stage="near_dedup", fields=["query", "positive"]).banding() == (42, 2)
 
 
 @pytest.mark.slow

@@ -1,65 +1,48 @@
-"""How a step's rows are computed: the functions that run on workers, and two ways to run them.
+"""How a step's rows are computed: the functions that run on workers, as tasks of an executor
+(`pipeline/ops/tasks.py`: here, a pool of worker processes, or Ray), the same code whichever runs
+them, so every path gives the same rows.
 
-- `run_local`: on this machine without Ray, the row-local work in worker processes (one per CPU)
-  when the input is large enough to repay their start (small inputs: no distributed fixed cost).
-- `run_ray`: Ray Data over the cluster: fused row-local groups as tasks (each worker process sets
-  the stages up once), shuffle stages behind a hash partitioning on their key, dataset stages
-  through their own plan.
+- ingest: a task per unit (a file, a byte range, a row group, rows of a dataset);
+- rows: a task per range of row groups of the input, through the fused group of row-local stages
+  (each worker process sets the stages up once and keeps them for its next tasks);
+- shuffle: two rounds through scratch files (`pipeline/ops/exchange.py`): each input file's rows are
+  cut into partitions by the stage's key, then each partition goes through the stage whole;
+- dataset: the stage's own plan of rounds over the input files.
 
-Both give the same rows (row order within a checkpoint aside, which nothing downstream depends on:
-shards are sorted). The runner picks one per step and knows nothing about particular stages.
+Every task reads its input and writes its output file itself (read and map fused); the driver
+passes paths, never rows. Row order within a checkpoint is not kept (nothing downstream depends on
+it: shards are sorted).
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from core import storage
-from core.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA
+from core.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA, kept, to_work_schema
 from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import lists_by_row, replace_column
+from pipeline.ops.tasks import Executor
 from sources.config import SourceConfig
 from sources.reader import Unit, read_unit
 
-BATCH_ROWS = 8192
+BATCH_ROWS = 8192  # rows a stage gets at a time, and the row groups of every checkpoint file
+TASK_ROWS = 8 * BATCH_ROWS  # rows a task of a row-local step reads and writes (one output file)
 ROWS_PER_SHUFFLE_PARTITION = 250_000
-CHECKPOINT_ROWS_PER_FILE = 100_000  # fewer, larger files: each file is a Ray read task
-# Below this many rows a fused group runs in the driver alone: starting worker processes (imports,
-# models) costs more than it saves.
+# Below this many rows a step runs in the driver alone: starting worker processes (imports, models)
+# costs more than it saves.
 POOL_MIN_ROWS = 4 * BATCH_ROWS
 POOL_MIN_BYTES = 32 << 20  # of source files, for ingest
 
 
 # --- worker-side functions ------------------------------------------------------------------------
-
-
-def to_work_schema(table: pa.Table) -> pa.Table:
-    return table.select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
-
-
-def kept(batch: pa.Table) -> pa.Table:
-    """The rows a stage gets: those no earlier step dropped, with the previous step's flags cleared
-    (counted in its ledger already; a fused group's flags carry their step, another type)."""
-    batch = batch.filter(pc.is_null(batch.column(DROP)))
-    if FLAGS in batch.column_names:
-        batch = batch.drop_columns([FLAGS])
-    return to_work_schema(batch.append_column(FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type)))
-
-
-def ingest_units(batch: pa.Table, sources: dict[str, SourceConfig]) -> pa.Table:
-    tables = [read_unit(Unit(**row), sources[row["source"]]) for row in batch.to_pylist()]
-    return pa.concat_tables(tables)
 
 
 def _tag_flags(flags: pa.StructArray, step: str) -> pa.StructArray:
@@ -125,9 +108,8 @@ class ShuffleWorker:
         self.stage = step.stages[0].build(context)
         self.stage.setup()
 
-    def key(self, batch: pa.Table) -> pa.Table:
-        batch = kept(batch)
-        return batch.append_column("_key", self.stage.key(batch))  # type: ignore[attr-defined]
+    def key(self, batch: pa.Table) -> pa.Array:
+        return self.stage.key(batch)  # type: ignore[attr-defined]
 
     def __call__(self, partition: pa.Table) -> pa.Table:
         return to_work_schema(self.stage(partition))
@@ -148,20 +130,42 @@ def _worker(cls: type[GroupWorker] | type[ShuffleWorker], step: Step, context: R
     return _WORKERS[key]
 
 
-def _group_setup(step: Step, context: RunContext) -> None:
-    _worker(GroupWorker, step, context)
+# --- tasks ----------------------------------------------------------------------------------------
 
 
-def _group_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return _worker(GroupWorker, step, context)(batch)
+def _write(table: pa.Table, path: str) -> int:
+    # Row groups of a batch: the unit of work of the next step's tasks.
+    storage.write_parquet(table, path, row_group_size=BATCH_ROWS)
+    return table.num_rows
 
 
-def _add_key(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return _worker(ShuffleWorker, step, context).key(batch)
+def _ingest_task(unit: Unit, source: SourceConfig, path: str) -> int:
+    return _write(read_unit(unit, source), path)
 
 
-def _shuffle_apply(batch: pa.Table, step: Step, context: RunContext) -> pa.Table:
-    return _worker(ShuffleWorker, step, context)(batch)
+def _rows_task(file: str, groups: list[int], path: str, step: Step, context: RunContext) -> int:
+    """Row groups of an input file through this process's set-up group of stages, as one file."""
+    parquet = storage.parquet_file(file)
+    worker = _worker(GroupWorker, step, context)
+    parts = []
+    for group in groups:
+        table = parquet.read_row_group(group, columns=WORK_SCHEMA.names)
+        parts += [worker(table.slice(start, BATCH_ROWS)) for start in range(0, table.num_rows, BATCH_ROWS)]
+    return _write(pa.concat_tables(parts), path) if parts else 0
+
+
+def _key_task(block: pa.Table, parts: int, step: Step, context: RunContext) -> list[pa.Table]:
+    """A block's rows cut into the stage's key partitions."""
+    key = _worker(ShuffleWorker, step, context).key(block).to_numpy(zero_copy_only=False)
+    return exchange.split(block, (key % np.uint64(parts)).astype(np.int64), parts)
+
+
+def _partition_task(path: str, step: Step, context: RunContext, *tables: pa.Table) -> list[Any]:
+    """A whole partition (every row of its keys) through the stage, as one file."""
+    table = exchange.concat(tables)
+    if table.num_rows:
+        _write(_worker(ShuffleWorker, step, context)(table), path)
+    return []
 
 
 # --- in the driver --------------------------------------------------------------------------------
@@ -172,114 +176,48 @@ def source_bytes(units: list[Unit]) -> int:
     return sum(storage.size_and_mtime(p)[0] for p in {u.path for u in units})
 
 
-def _write(table: pa.Table, out: str, index: int) -> None:
-    # Row groups of a batch: the unit of work of the next step's processes.
-    storage.write_parquet(table, storage.join(out, f"part-{index:05d}.parquet"), row_group_size=BATCH_ROWS)
+def compute(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext,
+            out: str, executor: Executor, scratch: str, options: dict[str, Any]) -> None:
+    """Compute the step over `files` (its input, local or in object storage) and write its files
+    under `out`; `scratch` holds what rounds hand each other, `options` is a task's request to Ray."""
+    def target(i: int) -> str:
+        return storage.join(out, f"part-{i:05d}.parquet")
 
-
-def _rows_task(file: str, row_group: int, out: str, index: int, step: Step, context: RunContext) -> None:
-    """One row group of the input through the process's set-up group, written as one output file."""
-    table = pq.ParquetFile(file).read_row_group(row_group, columns=WORK_SCHEMA.names)
-    parts = [_group_apply(table.slice(start, BATCH_ROWS), step, context) for start in range(0, table.num_rows, BATCH_ROWS)]
-    if parts:
-        _write(pa.concat_tables(parts), out, index)
-
-
-def _ingest_task(unit: Unit, source: SourceConfig, out: str, index: int) -> None:
-    _write(read_unit(unit, source), out, index)
-
-
-def _map(fn: Callable[..., None], tasks: list[tuple], parallel: bool, setup: Callable[..., Any] | None = None,
-         setup_args: tuple = ()) -> None:
-    """`fn(*task)` for every task: in this process, or when `parallel` in a pool of worker
-    processes, one per CPU, each running `setup(*setup_args)` first. fastText and most of Python
-    hold the GIL, so threads would not run the stages in parallel."""
-    processes = min(len(os.sched_getaffinity(0)), len(tasks))
-    if not parallel or processes < 2:
-        if setup:
-            setup(*setup_args)
-        for task in tasks:
-            fn(*task)
-        return
-    spawn = multiprocessing.get_context("spawn")  # a fork could copy Ray's or polars' threads mid-flight
-    with ProcessPoolExecutor(processes, mp_context=spawn, initializer=setup, initargs=setup_args) as pool:
-        list(pool.map(fn, *zip(*tasks)))  # in order; a worker's exception is raised here
-
-
-def run_local(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: str) -> None:
-    """Compute the step in this process from local `files` and write its checkpoint files under
-    `out` (a local folder or a prefix in object storage)."""
     if step.kind == "ingest":
-        _map(_ingest_task, [(u, sources[u.source], out, i) for i, u in enumerate(units)], source_bytes(units) >= POOL_MIN_BYTES)
+        executor.map(_ingest_task, [(u, sources[u.source], target(i)) for i, u in enumerate(units)], "ingest")
         return
-    if step.kind == "rows":  # a row group per task, written as one file
-        groups = [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
-        _map(_rows_task, [(f, g, out, i, step, context) for i, (f, g) in enumerate(groups)], rows >= POOL_MIN_ROWS,
-             _group_setup, (step, context))
+    if step.kind == "rows":
+        groups = [(f, g) for f in files for g in range(storage.parquet_file(f).metadata.num_row_groups)]
+        per_task = TASK_ROWS // BATCH_ROWS
+        tasks = [(chunk[0][0], [g for _, g in chunk], target(i), step, context) for i, chunk in enumerate(_chunks(groups, per_task))]
+        executor.map(_rows_task, tasks, step.name, options)
         _WORKERS.clear()  # the driver keeps no models once the step is done
         return
-    if step.kind == "dataset":  # the plan's rounds run in this process (see pipeline/ops/exchange.py)
-        blocks = [kept(pq.read_table(f, columns=WORK_SCHEMA.names)) for f in files]
-        stage = step.stages[0].build(context)
-        assert isinstance(stage, DatasetStage)
-        for i, block in enumerate(stage.plan([b for b in blocks if b.num_rows], rows)):
-            _write(to_work_schema(exchange.get(block)), out, i)  # a table, or a reference if Ray is up
-        return
-    shuffle = ShuffleWorker(step, context)
-    parts = max(1, math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
-    tables = [pq.read_table(f, columns=WORK_SCHEMA.names) for f in files]
-    if not sum(t.num_rows for t in tables):
-        return
-    if parts == 1:  # every key in one partition: no key to compute
-        _write(shuffle(kept(pa.concat_tables(tables))), out, 0)
-        return
-    table = pa.concat_tables([shuffle.key(t) for t in tables])
-    partition = (table.column("_key").to_numpy() % np.uint64(parts)).astype(np.int64)
-    for p in range(parts):
-        _write(shuffle(table.filter(pa.array(partition == p))), out, p)
+    rounds = exchange.Rounds(scratch, executor, options)
+    try:
+        if step.kind == "dataset":
+            stage = step.stages[0].build(context)
+            assert isinstance(stage, DatasetStage)
+            for i, block in enumerate(stage.plan(exchange.blocks(files), rows, rounds)):
+                if isinstance(block, exchange.Ref):
+                    storage.move(block.path, target(i))
+                elif block.num_rows:
+                    _write(to_work_schema(block), target(i))
+            return
+        parts = max(executor.parallelism, math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
+        cut = rounds.submit(_key_task, [(b, parts, step, context) for b in exchange.blocks(files)], parts, description=f"{step.name}: keys")
+        rounds.submit(_partition_task, [(target(p), step, context, *exchange.column(cut, p)) for p in range(parts)], 0, description=step.name)
+    finally:
+        rounds.close()
+        _WORKERS.clear()
 
 
-# --- on Ray ---------------------------------------------------------------------------------------
-
-
-def run_ray(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext, out: str) -> None:
-    """Compute the step with Ray Data and write its checkpoint files under `out`; `files` and `out`
-    are local or in object storage, read and written by every node directly (no shared mount)."""
-    import ray
-    import ray.data
-
-    cluster = ray.cluster_resources()
-    cpus = int(cluster.get("CPU", 1))
-    if step.kind == "ingest":
-        items = [u.as_dict() for u in units]
-        ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-        ds = ds.map_batches(ingest_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"sources": sources})
-    else:
-        fs = storage.filesystem(files[0])[0] if files else None
-        inner = [storage.filesystem(f)[1] for f in files]
-        ds = ray.data.read_parquet(inner, filesystem=fs, override_num_blocks=max(2 * cpus, len(files))).select_columns(list(WORK_SCHEMA.names))
-        ds = _plan(step, ds, rows, context, cluster)
-    fs, inner_out = storage.filesystem(out)
-    ds.write_parquet(inner_out, filesystem=fs, min_rows_per_file=CHECKPOINT_ROWS_PER_FILE, max_rows_per_file=2 * CHECKPOINT_ROWS_PER_FILE)
-
-
-def _plan(step: Step, ds: Any, rows: int, context: RunContext, cluster: dict[str, float]) -> Any:
-    """The Ray Data plan of a step over `ds`, its input."""
-    import ray.data
-
-    cls = step.stages[0].cls
-    args = (step, context)
-    if step.kind == "dataset":
-        blocks = ds.map_batches(kept, batch_format="pyarrow", batch_size=BATCH_ROWS).to_arrow_refs()  # stay in the object store
-        stage = step.stages[0].build(context)
-        assert isinstance(stage, DatasetStage)
-        return ray.data.from_arrow_refs(stage.plan(blocks, rows)).map_batches(to_work_schema, batch_format="pyarrow", batch_size=None)
-    if step.kind == "shuffle":
-        partitions = max(int(cluster.get("CPU", 1)), math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
-        ds = ds.map_batches(_add_key, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS)
-        ds = ds.repartition(partitions, keys=["_key"])
-        # batch_size=None: a whole partition per call, so every row of a key is seen together; a GPU
-        # per task where the stage asks for one and the cluster has them (dense mining embeds there).
-        return ds.map_batches(_shuffle_apply, batch_format="pyarrow", fn_args=args, batch_size=None, **cls.resources.ray_options(cluster))
-    return ds.map_batches(_group_apply, batch_format="pyarrow", fn_args=args, batch_size=BATCH_ROWS, **step.resources().ray_options(cluster))
-
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """Consecutive runs of `size` items, each within one file (a task reads one file)."""
+    out: list[list[Any]] = []
+    for item in items:
+        if out and len(out[-1]) < size and out[-1][0][0] == item[0]:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out

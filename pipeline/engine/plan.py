@@ -60,7 +60,9 @@ class Step:
         return next((i for i, s in enumerate(self.stages) if "query_lang" in s.cls.writes), None)
 
     def resources(self) -> Resources:
-        """What one worker of the step needs: the most any of its stages needs."""
+        """What one worker of the step needs: the most any of its stages needs (ingest: one CPU)."""
+        if not self.stages:
+            return Resources()
         return Resources(max(s.cls.resources.cpus for s in self.stages), max(s.cls.resources.gpus for s in self.stages),
                          max(s.cls.resources.memory_mb for s in self.stages))
 

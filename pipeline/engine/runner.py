@@ -31,15 +31,16 @@ import pipeline
 from core import storage
 from core.passages import CORPUS_DIR, STORE_DIR
 from core.record import DETAIL, DROP, RAW
+from pipeline.engine import execute
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
 from pipeline.engine.corpus import write_corpus
-from pipeline.engine.execute import run_local, run_ray, source_bytes
 from pipeline.engine.manifest import Manifest
 from pipeline.engine.plan import Step, plan_steps
 from pipeline.engine.shards import write_shards
 from pipeline.engine.stage import Registry, RunContext
 from pipeline.ops.passage_store import store_files
+from pipeline.ops.tasks import Executor, InProcess, Pool, RayTasks
 from sources.reader import Unit, plan_units
 
 # Ingest has no row count before it runs: its input counts as small below this many bytes of source
@@ -211,8 +212,15 @@ class Runner:
             self._start_ray()
         out = ckpt.begin()
         context = replace(self.context, work_dir=self._work_dir(step))
-        # In process, the input is read from the local copy; on Ray, every node reads the output.
-        (run_local if local else run_ray)(step, units, self.sources, self._local(files) if local else files, rows_in, context, out)
+        scratch = self._scratch(step)
+        storage.delete(scratch)  # what a killed attempt left
+        executor = self._executor(step, rows_in, units, local)
+        try:
+            # In process, the input is read from the local copy; on Ray, every node reads the output.
+            execute.compute(step, units, self.sources, self._local(files) if local else files, rows_in, context, out, executor, scratch,
+                    self._task_options(step, local))
+        finally:
+            executor.close()
         written = [p for p in storage.list_files(out) if p.endswith(".parquet")]
         outcomes = ledger_mod.count_outcomes(step.ledger_steps, self._local(written), step.language_set_at())
         part = ledger_mod.entries(step.ledger_steps, outcomes, previous)
@@ -222,7 +230,29 @@ class Runner:
         storage.write_bytes(storage.join(out, "_ledger.parquet"), buffer.getvalue())
         ckpt.commit(step.fingerprint, {"seconds": time.perf_counter() - started, "in_process": local})
         shutil.rmtree(self._work_dir(step), ignore_errors=True)
+        storage.delete(storage.join(self.output, "work", self._work_dir(step).name))
         self._drop_empty_work()
+
+    def _scratch(self, step: Step) -> str:
+        """Where the step's rounds hand each other files: under `work/`, beside the output (in object
+        storage for an `s3://` output, so every node reaches it)."""
+        return storage.join(self.output, "work", self._work_dir(step).name, "scratch")
+
+    def _executor(self, step: Step, rows_in: int, units: list[Unit], local: bool) -> Executor:
+        """Ray tasks, a pool of this machine's worker processes, or this process alone (small steps)."""
+        if not local:
+            return RayTasks(progress=not self.quiet)
+        small = execute.source_bytes(units) < execute.POOL_MIN_BYTES if step.kind == "ingest" else rows_in < execute.POOL_MIN_ROWS
+        return InProcess() if small else Pool(self.manifest.ray.num_cpus, progress=not self.quiet)
+
+    @staticmethod
+    def _task_options(step: Step, local: bool) -> dict[str, Any]:
+        """What one task asks Ray for: the most any of the step's stages declares."""
+        if local:
+            return {}
+        import ray
+
+        return step.resources().ray_options(ray.cluster_resources())
 
     def _drop_empty_work(self) -> None:
         """A finished run leaves no `work/` folder (scratch of steps and shard writing)."""
@@ -235,7 +265,7 @@ class Runner:
         if self.ray_address:
             return False
         if step.kind == "ingest":
-            return source_bytes(units) <= limit * INGEST_BYTES_PER_ROW
+            return execute.source_bytes(units) <= limit * INGEST_BYTES_PER_ROW
         return rows_in <= limit
 
     def _start_ray(self) -> None:

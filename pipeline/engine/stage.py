@@ -167,14 +167,14 @@ class ShuffleStage(Stage):
 
 class DatasetStage(Stage):
     """A stage that must see the whole dataset at once (near-duplicate detection compares every
-    row with every other). The runner hands `plan` the blocks of the rows no earlier step dropped
-    (Ray object references, or the tables themselves when the step runs in process) and writes the
-    blocks it returns: the same rows, with `_drop` set on the ones it drops. A plan works through
-    `pipeline/ops/exchange.py`, which runs its rounds of tasks on either, and must keep the work
-    distributed: it may never gather rows (or per-row data) on the driver.
+    row with every other). The runner hands `plan` the step's input files as blocks (refs whose
+    rows are those no earlier step dropped) and a `Rounds` to run tasks with
+    (`pipeline/ops/exchange.py`: their tables pass through scratch files, in process or on Ray);
+    `plan` returns one table (or ref) per output file, in the work schema: the same rows, with `_drop`
+    set on the ones it drops. It may never gather rows (or per-row data) on the driver.
     """
 
-    def plan(self, blocks: list[Any], rows: int) -> list[Any]:
+    def plan(self, blocks: list[Any], rows: int, rounds: Any) -> list[Any]:
         raise NotImplementedError
 
 

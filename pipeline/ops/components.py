@@ -3,7 +3,7 @@
 The algorithm of Kiveris et al. (2014, "Connected Components in MapReduce and Beyond") rewrites the
 edge set in rounds until every component is a star around its smallest node; each step only needs
 the edges of one node at a time, so edges are hash-partitioned by node and every partition is
-handled by its own Ray task (`pipeline/exchange.py`). It converges in O(log^2 n) rounds (a few in
+handled by its own task (`pipeline/ops/exchange.py`: the partitions pass through scratch files). It converges in O(log^2 n) rounds (a few in
 practice); no process ever holds more than its partition of the edges.
 
 - large-star: for node u with neighbours N(u), link every larger neighbour to m = min(N(u) + u).
@@ -65,21 +65,20 @@ def _both_ways(edges: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([edges.select("u", "v"), edges.select(pl.col("v").alias("u"), pl.col("u").alias("v"))])
 
 
+def _labels(edges: pl.DataFrame) -> pa.Table:
+    """At convergence every edge joins a node to its component's smallest node: (node, label)."""
+    low = edges.group_by("u").agg(pl.col("v").min().alias("m"))
+    return low.select(pl.col("u").alias("node"), pl.min_horizontal("u", "m").alias("label")).to_arrow().cast(LABELS)
+
+
 def _large_task(parts: int, *tables: pa.Table) -> list[Any]:
+    """[fingerprint of the edges, their labels were they converged, *the large-star edges by partition]."""
     edges = _frame(tables)
-    return [_fingerprint(edges), *_route(large_star(edges), "u", parts)]
+    return [_fingerprint(edges), _labels(edges), *_route(large_star(edges), "u", parts)]
 
 
 def _small_task(parts: int, *tables: pa.Table) -> list[pa.Table]:
     return _route(_both_ways(small_star(_frame(tables))), "u", parts)
-
-
-def _labels_task(*tables: pa.Table) -> list[pa.Table]:
-    """At convergence every edge joins a node to its component's smallest node: (node, label)."""
-    edges = _frame(tables)
-    low = edges.group_by("u").agg(pl.col("v").min().alias("m"))
-    labels = low.select(pl.col("u").alias("node"), pl.min_horizontal("u", "m").alias("label"))
-    return [labels.to_arrow().cast(LABELS)]
 
 
 def route_undirected(edges: pa.Table, parts: int) -> list[pa.Table]:
@@ -87,20 +86,21 @@ def route_undirected(edges: pa.Table, parts: int) -> list[pa.Table]:
     return _route(_both_ways(pl.from_arrow(edges.cast(EDGES))), "u", parts)  # type: ignore[arg-type]
 
 
-def connected_components(edge_parts: list[list[Any]], parts: int, max_rounds: int = 100) -> tuple[list[Any], int]:
-    """Components of the graph whose edges arrive as `edge_parts` (per producer, `parts` references
-    to tables made by `route_undirected`). Returns one reference per partition to a (node, label)
-    table, covering every node that has an edge, and the number of rounds."""
+def connected_components(rounds: exchange.Rounds, edge_parts: list[list[Any]], parts: int, max_rounds: int = 100) -> tuple[list[Any], int]:
+    """Components of the graph whose edges arrive as `edge_parts` (per producer, `parts` tables made
+    by `route_undirected`, or refs to them). Returns one (node, label) table (or ref) per partition,
+    covering every node that has an edge, and the number of rounds. Each round reads the edges the
+    one before wrote (and deletes them): scratch holds two rounds' edges at most."""
     previous = None
-    for round_ in range(1, max_rounds + 1):  # noqa: B007 (the count is returned)
-        large = exchange.submit(_large_task, [(parts, *exchange.column(edge_parts, j)) for j in range(parts)], parts + 1)
-        fingerprint = tuple(np.sum([exchange.get(out[0]) for out in large], axis=0).tolist()) if large else (0, 0)
-        if fingerprint == previous:
-            break
+    for round_ in range(1, max_rounds + 1):
+        large = rounds.submit(_large_task, [(parts, *exchange.column(edge_parts, j)) for j in range(parts)], parts + 2,
+                              description=f"components: round {round_}")
+        fingerprint = tuple(np.sum([out[0] for out in large], axis=0).tolist()) if large else (0, 0)
+        if fingerprint == previous:  # the edges did not change: they are stars around each component's smallest node
+            rounds.discard([ref for out in large for ref in out[2:]])
+            return [out[1] for out in large], round_
         previous = fingerprint
-        routed = [out[1:] for out in large]
-        edge_parts = exchange.submit(_small_task, [(parts, *exchange.column(routed, j)) for j in range(parts)], parts)
-    else:
-        raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
-    labels = exchange.submit(_labels_task, [tuple(exchange.column(edge_parts, j)) for j in range(parts)], 1)
-    return [out[0] for out in labels], round_
+        rounds.discard([out[1] for out in large])
+        routed = [out[2:] for out in large]
+        edge_parts = rounds.submit(_small_task, [(parts, *exchange.column(routed, j)) for j in range(parts)], parts)
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")

@@ -1,25 +1,129 @@
-"""All-to-all exchange of Arrow tables between Ray tasks: the shuffle step of a MapReduce.
+"""Rounds of tasks that hand each other Arrow tables and numpy arrays through files: the shuffle of a
+MapReduce, on disk or in object storage rather than in memory.
 
-Every task of a round returns one table per destination partition (`num_returns`), and task `j` of
-the next round receives part `j` of every producer. Tables stay in Ray's object store (spilled to
-disk when it fills) and move only between the workers that need them; the driver holds object
-references, never rows.
+A task returns a list of objects; each table or array is written to the step's scratch space
+(`Rounds.scratch`, under the run folder, on a local disk or in object storage) and the caller gets a
+`Ref` (a path) in its place, small values come back as they are. A task that receives a `Ref` reads
+it, and once it has finished deletes what it read unless the ref was made to be `keep`t (read by
+several tasks): so scratch holds the data in flight between two rounds, not every round's. Memory
+is one task's inputs and outputs; the driver holds paths, never rows. Scratch survives a killed
+worker, so a retried task finds its inputs; the runner removes it when the step commits.
 
-We use Ray core tasks here rather than Ray Data's shuffle because iterative algorithms (connected
-components) run many small rounds, and a Ray Data shuffle costs seconds of fixed overhead per round
-on a small machine, while a round of tasks costs milliseconds.
-
-When Ray is not running (a small step run in process), a round runs its tasks one after another in
-this process and the "references" are the tables themselves: the same code, the same results.
+Connected components and the near-duplicate plan run many small rounds; plain tasks cost
+milliseconds a round, where a Ray Data shuffle costs seconds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import hashlib
+import io
+import itertools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
-import ray
+
+from core import storage
+from core.record import WORK_SCHEMA, kept
+from pipeline.ops.tasks import Executor, InProcess
+
+INLINE_BYTES = 64 << 10  # smaller results travel back as values (counts, fingerprints, empty parts)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A table or array in a file: a task's output in scratch, or (`block`) an input file of the
+    step, read as the rows no earlier step dropped."""
+
+    path: str
+    kind: Literal["table", "array", "block"]
+    keep: bool = False  # read by several tasks: removed with the scratch space, not by a reader
+
+    def read(self) -> Any:
+        if self.kind == "block":
+            return kept(storage.parquet_file(self.path).read(columns=WORK_SCHEMA.names))
+        if self.kind == "table":
+            return storage.parquet_file(self.path).read()
+        return np.load(local_path(self.path), mmap_mode="r")
+
+
+def local_path(path: str) -> str:
+    """A local file to map: the file itself, or a copy of an object in this machine's cache."""
+    if not storage.is_url(path):
+        return path
+    cache = Path(tempfile.gettempdir()) / "ml-embed-data" / "scratch"
+    return str(storage.download(path, cache / f"{hashlib.sha1(path.encode()).hexdigest()[:20]}.npy"))
+
+
+def get(value: Any) -> Any:
+    """What a task got: the object behind a `Ref` (in a list too), anything else as it is."""
+    if isinstance(value, list):
+        return [get(v) for v in value]
+    return value.read() if isinstance(value, Ref) else value
+
+
+def _store(value: Any, path: str, keep: bool) -> Any:
+    if isinstance(value, pa.Table) and value.nbytes > INLINE_BYTES:
+        storage.write_parquet(value, path + ".parquet", compression="lz4")
+        return Ref(path + ".parquet", "table", keep)
+    if isinstance(value, np.ndarray) and value.nbytes > INLINE_BYTES:
+        buffer = io.BytesIO()
+        np.save(buffer, value)
+        storage.write_bytes(path + ".npy", buffer.getvalue())
+        return Ref(path + ".npy", "array", keep)
+    return value
+
+
+def _task(fn: Callable[..., list[Any]], args: tuple, prefix: str, returns: int, keep: bool) -> list[Any]:
+    """On the worker: read the refs, run `fn`, store its outputs, delete what was read once."""
+    outputs = fn(*[get(a) for a in args])
+    if len(outputs) != returns:
+        raise RuntimeError(f"{fn.__name__} returned {len(outputs)} objects for {returns}")
+    stored = [_store(value, f"{prefix}-{j:05d}", keep) for j, value in enumerate(outputs)]
+    for arg in args:
+        if isinstance(arg, Ref) and arg.kind != "block" and not arg.keep:
+            storage.delete(arg.path)  # read once: by this task
+    return stored
+
+
+class Rounds:
+    """The rounds of one step: tasks run by `executor`, their outputs written under `scratch`."""
+
+    def __init__(self, scratch: str, executor: Executor | None = None, options: dict[str, Any] | None = None):
+        self.scratch = scratch
+        self.executor = executor or InProcess()
+        self.options = options or {}  # per task, for Ray (CPUs, memory)
+        self._count = itertools.count()
+
+    @property
+    def parallelism(self) -> int:
+        return self.executor.parallelism
+
+    def submit(self, fn: Callable[..., list[Any]], args: Sequence[tuple], returns: int, keep: bool = False,
+               description: str = "") -> list[list[Any]]:
+        """Run `fn(*a)` for each `a` (refs among `a` arrive read); `fn` returns `returns` objects.
+        Result: per task, its `returns` outputs (refs to tables and arrays, small values as they are)."""
+        folder = storage.join(self.scratch, f"round-{next(self._count):03d}-{fn.__name__.strip('_')}")
+        tasks = [(fn, a, storage.join(folder, f"{i:05d}"), returns, keep) for i, a in enumerate(args)]
+        return self.executor.map(_task, tasks, description or fn.__name__.strip("_"), self.options)
+
+    @staticmethod
+    def discard(outputs: list[Any]) -> None:
+        """Remove outputs no task will read."""
+        for ref in outputs:
+            if isinstance(ref, Ref) and ref.kind != "block":
+                storage.delete(ref.path)
+
+    def close(self) -> None:
+        storage.delete(self.scratch)
+
+
+def blocks(files: list[str]) -> list[Ref]:
+    """A step's input files as blocks (their kept rows), in order."""
+    return [Ref(f, "block") for f in files]
 
 
 def spread(keys: np.ndarray, parts: int) -> np.ndarray:
@@ -35,53 +139,6 @@ def split(table: pa.Table, partition: np.ndarray, parts: int) -> list[pa.Table]:
     bounds = np.searchsorted(partition[order], np.arange(parts + 1))
     ordered = table.take(pa.array(order))
     return [ordered.slice(bounds[j], bounds[j + 1] - bounds[j]) for j in range(parts)]
-
-
-def _first(fn: Callable[..., list[Any]]) -> Callable[..., Any]:
-    def one(*args: Any) -> Any:
-        return fn(*args)[0]
-
-    return one
-
-
-def submit(fn: Callable[..., list[Any]], args: Sequence[tuple], returns: int) -> list[list[Any]]:
-    """Run `fn(*a)` as a Ray task for each `a` in `args`. `fn` returns a list of `returns` objects
-    (ObjectRefs among `a` arrive resolved). Result: one list of `returns` references per task (in
-    process: the objects)."""
-    if not ray.is_initialized():
-        outs = [fn(*[get(x) for x in a]) for a in args]
-        return [list(out) for out in outs]
-    if returns == 1:  # Ray stores a one-element list as one object: unwrap it
-        remote = ray.remote(_first(fn))
-        return [[remote.remote(*a)] for a in args]
-    remote = ray.remote(fn).options(num_returns=returns)
-    return [list(remote.remote(*a)) for a in args]
-
-
-def track(outputs: list[list[Any]], description: str) -> list[list[Any]]:
-    """Wait for a round, with a progress bar of its tasks unless the run is quiet (Ray Data's
-    progress-bar setting, which `--quiet` turns off). Returns `outputs`."""
-    import ray.data
-    from tqdm import tqdm
-
-    if not ray.is_initialized():
-        return outputs  # in process: each round is done when `submit` returns
-    pending = [out[0] for out in outputs]
-    with tqdm(total=len(pending), desc=description, unit="task", disable=not ray.data.DataContext.get_current().enable_progress_bars) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
-            bar.update(len(done))
-    return outputs
-
-
-def get(ref: Any) -> Any:
-    """The object behind a reference (in process: the object itself)."""
-    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-
-
-def parallelism() -> int:
-    """How many tasks a round can run at once: the cluster's CPUs (1 in process)."""
-    return int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
 
 
 def column(outputs: list[list[Any]], j: int) -> list[Any]:

@@ -173,24 +173,49 @@ def signatures(texts: pa.Array, num_perm: int = 128, seed: int = 1, shingling: S
     return out
 
 
+# b-bit minwise hashing (Li and König, 2010): a signature is kept as the low byte of each hash, 4
+# times smaller. Two compact signatures agree where the full ones do, and by chance 1 time in 256
+# elsewhere, which `similarity` corrects for; a band of 4 bytes keys a bucket as 4 full hashes do,
+# with a chance collision of 2^-32 that verification removes.
+COMPACT_LEVELS = 256
+
+
+def compact(sig: np.ndarray) -> np.ndarray:
+    """The low byte of each hash (uint8, same shape)."""
+    return (sig & np.uint32(0xFF)).astype(np.uint8)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of each pair of compact signatures, per field: `a`, `b` are
+    (pairs, fields, num_perm) uint8; returns (pairs, fields) float32."""
+    agree = (a == b).mean(axis=2, dtype=np.float32)
+    return np.clip((agree - 1 / COMPACT_LEVELS) / (1 - 1 / COMPACT_LEVELS), 0.0, 1.0)
+
+
 @numba.njit(cache=True, nogil=True)
-def _band_keys(sig, bands, rows, out):  # pragma: no cover (compiled)
+def _band_keys(sig, first, count, rows, salt, out):  # pragma: no cover (compiled)
     for d in range(sig.shape[0]):
-        for band in range(bands):
+        for k in range(count):
+            band = first + k
             h = np.uint64(band + 1) * np.uint64(0x9E3779B97F4A7C15)
-            for k in range(rows):
-                h = (h ^ np.uint64(sig[d, band * rows + k])) * np.uint64(0x100000001B3)
-                h ^= h >> np.uint64(32)
-            out[d, band] = h
+            for f in range(sig.shape[1]):
+                for j in range(rows):
+                    h = (h ^ np.uint64(sig[d, f, band * rows + j])) * np.uint64(0x100000001B3)
+                    h ^= h >> np.uint64(32)
+            h = (h ^ salt[d]) * np.uint64(0x9E3779B97F4A7C15)
+            out[d, k] = h ^ (h >> np.uint64(29))
 
 
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(docs, bands) uint64 keys: a hash of each band's `rows` values and the band's index, so two
-    documents share a key when they agree on a whole band (and, but for 64-bit collisions, only then)."""
-    if bands * rows > sig.shape[1]:
-        raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} hashes, signatures have {sig.shape[1]}")
-    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
-    _band_keys(np.ascontiguousarray(sig), bands, rows, out)
+def band_keys(sig: np.ndarray, bands: range, rows: int, salt: np.ndarray | None = None) -> np.ndarray:
+    """(docs, len(bands)) uint64 bucket keys of compact signatures `sig` (docs, fields, num_perm):
+    band b takes hashes b*rows .. b*rows+rows-1 of every field, so two documents share a key when
+    every field agrees on the band (but for chance collisions). `salt` (uint64 per document, e.g.
+    its language) keeps documents of different salts apart."""
+    if (bands.stop) * rows > sig.shape[2]:
+        raise ValueError(f"{bands.stop} bands x {rows} rows need {bands.stop * rows} hashes, signatures have {sig.shape[2]}")
+    out = np.empty((sig.shape[0], len(bands)), dtype=np.uint64)
+    salt = np.zeros(sig.shape[0], np.uint64) if salt is None else salt.astype(np.uint64)
+    _band_keys(np.ascontiguousarray(sig), bands.start, len(bands), rows, salt, out)
     return out
 
 
@@ -199,16 +224,17 @@ def probability_of_candidate(jaccard: np.ndarray, bands: int, rows: int) -> np.n
     return 1.0 - (1.0 - jaccard**rows) ** bands
 
 
-def choose_bands(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple[int, int]:
-    """Bands x rows (b*r <= num_perm) minimising fp_weight * (area of candidates below the
-    threshold) + (1 - fp_weight) * (area of misses above it) under the S-curve."""
+def choose_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fields: int = 1) -> tuple[int, int]:
+    """Bands x rows per field (b * r <= num_perm) minimising fp_weight * (area of candidates below
+    the threshold) + (1 - fp_weight) * (area of misses above it) under the S-curve of a band of
+    r hashes from each of `fields` fields (for fields alike in similarity, exponent r * fields)."""
     below = np.linspace(0.0, threshold, 200)
     above = np.linspace(threshold, 1.0, 200)
     best, best_cost = (1, num_perm), np.inf
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            fp = np.trapezoid(probability_of_candidate(below, bands, rows), below)
-            fn = np.trapezoid(1.0 - probability_of_candidate(above, bands, rows), above)
+            fp = np.trapezoid(probability_of_candidate(below, bands, rows * fields), below)
+            fn = np.trapezoid(1.0 - probability_of_candidate(above, bands, rows * fields), above)
             cost = fp_weight * fp + (1 - fp_weight) * fn
             if cost < best_cost:
                 best, best_cost = (bands, rows), cost

@@ -65,9 +65,9 @@ class LangPrior(DatasetStage):
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "cross_lingual")
     config: LangPriorConfig
 
-    def plan(self, blocks: list[Any], rows: int) -> list[Any]:
+    def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         fields = self.config.fields
-        per_block = exchange.track(exchange.submit(_count_task, [(b, fields) for b in blocks], 1), "langid_prior: counts")
+        per_block = rounds.submit(_count_task, [(b, fields) for b in blocks], 1, description="langid_prior: counts")
         tables = [pl.from_arrow(exchange.get(out[0])) for out in per_block]  # (source, label) pairs: small
         every: dict[tuple[str, str], dict[str, int]] = {}  # (source, field) -> label -> sure texts
         reliable: dict[tuple[str, str], dict[str, int]] = {}  # the same, of COUNTED_FROM words or more
@@ -85,8 +85,9 @@ class LangPrior(DatasetStage):
         # What `langid` took from a declaration (trusted or verified) stays; an ignored one did not count there either.
         ignoring = sorted(name for name, src in self.context.sources.items() if src.language_policy == "ignored")
         declared = {f: sorted(n for n, src in self.context.sources.items() if n not in ignoring and src.declared_language(f)) for f in fields}
-        revised = exchange.submit(_revise_task, [(b, counts, declared, ignoring, self.config) for b in blocks], 1)
-        out = [out[0] for out in exchange.track(revised, "langid_prior: revising")]
+        revised = rounds.submit(_revise_task, [(b, counts, declared, ignoring, self.config) for b in blocks], 1,
+                                description="langid_prior: revising")
+        out = [out[0] for out in revised]
         _tagger.cache_clear()  # in process, the model would otherwise outlive the step
         return out
 

@@ -89,16 +89,16 @@ class Mix(DatasetStage):
     reads = ("query_lang",)
     config: MixConfig
 
-    def plan(self, blocks: list[Any], rows: int) -> list[Any]:
-        per_block = exchange.track(exchange.submit(_count_task, [(b,) for b in blocks], 1), "mix: counts")
+    def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
+        per_block = rounds.submit(_count_task, [(b,) for b in blocks], 1, description="mix: counts")
         counts = (pl.concat([pl.from_arrow(exchange.get(out[0])) for out in per_block])  # (source, language) pairs: small
                   .group_by("source", "language").agg(pl.col("rows").sum()).sort("source", "language").to_dicts()) if blocks else []
         planned = plan_rates(counts, self.config)
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         (self.context.run_dir / "mix_plan.json").write_text(json.dumps(planned, indent=1), encoding="utf-8")
         rates = {(c["source"], c["language"]): (c["cap_rate"], c["language_rate"]) for c in planned}
-        sampled = exchange.submit(_sample_task, [(b, rates, self.config.seed) for b in blocks], 1)
-        return [out[0] for out in exchange.track(sampled, "mix: sampling")]
+        sampled = rounds.submit(_sample_task, [(b, rates, self.config.seed) for b in blocks], 1, description="mix: sampling")
+        return [out[0] for out in sampled]
 
     def report(self, files: list[str]) -> Any:
         """The mixture per language before and after sampling, against the planned target shares."""

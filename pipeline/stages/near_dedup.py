@@ -1,20 +1,24 @@
-"""Near-duplicate removal with MinHash LSH, distributed over Ray without gathering rows or signatures.
+"""Near-duplicate removal with MinHash LSH in rounds of tasks over files: memory per task, scratch
+bounded by the input, never a whole dataset, its signatures or its pairs in one process.
 
-The work is a chain of Ray task rounds over the blocks of the dataset (`pipeline/exchange.py`):
+The rounds (`pipeline/ops/exchange.py`) run over the step's input files (blocks):
 
-1. signatures: per block, MinHash signatures of each chosen field (`pipeline/minhash.py`) and one
-   LSH bucket key per band of the first field (mixed with the row's language unless `cross_language`). The signatures
-   stay in the object store beside their block; only (bucket, node) pairs travel, partitioned by
-   bucket. A node is `block << 32 | row`, so anything about a node can be sent back to its block.
-2. buckets: rows sharing a bucket are candidates. Each is linked to the bucket's centre (the member
-   with the smallest content-hash rank, so the choice does not depend on how rows were blocked).
-3. verification (`verify`): each candidate edge visits the centre's block, then the other node's
-   block, picking up both signatures; it is kept when they agree on at least `threshold` of their
-   hashes (the estimated Jaccard similarity) in every field, as `python -m pipeline dedup-eval` scores.
-4. connected components of the verified edges (`pipeline/components.py`).
-5. representative: per component, the row of the first source in `priority` (default: manifest
-   order), then the smallest id (then origin) is kept and gets `near_dup_count` = component size; the others are
-   dropped as `near_duplicate`, naming the kept id.
+1. signatures, a task per block: MinHash signatures of each compared field
+   (`pipeline/ops/minhash.py`), kept as one byte per hash (b-bit minwise hashing: 128 bytes per field
+   and row), with each row's rank (a hash of its id, origin and source) and language, in files that
+   every later round reads (memory-mapped: the operating system pages in what a task touches).
+2. candidates, a few bands at a time (so scratch holds one group of bands' bucket entries):
+   a. per block: each row's bucket per band, a band taking `rows` hashes of every compared field
+      (rows share a bucket only where all fields agree on a band) mixed with the row's language
+      (unless `cross_language`), sent to the bucket's partition;
+   b. per bucket partition: the rows of a bucket link to its centre (the smallest rank, so the
+      choice does not depend on how rows were blocked), and each pair is verified at once against
+      both rows' signatures: kept when the estimated Jaccard similarity reaches `threshold` in every
+      field (the decision `python -m pipeline dedup-eval` scores: `NearDedupConfig.verified`).
+3. connected components of the verified pairs (`pipeline/ops/components.py`).
+4. per component, the representative (the first source in `priority`, default manifest order,
+   then the smallest id, then origin) and the size go back to the rows' blocks, which keep it with
+   `near_dup_count` = component size and drop the others as `near_duplicate`, naming the kept id.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from core.record import to_work_schema
 from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.components import connected_components, route_undirected
@@ -35,13 +40,18 @@ from pipeline.ops.minhash import (
     Shingling,
     band_keys,
     choose_bands,
+    compact,
     hash_strings,
     signatures,
+    similarity,
 )
 
 ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
-BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node, rank) rows per bucket task: ~100 MB
+BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node) rows per bucket task: 64 MB
+BANDS_PER_ROUND = 8  # bands whose bucket entries are in scratch at once
+PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
+NO_TOKENS = 0xFF  # a compact signature of all-max hashes: a text without tokens
 
 
 class NearDedupConfig(DedupConfig):
@@ -71,41 +81,39 @@ class NearDedupConfig(DedupConfig):
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both `bands` and `rows`, or neither (then they are chosen from `threshold`)")
         if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm} (a band takes `rows` hashes of each field)")
         return self
 
     def banding(self) -> tuple[int, int]:
+        """(bands, hashes per field in a band): a band takes `rows` hashes of every compared field."""
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
         weight = self.fp_weight if self.fp_weight is not None else (0.1 if self.verify else 0.5)
-        return choose_bands(self.threshold, self.num_perm, weight)
+        return choose_bands(self.threshold, self.num_perm, weight, len(self.fields))
 
     def shingling(self) -> Shingling:
         return Shingling(self.shingles, self.n_words, self.n_chars)
 
+    def signature(self, columns: list[pa.Array]) -> np.ndarray:
+        """Compact signatures (rows, fields, num_perm) of the compared fields' texts."""
+        return np.stack([compact(signatures(c, self.num_perm, self.seed, self.shingling())) for c in columns], axis=1)
 
-# --- the task rounds (each runs as a Ray task; see the module docstring) -----------------------------
+    def verified(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Which candidate pairs are near duplicates: every field at `threshold` or more (with
+        `verify`; unverified, every candidate is one)."""
+        if not self.verify:
+            return np.ones(len(a), bool)
+        return similarity(a, b).min(axis=1) >= self.threshold
+
+    def duplicates(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The stage's decision for pairs of rows (compact signatures of each side): candidates in
+        some band, and verified."""
+        bands, rows = self.banding()
+        candidate = (band_keys(a, range(bands), rows) == band_keys(b, range(bands), rows)).any(axis=1)
+        return candidate & self.verified(a, b)
 
 
-def _signature_task(index: int, config: NearDedupConfig, parts: int, block: pa.Table) -> list[Any]:
-    """[signatures of the block (the fields' side by side), *(bucket, node, rank) tables by bucket
-    partition]. Buckets come from the first field: rows alike in every field are alike in it."""
-    sig = np.hstack([signatures(block.column(f), config.num_perm, config.seed, config.shingling()) for f in config.fields])
-    keys = band_keys(sig[:, : config.num_perm], *config.banding())
-    if not config.cross_language:
-        lang = hash_strings(block.column(f"{config.fields[0]}_lang"))
-        keys = (keys ^ lang[:, None]) * np.uint64(0x9E3779B97F4A7C15)
-    has_tokens = ~(sig[:, : config.num_perm] == np.iinfo(np.uint32).max).all(axis=1)  # a text without tokens matches nothing
-    rows = np.flatnonzero(has_tokens)
-    node = (np.int64(index) << ROW_BITS) | rows.astype(np.int64)
-    rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
-    bands = keys.shape[1]
-    table = pa.table({
-        "bucket": keys[rows].reshape(-1),
-        "node": np.repeat(node, bands),
-        "rank": np.repeat(rank[rows], bands),
-    })
-    return [sig, *exchange.split(table, exchange.spread(table.column("bucket").to_numpy(), parts), parts)]
+# --- the task rounds (see the module docstring) -----------------------------------------------------
 
 
 def _owner(nodes: np.ndarray) -> np.ndarray:
@@ -116,40 +124,51 @@ def _row(nodes: np.ndarray) -> np.ndarray:
     return nodes & ROW_MASK
 
 
-def _bucket_task(blocks: int | None, parts: int, *tables: pa.Table) -> list[pa.Table]:
-    """Candidate edges (centre, other), unique: sent to the centre's block for verification
-    (`blocks`), or else straight to the connected-components partitions."""
-    df = pl.from_arrow(exchange.concat(tables)).unique()
-    df = df.filter(pl.len().over("bucket") > 1).sort("bucket", "rank", "node")
-    edges = (
-        df.with_columns(pl.first("node").over("bucket").alias("centre"))
-        .filter(pl.col("node") != pl.col("centre"))
-        .select(pl.col("centre").alias("u"), pl.col("node").alias("v"))
-        .unique()
-        .to_arrow()
-    )
-    if blocks is None:
-        return route_undirected(edges, parts)
-    return exchange.split(edges, _owner(edges.column("u").to_numpy()), blocks)
+def _signature_task(block: pa.Table, config: NearDedupConfig) -> list[np.ndarray]:
+    """[compact signatures (rows, fields, num_perm), (rows, 2) uint64: each row's rank and language hash]."""
+    sig = config.signature([block.column(f) for f in config.fields])
+    rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
+    lang = np.zeros(block.num_rows, np.uint64) if config.cross_language else hash_strings(block.column(f"{config.fields[0]}_lang"))
+    return [sig, np.stack([rank, lang], axis=1)]
 
 
-def _attach_task(blocks: int, sig: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
-    """Edges whose centre lives in this block pick up the centre's signature, then go to the other's block."""
-    edges = exchange.concat(tables)
-    u = edges.column("u").to_numpy()
-    sig_u = pa.FixedSizeListArray.from_arrays(pa.array(sig[_row(u)].reshape(-1)), sig.shape[1])
-    with_sig = edges.append_column("sig_u", sig_u)
-    return exchange.split(with_sig, _owner(edges.column("v").to_numpy()), blocks)
+def _band_task(index: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int) -> list[pa.Table]:
+    """(bucket, node) of the block's rows in these bands, by bucket partition. A row whose first
+    field has no tokens is in no bucket."""
+    has_tokens = ~(sig[:, 0, :] == NO_TOKENS).all(axis=1)
+    keep = np.flatnonzero(has_tokens)
+    keys = band_keys(np.asarray(sig[keep]), bands, rows, np.asarray(meta[keep, 1]))
+    node = (np.int64(index) << ROW_BITS) | keep.astype(np.int64)
+    table = pa.table({"bucket": keys.reshape(-1), "node": np.repeat(node, len(bands))})
+    return exchange.split(table, exchange.spread(table.column("bucket").to_numpy(), parts), parts)
 
 
-def _verify_task(parts: int, config: NearDedupConfig, sig: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
-    """Edges whose other node lives in this block: kept when the signatures agree enough in every field."""
-    edges = exchange.concat(tables)
-    v = edges.column("v").to_numpy()
-    sig_u = pc.list_flatten(edges.column("sig_u")).to_numpy().reshape(len(v), sig.shape[1])
-    agreement = (sig_u == sig[_row(v)]).reshape(len(v), len(config.fields), config.num_perm).mean(axis=2)
-    keep = agreement.min(axis=1) >= config.threshold
-    return route_undirected(edges.select(["u", "v"]).filter(pa.array(keep)), parts)
+def _gather(arrays: list[np.ndarray], nodes: np.ndarray) -> np.ndarray:
+    """The rows `nodes` of per-block arrays (memory-mapped), in the order of `nodes`."""
+    out = np.empty((len(nodes), *arrays[0].shape[1:]), arrays[0].dtype)
+    owner, row = _owner(nodes), _row(nodes)
+    for block in np.unique(owner):
+        mine = np.flatnonzero(owner == block)
+        order = np.argsort(row[mine], kind="stable")  # ascending rows: sequential pages
+        out[mine[order]] = arrays[block][row[mine][order]]
+    return out
+
+
+def _bucket_task(config: NearDedupConfig, parts: int, sigs: list[np.ndarray], metas: list[np.ndarray], *tables: pa.Table) -> list[pa.Table]:
+    """The verified pairs (centre, other) of this partition's buckets, by components partition."""
+    entries = pl.from_arrow(exchange.concat(tables)).unique()
+    entries = entries.filter(pl.len().over("bucket") > 1)
+    nodes = entries["node"].to_numpy()
+    entries = entries.with_columns(pl.Series("rank", _gather(metas, nodes)[:, 0] if len(nodes) else np.zeros(0, np.uint64)))
+    centred = entries.sort("bucket", "rank", "node").with_columns(pl.first("node").over("bucket").alias("centre"))
+    pairs = centred.filter(pl.col("node") != pl.col("centre")).select(pl.col("centre").alias("u"), pl.col("node").alias("v")).unique()
+    kept = []
+    for start in range(0, pairs.height, PAIRS_PER_CHUNK):
+        chunk = pairs.slice(start, PAIRS_PER_CHUNK)
+        u, v = chunk["u"].to_numpy(), chunk["v"].to_numpy()
+        kept.append(chunk.filter(pl.Series(config.verified(_gather(sigs, u), _gather(sigs, v)))))
+    edges = pl.concat(kept) if kept else pl.DataFrame(schema={"u": pl.Int64, "v": pl.Int64})
+    return route_undirected(edges.to_arrow(), parts)
 
 
 def _by_owner_task(blocks: int, labels: pa.Table) -> list[pa.Table]:
@@ -194,7 +213,7 @@ def _filter_task(block: pa.Table, *tables: pa.Table) -> list[pa.Table]:
     )
     out = df.to_arrow()
     marked = Stage.drop(out.select(block.column_names).cast(block.schema), out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string()))
-    return [marked]
+    return [to_work_schema(marked)]
 
 
 class NearDedup(DatasetStage):
@@ -209,30 +228,30 @@ class NearDedup(DatasetStage):
         assert isinstance(config, NearDedupConfig)
         return () if config.cross_language else tuple(f"{f}_lang" for f in config.fields)
 
-    def plan(self, blocks_in: list[Any], rows: int) -> list[Any]:
+    def plan(self, blocks_in: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         config = self.config
         blocks = len(blocks_in)
         if not blocks:
-            return blocks_in
+            return []
         if blocks >= 1 << (63 - ROW_BITS):
             raise ValueError(f"{blocks} blocks: too many to number rows as block << {ROW_BITS} | row")
-        parts = max(2 * exchange.parallelism(), math.ceil(rows * config.banding()[0] / BAND_ENTRIES_PER_PARTITION))
-
-        signed = exchange.track(exchange.submit(_signature_task, [(i, config, parts, b) for i, b in enumerate(blocks_in)], parts + 1),
-                                "near_dedup: signatures")
-        sigs, band_parts = [s[0] for s in signed], [s[1:] for s in signed]
-        if config.verify:
-            centred = exchange.submit(_bucket_task, [(blocks, parts, *exchange.column(band_parts, j)) for j in range(parts)], blocks)
-            attached = exchange.submit(_attach_task, [(blocks, sigs[i], *exchange.column(centred, i)) for i in range(blocks)], blocks)
-            edges = exchange.track(exchange.submit(_verify_task, [(parts, config, sigs[i], *exchange.column(attached, i)) for i in range(blocks)], parts),
-                                   "near_dedup: candidate pairs")
-        else:
-            edges = exchange.submit(_bucket_task, [(None, parts, *exchange.column(band_parts, j)) for j in range(parts)], parts)
-        labels, _ = connected_components(edges, parts)
-        owned = exchange.submit(_by_owner_task, [(blocks, lab) for lab in labels], blocks)
+        bands, band_rows = config.banding()
+        signed = rounds.submit(_signature_task, [(b, config) for b in blocks_in], 2, keep=True, description="near_dedup: signatures")
+        sigs, metas = exchange.column(signed, 0), exchange.column(signed, 1)
+        cc_parts = max(2 * rounds.parallelism, math.ceil(rows / BAND_ENTRIES_PER_PARTITION))
+        edges: list[list[Any]] = []
+        for first in range(0, bands, BANDS_PER_ROUND):
+            group = range(first, min(bands, first + BANDS_PER_ROUND))
+            parts = max(2 * rounds.parallelism, math.ceil(rows * len(group) / BAND_ENTRIES_PER_PARTITION))
+            entries = rounds.submit(_band_task, [(i, sigs[i], metas[i], group, band_rows, parts) for i in range(blocks)], parts,
+                                    description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}")
+            edges += rounds.submit(_bucket_task, [(config, cc_parts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
+                                   cc_parts, description="near_dedup: candidate pairs")
+        labels, _ = connected_components(rounds, edges, cc_parts)
+        owned = rounds.submit(_by_owner_task, [(blocks, lab) for lab in labels], blocks)
         priority = self.config.ranks(self.context)
-        members = exchange.submit(_members_task, [(parts, priority, blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)], parts)
-        chosen = exchange.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(parts)], blocks)
-        done = exchange.track(exchange.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1),
-                              "near_dedup: clusters")
+        members = rounds.submit(_members_task, [(cc_parts, priority, blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)], cc_parts)
+        chosen = rounds.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(cc_parts)], blocks)
+        done = rounds.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1,
+                             description="near_dedup: clusters")
         return [d[0] for d in done]

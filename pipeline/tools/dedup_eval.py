@@ -1,9 +1,9 @@
 """`python -m pipeline dedup-eval`: precision, recall and F1 of near-duplicate detection per script,
 on labelled pairs (the UDHR-based calibration set, or a file of pairs).
 
-A pair is predicted duplicate exactly as the `near_dedup` stage with the same settings decides it:
-the two MinHash signatures share at least one LSH band and (with `verify`, the default) agree on at
-least `threshold` of their hashes (the estimated Jaccard similarity of their shingle sets).
+A pair is predicted duplicate by the `near_dedup` stage's own decision with the same settings
+(`NearDedupConfig.duplicates`): the two MinHash signatures share at least one LSH band and (with
+`verify`, the default) their estimated Jaccard similarity reaches `threshold`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.ops.minhash import band_keys, signatures
 from pipeline.stages.near_dedup import NearDedupConfig
 from pipeline.tools.dedup_calibration import Pair, build, script_of
 
@@ -29,11 +28,9 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 def predict(pairs: list[Pair], config: NearDedupConfig) -> np.ndarray:
-    a = signatures(pa.array([p.a for p in pairs]), config.num_perm, config.seed, config.shingling())
-    b = signatures(pa.array([p.b for p in pairs]), config.num_perm, config.seed, config.shingling())
-    banding = config.banding()
-    candidate = (band_keys(a, *banding) == band_keys(b, *banding)).any(axis=1)
-    return candidate & ((a == b).mean(axis=1) >= config.threshold) if config.verify else candidate
+    a = config.signature([pa.array([p.a for p in pairs])])
+    b = config.signature([pa.array([p.b for p in pairs])])
+    return config.duplicates(a, b)
 
 
 def scores(pairs: list[Pair], predicted: np.ndarray, key: str = "script") -> dict[str, dict[str, float]]:
