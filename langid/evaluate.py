@@ -2,7 +2,9 @@
 
 Gold and predicted labels both go through `canonical` (so FLORES' `zho_Hans` and lid.176's `zh`
 meet as `cmn_Hans`). A gold label without a script (UDHR's file names) is compared on the language
-only. Figures are given over every text and over the texts whose language the model covers, since
+only, and a prediction is counted at the granularity of the gold labels on both sides: `bos_Latn`
+said of a Croatian (`hrv`) text is a miss for `hrv` and a false `bos` where `bos` is a gold label,
+so a script-less label's precision is as honest as a scripted one's. Figures are given over every text and over the texts whose language the model covers, since
 a model cannot be right about a language it has no label for. They are also given per length bucket
 (words: 1, 2, 3-5, 6-15, 16+; see `langid/fragments.py` for words in unspaced scripts), since a
 model that is right on sentences can still fail on queries.
@@ -23,8 +25,16 @@ from langid.prior import COUNTED_FROM, CorpusPrior, revise
 from langid.tagger import LanguageTagger
 
 
-def _matches(gold: str, predicted: str) -> bool:
-    return predicted == gold if "_" in gold else language_of(predicted) == gold
+def _as_gold(gold: str, predicted: str, classes: set[str]) -> str:
+    """The prediction at the granularity of the gold labels: the gold label itself where it names
+    the same language (a script-less gold), else the gold class it falls in (itself, or its
+    language where only the script-less label is gold), else itself."""
+    if "_" not in gold and language_of(predicted) == gold:
+        return gold
+    if predicted in classes:
+        return predicted
+    language = language_of(predicted)
+    return language if language in classes else predicted
 
 
 @dataclass
@@ -51,8 +61,8 @@ def score(gold: list[str], predicted: list[str], covered: set[str]) -> Report:
     predicted = [canonical(p) for p in predicted]
     covered_langs = {language_of(c) for c in covered}
     is_covered = [(g in covered) if "_" in g else (g in covered_langs) for g in gold]
-    # A prediction counts for a script-less gold label when its language matches.
-    as_gold = [g if _matches(g, p) else p for g, p in zip(gold, predicted)]
+    classes = set(gold)
+    as_gold = [_as_gold(g, p, classes) for g, p in zip(gold, predicted)]
 
     def f1_table(idx: list[int]) -> tuple[float, float, dict[str, dict[str, float]]]:
         tp, gold_n, pred_n = Counter(), Counter(), Counter()

@@ -188,6 +188,16 @@ def test_score_handles_scriptless_gold_and_coverage():
     assert udhr_label("deu_1901.txt") == "deu" and udhr_label("srp_cyrl.txt") == "srp_Cyrl" and udhr_label("007.txt") is None
 
 
+def test_score_counts_a_confusion_of_scriptless_labels_on_both_sides():
+    """Croatian and Bosnian gold without scripts (UDHR-style): a Bosnian prediction for a Croatian
+    text is a false Bosnian, so Bosnian's precision is 2/3, not 1."""
+    report = score(["hrv", "hrv", "bos", "bos"], ["hrv_Latn", "bos_Latn", "bos_Latn", "bos_Latn"], {"hrv_Latn", "bos_Latn"})
+    assert report.per_language["hrv"]["precision"] == 1.0 and report.per_language["hrv"]["recall"] == 0.5
+    assert report.per_language["bos"]["precision"] == pytest.approx(2 / 3) and report.per_language["bos"]["recall"] == 1.0
+    assert report.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
+    assert ("hrv", "bos_Latn", 1) in report.confusions
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "langid", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
