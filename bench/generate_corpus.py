@@ -4,12 +4,15 @@ languages, drawn with Zipf weights over the languages.
 
 - Every sentence recurs in thousands of rows (the English side in every language), and rows share
   half their text with many others (one of their two sentences): templated text, as real corpora
-  have it, which near-dedup must not take for duplicates (Jaccard about 0.3).
-- Originals are distinct: each language's sentence pairs are drawn without replacement (a
-  language's share is capped at half of its 319,600 pairs, the rest spread over the others).
-- `--exact` of the rows are verbatim copies of an original, `--near` edited copies (1-3 letter
-  typos in each field, so they stay distinct after normalisation and case-folding; 3-gram
-  Jaccard about 0.6-0.9 with their original).
+  have it, which near-dedup must not take for duplicates. The two sentences of a row are of
+  similar length (at most 1.25 times apart, in English words), so two rows sharing one sentence
+  have a word 3-gram Jaccard similarity of at most about 0.39, clearly under near-dedup's 0.5.
+- Originals are distinct: each language's sentence pairs (123,684 such pairs) are drawn without
+  replacement (a language's share is capped at all of them, the rest spread over the others).
+- `--exact` of the rows are verbatim copies of an original, `--near` edited copies: letter typos
+  (one per 25 words) or, where typos would take a field's word 3-gram Jaccard with its original
+  under 0.6 (short texts), punctuation changes; so near copies stay distinct after normalisation
+  and case-folding, and each field keeps a Jaccard of at least 0.6 with its original.
 - `truth.parquet`: per row (`file`, `line`), its `group` (the original's number) and `kind`
   (original, exact, near). Two rows are duplicates exactly when they share a group.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import re
 import tarfile
 from pathlib import Path
 
@@ -34,6 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PIVOT = "eng_Latn"
+UNSPACED = re.compile(r"[\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff\u3040-\u30ff\u3400-\u9fff]")
 STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
           {"stage": "near_dedup", "fields": ["query", "positive"]}]
 
@@ -72,30 +77,41 @@ def shares(languages: int, rows: int, capacity: int, zipf: float, rng: np.random
     return counts
 
 
-def pair(index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (i, j), i < j, of each index into the n*(n-1)/2 unordered pairs of n sentences."""
-    i = (n - 2 - np.floor(np.sqrt(-8 * index + 4 * n * (n - 1) - 7) / 2 - 0.5)).astype(np.int64)
-    j = index + i + 1 - n * (n - 1) // 2 + (n - i) * ((n - i) - 1) // 2
-    return i, j
+def similar_pairs(sentences: list[str], ratio: float = 1.25) -> np.ndarray:
+    """(i, j), i < j, of the sentences whose lengths in words are at most `ratio` apart."""
+    words = np.array([len(s.split()) for s in sentences])
+    close = np.maximum(words[:, None], words[None, :]) <= ratio * np.minimum(words[:, None], words[None, :])
+    i, j = np.nonzero(np.triu(close, k=1))
+    return np.stack([i, j], axis=1)
 
 
-def typos(text: str, rng: np.random.Generator) -> str:
-    """1-3 letter edits (replace, drop, insert a letter): a near copy, never equal after normalising."""
+def shingle_set(text: str) -> set[tuple[str, ...]]:
+    """Word 3-grams (character 3-grams for unspaced scripts), about as near-dedup counts them."""
+    words = re.findall(r"\w+", text.casefold())
+    unspaced = sum(len(w) for w in words if UNSPACED.search(w)) * 2 > sum(map(len, words))
+    tokens = [c for w in words for c in w] if unspaced else words
+    return {tuple(tokens[k:k + 3]) for k in range(max(1, len(tokens) - 2))}
+
+
+def jaccard(a: str, b: str) -> float:
+    x, y = shingle_set(a), shingle_set(b)
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def near_copy(text: str, rng: np.random.Generator) -> str:
+    """Letter typos, one per 25 words (replace, drop or double a letter), where they keep the text's
+    Jaccard with the original at 0.6 or more; else a punctuation change (which shingles ignore)."""
     chars = list(text)
     letters = [k for k, c in enumerate(chars) if c.isalpha()]
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(max(1, len(text.split()) // 25)):
         if not letters:
             break
         k = letters[int(rng.integers(len(letters)))]
-        op = int(rng.integers(3))
-        if op == 0:
-            chars[k] = "x" if chars[k] != "x" else "q"
-        elif op == 1 and len(letters) > 1:
-            chars[k] = ""
-        else:
-            chars[k] = chars[k] + chars[k]
+        chars[k] = ("x" if chars[k] != "x" else "q", "", chars[k] * 2)[int(rng.integers(3))]
     edited = "".join(chars)
-    return edited if edited.casefold() != text.casefold() else text + "x"
+    if edited.casefold() != text.casefold() and jaccard(edited, text) >= 0.6:
+        return edited
+    return text.rstrip(".。!") + ("!" if text.endswith(".") else ".") if rng.random() < 0.5 else "« " + text + " »"
 
 
 def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: float, seed: int, data: Path) -> dict[str, int]:
@@ -103,14 +119,13 @@ def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: 
     sentences = parallel_sentences(data)
     english = sentences.pop(PIVOT)
     languages = sorted(sentences)
-    n = len(english)
-    pairs = n * (n - 1) // 2
+    pairs = similar_pairs(english)
     copies_exact, copies_near = int(rows * exact), int(rows * near)
     originals = rows - copies_exact - copies_near
-    counts = shares(len(languages), originals, pairs // 2, zipf, rng)
+    counts = shares(len(languages), originals, len(pairs), zipf, rng)
     lang = np.repeat(np.arange(len(languages)), counts)
-    index = np.concatenate([rng.choice(pairs, c, replace=False) for c in counts])
-    first, second = pair(index, n)
+    index = np.concatenate([rng.choice(len(pairs), c, replace=False) for c in counts])
+    first, second = pairs[index, 0], pairs[index, 1]
     swap = rng.random(originals) < 0.5  # which of the two comes first
     first, second = np.where(swap, second, first), np.where(swap, first, second)
     group = np.concatenate([np.arange(originals), rng.integers(0, originals, copies_exact + copies_near)])
@@ -131,7 +146,7 @@ def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: 
                 query = f"{english[first[g]]} {english[second[g]]}"
                 positive = f"{target[first[g]]} {target[second[g]]}"
                 if kind[r] == 2:
-                    query, positive = typos(query, rng), typos(positive, rng)
+                    query, positive = near_copy(query, rng), near_copy(positive, rng)
                 handle.write(f"{query}\t{positive}\n")
         truth["file"] += [name] * len(chunk)
         truth["line"] += list(range(2, len(chunk) + 2))

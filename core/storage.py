@@ -25,8 +25,9 @@ import random
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -262,6 +263,16 @@ def move(source: str, target: str) -> None:
     fs, inner = filesystem(source)
     retried(lambda: fs.copy_file(inner, filesystem(target)[1]), target)
     delete(source)
+
+
+@contextmanager
+def parquet_writer(path: str, schema: pa.Schema, **options: Any) -> Iterator[pq.ParquetWriter]:
+    """A `pq.ParquetWriter` to a local path or an object (an object appears whole once closed)."""
+    fs, inner = filesystem(path)
+    if not is_url(path):
+        os.makedirs(os.path.dirname(inner), exist_ok=True)
+    with fs.open_output_stream(inner, compression=None) as sink, pq.ParquetWriter(sink, schema, **options) as writer:
+        yield writer
 
 
 def delete(path: str) -> None:

@@ -129,6 +129,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from pipeline.api import run
     from pipeline.engine.ledger import LedgerError
     from pipeline.engine.lock import RunLocked
+    from pipeline.engine.resources import ResourceShortage
+    from pipeline.ops.tasks import WorkerLost
     from pipeline.reporting.report import print_summary
     from sources.reader import SourceError
 
@@ -137,7 +139,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except RunLocked as exc:
         console.print(f"[red]refused:[/] {exc}", highlight=False, soft_wrap=True)
         return 3
-    except (SourceError, LedgerError, MissingPassage) as exc:
+    except (SourceError, LedgerError, MissingPassage, ResourceShortage, WorkerLost) as exc:
         console.print(f"[red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     print_summary(result, Console())

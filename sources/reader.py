@@ -246,8 +246,10 @@ def _hf(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
 _READERS = {"jsonl": _jsonl, "csv": _delimited, "tsv": _delimited, "parquet": _parquet, "hf": _hf, "text": _text}
 
 
-def read_unit(unit: Unit, source: SourceConfig) -> pa.Table:
-    """All rows of one unit as a table (INGEST_SCHEMA); bad rows carry `_drop`, `_detail`, `_raw`."""
+def read_batches(unit: Unit, source: SourceConfig, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+    """The rows of one unit as tables of at most `batch_rows` rows (INGEST_SCHEMA), so a unit as
+    large as a whole compressed file is never in memory at once; bad rows carry `_drop`,
+    `_detail`, `_raw`."""
     rows: list[dict[str, Any]] = []
 
     def bad(origin: str, raw: bytes | None, err: RowError) -> None:
@@ -258,16 +260,24 @@ def read_unit(unit: Unit, source: SourceConfig) -> pa.Table:
         for origin, raw, parsed in _READERS[source.format](unit, source):
             if isinstance(parsed, RowError):
                 bad(origin, raw, parsed)
-                continue
-            try:
-                record = map_row(parsed, source)
-            except RowError as err:
-                bad(origin, raw if raw is not None else json.dumps(parsed, default=str, ensure_ascii=False).encode(), err)
-                continue
-            record["origin"] = origin
-            rows.append(record)
+            else:
+                try:
+                    record = map_row(parsed, source)
+                    record["origin"] = origin
+                    rows.append(record)
+                except RowError as err:
+                    bad(origin, raw if raw is not None else json.dumps(parsed, default=str, ensure_ascii=False).encode(), err)
+            if len(rows) >= batch_rows:
+                yield pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)
+                rows.clear()
     except (OSError, EOFError, ValueError, pa.ArrowException) as exc:
         # A file that breaks mid-way (truncated gzip, corrupt Parquet): the rows read so far stay,
         # and the failure itself becomes a quarantine row naming the file.
         bad(f"{unit.path}", None, RowError("unreadable_file", f"{type(exc).__name__}: {exc}"))
-    return pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)
+
+
+def read_unit(unit: Unit, source: SourceConfig) -> pa.Table:
+    """All rows of one unit as one table (INGEST_SCHEMA)."""
+    return pa.concat_tables([INGEST_SCHEMA.empty_table(), *read_batches(unit, source)])

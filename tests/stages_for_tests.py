@@ -29,3 +29,24 @@ class ShortQueries(Filter):
     def filter(self, batch: pa.Table) -> tuple[list[str | None], list[str | None]]:
         long = [len(q) > self.config.max_chars for q in batch.column("query").to_pylist()]  # type: ignore[attr-defined]
         return ["too_long" if x else None for x in long], ["query over the limit" if x else None for x in long]
+
+
+class KillConfig(StageConfig):
+    stage: Literal["kill_worker"]
+    when: str = ""  # while this file exists, the stage kills the process it runs in
+
+
+class KillWorker(Filter):
+    """A test stage that kills its worker process (as the kernel's out-of-memory killer would) while
+    the file `when` exists; otherwise it keeps every row."""
+
+    name = "kill_worker"
+    config_model = KillConfig
+
+    def filter(self, batch: pa.Table) -> tuple[list[str | None], None]:
+        import os
+        import signal
+
+        if os.path.exists(self.config.when):  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [None] * batch.num_rows, None

@@ -72,6 +72,28 @@ class Checkpoint:
             if storage.name(child) not in (MARKER, committed):
                 storage.delete(child)
 
+    def pruned(self) -> bool:
+        """Its rows were removed (`keep_checkpoints: last`): only the marker and the ledger are left."""
+        return bool((self.marker() or {}).get("pruned"))
+
+    def prune(self) -> int:
+        """Remove the committed rows, keep the marker and the step's ledger; returns the bytes freed."""
+        marker = self.marker()
+        if not marker or marker.get("pruned") or "attempt" not in marker:
+            return 0
+        freed = 0
+        for name in marker.get("files", []):
+            if not storage.name(name).startswith("_"):
+                path = storage.join(self.path, marker["attempt"], name)
+                freed += storage.size_and_mtime(path)[0] if storage.exists(path) else 0
+                storage.delete(path)
+        write_marker(self.path, {**marker, "pruned": True, "files": [f for f in marker.get("files", []) if storage.name(f).startswith("_")]})
+        return freed
+
+    def size(self) -> int:
+        """Bytes of the committed rows."""
+        return sum(storage.size_and_mtime(f)[0] for f in self.files())
+
     def file(self, name: str) -> str:
         """A file of the committed attempt (e.g. the step's `_ledger.parquet`)."""
         marker = self.marker() or {}

@@ -24,14 +24,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core import storage
-from core.record import DROP, DROP_STEP, FLAGS, GROUP_FLAG_TYPE, LANG_IN, WORK_SCHEMA, kept, to_work_schema
+from core.record import (
+    DROP,
+    DROP_STEP,
+    FLAGS,
+    GROUP_FLAG_TYPE,
+    INGEST_SCHEMA,
+    LANG_IN,
+    WORK_SCHEMA,
+    kept,
+    to_work_schema,
+)
 from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import lists_by_row, replace_column
 from pipeline.ops.tasks import Executor
 from sources.config import SourceConfig
-from sources.reader import Unit, read_unit
+from sources.reader import Unit, read_batches
 
 BATCH_ROWS = 8192  # rows a stage gets at a time, and the row groups of every checkpoint file
 TASK_ROWS = 8 * BATCH_ROWS  # rows a task of a row-local step reads and writes (one output file)
@@ -140,7 +150,13 @@ def _write(table: pa.Table, path: str) -> int:
 
 
 def _ingest_task(unit: Unit, source: SourceConfig, path: str) -> int:
-    return _write(read_unit(unit, source), path)
+    """A unit's rows, a batch at a time (a unit may be a whole compressed file), as one file."""
+    rows = 0
+    with storage.parquet_writer(path, INGEST_SCHEMA, compression="zstd") as writer:
+        for batch in read_batches(unit, source):
+            writer.write_table(batch, row_group_size=BATCH_ROWS)
+            rows += batch.num_rows
+    return rows
 
 
 def _rows_task(file: str, groups: list[int], path: str, step: Step, context: RunContext) -> int:

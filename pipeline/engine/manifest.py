@@ -80,6 +80,10 @@ class Manifest(Strict):
     checkpoint: Literal["fused", "every_step"] = Field(
         "fused", description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
         "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
+    keep_checkpoints: Literal["all", "last"] = Field(
+        "all", description="all: every step's checkpoint stays (a changed stage re-runs from its own step); last: a step's "
+        "checkpoint is removed once the next one is committed, so the disk holds about one step's rows (a changed stage "
+        "re-runs from the last checkpoint kept before it, or from the sources).")
     shards: ShardSettings = Field(default_factory=ShardSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
 

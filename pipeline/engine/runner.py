@@ -31,7 +31,7 @@ import pipeline
 from core import storage
 from core.passages import CORPUS_DIR, STORE_DIR
 from core.record import DETAIL, DROP, RAW
-from pipeline.engine import execute
+from pipeline.engine import execute, resources
 from pipeline.engine import ledger as ledger_mod
 from pipeline.engine.checkpoint import MARKER, Checkpoint, fingerprint, read_marker, write_marker
 from pipeline.engine.corpus import write_corpus
@@ -121,6 +121,8 @@ class Runner:
         steps = self._plan(units)
         checkpoints = [Checkpoint(storage.join(self.output, "stages"), s.name) for s in steps]
         first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
+        while 0 < first_todo < len(steps) and checkpoints[first_todo - 1].pruned():  # its input's rows are gone: rebuild them
+            first_todo -= 1
         self._remove_stale(steps, checkpoints, first_todo)
         try:
             parts = self._run_steps(steps, checkpoints, first_todo, units, result)
@@ -129,7 +131,7 @@ class Runner:
         result.ledger = pl.concat(parts)
         ledger_mod.check_balance(result.ledger)
         ledger_mod.write(result.ledger, self.run_dir)
-        result.reports = self._write_reports(steps, checkpoints)
+        result.reports = self._collect_reports(steps)
         result.shards, result.shards_tag = self._write_shards(steps[-1], checkpoints[-1])
         result.seconds = time.perf_counter() - started
         return result
@@ -192,33 +194,45 @@ class Runner:
         for i, (step, ckpt) in enumerate(zip(steps, checkpoints)):
             resumed = i < first_todo
             if not resumed:
-                self._run_step(step, ckpt, checkpoints[i - 1].files() if i else [], units, previous)
+                self._run_step(step, ckpt, checkpoints[:i], units, previous)
+                self._write_reports(step, ckpt)
+                if self.manifest.keep_checkpoints == "last":
+                    for older in checkpoints[:i]:
+                        older.prune()
             part = pl.read_parquet(self._local([ckpt.file("_ledger.parquet")])[0])
             parts.append(part)
             previous = part.filter(pl.col("step") == step.ledger_steps[-1])
             seconds = (ckpt.marker() or {}).get("seconds", 0.0)
             result.steps += [self._step_result(name, part, seconds if name == step.ledger_steps[-1] else None, resumed)
                              for name in step.ledger_steps]
-            if step.kind == "ingest" and (not resumed or not (self.run_dir / "quarantine").exists()):
+            if step.kind == "ingest" and (not resumed or not (self.run_dir / "quarantine").exists()) and not ckpt.pruned():
                 self._write_quarantine(ckpt)
         return parts
 
-    def _run_step(self, step: Step, ckpt: Checkpoint, files: list[str], units: list[Unit], previous: pl.DataFrame | None) -> None:
+    def _run_step(self, step: Step, ckpt: Checkpoint, before: list[Checkpoint], units: list[Unit], previous: pl.DataFrame | None) -> None:
+        """Run `step` over the rows of the last checkpoint `before` it (none for ingest), committed as `ckpt`."""
         started = time.perf_counter()
+        files = before[-1].files() if before else []
         rows_in = 0 if previous is None else int(previous.filter(pl.col("kind") == "out")["rows"].sum())
         local = self._in_process(step, rows_in, units)
-        self.log(f"running {step.name}" + (" (in process)" if local else ""))
+        processes = self._check_resources(step, files, units, before, local)
         if not local:
             self._start_ray()
+        executor = self._executor(step, rows_in, units, local, processes)
+        where = f" (in process, {executor.parallelism} worker processes)" if isinstance(executor, Pool) else " (in process)" if local else ""
+        self.log(f"running {step.name}{where}")
         out = ckpt.begin()
         context = replace(self.context, work_dir=self._work_dir(step))
         scratch = self._scratch(step)
         storage.delete(scratch)  # what a killed attempt left
-        executor = self._executor(step, rows_in, units, local)
         try:
             # In process, the input is read from the local copy; on Ray, every node reads the output.
             execute.compute(step, units, self.sources, self._local(files) if local else files, rows_in, context, out, executor, scratch,
-                    self._task_options(step, local))
+                            self._task_options(step, local))
+        except OSError as exc:
+            if resources.out_of_disk(exc):
+                raise resources.disk_filled(step.name, self.output, exc) from exc
+            raise
         finally:
             executor.close()
         written = [p for p in storage.list_files(out) if p.endswith(".parquet")]
@@ -233,17 +247,29 @@ class Runner:
         storage.delete(storage.join(self.output, "work", self._work_dir(step).name))
         self._drop_empty_work()
 
+    def _check_resources(self, step: Step, files: list[str], units: list[Unit], before: list[Checkpoint], local: bool) -> int:
+        """Disk for the step (a local output) and memory per worker (in process): how many worker
+        processes to run, or `ResourceShortage` saying what is missing."""
+        source_bytes = execute.source_bytes(units) if step.kind == "ingest" else 0
+        memory = max((s.cls.resources.memory_mb for s in step.stages), default=0) << 20
+        need = resources.needs(step.kind, files, source_bytes, execute.TASK_ROWS, execute.ROWS_PER_SHUFFLE_PARTITION, memory)
+        if not storage.is_url(self.output):
+            prunable = sum(c.size() for c in before[:-1]) if self.manifest.keep_checkpoints == "all" else 0
+            resources.check_disk(step.name, self.run_dir, need.disk, prunable)
+        cpus = self.manifest.ray.num_cpus or resources.cpus()
+        return resources.workers(step.name, need.worker, cpus) if local else cpus
+
     def _scratch(self, step: Step) -> str:
         """Where the step's rounds hand each other files: under `work/`, beside the output (in object
         storage for an `s3://` output, so every node reaches it)."""
         return storage.join(self.output, "work", self._work_dir(step).name, "scratch")
 
-    def _executor(self, step: Step, rows_in: int, units: list[Unit], local: bool) -> Executor:
+    def _executor(self, step: Step, rows_in: int, units: list[Unit], local: bool, processes: int) -> Executor:
         """Ray tasks, a pool of this machine's worker processes, or this process alone (small steps)."""
         if not local:
             return RayTasks(progress=not self.quiet)
         small = execute.source_bytes(units) < execute.POOL_MIN_BYTES if step.kind == "ingest" else rows_in < execute.POOL_MIN_ROWS
-        return InProcess() if small else Pool(self.manifest.ray.num_cpus, progress=not self.quiet)
+        return InProcess() if small else Pool(processes, progress=not self.quiet)
 
     @staticmethod
     def _task_options(step: Step, local: bool) -> dict[str, Any]:
@@ -297,18 +323,27 @@ class Runner:
 
         return StepResult(name, total("in"), total("out"), by_reason("dropped"), seconds, resumed, by_reason("flagged"))
 
-    def _write_reports(self, steps: list[Step], checkpoints: list[Checkpoint]) -> dict[str, pl.DataFrame]:
-        """Each stage's own summary of its step (mining, mixing), as `reports/<step>.csv`."""
-        reports = {}
+    def _write_reports(self, step: Step, ckpt: Checkpoint) -> None:
+        """Each of the step's stages' own summary (mining, mixing) as `reports/<stage>.csv`, written
+        when the step commits (its checkpoint may be pruned later)."""
+        for spec in step.stages:
+            path = self.run_dir / "reports" / f"{spec.step}.csv"
+            path.unlink(missing_ok=True)
+            table = spec.build(self.context).report(self._local(ckpt.files()))
+            if table is not None:
+                path.parent.mkdir(exist_ok=True)
+                table.write_csv(path)
+
+    def _collect_reports(self, steps: list[Step]) -> dict[str, pl.DataFrame]:
+        """The reports of this plan's stages (from this run or the one it resumed); others' removed."""
         folder = self.run_dir / "reports"
-        shutil.rmtree(folder, ignore_errors=True)
-        for step, ckpt in zip(steps, checkpoints):
-            for spec in step.stages:
-                table = spec.build(self.context).report(self._local(ckpt.files()))
-                if table is not None:
-                    folder.mkdir(exist_ok=True)
-                    table.write_csv(folder / f"{spec.step}.csv")
-                    reports[spec.step] = table
+        names = {spec.step for step in steps for spec in step.stages}
+        reports = {}
+        for path in sorted(folder.glob("*.csv")) if folder.exists() else []:
+            if path.stem in names:
+                reports[path.stem] = pl.read_csv(path)
+            else:
+                path.unlink()
         return reports
 
     def _write_shards(self, last: Step, ckpt: Checkpoint) -> tuple[list[dict[str, Any]], str]:

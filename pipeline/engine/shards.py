@@ -99,14 +99,14 @@ def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, r
                 named = pl.from_arrow(passages).with_columns(id_range(pl.col(DOC_ID), ranges).alias("_range"))
                 for (r,), group in named.partition_by("_range", as_dict=True).items():
                     if r not in ref_writers:
-                        ref_writers[r] = pq.ParquetWriter(refs / f"{r:05d}-{ranges:05d}.parquet", REFS_SCHEMA, compression="lz4")
+                        ref_writers[r] = pq.ParquetWriter(refs / f"{r:05d}-{ranges:05d}.parquet", REFS_SCHEMA, compression="zstd", compression_level=1)
                     ref_writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
                 df = df.select(COLUMNS).join(index, on=keys, how="left", nulls_equal=True).with_columns(
                     id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
                 for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
                     table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
                     if (p, r) not in writers:
-                        writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="lz4")
+                        writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="zstd", compression_level=1)
                     writers[(p, r)].write_table(table)
     finally:
         for w in [*ref_writers.values(), *writers.values()]:

@@ -67,7 +67,7 @@ def get(value: Any) -> Any:
 
 def _store(value: Any, path: str, keep: bool) -> Any:
     if isinstance(value, pa.Table) and value.nbytes > INLINE_BYTES:
-        storage.write_parquet(value, path + ".parquet", compression="lz4")
+        storage.write_parquet(value, path + ".parquet", compression="zstd", compression_level=1)
         return Ref(path + ".parquet", "table", keep)
     if isinstance(value, np.ndarray) and value.nbytes > INLINE_BYTES:
         buffer = io.BytesIO()

@@ -3,6 +3,9 @@ bounded by the input, never a whole dataset, its signatures or its pairs in one 
 
 The rounds (`pipeline/ops/exchange.py`) run over the step's input files (blocks):
 
+Rows are numbered across the blocks (a block's rows follow the previous block's), so a node is a
+32-bit number, and anything about a row can be sent back to its block without a join on the records.
+
 1. signatures, a task per block: MinHash signatures of each compared field
    (`pipeline/ops/minhash.py`), kept as one byte per hash (b-bit minwise hashing: 128 bytes per field
    and row), with each row's rank (a hash of its id, origin and source) and language, in files that
@@ -46,9 +49,7 @@ from pipeline.ops.minhash import (
     similarity,
 )
 
-ROW_BITS = 32
-ROW_MASK = (1 << ROW_BITS) - 1
-BAND_ENTRIES_PER_PARTITION = 4_000_000  # (bucket, node) rows per bucket task: 64 MB
+BAND_ENTRIES_PER_PARTITION = 8_000_000  # (bucket, node) rows per bucket task: 64 MB
 BANDS_PER_ROUND = 8  # bands whose bucket entries are in scratch at once
 PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
 NO_TOKENS = 0xFF  # a compact signature of all-max hashes: a text without tokens
@@ -116,37 +117,37 @@ class NearDedupConfig(DedupConfig):
 # --- the task rounds (see the module docstring) -----------------------------------------------------
 
 
-def _owner(nodes: np.ndarray) -> np.ndarray:
-    return nodes >> ROW_BITS
+def _owner(nodes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The block of each node (`starts`: each block's first node, and the total at the end)."""
+    return np.searchsorted(starts, nodes, side="right") - 1
 
 
-def _row(nodes: np.ndarray) -> np.ndarray:
-    return nodes & ROW_MASK
-
-
-def _signature_task(block: pa.Table, config: NearDedupConfig) -> list[np.ndarray]:
-    """[compact signatures (rows, fields, num_perm), (rows, 2) uint64: each row's rank and language hash]."""
+def _signature_task(block: pa.Table, config: NearDedupConfig) -> list[Any]:
+    """[compact signatures (rows, fields, num_perm), (rows, 2) uint64: each row's rank and language
+    hash, the number of rows]."""
     sig = config.signature([block.column(f) for f in config.fields])
     rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
     lang = np.zeros(block.num_rows, np.uint64) if config.cross_language else hash_strings(block.column(f"{config.fields[0]}_lang"))
-    return [sig, np.stack([rank, lang], axis=1)]
+    return [sig, np.stack([rank, lang], axis=1), block.num_rows]
 
 
-def _band_task(index: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int) -> list[pa.Table]:
-    """(bucket, node) of the block's rows in these bands, by bucket partition. A row whose first
+def _band_task(start: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int) -> list[pa.Table]:
+    """(bucket, node) of the block's rows in these bands, by bucket partition: 32 bits each (two
+    rows that share a 32-bit bucket by chance are told apart by verification). A row whose first
     field has no tokens is in no bucket."""
     has_tokens = ~(sig[:, 0, :] == NO_TOKENS).all(axis=1)
     keep = np.flatnonzero(has_tokens)
-    keys = band_keys(np.asarray(sig[keep]), bands, rows, np.asarray(meta[keep, 1]))
-    node = (np.int64(index) << ROW_BITS) | keep.astype(np.int64)
-    table = pa.table({"bucket": keys.reshape(-1), "node": np.repeat(node, len(bands))})
-    return exchange.split(table, exchange.spread(table.column("bucket").to_numpy(), parts), parts)
+    keys = band_keys(np.asarray(sig[keep]), bands, rows, np.asarray(meta[keep, 1])).reshape(-1)
+    node = (start + keep).astype(np.uint32)
+    table = pa.table({"bucket": (keys >> np.uint64(32)).astype(np.uint32), "node": np.repeat(node, len(bands))})
+    return exchange.split(table, exchange.spread(keys, parts), parts)
 
 
-def _gather(arrays: list[np.ndarray], nodes: np.ndarray) -> np.ndarray:
+def _gather(arrays: list[np.ndarray], starts: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     """The rows `nodes` of per-block arrays (memory-mapped), in the order of `nodes`."""
     out = np.empty((len(nodes), *arrays[0].shape[1:]), arrays[0].dtype)
-    owner, row = _owner(nodes), _row(nodes)
+    owner = _owner(nodes, starts)
+    row = nodes - starts[owner]
     for block in np.unique(owner):
         mine = np.flatnonzero(owner == block)
         order = np.argsort(row[mine], kind="stable")  # ascending rows: sequential pages
@@ -154,31 +155,32 @@ def _gather(arrays: list[np.ndarray], nodes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bucket_task(config: NearDedupConfig, parts: int, sigs: list[np.ndarray], metas: list[np.ndarray], *tables: pa.Table) -> list[pa.Table]:
+def _bucket_task(config: NearDedupConfig, parts: int, starts: np.ndarray, sigs: list[np.ndarray], metas: list[np.ndarray],
+                 *tables: pa.Table) -> list[pa.Table]:
     """The verified pairs (centre, other) of this partition's buckets, by components partition."""
     entries = pl.from_arrow(exchange.concat(tables)).unique()
-    entries = entries.filter(pl.len().over("bucket") > 1)
+    entries = entries.filter(pl.len().over("bucket") > 1).with_columns(pl.col("node").cast(pl.Int64))
     nodes = entries["node"].to_numpy()
-    entries = entries.with_columns(pl.Series("rank", _gather(metas, nodes)[:, 0] if len(nodes) else np.zeros(0, np.uint64)))
+    entries = entries.with_columns(pl.Series("rank", _gather(metas, starts, nodes)[:, 0] if len(nodes) else np.zeros(0, np.uint64)))
     centred = entries.sort("bucket", "rank", "node").with_columns(pl.first("node").over("bucket").alias("centre"))
     pairs = centred.filter(pl.col("node") != pl.col("centre")).select(pl.col("centre").alias("u"), pl.col("node").alias("v")).unique()
     kept = []
-    for start in range(0, pairs.height, PAIRS_PER_CHUNK):
-        chunk = pairs.slice(start, PAIRS_PER_CHUNK)
+    for first in range(0, pairs.height, PAIRS_PER_CHUNK):
+        chunk = pairs.slice(first, PAIRS_PER_CHUNK)
         u, v = chunk["u"].to_numpy(), chunk["v"].to_numpy()
-        kept.append(chunk.filter(pl.Series(config.verified(_gather(sigs, u), _gather(sigs, v)))))
+        kept.append(chunk.filter(pl.Series(config.verified(_gather(sigs, starts, u), _gather(sigs, starts, v)))))
     edges = pl.concat(kept) if kept else pl.DataFrame(schema={"u": pl.Int64, "v": pl.Int64})
     return route_undirected(edges.to_arrow(), parts)
 
 
-def _by_owner_task(blocks: int, labels: pa.Table) -> list[pa.Table]:
-    return exchange.split(labels, _owner(labels.column("node").to_numpy()), blocks)
+def _by_owner_task(starts: np.ndarray, labels: pa.Table) -> list[pa.Table]:
+    return exchange.split(labels, _owner(labels.column("node").to_numpy(), starts), len(starts) - 1)
 
 
-def _members_task(parts: int, priority: dict[str, int], block: pa.Table, *labels: pa.Table) -> list[pa.Table]:
+def _members_task(parts: int, priority: dict[str, int], start: int, block: pa.Table, *labels: pa.Table) -> list[pa.Table]:
     """This block's clustered rows with what decides the representative, sent to their label's partition."""
     lab = exchange.concat(labels)
-    rows = pa.array(_row(lab.column("node").to_numpy()))
+    rows = pa.array(lab.column("node").to_numpy() - start)
     members = pa.table({
         "node": lab.column("node"),
         "label": lab.column("label"),
@@ -189,7 +191,7 @@ def _members_task(parts: int, priority: dict[str, int], block: pa.Table, *labels
     return exchange.split(members, exchange.spread(members.column("label").to_numpy(), parts), parts)
 
 
-def _choose_task(blocks: int, *tables: pa.Table) -> list[pa.Table]:
+def _choose_task(starts: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
     """Per component: the representative (earliest source, smallest id, then origin) and the size."""
     df = pl.from_arrow(exchange.concat(tables)).sort("label", "prio", "id", "origin")
     out = df.with_columns(
@@ -197,12 +199,12 @@ def _choose_task(blocks: int, *tables: pa.Table) -> list[pa.Table]:
         pl.first("id").over("label").alias("kept_id"),
         pl.len().over("label").cast(pl.Int32).alias("size"),
     ).select("node", "kept_node", "kept_id", "size").to_arrow()
-    return exchange.split(out, _owner(out.column("node").to_numpy()), blocks)
+    return exchange.split(out, _owner(out.column("node").to_numpy(), starts), len(starts) - 1)
 
 
-def _filter_task(block: pa.Table, *tables: pa.Table) -> list[pa.Table]:
+def _filter_task(start: int, block: pa.Table, *tables: pa.Table) -> list[pa.Table]:
     """The block with its duplicates marked and its representatives' cluster sizes."""
-    chosen = pl.from_arrow(exchange.concat(tables)).with_columns((pl.col("node") & ROW_MASK).alias("_row"))
+    chosen = pl.from_arrow(exchange.concat(tables)).with_columns((pl.col("node") - start).alias("_row"))
     df = pl.from_arrow(block).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     df = df.join(chosen, on="_row", how="left", maintain_order="left")
     is_dup = pl.col("kept_node").is_not_null() & (pl.col("kept_node") != pl.col("node"))
@@ -233,25 +235,27 @@ class NearDedup(DatasetStage):
         blocks = len(blocks_in)
         if not blocks:
             return []
-        if blocks >= 1 << (63 - ROW_BITS):
-            raise ValueError(f"{blocks} blocks: too many to number rows as block << {ROW_BITS} | row")
         bands, band_rows = config.banding()
-        signed = rounds.submit(_signature_task, [(b, config) for b in blocks_in], 2, keep=True, description="near_dedup: signatures")
+        signed = rounds.submit(_signature_task, [(b, config) for b in blocks_in], 3, keep=True, description="near_dedup: signatures")
         sigs, metas = exchange.column(signed, 0), exchange.column(signed, 1)
+        starts = np.concatenate([[0], np.cumsum([out[2] for out in signed])]).astype(np.int64)
+        if starts[-1] >= 1 << 32:
+            raise ValueError(f"{starts[-1]:,} rows in one near_dedup step: rows are numbered in 32 bits")
         cc_parts = max(2 * rounds.parallelism, math.ceil(rows / BAND_ENTRIES_PER_PARTITION))
         edges: list[list[Any]] = []
         for first in range(0, bands, BANDS_PER_ROUND):
             group = range(first, min(bands, first + BANDS_PER_ROUND))
             parts = max(2 * rounds.parallelism, math.ceil(rows * len(group) / BAND_ENTRIES_PER_PARTITION))
-            entries = rounds.submit(_band_task, [(i, sigs[i], metas[i], group, band_rows, parts) for i in range(blocks)], parts,
+            entries = rounds.submit(_band_task, [(int(starts[i]), sigs[i], metas[i], group, band_rows, parts) for i in range(blocks)], parts,
                                     description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}")
-            edges += rounds.submit(_bucket_task, [(config, cc_parts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
+            edges += rounds.submit(_bucket_task, [(config, cc_parts, starts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
                                    cc_parts, description="near_dedup: candidate pairs")
         labels, _ = connected_components(rounds, edges, cc_parts)
-        owned = rounds.submit(_by_owner_task, [(blocks, lab) for lab in labels], blocks)
+        owned = rounds.submit(_by_owner_task, [(starts, lab) for lab in labels], blocks)
         priority = self.config.ranks(self.context)
-        members = rounds.submit(_members_task, [(cc_parts, priority, blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)], cc_parts)
-        chosen = rounds.submit(_choose_task, [(blocks, *exchange.column(members, j)) for j in range(cc_parts)], blocks)
-        done = rounds.submit(_filter_task, [(blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1,
+        members = rounds.submit(_members_task, [(cc_parts, priority, int(starts[i]), blocks_in[i], *exchange.column(owned, i))
+                                                for i in range(blocks)], cc_parts)
+        chosen = rounds.submit(_choose_task, [(starts, *exchange.column(members, j)) for j in range(cc_parts)], blocks)
+        done = rounds.submit(_filter_task, [(int(starts[i]), blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1,
                              description="near_dedup: clusters")
         return [d[0] for d in done]
