@@ -8,10 +8,14 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
+import xxhash
 
 from core.record import DROP, WORK_SCHEMA
 from pipeline.engine.stage import RunContext
+from pipeline.ops import exchange
+from pipeline.ops.tasks import InProcess
 from pipeline.stages import REGISTRY
+from pipeline.stages.exact_dedup import key_text
 from tests.conftest import ready
 
 CTX = RunContext(Path("."), ("first", "second"))
@@ -88,6 +92,15 @@ def test_langid_threshold_tags_und_and_can_drop():
     assert out[1]["query_lang"] == "eng_Latn" and out[1][DROP] is None and out[1]["positive_lang"] is None
 
 
+def _planned(stage, batch: pa.Table) -> pa.Table:
+    """A dataset stage's plan over `batch` cut in two blocks, its rounds run here."""
+    import tempfile
+
+    blocks = [batch.slice(0, batch.num_rows // 2), batch.slice(batch.num_rows // 2)]
+    rounds = exchange.Rounds(tempfile.mkdtemp(), InProcess())
+    return pa.concat_tables([exchange.get(b) for b in stage.plan(blocks, batch.num_rows, rounds)])
+
+
 def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
     stage = _stage("exact_dedup", key=["query", "positive"])
     rows = [
@@ -97,22 +110,23 @@ def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
         {"id": "d", "source": "first", "query": "What is MRL?", "positive": "Another passage", "origin": "f:4"},
     ]
     batch = _batch(rows)
-    keys = stage.key(batch).to_pylist()
+    keys = key_text(batch, stage.config).to_pylist()
     assert keys[0] == keys[1] == keys[2] != keys[3]
-    out = {r["id"]: r for r in stage(batch).to_pylist()}
+    out = {r["id"]: r for r in _planned(stage, batch).to_pylist()}
     assert out["c"][DROP] is None and out["c"]["dup_count"] == 3  # earliest source wins over smaller id
     assert out["a"][DROP] == out["b"][DROP] == "exact_duplicate" and out["a"]["_detail"] == "duplicate of c"
     assert out["d"][DROP] is None and out["d"]["dup_count"] == 1
-    assert out["a"]["dup_cluster"] == out["b"]["dup_cluster"] == out["c"]["dup_cluster"] == f"{keys[0]:016x}" != out["d"]["dup_cluster"]
+    cluster = f"{xxhash.xxh3_64_intdigest(keys[0].encode()):016x}"
+    assert out["a"]["dup_cluster"] == out["b"]["dup_cluster"] == out["c"]["dup_cluster"] == cluster != out["d"]["dup_cluster"]
     case_sensitive = _stage("exact_dedup", key=["query"], casefold=False)
-    assert len(set(case_sensitive.key(batch).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"
+    assert len(set(key_text(batch, case_sensitive.config).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"
 
 
 def test_dedup_priority_puts_named_sources_first():
     rows = [{"id": "a", "source": "first", "query": "Same question?", "origin": "f:1"},
             {"id": "b", "source": "second", "query": "same question?", "origin": "f:2"}]
-    default = {r["id"]: r[DROP] for r in _stage("exact_dedup")(_batch(rows)).to_pylist()}
-    preferred = {r["id"]: r[DROP] for r in _stage("exact_dedup", priority=["second"])(_batch(rows)).to_pylist()}
+    default = {r["id"]: r[DROP] for r in _planned(_stage("exact_dedup"), _batch(rows)).to_pylist()}
+    preferred = {r["id"]: r[DROP] for r in _planned(_stage("exact_dedup", priority=["second"]), _batch(rows)).to_pylist()}
     assert default == {"a": None, "b": "exact_duplicate"} and preferred == {"a": "exact_duplicate", "b": None}
 
 

@@ -51,15 +51,15 @@ def row_bytes(files: list[str]) -> float:
     return size / rows if rows else 0.0
 
 
-def needs(kind: str, files: list[str], source_bytes: int, task_rows: int, partition_rows: int, stage_memory: int) -> Needs:
-    """The needs of a step of `kind` over `files` (ingest: over `source_bytes` of sources)."""
+def needs(kind: str, files: list[str], rows: int, source_bytes: int, task_rows: int, partition_rows: int, stage_memory: int) -> Needs:
+    """The needs of a step of `kind` over `files` of `rows` rows (ingest: over `source_bytes` of sources)."""
     if kind == "ingest":
         return Needs(disk=2 * source_bytes, worker=GB)
     size, per_row = files_bytes(files), row_bytes(files)
     if kind == "rows":
-        return Needs(disk=size + size // 4, worker=int(task_rows * per_row * WORKING_COPIES) + stage_memory)
+        return Needs(disk=size + size // 4, worker=int(min(task_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
     if kind == "shuffle":
-        return Needs(disk=2 * size, worker=int(partition_rows * per_row * WORKING_COPIES) + stage_memory)
+        return Needs(disk=2 * size, worker=int(min(partition_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
     return Needs(disk=2 * size, worker=DATASET_WORKER + stage_memory)
 
 

@@ -215,7 +215,7 @@ class Runner:
         files = before[-1].files() if before else []
         rows_in = 0 if previous is None else int(previous.filter(pl.col("kind") == "out")["rows"].sum())
         local = self._in_process(step, rows_in, units)
-        processes = self._check_resources(step, files, units, before, local)
+        processes = self._check_resources(step, files, rows_in, units, before, local)
         if not local:
             self._start_ray()
         executor = self._executor(step, rows_in, units, local, processes)
@@ -247,12 +247,12 @@ class Runner:
         storage.delete(storage.join(self.output, "work", self._work_dir(step).name))
         self._drop_empty_work()
 
-    def _check_resources(self, step: Step, files: list[str], units: list[Unit], before: list[Checkpoint], local: bool) -> int:
+    def _check_resources(self, step: Step, files: list[str], rows: int, units: list[Unit], before: list[Checkpoint], local: bool) -> int:
         """Disk for the step (a local output) and memory per worker (in process): how many worker
         processes to run, or `ResourceShortage` saying what is missing."""
         source_bytes = execute.source_bytes(units) if step.kind == "ingest" else 0
         memory = max((s.cls.resources.memory_mb for s in step.stages), default=0) << 20
-        need = resources.needs(step.kind, files, source_bytes, execute.TASK_ROWS, execute.ROWS_PER_SHUFFLE_PARTITION, memory)
+        need = resources.needs(step.kind, files, rows, source_bytes, execute.TASK_ROWS, execute.ROWS_PER_SHUFFLE_PARTITION, memory)
         if not storage.is_url(self.output):
             prunable = sum(c.size() for c in before[:-1]) if self.manifest.keep_checkpoints == "all" else 0
             resources.check_disk(step.name, self.run_dir, need.disk, prunable)

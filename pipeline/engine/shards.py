@@ -1,10 +1,12 @@
 """Final shards: Parquet files of kept rows, one folder per partition, deterministic, each file atomic.
 
-Layout that does not depend on the order in which Ray finished blocks (a resumed run writes the same
+Layout that does not depend on the order in which tasks finished (a resumed run writes the same
 bytes as an uninterrupted one) and never needs a whole partition in memory: ids are uniform
 BLAKE2b hashes, so a partition of N rows is cut into ranges of the id space expected to hold about
 0.8 x `rows_per_shard` rows each. One pass spills every row to its range's file; then each range is
-sorted by (id, origin) and written as one shard (or more, should a range overflow).
+sorted by (id, origin), written as one shard (or more, should a range overflow) and its spill file
+removed. The passages the shards name are listed (by doc-id range, for the passage table) from the
+shards once they are written, so the disk never holds the spill and that list at once.
 """
 
 from __future__ import annotations
@@ -58,49 +60,74 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Pat
     ranges = (pl.col("_rows") / (0.8 * settings.rows_per_shard)).ceil().clip(lower_bound=1).cast(pl.Int64)
     plan = counts.with_columns(ranges.alias("_ranges"))
     spill = spill or out / "_spill"
-    ref_ranges = passage_ranges or max(1, -(-int(plan["_rows"].sum()) // PASSAGE_RANGE_ROWS))
-    _spill(files, keys, plan, spill, refs, ref_ranges)
+    references = _References(refs, passage_ranges or max(1, -(-int(plan["_rows"].sum()) // PASSAGE_RANGE_ROWS)))
     compression = None if settings.compression == "none" else settings.compression
     written: list[dict[str, Any]] = []
-    for p, row in enumerate(plan.iter_rows(named=True)):
-        values = [row[k] for k in keys]
-        folder = out.joinpath(*(_folder_name(v) for v in values))
-        folder.mkdir(parents=True, exist_ok=True)
-        shard = 0
-        for r in range(row["_ranges"]):
-            path = spill / f"{p}-{r}.parquet"
-            if not path.exists():
-                continue
-            part = pl.read_parquet(path).sort("id", "origin").to_arrow().cast(SCHEMA)
-            for start in range(0, part.num_rows, settings.rows_per_shard):
-                chunk = part.slice(start, settings.rows_per_shard)
-                target = folder / f"part-{shard:05d}-{tag}.parquet"
-                write_atomic(target, lambda tmp, chunk=chunk: pq.write_table(chunk, tmp, compression=compression,
-                                                                 compression_level=settings.compression_level))
-                written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
-                shard += 1
-    shutil.rmtree(spill)
+    try:
+        _spill(files, keys, plan, spill, references)
+        for p, row in enumerate(plan.iter_rows(named=True)):
+            values = [row[k] for k in keys]
+            folder = out.joinpath(*(_folder_name(v) for v in values))
+            folder.mkdir(parents=True, exist_ok=True)
+            shard = 0
+            for r in range(row["_ranges"]):
+                path = spill / f"{p}-{r}.parquet"
+                if not path.exists():
+                    continue
+                part = pl.read_parquet(path).sort("id", "origin").to_arrow().cast(SCHEMA)
+                for start in range(0, part.num_rows, settings.rows_per_shard):
+                    chunk = part.slice(start, settings.rows_per_shard)
+                    target = folder / f"part-{shard:05d}-{tag}.parquet"
+                    write_atomic(target, lambda tmp, chunk=chunk: pq.write_table(chunk, tmp, compression=compression,
+                                                                     compression_level=settings.compression_level))
+                    written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
+                    shard += 1
+                path.unlink()  # written as shards: the spill shrinks as they grow
+        shutil.rmtree(spill)
+        for entry in written:
+            for batch in pq.ParquetFile(out / entry["path"]).iter_batches(batch_size=65_536, columns=list(_NAMING)):
+                references.add(passage_refs(pl.from_arrow(batch)))
+    finally:
+        references.close()
     return written
 
 
-def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, refs: Path, ranges: int) -> None:
-    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`,
-    with its passage ids; the passages it names to `refs/<range>-<ranges>.parquet` by doc id."""
-    for folder in (spill, refs):
+class _References:
+    """Passage references by doc-id range, one file per range (`<range>-<ranges>.parquet`)."""
+
+    def __init__(self, folder: Path, ranges: int):
         shutil.rmtree(folder, ignore_errors=True)  # a crashed attempt's
         folder.mkdir(parents=True)
+        self.folder, self.ranges = folder, ranges
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def add(self, refs: pa.Table) -> None:
+        named = pl.from_arrow(refs).with_columns(id_range(pl.col(DOC_ID), self.ranges).alias("_range"))
+        for (r,), group in named.partition_by("_range", as_dict=True).items():
+            if r not in self.writers:
+                path = self.folder / f"{r:05d}-{self.ranges:05d}.parquet"
+                self.writers[r] = pq.ParquetWriter(path, REFS_SCHEMA, compression="zstd", compression_level=1)
+            self.writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, references: _References) -> None:
+    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`,
+    with its passage ids; the texts of negatives still inline (which the shards hold by id) to the
+    references."""
+    shutil.rmtree(spill, ignore_errors=True)  # a crashed attempt's
+    spill.mkdir(parents=True)
     index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
     writers: dict[tuple[int, int], pq.ParquetWriter] = {}
-    ref_writers: dict[int, pq.ParquetWriter] = {}
     try:
         for file in files:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, NEGATIVES, DROP]):
-                df, passages = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
-                named = pl.from_arrow(passages).with_columns(id_range(pl.col(DOC_ID), ranges).alias("_range"))
-                for (r,), group in named.partition_by("_range", as_dict=True).items():
-                    if r not in ref_writers:
-                        ref_writers[r] = pq.ParquetWriter(refs / f"{r:05d}-{ranges:05d}.parquet", REFS_SCHEMA, compression="zstd", compression_level=1)
-                    ref_writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
+                df, inline = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
+                if inline.num_rows:
+                    references.add(inline)
                 df = df.select(COLUMNS).join(index, on=keys, how="left", nulls_equal=True).with_columns(
                     id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
                 for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
@@ -109,26 +136,42 @@ def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, r
                         writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="zstd", compression_level=1)
                     writers[(p, r)].write_table(table)
     finally:
-        for w in [*ref_writers.values(), *writers.values()]:
+        for w in writers.values():
             w.close()
+
+
+# What a shard row says about passages (`passage_refs`).
+_NAMING = ("positive_id", "positive", "positive_lang", "query", "query_lang", NEGATIVE_IDS, "negatives_lang", "source", "id", "origin")
 
 
 def with_passage_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
     """Rows with `positive_id` and `negative_ids` (from inline negatives where a row still has them),
-    and the passages they name (REFS_SCHEMA)."""
+    and the inline negatives' texts under those ids (REFS_SCHEMA)."""
     positives = [passage_id(t) if t is not None else None for t in df["positive"].to_list()]
     inline, stored = df[NEGATIVES].to_list(), df[NEGATIVE_IDS].to_list()
     negatives = [[passage_id(t) for t in own] if own is not None else ids for own, ids in zip(inline, stored)]
     df = df.with_columns(pl.Series(POSITIVE_ID, positives, pl.String), pl.Series(NEGATIVE_IDS, negatives, pl.List(pl.String)))
     refs: dict[str, list] = {name: [] for name in REFS_SCHEMA.names}
-    rows = zip(positives, df["positive"].to_list(), df["positive_lang"].to_list(), df["query"].to_list(), df["query_lang"].to_list(),
-               negatives, inline, df["negatives_lang"].to_list(), df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
-    for pos_id, pos, pos_lang, query, query_lang, neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
-        named = [(pos_id, pos, POSITIVE, pos_lang)] if pos_id else []
-        named += [(d, neg_texts[k] if neg_texts is not None else None, NEGATIVE, neg_lang) for k, d in enumerate(neg_ids or [])]
-        if neg_ids and query_lang:  # e.g. build_pairs' negatives are other rows' queries
-            named.append((passage_id(query), query, QUERY, query_lang))
-        for doc, text, role, lang in named:
-            for column, value in zip(REFS_SCHEMA.names, (doc, text, role, lang, source, rid, origin)):
+    rows = zip(negatives, inline, df["negatives_lang"].to_list(), df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
+    for neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
+        for doc, text in zip(neg_ids or [], neg_texts or []):
+            for column, value in zip(REFS_SCHEMA.names, (doc, text, NEGATIVE, neg_lang, source, rid, origin)):
                 refs[column].append(value)
     return df, pa.table(refs, schema=REFS_SCHEMA)
+
+
+def passage_refs(df: pl.DataFrame) -> pa.Table:
+    """The passages shard rows name (REFS_SCHEMA): each positive (with its text), each negative (by
+    id: its text is in the passage store or was listed from the inline negatives), and the query
+    where a row has negatives (`build_pairs` takes negatives from other rows' queries)."""
+    positives = df.filter(pl.col("positive_id").is_not_null()).select(
+        pl.col("positive_id").alias(DOC_ID), pl.col("positive").alias(TEXT), pl.lit(POSITIVE, pl.Int8).alias("role"),
+        pl.col("positive_lang").alias("language"), "source", "id", "origin")
+    with_negatives = df.filter(pl.col(NEGATIVE_IDS).list.len() > 0)
+    queries = with_negatives.filter(pl.col("query_lang").is_not_null()).select(
+        pl.col("query").map_elements(passage_id, return_dtype=pl.String).alias(DOC_ID), pl.col("query").alias(TEXT),
+        pl.lit(QUERY, pl.Int8).alias("role"), pl.col("query_lang").alias("language"), "source", "id", "origin")
+    negatives = with_negatives.explode(NEGATIVE_IDS).select(
+        pl.col(NEGATIVE_IDS).alias(DOC_ID), pl.lit(None, pl.String).alias(TEXT), pl.lit(NEGATIVE, pl.Int8).alias("role"),
+        pl.col("negatives_lang").alias("language"), "source", "id", "origin")
+    return pl.concat([positives, queries, negatives]).to_arrow().cast(REFS_SCHEMA)
