@@ -28,6 +28,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def example(**values: Any) -> ConfigDict:
+    """A settings model's example (in its JSON Schema, so in `docs/manifest.md` and editors)."""
+    return ConfigDict(json_schema_extra={"examples": [values]})
+
+
 def from_manifest(path: str, info: ValidationInfo) -> Path:
     """A path written in a manifest, relative to the manifest's folder unless absolute (for the
     validators of sources and stage settings; `load_manifest` passes the folder as `base_dir`)."""

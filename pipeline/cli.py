@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="Ray's own logs and warnings too")
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
-    sub.add_parser("schema", help="print the manifest JSON Schema")
+    sc = sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
+    sc.add_argument("--markdown", action="store_true", help="the reference of every key instead (docs/manifest.md)")
     de = sub.add_parser("dedup-eval", help="precision/recall of near-duplicate detection per script on labelled pairs")
     de.add_argument("--data-dir", default="../shared/data", help="folder with udhr2.zip and udhr.zip (builds the calibration set)")
     de.add_argument("--pairs", help="Parquet/JSONL of labelled pairs (a, b, duplicate[, kind, script]) instead")
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--reference", help="CSV of language,count to compare shares with (recomputes)")
     st.add_argument("--tokenizer", help="tokenizer.json (or folder) for token counts (recomputes)")
     st.add_argument("--recompute", action="store_true", help="compute the statistics again from the shards")
+    st.add_argument("--filters", action="store_true", help="the filter stage's drop rates, language x filter")
     db = sub.add_parser("dashboard", help="write the run's self-contained HTML dashboard (stats/dashboard.html)")
     db.add_argument("run_dir")
     db.add_argument("--out", help="HTML file to write instead")
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _schema(args: argparse.Namespace, console: Console) -> int:
     from pipeline.api import json_schema
+    from pipeline.reporting.manifest_doc import markdown
 
-    print(json.dumps(json_schema(), indent=2))
+    print(markdown(json_schema()) if args.markdown else json.dumps(json_schema(), indent=2), end="" if args.markdown else "\n")
     return 0
 
 
@@ -148,7 +151,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 def _stats(args: argparse.Namespace, console: Console) -> int:
     from pipeline.reporting import dashboard, stats
-    from pipeline.reporting.report import print_stats
+    from pipeline.reporting.report import print_filters, print_stats
 
     run_dir = Path(args.run_dir)
     recompute = args.command == "stats" and (args.recompute or args.reference or args.tokenizer)
@@ -161,6 +164,8 @@ def _stats(args: argparse.Namespace, console: Console) -> int:
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]cannot compute statistics:[/] {exc}", highlight=False)
         return 1
+    if getattr(args, "filters", False):
+        return 0 if print_filters(stats.load(run_dir), Console()) else 1
     if not print_stats(stats.load(run_dir), Console(), args.lang, args.top):
         console.print(f"[red]{args.lang!r} is not a language of this run[/] (see `python -m pipeline stats {run_dir}`)")
         return 1

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from core import storage
-from core.settings import Strict, from_manifest, matching_files
+from core.settings import Strict, example, from_manifest, matching_files
 from core.tasks import MAPPABLE_FIELDS, TASK_SPECS, TaskName
 from langid.declared import declared_label
 
@@ -21,6 +21,8 @@ _COMPRESSIONS = (".gz", ".zst")
 
 
 class CsvOptions(Strict):
+    model_config = example(header=False, column_names=["sentence1", "sentence2", "score"], quoting="none")
+
     header: bool = Field(True, description="First line holds column names.")
     column_names: list[str] | None = Field(None, description="Column names when the file has no header.")
     quoting: Literal["csv", "none"] = Field("csv", description=(
@@ -37,6 +39,8 @@ def infer_format(path: str) -> str | None:
 
 
 class SourceConfig(Strict):
+    model_config = example(name="bitext", task="bitext", path="data/*.tsv.gz", columns={"query": "source", "positive": "target"}, licence="CC-BY-SA-4.0", language={"query": "eng_Latn"}, csv={"quoting": "none"})
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name; becomes the `source` column and shard folder.")
     task: TaskName
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]

@@ -70,21 +70,54 @@ def stage1_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stage2_run(tmp_path_factory):
-    """The shipped stage-2 manifest, run once per session (its tests and the exports'), with a reference
-    distribution for the statistics: the folder holding `run/`."""
-    tmp_path = tmp_path_factory.mktemp("stage2")
-    manifest = yaml.safe_load((ROOT / "manifests" / "stage2.yaml").read_text(encoding="utf-8"))
-    manifest["output"] = str(tmp_path / "run")
-    for entry in manifest["sources"] + [s for stage in manifest["stages"] for s in stage.get("eval_sets", [])]:
-        entry["path"] = str(ROOT / "manifests" / entry["path"])
-    (tmp_path / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
-    manifest["stats"] = {"reference": str(tmp_path / "reference.csv")}
-    path = tmp_path / "stage2.yaml"
-    path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
-    result = run_cli("run", str(path), "--quiet")
+def workspace(tmp_path_factory) -> Path:
+    """A folder laid out as the checkout is for a user (the shipped manifests and samples, the
+    trainer's configs), where the README's commands run as written: their relative paths (`runs/...`)
+    land here, never in the checkout."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("workspace")
+    (root / "manifests").mkdir()
+    for manifest in (ROOT / "manifests").glob("*.yaml"):
+        shutil.copy(manifest, root / "manifests")
+    (root / "manifests" / "samples").symlink_to(SAMPLES)
+    shutil.copytree(ROOT / "train" / "configs", root / "train" / "configs")
+    return root
+
+
+def run_shell(command: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A README command, as a user types it in a shell (this interpreter's environment first on PATH)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def stage2_run(workspace) -> Path:
+    """The README's `python -m pipeline run manifests/stage2.yaml`, run once per session, then its
+    statistics recomputed against a reference distribution (`pipeline stats --reference`): the folder
+    holding it as `run/`."""
+    result = run_shell("python -m pipeline run manifests/stage2.yaml", workspace)
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path
+    folder = workspace / "stage2"
+    folder.mkdir()
+    (folder / "run").symlink_to(workspace / "runs" / "stage2")
+    (folder / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
+    for command in (f"stats {folder / 'run'} --reference {folder / 'reference.csv'}", f"dashboard {folder / 'run'}"):
+        result = run_cli(*command.split())
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def eos_tokenizer(small_model, tmp_path_factory) -> Path:
+    """The small test model's tokenizer with an EOS token (its [SEP]), as a model folder has."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(small_model))
+    tokenizer.eos_token = "[SEP]"
+    folder = tmp_path_factory.mktemp("eos_tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},

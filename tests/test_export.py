@@ -26,18 +26,6 @@ from tests.conftest import BUCKET, run_cli, upload_tree
 RELEASE_NEGATIVES = 24
 
 
-@pytest.fixture(scope="session")
-def eos_tokenizer(small_model, tmp_path_factory) -> Path:
-    """The small test model's tokenizer with an EOS token (its [SEP]), as a model folder has."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(small_model))
-    tokenizer.eos_token = "[SEP]"
-    folder = tmp_path_factory.mktemp("eos_tokenizer")
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def export(run: Path | str, out: Path, layout: str, *extra: str):
     return run_cli("export", str(run), str(out), "--layout", layout, "--quiet", *extra)
 

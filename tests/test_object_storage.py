@@ -160,7 +160,7 @@ def test_kill_9_during_a_step_and_during_shard_upload_then_resume_is_identical(s
     proc.wait()
     try:
         proc = start()
-        _wait_for(lambda: read_marker(f"{output}/stages/06-near_dedup") is not None, proc)
+        _wait_for(lambda: read_marker(f"{output}/stages/07-near_dedup") is not None, proc)
         s3_proxy.put_delay = 0.3  # from here on, uploads are slow enough to be caught in the middle
         _wait_for(lambda: any(p.endswith(".parquet") for p in storage.list_files(f"{output}/shards")), proc)
         kill_tree(proc.pid)

@@ -34,14 +34,14 @@ def test_run_folder_ledger_and_readers(stage1_run):
         assert (stage1_run / name).exists(), name
     ledger = pl.read_parquet(stage1_run / "ledger.parquet")
     per_step = ledger.group_by("step", "source", "kind").agg(pl.col("rows").sum()).pivot("kind", index=["step", "source"], values="rows").fill_null(0)
-    assert per_step.height == 14  # 7 steps x 2 sources
+    assert per_step.height == 16  # 8 steps x 2 sources
     assert (per_step["in"] == per_step["out"] + per_step["dropped"]).all()
     ingest_in = ledger.filter(step="00-ingest", kind="in")["rows"].sum()
     assert ingest_in == 8 * 1190 + 37 * 250  # every line of every sample file
-    final_out = ledger.filter(step="06-near_dedup", kind="out")["rows"].sum()
-    assert 0 < ledger.filter(step="06-near_dedup", kind="dropped", reason="near_duplicate")["rows"].sum() < 0.02 * final_out
+    final_out = ledger.filter(step="07-near_dedup", kind="out")["rows"].sum()
+    assert 0 < ledger.filter(step="07-near_dedup", kind="dropped", reason="near_duplicate")["rows"].sum() < 0.02 * final_out
     # The held-out split (148 questions of 6 articles per language) is decontaminated away.
-    held_out = ledger.filter(step="04-decontaminate", kind="dropped", reason="eval_overlap:xquad_r_heldout")
+    held_out = ledger.filter(step="05-decontaminate", kind="dropped", reason="eval_overlap:xquad_r_heldout")
     assert 0.95 * 8 * 148 <= held_out.filter(source="xquad_r")["rows"].sum() <= 8 * 148
 
     import datasets

@@ -58,7 +58,7 @@ def test_dashboard_draws_every_chart_and_shows_the_shards_figures(stage2_run, br
     page, errors = open_page(browser, run / "stats" / "dashboard.html")
     sizes = chart_sizes(page)
     expected = {"languages", "scripts", "families", "top_natural", "top_programming", "tasks", "funnel", "funnel_languages",
-                "confidence", "exact_clusters", "near_clusters", "negatives", "margins", "comparison"}
+                "confidence", "exact_clusters", "near_clusters", "negatives", "margins", "comparison", "filters"}
     assert expected <= {k.removeprefix("fig-") for k in sizes}, sizes.keys()
     for name, (width, height, marks) in sizes.items():
         assert width > 300 and height > 300, (name, width, height)

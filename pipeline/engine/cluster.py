@@ -30,12 +30,16 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
     if started:
         kwargs: dict = dict(include_dashboard=False, log_to_driver=verbose, logging_level=level, configure_logging=True,
                             ignore_reinit_error=True)
-        # Make the project importable by workers on any node (a cluster without this package installed).
-        project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        # And the object store's settings (endpoint, region, profile; never credentials, which each
-        # node has from its own environment, e.g. a KubeRay pod's service account or secret).
-        env = {name: os.environ[name] for name in storage.STORAGE_ENV if name in os.environ}
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}}
+        # Make the project importable by workers on any node (a cluster without this package installed),
+        # and pass on the object store's settings (endpoint, region, profile; never credentials, which
+        # each node has from its own environment, e.g. a KubeRay pod's service account or secret). A
+        # driver submitted with `ray job submit` has its job's runtime environment already (its working
+        # directory and environment variables), which Ray refuses to merge with another that names the
+        # same variables: there the job's stands alone.
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+            project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env = {name: os.environ[name] for name in storage.STORAGE_ENV if name in os.environ}
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}}
         if address:
             ray.init(address=address, **kwargs)
         else:

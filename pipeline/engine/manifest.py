@@ -26,6 +26,7 @@ from core.record import COLUMNS
 from core.settings import (
     ConfigError,
     Strict,
+    example,
     existing_path,
     line_of,
     load_yaml_model,
@@ -40,6 +41,8 @@ INGESTED = (*(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf"))
 
 
 class RaySettings(Strict):
+    model_config = example(address="auto")
+
     address: str | None = Field(None, description="Address of an existing cluster ('auto', 'HOST:PORT'); embedded local Ray when empty.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded cluster (default: all of this machine's).")
     object_store_mb: int | None = Field(None, ge=128, description="Object store size of the embedded cluster in MiB.")
@@ -51,6 +54,8 @@ class RaySettings(Strict):
 
 
 class ShardSettings(Strict):
+    model_config = example(rows_per_shard=100000, compression="zstd", partition_by=["source"])
+
     rows_per_shard: int = Field(100_000, ge=1, description="Rows per Parquet file (the last file of a partition may hold fewer).")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     compression_level: int | None = Field(None, description="Codec level (zstd 1-22); the codec's default when empty.")
@@ -60,6 +65,8 @@ class ShardSettings(Strict):
 
 
 class StatsSettings(Strict):
+    model_config = example(tokenizer="tokenizer.json", reference="target_mix.csv")
+
     enabled: bool = Field(True, description="Compute the statistics (stats/) and the dashboard at the end of the run.")
     tokenizer: str | None = Field(None, description="A `tokenizers` tokenizer.json (or a folder with one), relative to the manifest, for "
                                   "token counts; words by a script-aware rule when empty.")
@@ -72,11 +79,14 @@ class StatsSettings(Strict):
 class Manifest(Strict):
     """A validated manifest. `stages` holds the registered stages' configs (see `manifest_model`)."""
 
+    model_config = example(output="../runs/mine", sources=[{"name": "qa", "task": "retrieval", "path": "data/qa.jsonl", "columns": {"query": "question", "positive": "answer"}, "licence": "CC-BY-4.0"}], stages=[{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup"}, {"stage": "near_dedup"}])
+
+
     output: str = Field(description="Run folder (relative to the manifest), or a URL in object storage (s3://BUCKET/PATH): "
                         "checkpoints, ledger, quarantine, shards.")
-    ray: RaySettings = Field(default_factory=RaySettings)
-    sources: list[SourceConfig] = Field(min_length=1)
-    stages: list[StageConfig] = Field(default_factory=list)
+    ray: RaySettings = Field(default_factory=RaySettings, description="Where steps run: in process, an embedded Ray, or a cluster.")
+    sources: list[SourceConfig] = Field(min_length=1, description="The inputs: files, globs or datasets, each mapped onto the record.")
+    stages: list[StageConfig] = Field(default_factory=list, description="The stages, in the order they run (one entry per stage, `stage:` naming it).")
     checkpoint: Literal["fused", "every_step"] = Field(
         "fused", description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
         "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
@@ -84,8 +94,8 @@ class Manifest(Strict):
         "all", description="all: every step's checkpoint stays (a changed stage re-runs from its own step); last: a step's "
         "checkpoint is removed once the next one is committed, so the disk holds about one step's rows (a changed stage "
         "re-runs from the last checkpoint kept before it, or from the sources).")
-    shards: ShardSettings = Field(default_factory=ShardSettings)
-    stats: StatsSettings = Field(default_factory=StatsSettings)
+    shards: ShardSettings = Field(default_factory=ShardSettings, description="The final Parquet shards.")
+    stats: StatsSettings = Field(default_factory=StatsSettings, description="Per-language statistics and the dashboard.")
 
     @field_validator("output")
     @classmethod

@@ -1,9 +1,12 @@
 """Runs the steps of a manifest: sources -> stages -> shards, with checkpoints, ledger and resume.
 
 The runner knows stages only through the contract (`pipeline/engine/stage.py`) and the plan
-(`pipeline/engine/plan.py`); how a step's rows are computed is `pipeline/engine/execute.py`'s job.
-Ray is started only when a step needs it (an input above `ray.in_process_rows`, a dataset stage, or a
-cluster address), so a small or fully resumed run pays none of its start-up cost.
+(`pipeline/engine/plan.py`); how a step's rows are computed is `pipeline/engine/execute.py`'s job,
+as tasks of an executor the runner picks per step (`pipeline/ops/tasks.py`): this process, a pool of
+worker processes, or Ray. Ray is started only when a step needs it (an input above
+`ray.in_process_rows`, or a cluster address), so a small or fully resumed run pays none of its
+start-up cost. Before a step starts, the disk and memory it needs are checked
+(`pipeline/engine/resources.py`).
 
 The output may be in object storage (`s3://...`). Checkpoints are then written there by whichever
 node computes them and committed by marker (`pipeline/engine/checkpoint.py`); the driver keeps a

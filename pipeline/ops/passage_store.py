@@ -1,7 +1,7 @@
 """The passage store of a run in flight: negative texts written once, rows keep their ids.
 
 A stage that makes negatives (`build_pairs`, `mine_negatives`) calls `store_negatives` on its output:
-each row's inline `negatives` texts become `negative_ids` (`sources/passages.passage_id`), and the
+each row's inline `negatives` texts become `negative_ids` (`core/passages.passage_id`), and the
 distinct texts go to one Parquet file of `doc_id, text` in the store folder (`passages/` of the run,
 local or in object storage). The file is named by the hash of its ids, so a step re-run after a
 crash writes the same file again, and a text is always found under its id; files of attempts that

@@ -136,6 +136,24 @@ def _comparison(tables: dict[str, pl.DataFrame]) -> list[tuple[str, go.Figure]]:
     return figs
 
 
+def _filters(tables: dict[str, pl.DataFrame], top: int = 40) -> list[tuple[str, go.Figure]]:
+    """Which filter eats which language: the drop rate of each filter in the largest languages
+    (the counts on hover)."""
+    table = tables.get("filters")
+    if table is None or not table.height:
+        return []
+    languages = table.group_by("language").agg(pl.col("rows_in").first()).sort("rows_in", descending=True)["language"].head(top).to_list()
+    names = table["filter"].unique().sort().to_list()
+    cell = {(r["language"], r["filter"]): r for r in table.iter_rows(named=True)}
+    z = [[100 * cell[(lang, f)]["rate"] for f in names] for lang in languages]
+    text = [[f"{cell[(lang, f)]['dropped']:,} of {cell[(lang, f)]['rows_in']:,}" for f in names] for lang in languages]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=languages, text=text, colorscale="Reds", colorbar={"title": "% dropped"},
+                               hovertemplate="%{y} / %{x}: %{z:.2f}% (%{text})<extra></extra>"))
+    fig.update_layout(**_layout(f"Rows each filter dropped, % of a language's rows (top {len(languages)} languages)",
+                                height=max(420, 18 * len(languages))))
+    return [("filters", fig)]
+
+
 def figures(tables: dict[str, pl.DataFrame]) -> list[tuple[str, go.Figure]]:
     languages = tables["languages"]
     hist = tables["histograms"]
@@ -154,6 +172,7 @@ def figures(tables: dict[str, pl.DataFrame]) -> list[tuple[str, go.Figure]]:
         ("near_clusters", _histogram(hist, "near_dup_count", "Near-duplicate cluster sizes (clusters of 2 or more)", True, 2)),
         ("negatives", _histogram(hist, "negatives", "Hard negatives per query")),
         ("margins", _histogram(hist, "margin", "Score margin: positive minus hardest negative")),
+        *_filters(tables),
         *_comparison(tables),
     ]
 

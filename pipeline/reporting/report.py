@@ -96,3 +96,17 @@ def print_export(report: Any, console: Console) -> None:
                   f"report: {report.out}/export_report.json")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def print_filters(tables: dict[str, Any], console: Console) -> bool:
+    """The `filter` stage's drops, language x filter: % of the language's rows (and the count)."""
+    import polars as pl
+
+    table = tables.get("filters")
+    if table is None or not table.height:
+        console.print("no filter stage in this run")
+        return False
+    cells = table.with_columns(pl.format("{}% ({})", (100 * pl.col("rate")).round(2), pl.col("dropped")).alias("cell"))
+    wide = cells.pivot("filter", index=["language", "rows_in"], values="cell").sort("rows_in", descending=True)
+    console.print(_table(wide, "rows each filter dropped, per language (% of the rows that reached the filter)"))
+    return True

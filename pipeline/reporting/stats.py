@@ -7,7 +7,7 @@ partials, whatever the run's size; medians and percentiles are read from the his
 bin's width: 1% of confidence, ~12% of a length). The funnel and decontamination hits come from the
 ledger, which already counts every step's rows per source, language and reason.
 
-Tables (see the README's "Statistics" section): `languages`, `sources`, `tasks`, `funnel`,
+Tables (see docs/outputs.md): `languages`, `sources`, `tasks`, `funnel`, `filters`,
 `histograms`, `samples`, and `comparison` when a reference is given; `meta.json` says what they
 describe. A previous run's `languages` table is kept as `previous_languages` for drift.
 """
@@ -36,7 +36,7 @@ STATS_DIR = "stats"
 BATCH_ROWS = 8192
 SAMPLE_CHARS = 400
 # A word is a run of letters, digits and marks; in scripts written without spaces every character
-# (with its marks) counts, as in near-dup shingling (pipeline/minhash.py).
+# (with its marks) counts, as in near-dup shingling (pipeline/ops/minhash.py).
 WORD_PATTERN = rf"[{UNSPACED}]\p{{M}}*|[[\p{{L}}\p{{N}}\p{{M}}]--[{UNSPACED}]]+"
 COLUMNS = ["source", "task", "instruction", "query", "positive", NEGATIVE_IDS, "negatives", "positive_score", "negative_scores", "label",
            "query_lang", "query_lang_conf", "positive_lang_conf", "cross_lingual", "dup_count", "near_dup_count", "id"]
@@ -230,6 +230,23 @@ def _funnel(run_dir: Path) -> pl.DataFrame:
     return ledger.group_by("step", "language", "kind", "reason").agg(pl.col("rows").sum()).sort("step", "language", "kind", "reason", nulls_last=True)
 
 
+def filters(funnel: pl.DataFrame) -> pl.DataFrame:
+    """Drops of the `filter` stage per language and filter (`filter:<name>[:<reason>]`): the rows that
+    reached it, the rows each filter dropped, and the rate."""
+    steps = [s for s in funnel["step"].unique().to_list() if s.endswith("-filter")]
+    if not steps:
+        return pl.DataFrame(schema={"language": pl.String, "filter": pl.String, "rows_in": pl.Int64, "dropped": pl.Int64, "rate": pl.Float64})
+    mine = funnel.filter(pl.col("step").is_in(steps))
+    rows_in = mine.filter(kind="in").group_by("language").agg(pl.col("rows").sum().alias("rows_in"))
+    dropped = (mine.filter(pl.col("kind") == "dropped")
+               .with_columns(pl.col("reason").str.split(":").list.get(1, null_on_oob=True).alias("filter"))
+               .group_by("language", "filter").agg(pl.col("rows").sum().alias("dropped")))
+    names = dropped["filter"].unique().sort()
+    grid = rows_in.join(pl.DataFrame({"filter": names}), how="cross")
+    return (grid.join(dropped, on=["language", "filter"], how="left").with_columns(pl.col("dropped").fill_null(0).cast(pl.Int64))
+            .with_columns((pl.col("dropped") / pl.col("rows_in")).alias("rate")).sort("language", "filter"))
+
+
 def _write(table: pl.DataFrame, folder: Path, name: str) -> None:
     write_atomic(folder / f"{name}.parquet", lambda tmp: table.write_parquet(tmp))
     flat = table.select([c for c in table.columns if not isinstance(table[c].dtype, (pl.List, pl.Struct))])
@@ -272,6 +289,7 @@ def compute(run_dir: str | Path, tokenizer: str | None = None, reference: str | 
     tables = {"sources": sources, "histograms": hist, "funnel": funnel}
     tables["tasks"] = sources.group_by("task").agg(pl.col(SUMS).sum(), pl.col("language").n_unique().alias("languages")).sort("records", "task", descending=[True, False])
     tables["languages"] = _languages(sources, hist, funnel)
+    tables["filters"] = filters(funnel)
     tables["samples"] = (pl.concat(samples).group_by("language", maintain_order=True).head(samples_per_language) if samples
                          else pl.DataFrame(schema={"language": pl.String}))
 

@@ -8,6 +8,7 @@ from pipeline.engine.stage import Registry
 from pipeline.stages.build_pairs import BuildPairs
 from pipeline.stages.decontaminate import Decontaminate
 from pipeline.stages.exact_dedup import ExactDedup
+from pipeline.stages.filter import QualityFilter
 from pipeline.stages.instruct import Instruct
 from pipeline.stages.langid import LangTag
 from pipeline.stages.langid_prior import LangPrior
@@ -16,4 +17,5 @@ from pipeline.stages.mix import Mix
 from pipeline.stages.near_dedup import NearDedup
 from pipeline.stages.normalize import Normalize
 
-REGISTRY = Registry((Normalize, LangTag, LangPrior, Decontaminate, Instruct, ExactDedup, NearDedup, BuildPairs, MineNegatives, Mix))
+REGISTRY = Registry((Normalize, LangTag, LangPrior, QualityFilter, Decontaminate, Instruct, ExactDedup, NearDedup, BuildPairs, MineNegatives,
+                     Mix))

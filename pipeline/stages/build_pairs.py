@@ -1,4 +1,4 @@
-"""Training pairs from non-retrieval tasks, built within each source (README: "Record construction").
+"""Training pairs from non-retrieval tasks, built within each source (docs/stages.md, `build_pairs`).
 
 - classification: positive = the label's description when the manifest gives one, else another
   text of the same label; negatives = other labels' descriptions (or, without descriptions, texts
@@ -27,12 +27,15 @@ import pyarrow as pa
 from pydantic import Field
 
 from core.record import DETAIL, DROP, WORK_SCHEMA
+from core.settings import example
 from pipeline.engine.stage import ShuffleStage, StageConfig
 from pipeline.ops.minhash import hash_strings
 from pipeline.ops.passage_store import store_negatives
 
 
 class BuildPairsConfig(StageConfig):
+    model_config = example(stage="build_pairs", negatives={"classification": 1, "clustering": 9}, label_descriptions={"sib200_topics": {"travel": "The text is about travel."}})
+
     stage: Literal["build_pairs"]
     negatives: dict[Literal["classification", "clustering"], int] = Field(
         default_factory=lambda: {"classification": 1, "clustering": 7}, description="Other-label texts kept as negatives, per task.")

@@ -3,7 +3,7 @@
 A text overlaps an evaluation set when, after normalisation (lower case, punctuation removed,
 spaces collapsed), it equals one of the set's texts, or when at least `min_overlap` of its n-grams
 occur in the set: word 13-grams where scripts separate words, character 13-grams for Han, kana,
-Thai and the other unspaced scripts (the shingles of `pipeline/minhash.py`). Texts shorter than n
+Thai and the other unspaced scripts (the shingles of `pipeline/ops/minhash.py`). Texts shorter than n
 tokens are matched exactly only, so a short, common query cannot match by chance.
 """
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from core import storage
 from core.record import FLAG_TYPE, FLAGS
-from core.settings import from_manifest, matching_files
+from core.settings import example, from_manifest, matching_files
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import replace_column
 from pipeline.ops.minhash import Shingling, shingle_hashes
@@ -76,6 +76,8 @@ class EvalSet(BaseModel):
 
 
 class DecontaminateConfig(StageConfig):
+    model_config = example(stage="decontaminate", eval_sets=[{"name": "xquad_r_heldout", "path": "samples/xquad_r_heldout/*.jsonl.gz", "columns": ["question", "context"]}])
+
     stage: Literal["decontaminate"]
     eval_sets: list[EvalSet] = Field(min_length=1, description="Evaluation sets whose texts must not be trained on.")
     fields: list[Literal["query", "positive", "negatives"]] = Field(default_factory=lambda: ["query", "positive"], min_length=1)

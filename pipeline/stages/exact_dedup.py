@@ -25,6 +25,7 @@ import xxhash
 from pydantic import Field
 
 from core.record import to_work_schema
+from core.settings import example
 from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
@@ -32,6 +33,8 @@ from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_reg
 ROW_BITS = 32
 ROWS_PER_PARTITION = 2_000_000  # keys a partition task holds: about 200 MB
 class ExactDedupConfig(DedupConfig):
+    model_config = example(stage="exact_dedup", key=["query", "positive"], priority=["xquad_r"])
+
     stage: Literal["exact_dedup"]
     key: list[Literal["query", "positive", "negatives", "instruction", "label"]] = Field(
         default_factory=lambda: ["query"], min_length=1, description="Fields whose normalised values form the key."

@@ -14,11 +14,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from core.record import WORK_SCHEMA
+from core.settings import example
 from core.tasks import TaskName
 from pipeline.engine.stage import Stage, StageConfig
 
 
 class InstructConfig(StageConfig):
+    model_config = example(stage="instruct", tasks={"retrieval": "Given a question, retrieve Wikipedia passages that answer the question"}, sources={"stsb": "Retrieve semantically similar text"})
+
     stage: Literal["instruct"]
     tasks: dict[TaskName, str] = Field(default_factory=dict, description="Instruction per task.")
     sources: dict[str, str] = Field(default_factory=dict, description="Instruction per source (wins over the task's).")

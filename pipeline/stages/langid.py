@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
 from core.record import DECLARED_LANG, FLAGS
-from core.settings import from_manifest
+from core.settings import example, from_manifest
 from langid import UNDETERMINED, LanguageTagger
 from langid.declared import agrees
 from langid.distinct import map_distinct
@@ -59,6 +59,8 @@ def cross_lingual(query: pa.Array, positive: pa.Array) -> pa.Array:
 
 
 class LangTagConfig(StageConfig):
+    model_config = example(stage="langid", model="short200", fallback="lid176", min_confidence=0.3, drop_mismatch=True)
+
     stage: Literal["langid"]
     model: str = Field(DEFAULT_MODEL, description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
     fallback: str | None = Field(DEFAULT_FALLBACK, description="Model asked where `model` is unsure; its label is taken when `model` does not know that language and the fallback is sure (null: none).")

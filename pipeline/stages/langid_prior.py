@@ -25,6 +25,7 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
 from core.record import DECLARED_LANG, FLAGS
+from core.settings import example
 from langid.fragments import BUCKET_NAMES, bucket_indices
 from langid.prior import CANDIDATES, COUNTED_FROM, CorpusPrior, language_mask, revise
 from langid.tagger import DEFAULT_MODEL, LanguageTagger
@@ -38,6 +39,8 @@ TextField = Literal["query", "positive"]
 
 
 class LangPriorConfig(StageConfig):
+    model_config = example(stage="langid_prior", fields=["query"], max_words="6-15")
+
     stage: Literal["langid_prior"]
     model: str = Field(DEFAULT_MODEL, description="The model whose candidates the prior weighs: the `langid` stage's `model`.")
     fields: list[TextField] = Field(["query", "positive"], min_length=1, description="The text fields revised.")

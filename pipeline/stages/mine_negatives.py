@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from core.record import DETAIL, DROP, FLAGS, WORK_SCHEMA
-from core.settings import from_manifest
+from core.settings import example, from_manifest
 from core.tasks import TaskName
 from pipeline.engine.stage import Resources, ShuffleStage, StageConfig
 from pipeline.ops.embed import Embedder, device, is_model_dir, load_encoder
@@ -77,6 +77,8 @@ SHARD_SCHEMA = pa.schema(
 
 
 class MineNegativesConfig(StageConfig):
+    model_config = example(stage="mine_negatives", tasks=["retrieval"], num_negatives={"retrieval": 24}, pool="source")
+
     stage: Literal["mine_negatives"]
     retriever: Literal["bm25", "dense"] = Field(
         "bm25", description="bm25 (offline, no model) or dense (needs `model`)."

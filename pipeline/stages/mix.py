@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from core.record import DROP
+from core.settings import example
 from core.tasks import POOL_TASKS
 from pipeline.engine.stage import DatasetStage, Stage, StageConfig
 from pipeline.ops import exchange
@@ -31,6 +32,8 @@ from pipeline.ops.minhash import hash_strings
 
 
 class MixConfig(StageConfig):
+    model_config = example(stage="mix", max_rows_per_source=80000, temperature_alpha=0.5)
+
     stage: Literal["mix"]
     max_rows_per_source: int | None = Field(None, ge=1, description="Cap per source (rows kept in expectation).")
     temperature_alpha: float | None = Field(None, gt=0, le=1, description="Language shares ~ n^alpha; none: keep shares.")

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from core.record import to_work_schema
+from core.settings import example
 from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
 from pipeline.ops import exchange
 from pipeline.ops.components import connected_components, route_undirected
@@ -50,12 +51,14 @@ from pipeline.ops.minhash import (
 )
 
 BAND_ENTRIES_PER_PARTITION = 8_000_000  # (bucket, node) rows per bucket task: 64 MB
-BANDS_PER_ROUND = 8  # bands whose bucket entries are in scratch at once
+BANDS_PER_ROUND = 4  # bands whose bucket entries are in scratch at once (8 bytes a row each)
 PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
 NO_TOKENS = 0xFF  # a compact signature of all-max hashes: a text without tokens
 
 
 class NearDedupConfig(DedupConfig):
+    model_config = example(stage="near_dedup", fields=["query", "positive"], threshold=0.5)
+
     stage: Literal["near_dedup"]
     fields: list[Literal["query", "positive"]] = Field(
         default_factory=lambda: ["query"], min_length=1, description=(
@@ -64,8 +67,8 @@ class NearDedupConfig(DedupConfig):
     shingles: Literal["auto", "words", "chars"] = Field("auto", description="auto: words, or characters for unspaced scripts.")
     n_words: int = Field(3, ge=1)
     n_chars: int = Field(3, ge=1)
-    # 0.5 with 3-gram shingles: precision 1.0 and recall >= 0.99 per script on the UDHR calibration
-    # set (`python -m pipeline dedup-eval`, README), where 5-grams lose a tenth of the typo duplicates.
+    # 0.5 with 3-gram shingles: the best precision and recall on the UDHR calibration set
+    # (`python -m pipeline dedup-eval`, docs/dedup.md); 5-grams lose a tenth of the typo duplicates.
     threshold: float = Field(0.5, gt=0, lt=1, description="Estimated Jaccard similarity from which rows are duplicates.")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash hashes per signature.")
     bands: int | None = Field(None, ge=1, description="LSH bands; with `rows`, or chosen from the threshold.")
@@ -73,7 +76,7 @@ class NearDedupConfig(DedupConfig):
     fp_weight: float | None = Field(None, gt=0, lt=1, description=(
         "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
         "(verification removes false candidates, nothing brings back a miss), else 0.5."))
-    verify: bool = Field(True, description="Keep only candidate pairs whose signatures agree on >= threshold (in every field; unverified, only the first field decides).")
+    verify: bool = Field(True, description="Keep only candidate pairs whose estimated Jaccard similarity reaches `threshold` in every field (unverified: every pair sharing a band is one).")
     cross_language: bool = Field(False, description="Compare rows of different languages too.")
     seed: int = 1
 
@@ -226,9 +229,9 @@ class NearDedup(DatasetStage):
 
     @classmethod
     def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
-        """The languages of the compared fields, unless rows of all languages are compared."""
+        """The first compared field's language (it salts the buckets), unless languages are mixed."""
         assert isinstance(config, NearDedupConfig)
-        return () if config.cross_language else tuple(f"{f}_lang" for f in config.fields)
+        return () if config.cross_language else (f"{config.fields[0]}_lang",)
 
     def plan(self, blocks_in: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         config = self.config

@@ -7,6 +7,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.settings import example
 from pipeline.engine.stage import Stage, StageConfig
 from pipeline.ops.arrow import HSPACE, HSPACE_TO_COLLAPSE, map_list_values, replace_column, replace_regex
 
@@ -15,6 +16,8 @@ _CONTROL = r"[\x{00}-\x{08}\x{0B}\x{0C}\x{0E}-\x{1F}\x{7F}-\x{9F}\x{FEFF}]"
 
 
 class NormalizeConfig(StageConfig):
+    model_config = example(stage="normalize", unicode_form="NFKC")
+
     stage: Literal["normalize"]
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
     strip_control: bool = True
