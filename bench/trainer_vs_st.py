@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--piece-tokens", type=int, help="our data.piece_tokens (default: the trainer's)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--syncs", action="store_true", help="count our step's host syncs (CUDA's sync debug mode; none on a CPU)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of ours (MRL+MLL) with torch.profiler: top ops by device and host time")
     parser.add_argument("--interleave", type=int, default=0, help="time the loops in turns of this many steps (a noisy machine); ours then tokenizes inline")
     args = parser.parse_args()
@@ -227,9 +228,33 @@ def main() -> None:
                             "mfu": peak and round(flops / s / peak, 4), "seconds": [round(t, 2) for t in times]}
         st = result["sentence_transformers_Matryoshka2dLoss"]["samples_per_s"]
         result["ratio_over_sentence_transformers"] = {k: round(result[k]["samples_per_s"] / st, 2) for k in seconds if k != "sentence_transformers_Matryoshka2dLoss"}
+        if args.syncs:
+            result["host_syncs_per_step"] = host_syncs(Ours(make("syncs", variants["ours_MRL_MLL"]), prefetch=True), batches[0], device)
         if args.profile:
             profile(Ours(make("profiled", variants["ours_MRL_MLL"]), prefetch=True), batches[0], args.profile, device)
     print(json.dumps(result, indent=1))
+
+
+def host_syncs(ours: Ours, batch: Batch, device: torch.device, steps: int = 3) -> float | None:
+    """Device-to-host synchronisations per step of ours (not a logging step), by CUDA's sync debug
+    mode, which warns at each; None on a CPU, which has none to count."""
+    import warnings
+
+    if device.type != "cuda":
+        ours.data.close()
+        return None
+    for _ in range(2):
+        ours(batch)
+    sync(device)
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            ours(batch)
+        sync(device)
+    torch.cuda.set_sync_debug_mode(0)
+    ours.data.close()
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
 def profile(ours: Ours, batch: Batch, steps: int, device: torch.device) -> None:

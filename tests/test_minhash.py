@@ -15,8 +15,10 @@ from pipeline.ops.minhash import (
     band_keys,
     choose_bands,
     compact,
+    compact_bits,
     probability_of_candidate,
     signatures,
+    similarity,
     tokens,
 )
 from pipeline.stages.near_dedup import NearDedupConfig
@@ -136,3 +138,18 @@ def test_dedup_eval_command_on_a_pairs_file(tmp_path):
     figures = json.loads((tmp_path / "r.json").read_text())
     assert figures["per_script"]["Latin"] == {"pairs": 2, "duplicates": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert "near-duplicate detection per script" in out.stdout
+
+
+def test_compact_hashes_keep_32_bits_per_band():
+    """A band of fewer than 4 hashes keys its bucket with wider compact hashes, and the similarity
+    estimate corrects for chance agreement at that width."""
+    assert [compact_bits(n) for n in (1, 2, 3, 4, 8)] == [32, 16, 16, 8, 8]
+    sig = signatures(pa.array(["a b c d e f g h i j", "a b c d e f g h i x", "z y x w v u t s r q", ""]), 256)
+    for bits in (8, 16, 32):
+        c = compact(sig, bits)
+        assert c.dtype.itemsize * 8 == bits and (c[3] == np.iinfo(c.dtype).max).all()  # no tokens: all ones
+        est = similarity(c[[0, 0], None, :], c[[1, 2], None, :])[:, 0]
+        assert 0.6 < est[0] < 0.95 and est[1] < 0.05  # word 3-grams: Jaccard 7/9 and 0
+    one_field = NearDedupConfig(stage="near_dedup", bands=64, rows=2)
+    assert one_field.signature([pa.array(["a b c d"])]).dtype == np.uint16
+    assert NearDedupConfig(stage="near_dedup").signature([pa.array(["a b c d"])]).dtype == np.uint8

@@ -143,7 +143,7 @@ def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local, t
     assert count < 30
     # Each round deleted the edges it read: what is left in scratch is the labels.
     left = sorted(p for p in (tmp_path / "scratch").rglob("*.parquet"))
-    assert {p.parent.name.split("-", 2)[-1] for p in left} <= {"large_task"} and len(left) <= parts
+    assert {p.parent.name.split("-", 3)[-1] for p in left} <= {"large_task"} and len(left) <= parts
     rounds.close()
 
 

@@ -16,6 +16,8 @@ import pytest
 from core import storage
 from pipeline.engine.checkpoint import MARKER, read_marker
 from pipeline.engine.lock import Lease, RunLocked
+from pipeline.engine.runner import storage_copy
+from pipeline.ops.exchange import SCRATCH_CACHE
 from tests.conftest import (
     BUCKET,
     ROOT,
@@ -60,8 +62,14 @@ def s3_run(s3_samples, loopback_cluster, tmp_path_factory) -> str:
     its own temporary folders (no path is shared), every step runs on Ray and reads and writes S3."""
     output = f"s3://{BUCKET}/runs/stage1"
     manifest = _s3_stage1(tmp_path_factory.mktemp("s3"), output)
+    copies_before = set(SCRATCH_CACHE.rglob("*.npy"))
     result = run_cli("run", str(manifest), "--quiet", "--ray-address", loopback_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The nodes' copies of scratch arrays went with the scratch space; the driver keeps a local
+    # copy of the last checkpoint only (the next run's input), not of every step.
+    assert set(SCRATCH_CACHE.rglob("*.npy")) <= copies_before
+    steps = sorted(storage.name(p) for p in storage.children(f"{output}/stages"))
+    assert sorted(p.name for p in (storage_copy(output) / "stages").iterdir()) == steps[-1:]
     return output
 
 

@@ -6,6 +6,8 @@ memory, a worker process killed), a re-run resuming at the failed step."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from pipeline.engine import execute, resources
 from pipeline.engine.manifest import load_manifest
 from pipeline.engine.runner import Runner
 from pipeline.engine.stage import Registry
+from pipeline.ops import exchange
 from pipeline.ops.tasks import WorkerLost
 from pipeline.stages import REGISTRY
 from tests.conftest import ROOT, kill_tree, shard_digests
@@ -161,3 +164,18 @@ def test_memory_a_worker_needs_is_checked_and_a_killed_worker_is_reported(genera
     flag.unlink()
     resumed = run(killing, registry)
     assert json.loads((resumed / "stages" / "01-normalize+02-kill_worker" / "_SUCCESS.json").read_text())["fingerprint"]
+
+
+def test_copies_of_scratch_arrays_stay_within_their_share_of_the_disk(tmp_path, monkeypatch):
+    """A node's copies of scratch arrays from object storage: beyond their share of the disk, the
+    least recently read go first, never the one just asked for."""
+    files = []
+    for i in range(4):
+        f = tmp_path / "step" / f"{i}.npy"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (1000 + i, 1000 + i))  # read in this order
+        files.append(f)
+    monkeypatch.setattr(exchange, "CACHE_SHARE_OF_DISK", 2500 / shutil.disk_usage(tmp_path).total)
+    exchange._evict(tmp_path, files[0])  # the oldest, just read again: kept
+    assert [f.exists() for f in files] == [True, False, False, True]

@@ -77,17 +77,18 @@ class Checkpoint:
         return bool((self.marker() or {}).get("pruned"))
 
     def prune(self) -> int:
-        """Remove the committed rows, keep the marker and the step's ledger; returns the bytes freed."""
+        """Remove the committed rows, keep the marker and the step's ledger; returns the bytes freed.
+        The marker says so first, so a crash halfway leaves a checkpoint known to be without rows."""
         marker = self.marker()
         if not marker or marker.get("pruned") or "attempt" not in marker:
             return 0
+        rows = [f for f in marker.get("files", []) if not storage.name(f).startswith("_")]
+        write_marker(self.path, {**marker, "pruned": True, "files": [f for f in marker["files"] if f not in rows]})
         freed = 0
-        for name in marker.get("files", []):
-            if not storage.name(name).startswith("_"):
-                path = storage.join(self.path, marker["attempt"], name)
-                freed += storage.size_and_mtime(path)[0] if storage.exists(path) else 0
-                storage.delete(path)
-        write_marker(self.path, {**marker, "pruned": True, "files": [f for f in marker.get("files", []) if storage.name(f).startswith("_")]})
+        for name in rows:
+            path = storage.join(self.path, marker["attempt"], name)
+            freed += storage.size_and_mtime(path)[0] if storage.exists(path) else 0
+            storage.delete(path)
         return freed
 
     def size(self) -> int:

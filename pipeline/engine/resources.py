@@ -41,26 +41,28 @@ def files_bytes(files: list[str]) -> int:
     return sum(storage.size_and_mtime(f)[0] for f in files)
 
 
-def row_bytes(files: list[str]) -> float:
-    """Uncompressed bytes per row of Parquet files, from their footers (nothing else is read)."""
-    size = rows = 0
-    for file in files[:64]:  # a sample of the files is enough for the average
+def footers(files: list[str], sample: int = 64) -> tuple[float, int]:
+    """(the most uncompressed bytes per row, the most uncompressed bytes of one file) over up to
+    `sample` files spread across the list, from their footers (nothing else is read): sources differ,
+    so the largest, not the mean, sizes a task."""
+    per_row, per_file = 0.0, 0
+    for file in files[:: max(1, len(files) // sample)]:
         meta = storage.parquet_file(file).metadata
-        size += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-        rows += meta.num_rows
-    return size / rows if rows else 0.0
+        size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        per_row, per_file = max(per_row, size / max(meta.num_rows, 1)), max(per_file, size)
+    return per_row, per_file
 
 
 def needs(kind: str, files: list[str], rows: int, source_bytes: int, task_rows: int, partition_rows: int, stage_memory: int) -> Needs:
     """The needs of a step of `kind` over `files` of `rows` rows (ingest: over `source_bytes` of sources)."""
     if kind == "ingest":
         return Needs(disk=2 * source_bytes, worker=GB)
-    size, per_row = files_bytes(files), row_bytes(files)
+    size, (per_row, per_file) = files_bytes(files), footers(files)
     if kind == "rows":
         return Needs(disk=size + size // 4, worker=int(min(task_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
     if kind == "shuffle":
         return Needs(disk=2 * size, worker=int(min(partition_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
-    return Needs(disk=2 * size, worker=DATASET_WORKER + stage_memory)
+    return Needs(disk=2 * size, worker=DATASET_WORKER + per_file * WORKING_COPIES // 2 + stage_memory)  # a task holds a whole input file
 
 
 def free_disk(path: Path) -> int:

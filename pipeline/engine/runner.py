@@ -124,7 +124,7 @@ class Runner:
         steps = self._plan(units)
         checkpoints = [Checkpoint(storage.join(self.output, "stages"), s.name) for s in steps]
         first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
-        while 0 < first_todo < len(steps) and checkpoints[first_todo - 1].pruned():  # its input's rows are gone: rebuild them
+        while first_todo > 0 and checkpoints[first_todo - 1].pruned():  # the rows it needs are gone: rebuild them
             first_todo -= 1
         self._remove_stale(steps, checkpoints, first_todo)
         try:
@@ -180,6 +180,16 @@ class Runner:
                 for path in storage.list_files(child) if storage.info(child).type.name == "Directory" else [child]:
                     storage.download(path, self.run_dir / path[len(self.output) + 1:])
 
+    def _drop_copies_but(self, ckpt: Checkpoint) -> None:
+        """Remove the local copies of every checkpoint but `ckpt` (the next step's input): the
+        output in object storage holds them, and the driver's disk need not hold the corpus twice."""
+        if not storage.is_url(self.output):
+            return
+        mine = self.run_dir / ckpt.path[len(self.output) + 1:]
+        for path in (self.run_dir / "stages").glob("*"):
+            if path != mine:
+                shutil.rmtree(path, ignore_errors=True)
+
     def _local(self, paths: list[str]) -> list[str]:
         """Local copies of files of the output (the files themselves when the output is local)."""
         if not storage.is_url(self.output):
@@ -202,6 +212,7 @@ class Runner:
                 if self.manifest.keep_checkpoints == "last":
                     for older in checkpoints[:i]:
                         older.prune()
+                self._drop_copies_but(ckpt)
             part = pl.read_parquet(self._local([ckpt.file("_ledger.parquet")])[0])
             parts.append(part)
             previous = part.filter(pl.col("step") == step.ledger_steps[-1])

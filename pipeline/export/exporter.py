@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.passages import NEGATIVE_IDS, PassageTable
-from pipeline.export.layouts import DEFAULT_TEMPLATE, LAYOUTS, Layout, Shape, Template, text_batch
+from pipeline.export.layouts import DEFAULT_TEMPLATE, LAYOUTS, Layout, Shape, Template, Writer, text_batch
 from pipeline.export.negatives import POLICIES, Policy, Pool, fill
 from pipeline.export.run import Dataset, ExportError, FinishedRun, Grouping
 
@@ -108,9 +108,14 @@ def export(run: str, out: str | Path, layout: str, *, tokenizer: str | None = No
         if policy == "drop":  # short rows go, so every row written keeps its own (scored) negatives
             shape = replace(shape, scores=shape.scores or (layout == "flagembedding" and data.scored))
         entry.scores = shape.scores
-        _write_dataset(finished, data, shape, writer, staging, passages, joiner, policy, entry,
-                       lambda rows, base=done: progress(base + rows, total) if progress else None)
+        out = _write_dataset(finished, data, shape, writer, staging, passages, joiner, policy, entry,
+                             lambda rows, base=done: progress(base + rows, total) if progress else None)
         done += data.rows
+        if entry.rows_written < shape.min_rows:  # what the policy left is too little to train on
+            out.discard()
+            entry.dropped["dataset_too_small"] = entry.dropped.get("dataset_too_small", 0) + entry.rows_written
+            entry.rows_written = 0
+            continue
         written.append(data)
         prompts[data.name] = entry.prompt
     report.warnings += writer.finish(staging, written, passages, prompts)
@@ -122,7 +127,8 @@ def export(run: str, out: str | Path, layout: str, *, tokenizer: str | None = No
 
 
 def _write_dataset(run: FinishedRun, data: Dataset, shape: Shape, layout: Layout, folder: Path, passages: PassageTable,
-                   joiner: Template, policy: Policy, entry: DatasetReport, progress: Callable[[int], None]) -> None:
+                   joiner: Template, policy: Policy, entry: DatasetReport, progress: Callable[[int], None]) -> Writer:
+    """The dataset's rows through the policy into the layout's writer (returned, closed)."""
     pool = Pool()
     if policy == "pool" and shape.negatives:
         for _, _, batch in run.batches(data.files, ("source", "query_lang", "positive_id")):
@@ -164,6 +170,7 @@ def _write_dataset(run: FinishedRun, data: Dataset, shape: Shape, layout: Layout
             progress(seen)
     finally:
         out.close()
+    return out
 
 
 def _with_query(batch: pa.Table, shape: Shape, joiner: Template) -> pa.Table:

@@ -85,6 +85,10 @@ class Writer:
     def close(self) -> None:
         raise NotImplementedError
 
+    def discard(self) -> None:
+        """Remove what was written (a dataset left too small to train on)."""
+        raise NotImplementedError
+
 
 class Layout:
     name: ClassVar[str]
@@ -112,6 +116,9 @@ class _Parquet(Writer):
 
     def close(self) -> None:
         self.writer.close()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _negative_columns(batch: pa.Table, column: str, k: int) -> dict[str, pa.Array]:
@@ -240,6 +247,7 @@ class FlagEmbedding(Layout):
 class _Jsonl(Writer):
     def __init__(self, path: Path, scored: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.file = path.open("w", encoding="utf-8")
         self.scored = scored
 
@@ -254,6 +262,9 @@ class _Jsonl(Writer):
 
     def close(self) -> None:
         self.file.close()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 LAYOUTS: dict[str, type[Layout]] = {cls.name: cls for cls in (MlEmbed, Flat, SentenceTransformers, FlagEmbedding)}

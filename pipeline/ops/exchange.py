@@ -4,8 +4,8 @@ MapReduce, on disk or in object storage rather than in memory.
 A task returns a list of objects; each table or array is written to the step's scratch space
 (`Rounds.scratch`, under the run folder, on a local disk or in object storage) and the caller gets a
 `Ref` (a path) in its place, small values come back as they are. A task that receives a `Ref` reads
-it, and once it has finished deletes what it read unless the ref was made to be `keep`t (read by
-several tasks): so scratch holds the data in flight between two rounds, not every round's. Memory
+it; once the round is done, what its tasks read is deleted unless the ref was made to be `keep`t
+(read by several tasks): so scratch holds the data in flight between two rounds, not every round's. Memory
 is one task's inputs and outputs; the driver holds paths, never rows. Scratch survives a killed
 worker, so a retried task finds its inputs; the runner removes it when the step commits.
 
@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -31,6 +33,7 @@ from core.record import WORK_SCHEMA, kept
 from pipeline.ops.tasks import Executor, InProcess
 
 INLINE_BYTES = 64 << 10  # smaller results travel back as values (counts, fingerprints, empty parts)
+ROW_GROUP = 8192  # rows per row group of a stored table: a step that reads it next splits its work by them
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,45 @@ class Ref:
         return np.load(local_path(self.path), mmap_mode="r")
 
 
+SCRATCH_CACHE = Path(tempfile.gettempdir()) / "ml-embed-data" / "scratch"
+CACHE_SHARE_OF_DISK = 0.25  # a node's copies of scratch arrays stop growing at this share of its disk
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _cache_dir(scratch: str) -> Path:
+    """This machine's copies of the arrays of one step's scratch space in object storage."""
+    return SCRATCH_CACHE / _digest(scratch)
+
+
+def _copy_path(path: str) -> Path:
+    """Where this machine keeps its copy of a scratch array in object storage (the path names one
+    round of one `Rounds`: an object is never rewritten under the same name)."""
+    return _cache_dir(path.rsplit("/", 2)[0]) / f"{_digest(path)}.npy"
+
+
 def local_path(path: str) -> str:
     """A local file to map: the file itself, or a copy of an object in this machine's cache."""
     if not storage.is_url(path):
         return path
-    cache = Path(tempfile.gettempdir()) / "ml-embed-data" / "scratch"
-    return str(storage.download(path, cache / f"{hashlib.sha1(path.encode()).hexdigest()[:20]}.npy"))
+    copy = storage.download(path, _copy_path(path))
+    _evict(SCRATCH_CACHE, copy)
+    return str(copy)
+
+
+def _evict(cache: Path, keep: Path) -> None:
+    """Remove the least recently read copies while the cache holds more than its share of the disk.
+    Removing a file another task has mapped is safe on POSIX: the mapping keeps its pages."""
+    files = [(f.stat(), f) for f in cache.rglob("*.npy") if f != keep]
+    budget = shutil.disk_usage(cache).total * CACHE_SHARE_OF_DISK - keep.stat().st_size
+    total = sum(st.st_size for st, _ in files)
+    for st, f in sorted(files, key=lambda item: item[0].st_atime):
+        if total <= budget:
+            break
+        f.unlink(missing_ok=True)
+        total -= st.st_size
 
 
 def get(value: Any) -> Any:
@@ -67,8 +103,10 @@ def get(value: Any) -> Any:
 
 def _store(value: Any, path: str, keep: bool) -> Any:
     if isinstance(value, pa.Table) and value.nbytes > INLINE_BYTES:
-        storage.write_parquet(value, path + ".parquet", compression="zstd", compression_level=1)
+        storage.write_parquet(value, path + ".parquet", compression="zstd", compression_level=1, row_group_size=ROW_GROUP)
         return Ref(path + ".parquet", "table", keep)
+    if isinstance(value, pa.Table):  # a slice would carry its whole parent's buffers when pickled: a copy of its own rows
+        return value.take(pa.array(np.arange(value.num_rows), pa.int64())) if value.num_rows else value.schema.empty_table()
     if isinstance(value, np.ndarray) and value.nbytes > INLINE_BYTES:
         buffer = io.BytesIO()
         np.save(buffer, value)
@@ -78,15 +116,16 @@ def _store(value: Any, path: str, keep: bool) -> Any:
 
 
 def _task(fn: Callable[..., list[Any]], args: tuple, prefix: str, returns: int, keep: bool) -> list[Any]:
-    """On the worker: read the refs, run `fn`, store its outputs, delete what was read once."""
+    """On the worker: read the refs, run `fn`, store its outputs."""
     outputs = fn(*[get(a) for a in args])
     if len(outputs) != returns:
         raise RuntimeError(f"{fn.__name__} returned {len(outputs)} objects for {returns}")
-    stored = [_store(value, f"{prefix}-{j:05d}", keep) for j, value in enumerate(outputs)]
-    for arg in args:
-        if isinstance(arg, Ref) and arg.kind != "block" and not arg.keep:
-            storage.delete(arg.path)  # read once: by this task
-    return stored
+    return [_store(value, f"{prefix}-{j:05d}", keep) for j, value in enumerate(outputs)]
+
+
+def _read_once(args: Sequence[tuple]) -> list[Ref]:
+    """The refs a round's tasks read that no other task will (not `keep`, not an input file)."""
+    return [a for task in args for a in task if isinstance(a, Ref) and a.kind != "block" and not a.keep]
 
 
 class Rounds:
@@ -97,6 +136,7 @@ class Rounds:
         self.executor = executor or InProcess()
         self.options = options or {}  # per task, for Ray (CPUs, memory)
         self._count = itertools.count()
+        self._id = uuid.uuid4().hex[:8]  # round folders of a retried step never reuse a name
 
     @property
     def parallelism(self) -> int:
@@ -106,9 +146,11 @@ class Rounds:
                description: str = "") -> list[list[Any]]:
         """Run `fn(*a)` for each `a` (refs among `a` arrive read); `fn` returns `returns` objects.
         Result: per task, its `returns` outputs (refs to tables and arrays, small values as they are)."""
-        folder = storage.join(self.scratch, f"round-{next(self._count):03d}-{fn.__name__.strip('_')}")
+        folder = storage.join(self.scratch, f"{self._id}-round-{next(self._count):03d}-{fn.__name__.strip('_')}")
         tasks = [(fn, a, storage.join(folder, f"{i:05d}"), returns, keep) for i, a in enumerate(args)]
-        return self.executor.map(_task, tasks, description or fn.__name__.strip("_"), self.options)
+        outputs = self.executor.map(_task, tasks, description or fn.__name__.strip("_"), self.options)
+        self.discard(_read_once(args))  # only now: a task retried after a lost worker still finds its inputs
+        return outputs
 
     @staticmethod
     def discard(outputs: list[Any]) -> None:
@@ -116,9 +158,13 @@ class Rounds:
         for ref in outputs:
             if isinstance(ref, Ref) and ref.kind != "block":
                 storage.delete(ref.path)
+                if ref.kind == "array" and storage.is_url(ref.path):
+                    _copy_path(ref.path).unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Remove the scratch space, and this machine's copies of its arrays."""
         storage.delete(self.scratch)
+        shutil.rmtree(_cache_dir(self.scratch), ignore_errors=True)
 
 
 def blocks(files: list[str]) -> list[Ref]:

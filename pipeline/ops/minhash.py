@@ -136,7 +136,7 @@ def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[pa.ListArray, np.nd
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
     hashes = hash_strings(flat) if len(flat) else np.zeros(0, np.uint64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = (np.cumsum(counts) - counts).astype(np.int64)  # each text's first token (as long as `counts`, empty included)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
     return split, hashes, starts, counts, n
 
@@ -173,23 +173,30 @@ def signatures(texts: pa.Array, num_perm: int = 128, seed: int = 1, shingling: S
     return out
 
 
-# b-bit minwise hashing (Li and König, 2010): a signature is kept as the low byte of each hash, 4
-# times smaller. Two compact signatures agree where the full ones do, and by chance 1 time in 256
-# elsewhere, which `similarity` corrects for; a band of 4 bytes keys a bucket as 4 full hashes do,
-# with a chance collision of 2^-32 that verification removes.
-COMPACT_LEVELS = 256
+# b-bit minwise hashing (Li and König, 2010): a signature keeps only the low `bits` of each hash,
+# 4 times smaller at 8 bits. Two compact signatures agree where the full ones do, and by chance 1
+# time in 2^bits elsewhere, which `similarity` corrects for. A band keys its bucket with
+# rows x fields x bits bits, so `compact_bits` widens the hashes until a band holds at least 32.
+_COMPACT_TYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
 
-def compact(sig: np.ndarray) -> np.ndarray:
-    """The low byte of each hash (uint8, same shape)."""
-    return (sig & np.uint32(0xFF)).astype(np.uint8)
+def compact_bits(hashes_per_band: int) -> int:
+    """The fewest bits per hash (8, 16 or 32) that give a band of `hashes_per_band` 32 bits."""
+    return next(bits for bits in (8, 16, 32) if bits * hashes_per_band >= 32)
+
+
+def compact(sig: np.ndarray, bits: int = 8) -> np.ndarray:
+    """The low `bits` of each hash (uint8, uint16 or uint32, same shape)."""
+    dtype = _COMPACT_TYPES[bits]
+    return (sig & np.uint32(np.iinfo(dtype).max)).astype(dtype)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard similarity of each pair of compact signatures, per field: `a`, `b` are
-    (pairs, fields, num_perm) uint8; returns (pairs, fields) float32."""
+    (pairs, fields, num_perm) compact hashes; returns (pairs, fields) float32."""
+    chance = np.float32(2.0 ** -(8 * a.dtype.itemsize))
     agree = (a == b).mean(axis=2, dtype=np.float32)
-    return np.clip((agree - 1 / COMPACT_LEVELS) / (1 - 1 / COMPACT_LEVELS), 0.0, 1.0)
+    return np.clip((agree - chance) / (1 - chance), 0.0, 1.0)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -45,6 +45,7 @@ from pipeline.ops.minhash import (
     band_keys,
     choose_bands,
     compact,
+    compact_bits,
     hash_strings,
     signatures,
     similarity,
@@ -53,7 +54,6 @@ from pipeline.ops.minhash import (
 BAND_ENTRIES_PER_PARTITION = 8_000_000  # (bucket, node) rows per bucket task: 64 MB
 BANDS_PER_ROUND = 4  # bands whose bucket entries are in scratch at once (8 bytes a row each)
 PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
-NO_TOKENS = 0xFF  # a compact signature of all-max hashes: a text without tokens
 
 
 class NearDedupConfig(DedupConfig):
@@ -99,8 +99,10 @@ class NearDedupConfig(DedupConfig):
         return Shingling(self.shingles, self.n_words, self.n_chars)
 
     def signature(self, columns: list[pa.Array]) -> np.ndarray:
-        """Compact signatures (rows, fields, num_perm) of the compared fields' texts."""
-        return np.stack([compact(signatures(c, self.num_perm, self.seed, self.shingling())) for c in columns], axis=1)
+        """Compact signatures (rows, fields, num_perm) of the compared fields' texts, with enough
+        bits per hash that a band keys a bucket with 32 bits or more."""
+        bits = compact_bits(self.banding()[1] * len(self.fields))
+        return np.stack([compact(signatures(c, self.num_perm, self.seed, self.shingling()), bits) for c in columns], axis=1)
 
     def verified(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Which candidate pairs are near duplicates: every field at `threshold` or more (with
@@ -134,15 +136,16 @@ def _signature_task(block: pa.Table, config: NearDedupConfig) -> list[Any]:
     return [sig, np.stack([rank, lang], axis=1), block.num_rows]
 
 
-def _band_task(start: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int) -> list[pa.Table]:
-    """(bucket, node) of the block's rows in these bands, by bucket partition: 32 bits each (two
-    rows that share a 32-bit bucket by chance are told apart by verification). A row whose first
-    field has no tokens is in no bucket."""
-    has_tokens = ~(sig[:, 0, :] == NO_TOKENS).all(axis=1)
+def _band_task(start: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int, verify: bool) -> list[pa.Table]:
+    """(bucket, node) of the block's rows in these bands, by bucket partition. Verified, a bucket
+    keeps 32 bits of its key (rows that share one by chance are told apart by verification);
+    unverified, all 64. A row whose first field has no tokens (all-max hashes) is in no bucket."""
+    has_tokens = ~(sig[:, 0, :] == np.iinfo(sig.dtype).max).all(axis=1)
     keep = np.flatnonzero(has_tokens)
     keys = band_keys(np.asarray(sig[keep]), bands, rows, np.asarray(meta[keep, 1])).reshape(-1)
     node = (start + keep).astype(np.uint32)
-    table = pa.table({"bucket": (keys >> np.uint64(32)).astype(np.uint32), "node": np.repeat(node, len(bands))})
+    bucket = (keys >> np.uint64(32)).astype(np.uint32) if verify else keys
+    table = pa.table({"bucket": bucket, "node": np.repeat(node, len(bands))})
     return exchange.split(table, exchange.spread(keys, parts), parts)
 
 
@@ -249,7 +252,7 @@ class NearDedup(DatasetStage):
         for first in range(0, bands, BANDS_PER_ROUND):
             group = range(first, min(bands, first + BANDS_PER_ROUND))
             parts = max(2 * rounds.parallelism, math.ceil(rows * len(group) / BAND_ENTRIES_PER_PARTITION))
-            entries = rounds.submit(_band_task, [(int(starts[i]), sigs[i], metas[i], group, band_rows, parts) for i in range(blocks)], parts,
+            entries = rounds.submit(_band_task, [(int(starts[i]), sigs[i], metas[i], group, band_rows, parts, config.verify) for i in range(blocks)], parts,
                                     description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}")
             edges += rounds.submit(_bucket_task, [(config, cc_parts, starts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
                                    cc_parts, description="near_dedup: candidate pairs")
