@@ -256,6 +256,7 @@ class NearDedup(DatasetStage):
                                     description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}")
             edges += rounds.submit(_bucket_task, [(config, cc_parts, starts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
                                    cc_parts, description="near_dedup: candidate pairs")
+        rounds.discard(sigs + metas)  # read by no later round: scratch holds them or the output, not both
         labels, _ = connected_components(rounds, edges, cc_parts)
         owned = rounds.submit(_by_owner_task, [(starts, lab) for lab in labels], blocks)
         priority = self.config.ranks(self.context)
