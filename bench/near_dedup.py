@@ -1,5 +1,5 @@
-"""End-to-end near-duplicate removal: our `near_dedup` stage on Ray against datatrove's four MinHash
-stages (signatures, buckets, cluster, filter), same input, same parameters, same cores, one run.
+"""End-to-end near-duplicate removal: our `near_dedup` step (`python -m pipeline run`, its rounds on
+the run's worker processes) against datatrove's four MinHash stages (signatures, buckets, cluster, filter), same input, same parameters, same cores, one run.
 
 Input: documents of four SIB-200 sentences of one language (205 languages, FLORES-200 text), and an
 edited copy (typos, an inserted sentence, reordering, boilerplate) of 5% of them, written to Parquet
@@ -9,9 +9,9 @@ for most languages needs spaCy models); both read the same Parquet files (50k ro
 
 Timed: datatrove's four executors (2 workers each: stage 2 runs one task per band, stage 3 is one
 process by design); ours, the `near_dedup` step of `python -m pipeline run` (reading its input and
-writing its output included) and the whole run (with Ray start-up and ingest). Memory: the run's
+writing its output included) and the whole run (with ingest and shards). Memory: the run's
 process tree is sampled every 0.2 s: the largest single process (resident minus shared pages),
-the whole tree, and Ray's shared-memory object store (/dev/shm).
+the whole tree, and shared memory (/dev/shm, Ray's object store when a step runs on Ray).
 
     pip install -e ".[bench]"
     python bench/near_dedup.py [--records 100000,1000000] [--repeats 1]

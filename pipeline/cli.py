@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--layout", choices=list(LAYOUTS), required=True,
                     help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; flat: its raw_training_data/; "
                          "sentence-transformers: a DatasetDict folder (anchor, positive, negative_1..N) + prompts.json; "
-                         "flagembedding: <dataset>.jsonl (query, pos, neg, prompt, scores)")
+                         "flagembedding: data/<dataset>.jsonl (query, pos, neg, prompt, scores)")
     ex.add_argument("--tokenizer", help="ml-embed: the local folder of your model's tokenizer (ids end with its EOS; nothing is downloaded)")
     ex.add_argument("--max-length", type=int, default=2048, help="ml-embed: tokens per text, EOS included (the release's 2048)")
     ex.add_argument("--negatives", type=int, help="sentence-transformers, flagembedding: negatives per row (default: 7, "

@@ -142,7 +142,7 @@ class TrainConfig(Strict):
     temperature: float = Field(0.05, gt=0)
     symmetric: bool = Field(False, description="In-batch tasks: also each positive against every query of the batch (both directions).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32.")
-    compile: bool = Field(False, description="torch.compile the model (dynamic shapes); off by default: see the README for when it pays.")
+    compile: bool = Field(False, description="torch.compile the model (dynamic shapes); off by default: docs/training.md says when it pays.")
     seed: int = 0
     log_every: int = Field(10, ge=1)
     save_every: int = Field(200, ge=1)

@@ -66,7 +66,7 @@ class Checkpoint:
         self.clean()
 
     def clean(self) -> None:
-        """Remove what the marker does not name: uncommitted attempts (and older layouts' files)."""
+        """Remove what the marker does not name: uncommitted attempts and any other file."""
         committed = (self.marker() or {}).get("attempt")
         for child in storage.children(self.path):
             if storage.name(child) not in (MARKER, committed):

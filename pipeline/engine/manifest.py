@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    BaseModel,
     Field,
     ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from core import storage
 from core.passages import NEGATIVE_IDS, NEGATIVES, POSITIVE_ID
@@ -140,7 +143,7 @@ class Manifest(Strict):
 def manifest_model(registry: Registry) -> type[Manifest]:
     """The manifest model whose `stages` accept exactly the registry's stages (a tagged union)."""
     union = Annotated[Union[registry.configs()], Field(discriminator="stage")]  # type: ignore[valid-type]
-    return create_model("Manifest", __base__=Manifest, stages=(list[union], Field(default_factory=list)))  # type: ignore[valid-type]
+    return create_model("Manifest", __base__=Manifest, stages=(list[union], Field(default_factory=list, description="The stages, in the order they run; each names its `stage:`.")))  # type: ignore[valid-type]
 
 
 def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str]]:
@@ -174,5 +177,19 @@ def load_manifest(path: str | Path, registry: Registry) -> Manifest:
     return manifest
 
 
+class _FactoryDefaults(GenerateJsonSchema):
+    """The JSON Schema with the defaults that settings build with a factory (lists, maps): pydantic
+    leaves them out, and the reference would show no default."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is None or schema.get("default_factory_takes_data"):
+            return super().get_default_value(schema)
+        value = factory()  # type: ignore[call-arg]
+        if isinstance(value, list):  # settings objects as a manifest would write them: what differs from their defaults
+            return [v.model_dump(exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
+        return value
+
+
 def json_schema(registry: Registry) -> dict[str, Any]:
-    return manifest_model(registry).model_json_schema()
+    return manifest_model(registry).model_json_schema(schema_generator=_FactoryDefaults)

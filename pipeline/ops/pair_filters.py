@@ -76,7 +76,7 @@ def same_text(batch: pa.Table, contained: bool) -> Result:
     inside = np.zeros(batch.num_rows, bool)
     if contained:
         q, p = query.to_pylist(), positive.to_pylist()
-        inside = np.array([bool(b) and b in a for a, b in zip(q, p)])
+        inside = np.array([bool(b) and b in a for a, b in zip(q, p)], bool)
     return _first([(has & equal, "positive_is_query", "positive equals the query"),
                    (has & inside & ~equal, "positive_in_query", "positive is part of the query")], batch.num_rows)
 

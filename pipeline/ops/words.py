@@ -4,12 +4,13 @@ Where a script separates words with spaces (Latin, Cyrillic, Arabic, Devanagari.
 of letters, digits and marks, counted column-wise in Arrow. Where it does not (Thai, Lao, Khmer,
 Myanmar, Tibetan, Chinese, Japanese), that rule would see one giant word, so the text is cut into
 words by the tokenizer datatrove assigns to its language (pythainlp, KhmerNLTK, spaCy's Japanese...,
-`datatrove.utils.word_tokenizers`), where it is installed and works offline; a language without one
-counts its characters.
+`datatrove.utils.word_tokenizers`; Chinese needs `jieba`, in the `word-tokenizers` extra), where it is
+installed and works offline; a language without one counts its characters.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +22,8 @@ from pipeline.ops.minhash import UNSPACED, tokens
 
 # Our label's script -> datatrove's (its tokenizer table names Chinese `cmn_Hani`, `zho_Hani`).
 _DATATROVE_SCRIPT = {"Hans": "Hani", "Hant": "Hani"}
+# Our labels for languages its table knows under their macrolanguage's code.
+_DATATROVE_CODE = {"pes": "fas", "prs": "fas", "tgl": "fil", "zsm": "msa", "cmn": "zho"}
 
 
 @lru_cache(maxsize=512)
@@ -30,8 +33,12 @@ def word_tokenizer(label: str | None) -> Any | None:
         return None
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
+    _quiet_jieba()
     language, _, script = label.partition("_")
-    for code in (f"{language}_{_DATATROVE_SCRIPT.get(script, script)}", language):
+    codes = [f"{language}_{_DATATROVE_SCRIPT.get(script, script)}", language]
+    if language in _DATATROVE_CODE:
+        codes.append(_DATATROVE_CODE[language])
+    for code in codes:
         try:
             tokenizer = load_word_tokenizer(code)
             tokenizer.word_tokenize("ok")  # a missing library or model fails here, not mid-batch
@@ -39,6 +46,25 @@ def word_tokenizer(label: str | None) -> Any | None:
         except Exception:  # noqa: BLE001 (no assignment, a missing package, a model that is not on disk)
             continue
     return None
+
+
+@lru_cache(maxsize=1)
+def multilingual_tokenizer() -> Any:
+    """datatrove's tokenizer for languages it has no rules for (spaCy's `xx`: spaces and punctuation),
+    right for any script written with spaces."""
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer
+
+    return SpaCyTokenizer("xx")
+
+
+@lru_cache(maxsize=1)
+def _quiet_jieba() -> None:
+    """jieba (Chinese words) logs its dictionary loading at DEBUG to stderr: noise in a run."""
+    try:
+        import jieba
+    except ImportError:
+        return
+    jieba.setLogLevel(logging.WARNING)
 
 
 def unspaced(texts: pa.Array) -> np.ndarray:

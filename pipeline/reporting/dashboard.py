@@ -142,6 +142,9 @@ def _filters(tables: dict[str, pl.DataFrame], top: int = 40) -> list[tuple[str, 
     table = tables.get("filters")
     if table is None or not table.height:
         return []
+    table = table.filter(pl.col("filter").is_not_null())
+    if not table.height:  # the stage found nothing to drop
+        return []
     languages = table.group_by("language").agg(pl.col("rows_in").first()).sort("rows_in", descending=True)["language"].head(top).to_list()
     names = table["filter"].unique().sort().to_list()
     cell = {(r["language"], r["filter"]): r for r in table.iter_rows(named=True)}

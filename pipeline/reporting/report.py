@@ -106,7 +106,14 @@ def print_filters(tables: dict[str, Any], console: Console) -> bool:
     if table is None or not table.height:
         console.print("no filter stage in this run")
         return False
+    if table["filter"].null_count() == table.height:
+        console.print(f"the filter stage dropped, skipped and removed nothing ({table['rows_in'].sum():,} rows)")
+        return True
     cells = table.with_columns(pl.format("{}% ({})", (100 * pl.col("rate")).round(2), pl.col("dropped")).alias("cell"))
     wide = cells.pivot("filter", index=["language", "rows_in"], values="cell").sort("rows_in", descending=True)
-    console.print(_table(wide, "rows each filter dropped, per language (% of the rows that reached the filter)"))
+    console.print(_table(wide, "rows each filter dropped, per language (% of the rows that reached the filter stage)"))
+    others = table.filter((pl.col("skipped") > 0) | (pl.col("negatives_removed") > 0))
+    if others.height:
+        console.print(_table(others.select("language", "filter", "skipped", "negatives_removed").sort("skipped", descending=True),
+                             "texts a filter could not judge (kept; no word tokenizer here) and negatives it removed, by the text's language"))
     return True

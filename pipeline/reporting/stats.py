@@ -231,20 +231,35 @@ def _funnel(run_dir: Path) -> pl.DataFrame:
 
 
 def filters(funnel: pl.DataFrame) -> pl.DataFrame:
-    """Drops of the `filter` stage per language and filter (`filter:<name>[:<reason>]`): the rows that
-    reached it, the rows each filter dropped, and the rate."""
+    """The `filter` stage per language and filter: the rows that reached it, the rows each filter
+    dropped (`filter:<name>[:<reason>]`) and the rate, the rows it could not judge (`skipped`: no
+    word tokenizer for the text's language) and the negatives it removed, these two under the
+    language of the text. A run whose filter stage found nothing has one row per language with no
+    filter; a run without the stage, no row."""
     steps = [s for s in funnel["step"].unique().to_list() if s.endswith("-filter")]
+    schema = {"language": pl.String, "filter": pl.String, "rows_in": pl.Int64, "dropped": pl.Int64, "rate": pl.Float64,
+              "skipped": pl.Int64, "negatives_removed": pl.Int64}
     if not steps:
-        return pl.DataFrame(schema={"language": pl.String, "filter": pl.String, "rows_in": pl.Int64, "dropped": pl.Int64, "rate": pl.Float64})
+        return pl.DataFrame(schema=schema)
     mine = funnel.filter(pl.col("step").is_in(steps))
     rows_in = mine.filter(kind="in").group_by("language").agg(pl.col("rows").sum().alias("rows_in"))
-    dropped = (mine.filter(pl.col("kind") == "dropped")
-               .with_columns(pl.col("reason").str.split(":").list.get(1, null_on_oob=True).alias("filter"))
-               .group_by("language", "filter").agg(pl.col("rows").sum().alias("dropped")))
-    names = dropped["filter"].unique().sort()
-    grid = rows_in.join(pl.DataFrame({"filter": names}), how="cross")
-    return (grid.join(dropped, on=["language", "filter"], how="left").with_columns(pl.col("dropped").fill_null(0).cast(pl.Int64))
-            .with_columns((pl.col("dropped") / pl.col("rows_in")).alias("rate")).sort("language", "filter"))
+
+    def counted(kind: str, prefix: str, name: str) -> pl.DataFrame:
+        return (mine.filter((pl.col("kind") == kind) & pl.col("reason").str.starts_with(prefix))
+                .with_columns(pl.col("reason").str.split(":").list.get(1, null_on_oob=True).alias("filter"))
+                .group_by("language", "filter").agg(pl.col("rows").sum().cast(pl.Int64).alias(name)))
+
+    parts = [counted("dropped", "filter:", "dropped"), counted("flagged", "filter_skipped:", "skipped"),
+             counted("flagged", "filter_negative:", "negatives_removed")]
+    names = pl.concat([p.select("filter") for p in parts]).unique().sort("filter")
+    if not names.height:
+        names = pl.DataFrame({"filter": [None]}, schema={"filter": pl.String})
+    grid = pl.concat([rows_in.select("language"), *(p.select("language") for p in parts)]).unique().join(rows_in, on="language", how="left")
+    table = grid.with_columns(pl.col("rows_in").fill_null(0).cast(pl.Int64)).join(names, how="cross")
+    for part, name in zip(parts, ("dropped", "skipped", "negatives_removed")):
+        table = table.join(part, on=["language", "filter"], how="left", nulls_equal=True).with_columns(pl.col(name).fill_null(0))
+    return (table.with_columns(pl.when(pl.col("rows_in") > 0).then(pl.col("dropped") / pl.col("rows_in")).otherwise(0.0).alias("rate"))
+            .select(list(schema)).cast(schema).sort("language", "filter", nulls_last=True))
 
 
 def _write(table: pl.DataFrame, folder: Path, name: str) -> None:

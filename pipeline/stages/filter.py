@@ -1,11 +1,13 @@
 """Quality filters: the checks a training pair needs (`pipeline/ops/pair_filters.py`) and any of
 datatrove's document filters by class name (`pipeline/ops/datatrove_filters.py`), in the order listed.
 
-A row that fails a filter is dropped with the reason `filter:<name>` (datatrove's filters add their
-own reason: `filter:C4QualityFilter:lorem_ipsum`) and the field in `_detail`; the first filter a row
-fails decides. The ledger counts the drops per filter, reason, source and language (`python -m
-pipeline stats RUN --filters`). Every script is counted right: words by the tokenizer datatrove
-assigns to a language where the script has no spaces, characters where there is none.
+A row whose query or positive fails a filter is dropped with the reason `filter:<name>` (datatrove's
+filters add their own reason: `filter:C4QualityFilter:lorem_ipsum`) and the field in `_detail`; the
+first filter a row fails decides. A negative that fails a filter applied to `negatives` leaves its
+row's list (with its id and score), flagged `filter_negative:<name>`. The ledger counts the drops per
+filter, reason, source and language (`python -m pipeline stats RUN --filters`). Words are counted by
+the tokenizer datatrove assigns to a language where the script has no spaces, characters where none
+works here (`pipeline/ops/words.py`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, model_validator
 
+from core.passages import NEGATIVE_IDS, NEGATIVES
 from core.record import FLAGS
 from core.settings import Strict, example
 from core.tasks import TaskName
@@ -25,11 +29,13 @@ from pipeline.ops.arrow import flag_lists, replace_column
 from pipeline.ops.datatrove_filters import DatatroveFilter, check_args
 
 TextField = Literal["query", "positive"]
+AnyField = Literal["query", "positive", "negatives"]
 PREFIX = "filter:"
+NEGATIVE_FLAG = "filter_negative:"
 
 
 class NonText(Strict):
-    fields: list[TextField] = Field(["query", "positive"], description="Fields that must hold text, not only a URL, number or markup.")
+    fields: list[AnyField] = Field(["query", "positive", "negatives"], description="Fields that must hold text, not only a URL, number or markup.")
 
 
 class SameText(Strict):
@@ -74,14 +80,17 @@ class FilterSpec(BaseModel):
 
     name: str = Field(description=f"One of {', '.join(PAIR_FILTERS)}, or a datatrove filter class (GopherQualityFilter, C4QualityFilter, ...).")
     args: dict[str, Any] = Field(default_factory=dict, description="The filter's settings (datatrove: its constructor's arguments).")
-    fields: list[TextField] = Field(["query", "positive"], description="Datatrove filters: the fields each text of which must pass.")
+    fields: list[AnyField] = Field(["query", "positive"], description=(
+        "Datatrove filters: the fields whose texts must pass (a failing negative leaves its row's list; the row stays)."))
 
     @model_validator(mode="after")
     def _known(self) -> FilterSpec:
         if self.name in PAIR_FILTERS:
+            if "fields" in self.model_fields_set:
+                raise ValueError(f"{self.name} is a pair filter: its fields, where it has any, go in `args`")
             PAIR_FILTERS[self.name][0].model_validate(self.args)  # its own errors: unknown keys, bad values
         else:
-            check_args(self.name, self.args)
+            self.args = check_args(self.name, self.args)
         return self
 
 
@@ -117,21 +126,85 @@ class QualityFilter(Stage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         reason: list[str | None] = [None] * batch.num_rows
         detail: list[str | None] = [None] * batch.num_rows
-        skipped: list[tuple[int, str]] = []
+        skipped: list[tuple[int, str, str]] = []  # (row, filter, field)
         for name, check in self.checks:
-            if isinstance(check, DatatroveFilter):
-                reasons, details, unjudged = check(batch)
-                skipped += [(r, name) for r in unjudged]
-            else:
-                run, settings = check
-                reasons, details = (x.to_pylist() for x in run(batch, settings))
-                reasons = [f"{name}:{r}" if r and r != name else r for r in reasons]
+            reasons, details, unjudged = self._run(check, name, batch, ["query", "positive"], np.array([r is not None for r in reason], bool))
+            skipped += unjudged
             for row, why in enumerate(reasons):
                 if why and reason[row] is None:
                     reason[row], detail[row] = PREFIX + why, details[row]
         out = self.drop(batch, pa.array(reason, pa.string()), pa.array(detail, pa.string()))
-        if skipped:
-            rows = np.array([r for r, _ in skipped], np.int64)
-            languages = batch.column("query_lang").take(pa.array(rows)).combine_chunks()
-            out = replace_column(out, FLAGS, flag_lists(batch.num_rows, rows, pa.array([f"filter_skipped:{n}" for _, n in skipped]), languages))
+        out, flags = self._filter_negatives(out, np.array([r is not None for r in reason], bool))
+        flags += [(row, f"filter_skipped:{name}", batch.column(f"{field}_lang")[row].as_py()) for row, name, field in skipped]
+        if flags:
+            rows = np.array([f[0] for f in flags], np.int64)
+            out = replace_column(out, FLAGS, flag_lists(batch.num_rows, rows, pa.array([f[1] for f in flags], pa.string()),
+                                                        pa.array([f[2] for f in flags], pa.string())))
         return out
+
+    @staticmethod
+    def _run(check: Any, name: str, table: pa.Table, fields: list[str], decided: np.ndarray
+             ) -> tuple[list[str | None], list[str | None], list[tuple[int, str, str]]]:
+        """One filter over `fields` of `table`: per row its reason (`<name>:<why>`) and detail, and
+        the (row, filter, field) it could not judge."""
+        if isinstance(check, DatatroveFilter):
+            applies = [f for f in check.fields if f in fields]
+            if not applies:
+                return [None] * table.num_rows, [None] * table.num_rows, []
+            reasons, details, unjudged = check(table, decided, applies)
+            return reasons, details, [(row, name, field) for row, field in unjudged]
+        run, settings = check
+        own = getattr(settings, "fields", None)  # a pair filter with fields runs on those of them here
+        if own is not None:
+            settings = settings.model_copy(update={"fields": [f for f in own if f in fields]})
+        if (own is not None and not settings.fields) or (own is None and "negatives" in fields):
+            return [None] * table.num_rows, [None] * table.num_rows, []
+        reasons, details = (x.to_pylist() for x in run(table, settings))
+        return [f"{name}:{r}" if r and r != name else r for r in reasons], details, []
+
+    def _filter_negatives(self, batch: pa.Table, dropped: np.ndarray) -> tuple[pa.Table, list[tuple[int, str, str | None]]]:
+        """The kept rows' inline negatives that fail a filter applied to `negatives` removed (with
+        their ids and scores where the row has them, position by position); a flag per removal."""
+        negatives = batch.column(NEGATIVES).combine_chunks()
+        if not batch.num_rows or negatives.null_count == len(negatives):
+            return batch, []
+        owner = pc.list_parent_indices(negatives).to_numpy()
+        language = batch.column("negatives_lang").take(pa.array(owner)) if len(owner) else pa.array([], pa.string())
+        flat = pa.table({"negatives": pc.list_flatten(negatives), "negatives_lang": language})
+        failed = dropped[owner].copy()  # negatives of dropped rows stay as they are
+        flags: list[tuple[int, str, str | None]] = []
+        for name, check in self.checks:
+            reasons, _, unjudged = self._run(check, name, flat, ["negatives"], failed)
+            for k, why in enumerate(reasons):
+                if why and not failed[k]:
+                    failed[k] = True
+                    flags.append((int(owner[k]), NEGATIVE_FLAG + name, language[k].as_py()))
+            flags += [(int(owner[k]), f"filter_skipped:{name}", language[k].as_py()) for k, _, _ in unjudged]
+        if not flags or not any(f[1].startswith(NEGATIVE_FLAG) for f in flags):
+            return batch, flags
+        removed = failed & ~dropped[owner]
+        return _without(batch, negatives, removed), flags
+
+
+
+def _without(batch: pa.Table, negatives: pa.ListArray, removed: np.ndarray) -> pa.Table:
+    """`batch` with the flattened negatives `removed` taken out of `negatives`, and out of
+    `negative_ids` and `negative_scores` in the rows where those line up with the texts."""
+    out = batch
+    for column in (NEGATIVES, NEGATIVE_IDS, "negative_scores"):
+        out = replace_column(out, column, _cut(batch.column(column).combine_chunks(), negatives, removed))
+    return out
+
+
+def _cut(values: pa.ListArray, negatives: pa.ListArray, removed: np.ndarray) -> pa.ListArray:
+    """`values` without the positions `removed` (over the flattened `negatives`) in each row whose
+    list is as long as its negatives; other rows as they are."""
+    n = len(negatives)
+    value_lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy()
+    negative_lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy()
+    lined_up = value_lengths == negative_lengths
+    value_owner, negative_owner = np.repeat(np.arange(n), value_lengths), np.repeat(np.arange(n), negative_lengths)
+    keep = np.ones(len(value_owner), bool)
+    keep[lined_up[value_owner]] = ~removed[lined_up[negative_owner]]  # same rows, same order, same counts
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(value_owner[keep], minlength=n))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(values).filter(pa.array(keep)), mask=values.is_null())

@@ -72,7 +72,7 @@ class NearDedupConfig(DedupConfig):
     threshold: float = Field(0.5, gt=0, lt=1, description="Estimated Jaccard similarity from which rows are duplicates.")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash hashes per signature.")
     bands: int | None = Field(None, ge=1, description="LSH bands; with `rows`, or chosen from the threshold.")
-    rows: int | None = Field(None, ge=1, description="Hashes per band.")
+    rows: int | None = Field(None, ge=1, description="Hashes of each compared field in a band.")
     fp_weight: float | None = Field(None, gt=0, lt=1, description=(
         "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
         "(verification removes false candidates, nothing brings back a miss), else 0.5."))
