@@ -12,7 +12,8 @@ growth exponent of time and memory between consecutive sizes (1 = linear).
     python bench/scale.py [--sizes 300000,1000000,3000000,10000000] [--ray] [--work DIR] [--json out.json]
 
 `--ray` runs every step on the embedded Ray (`ray.in_process_rows: 0`) instead of the in-process
-worker pool. Generated inputs are kept in `--work` (reused by size and seed); runs are removed.
+worker pool; `--cluster` on a two-node Ray cluster on loopback (`ray start`, a head and a worker node
+of one CPU each, as the tests' cluster), every step there. Generated inputs are kept in `--work` (reused by size and seed); runs are removed.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Sampler(threading.Thread):
             self.samples.append({"t": now, "used": meminfo_used() - self.baseline, "cpu": psutil.cpu_percent(), "scratch": scratch, "spill": spill})
 
 
-def run_size(rows: int, work: Path, ray: bool, seed: int) -> dict:
+def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = None) -> dict:
     data = work / f"input-{rows}-{seed}"
     if not (data / "truth.parquet").exists():
         shutil.rmtree(data, ignore_errors=True)
@@ -98,7 +99,8 @@ def run_size(rows: int, work: Path, ray: bool, seed: int) -> dict:
     sampler.start()
     started = time.monotonic()
     steps: list[tuple[str, float]] = []
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+    cluster = ["--ray-address", address] if address else []
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--quiet", *cluster], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     output = []
     for line in process.stdout:  # type: ignore[union-attr]
@@ -170,28 +172,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="300000,1000000,3000000,10000000")
     parser.add_argument("--ray", action="store_true", help="every step on the embedded Ray")
+    parser.add_argument("--cluster", action="store_true", help="every step on a two-node Ray cluster on loopback")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        result = run_size(size, args.work, args.ray, args.seed)
-        results.append(result)
-        print(f"\n{size:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
-              f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), spill {result['spill_gb']:.2f} GB, "
-              f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, near duplicates {result['near_duplicates']}")
-        for name, step in result["steps"].items():
-            rate = f"{step['rows_per_s_per_core']:,.0f} rows/s/core" if step["rows_per_s_per_core"] else ""
-            print(f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  CPU busy {step['cpu_busy']:.0%}"
-                  f"  scratch {step['scratch_gb']:.2f} GB")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"results": results, "growth": growth(results)}, indent=2))
+    address = start_loopback_cluster() if args.cluster else None
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            results.append(run_size(size, args.work, args.ray, args.seed, address))
+            report(results, args.json)
+    finally:
+        if address:
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
     for g in growth(results):
         print(f"{g['from']:,} -> {g['to']:,} rows: time x{g['time_ratio']:.2f} (exponent {g['time_exponent']:.2f}), "
               f"memory x{g['memory_ratio']:.2f} (exponent {g['memory_exponent']:.2f})")
 
+
+def start_loopback_cluster() -> str:
+    """A head and a worker node on 127.0.0.1, one CPU each; their address."""
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    address = "127.0.0.1:6391"
+    start = [ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run([*start, "--head", "--port=6391", "--include-dashboard=false"], check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run([*start, f"--address={address}"], check=True, env=env, capture_output=True, timeout=120)
+    return address
+
+
+def report(results: list[dict], json_path: str | None) -> None:
+    """Print the last size's figures; write all of them so far to `json_path`."""
+    result = results[-1]
+    print(f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
+          f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), spill {result['spill_gb']:.2f} GB, "
+          f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, near duplicates {result['near_duplicates']}")
+    for name, step in result["steps"].items():
+        rate = f"{step['rows_per_s_per_core']:,.0f} rows/s/core" if step["rows_per_s_per_core"] else ""
+        print(f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  CPU busy {step['cpu_busy']:.0%}"
+              f"  scratch {step['scratch_gb']:.2f} GB")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"results": results, "growth": growth(results)}, indent=2))
 
 if __name__ == "__main__":
     main()
