@@ -15,19 +15,18 @@ class ShortConfig(StageConfig):
     log: str = ""  # a file that setup() appends a line to, so a test can count the set-ups
 
 
-class ShortQueries(Filter):
+class ShortQueries(Filter[ShortConfig]):
     """A test filter: drops queries longer than `max_chars`; records each set-up."""
 
-    name = "short_queries"
     config_model = ShortConfig
     reads = ("query_lang",)
 
     def setup(self) -> None:
-        with open(self.config.log, "a", encoding="utf-8") as f:  # type: ignore[attr-defined]
+        with open(self.config.log, "a", encoding="utf-8") as f:
             f.write("setup\n")
 
     def filter(self, batch: pa.Table) -> tuple[list[str | None], list[str | None]]:
-        long = [len(q) > self.config.max_chars for q in batch.column("query").to_pylist()]  # type: ignore[attr-defined]
+        long = [len(q) > self.config.max_chars for q in batch.column("query").to_pylist()]
         return ["too_long" if x else None for x in long], ["query over the limit" if x else None for x in long]
 
 
@@ -36,17 +35,16 @@ class KillConfig(StageConfig):
     when: str = ""  # while this file exists, the stage kills the process it runs in
 
 
-class KillWorker(Filter):
+class KillWorker(Filter[KillConfig]):
     """A test stage that kills its worker process (as the kernel's out-of-memory killer would) while
     the file `when` exists; otherwise it keeps every row."""
 
-    name = "kill_worker"
     config_model = KillConfig
 
     def filter(self, batch: pa.Table) -> tuple[list[str | None], None]:
         import os
         import signal
 
-        if os.path.exists(self.config.when):  # type: ignore[attr-defined]
+        if os.path.exists(self.config.when):
             os.kill(os.getpid(), signal.SIGKILL)
         return [None] * batch.num_rows, None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Mapping, TypeVar, get_args, get_origin
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,25 +95,54 @@ class RunContext:
     passages: str | None = None
 
 
-class Stage:
-    """A row-local transform over Arrow batches: each output row depends on its input row alone, so
-    consecutive row-local stages run fused in one pass. Subclasses set `name`, `config_model` and
-    `__call__`; they declare `reads` (record columns an earlier stage must have filled, checked when
-    the manifest is validated), `writes` and `resources`, and load what they need in `setup()`."""
+C = TypeVar("C", bound=StageConfig)
 
-    name: ClassVar[str]
-    config_model: ClassVar[type[StageConfig]]
+
+def stage_name(config_model: type[StageConfig]) -> str:
+    """The manifest's `stage:` value for a config: the one value of its `stage: Literal[...]` tag."""
+    tag = config_model.model_fields.get("stage")
+    values = get_args(tag.annotation) if tag is not None and get_origin(tag.annotation) is Literal else ()
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise TypeError(f"{config_model.__module__}.{config_model.__qualname__} has no tag field with one name, "
+                        f'like `stage: Literal["my_stage"]`; a stage\'s name comes from its config\'s tag')
+    return values[0]
+
+
+class Stage(Generic[C]):
+    """A row-local transform over Arrow batches: each output row depends on its input row alone, so
+    consecutive row-local stages run fused in one pass. Subclasses name their settings' type as the
+    base's parameter (`Stage[MyConfig]`), set `config_model` (the same class) and `__call__`; the
+    stage's `name` is the config's `stage: Literal[...]` tag, written nowhere else. They declare
+    `reads` (record columns an earlier stage must have filled, checked when the manifest is
+    validated), `writes` and `resources`, and load what they need in `setup()`."""
+
+    name: ClassVar[str]  # set from `config_model`'s `stage` tag when a subclass sets `config_model`
+    config_model: ClassVar[type[StageConfig]]  # a ClassVar cannot hold `C`: the same class as the parameter
     version: ClassVar[str] = "1"  # bump when the same settings would now produce different output
     resources: ClassVar[Resources] = Resources()
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: StageConfig, context: RunContext):
+    config: C
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_model" in cls.__dict__:
+            try:
+                name = stage_name(cls.config_model)
+            except TypeError as e:
+                raise TypeError(f"stage {cls.__module__}.{cls.__qualname__}: {e}") from None
+            if "name" in cls.__dict__ and cls.__dict__["name"] != name:
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__}: name {cls.__dict__['name']!r} is not its config's "
+                                f"stage tag {name!r}; leave `name` out, it comes from the tag")
+            cls.name = name
+
+    def __init__(self, config: C, context: RunContext):
         self.config = config
         self.context = context
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: C) -> tuple[str, ...]:
         """The columns these settings make the stage read (default: `reads`)."""
         return cls.reads
 
@@ -142,7 +171,7 @@ class Stage:
         return None
 
 
-class Filter(Stage):
+class Filter(Stage[C]):
     """A row-local stage that only decides which rows go: subclasses write `filter`, returning a
     reason (None: keep) and a detail per row; the base class marks them."""
 
@@ -154,7 +183,7 @@ class Filter(Stage):
         return self.drop(batch, reasons, details)
 
 
-class ShuffleStage(Stage):
+class ShuffleStage(Stage[C]):
     """A stage that needs all rows sharing a key in one batch (dedup, grouping).
 
     The runner hash-partitions rows on the uint64 column `key(batch)` returns, then calls the
@@ -165,7 +194,7 @@ class ShuffleStage(Stage):
         raise NotImplementedError
 
 
-class DatasetStage(Stage):
+class DatasetStage(Stage[C]):
     """A stage that must see the whole dataset at once (near-duplicate detection compares every
     row with every other). The runner hands `plan` the step's input files as blocks (refs whose
     rows are those no earlier step dropped) and a `Rounds` to run tasks with

@@ -50,11 +50,9 @@ class BuildPairsConfig(StageConfig):
         return [n for n in self.label_descriptions if n not in names]
 
 
-class BuildPairs(ShuffleStage):
-    name = "build_pairs"
+class BuildPairs(ShuffleStage[BuildPairsConfig]):
     config_model = BuildPairsConfig
     writes = ("positive", "negatives", "negative_ids")
-    config: BuildPairsConfig
 
     def key(self, batch: pa.Table) -> pa.Array:
         return pa.array(hash_strings(batch.column("source")), pa.uint64())

@@ -87,15 +87,12 @@ class DecontaminateConfig(StageConfig):
     action: Literal["drop", "flag"] = Field("drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it.")
 
 
-class Decontaminate(Stage):
-    name = "decontaminate"
+class Decontaminate(Stage[DecontaminateConfig]):
     config_model = DecontaminateConfig
-    config: DecontaminateConfig
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: DecontaminateConfig) -> tuple[str, ...]:
         """The fields it compares with the evaluation sets (negatives only while they are inline texts, which the validator checks)."""
-        assert isinstance(config, DecontaminateConfig)
         return tuple(config.fields)
 
     def setup(self) -> None:

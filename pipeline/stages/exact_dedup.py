@@ -26,7 +26,7 @@ from pydantic import Field
 
 from core.record import to_work_schema
 from core.settings import example
-from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
+from pipeline.engine.stage import DatasetStage, DedupConfig, Stage
 from pipeline.ops import exchange
 from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
 
@@ -95,7 +95,7 @@ def _mark_task(block: pa.Table, config: ExactDedupConfig, *tables: pa.Table) -> 
     return [marked]
 
 
-class ExactDedup(DatasetStage):
+class ExactDedup(DatasetStage[ExactDedupConfig]):
     """Keeps one row per key: the one from the first source in `priority` (default: manifest order),
     then the smallest id.
 
@@ -104,16 +104,13 @@ class ExactDedup(DatasetStage):
     cluster id that does not depend on which row was kept, so runs can be compared.
     """
 
-    name = "exact_dedup"
     version = "2"  # rounds over keys (the same rows kept)
     config_model = ExactDedupConfig
     writes = ("dup_count", "dup_cluster")
-    config: ExactDedupConfig
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: ExactDedupConfig) -> tuple[str, ...]:
         """The fields of the key (negatives only while they are inline texts, which the validator checks)."""
-        assert isinstance(config, ExactDedupConfig)
         return tuple(config.key)
 
     def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:

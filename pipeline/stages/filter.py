@@ -108,11 +108,9 @@ class FilterConfig(StageConfig):
         "The filters, in order (default: every pair filter, then datatrove's C4QualityFilter for boilerplate in positives)."))
 
 
-class QualityFilter(Stage):
-    name = "filter"
+class QualityFilter(Stage[FilterConfig]):
     config_model = FilterConfig
     reads = ("query_lang", "positive_lang")
-    config: FilterConfig
 
     def setup(self) -> None:
         self.checks: list[tuple[str, Any]] = []

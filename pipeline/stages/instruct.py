@@ -31,13 +31,11 @@ class InstructConfig(StageConfig):
         return [n for n in self.sources if n not in names]
 
 
-class Instruct(Stage):
+class Instruct(Stage[InstructConfig]):
     """Sets `instruction` from the source's entry, else the task's; rows matched by neither keep theirs."""
 
-    name = "instruct"
     config_model = InstructConfig
     writes = ("instruction",)
-    config: InstructConfig
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         by_source = pl.col("source").replace_strict(self.config.sources, default=None, return_dtype=pl.String)

@@ -94,13 +94,11 @@ class LangTagConfig(StageConfig):
         return thresholds
 
 
-class LangTag(Stage):
-    name = "langid"
+class LangTag(Stage[LangTagConfig]):
     config_model = LangTagConfig
     version = "6"  # 6: Chinese by script, min_confidence as a floor under the model's table
     reads = ("query", "positive", "negatives")  # negatives as texts: the validator refuses langid after they are stored by id
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
-    config: LangTagConfig
 
     def setup(self) -> None:
         config, context = self.config, self.context

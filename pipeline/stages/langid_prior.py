@@ -60,13 +60,11 @@ class LangPriorConfig(StageConfig):
         return resolve_model(model, info)
 
 
-class LangPrior(DatasetStage):
-    name = "langid_prior"
+class LangPrior(DatasetStage[LangPriorConfig]):
     config_model = LangPriorConfig
     version = "2"  # 2: counted on 6+-word texts; candidates mapped keeping the more probable
     reads = ("query_lang", "positive_lang")
     writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "cross_lingual")
-    config: LangPriorConfig
 
     def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         fields = self.config.fields

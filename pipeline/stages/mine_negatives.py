@@ -189,19 +189,16 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-class MineNegatives(ShuffleStage):
-    name = "mine_negatives"
+class MineNegatives(ShuffleStage[MineNegativesConfig]):
     version = "2"  # neighbours by BM25 by default; the mined negatives' language
     config_model = MineNegativesConfig
     writes = ("negatives", "negative_ids", "negative_scores", "positive_score", "negatives_lang", "negatives_lang_conf")
     resources = Resources(cpus=1, gpus=1)  # dense mining embeds in its tasks, on a GPU where the cluster has one
-    config: MineNegativesConfig
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: MineNegativesConfig) -> tuple[str, ...]:
         """The query's language (the pool's when pools are per language) and the positive's: they label
         the mined negatives' language."""
-        assert isinstance(config, MineNegativesConfig)
         return ("query_lang", "positive_lang")
 
     def report(self, files: list[str]) -> Any:

@@ -85,12 +85,10 @@ def _sample(batch: pa.Table, rates: dict[tuple[str, str], tuple[float, float]], 
     return Stage.drop(batch, reasons.tolist())
 
 
-class Mix(DatasetStage):
-    name = "mix"
+class Mix(DatasetStage[MixConfig]):
     version = "2"  # a mining pool's rows are kept whole
     config_model = MixConfig
     reads = ("query_lang",)
-    config: MixConfig
 
     def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         per_block = rounds.submit(_count_task, [(b,) for b in blocks], 1, description="mix: counts")

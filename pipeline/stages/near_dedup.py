@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 
 from core.record import to_work_schema
 from core.settings import example
-from pipeline.engine.stage import DatasetStage, DedupConfig, Stage, StageConfig
+from pipeline.engine.stage import DatasetStage, DedupConfig, Stage
 from pipeline.ops import exchange
 from pipeline.ops.components import connected_components, route_undirected
 from pipeline.ops.minhash import (
@@ -224,16 +224,13 @@ def _filter_task(start: int, block: pa.Table, *tables: pa.Table) -> list[pa.Tabl
     return [to_work_schema(marked)]
 
 
-class NearDedup(DatasetStage):
-    name = "near_dedup"
+class NearDedup(DatasetStage[NearDedupConfig]):
     config_model = NearDedupConfig
     writes = ("near_dup_count",)
-    config: NearDedupConfig
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: NearDedupConfig) -> tuple[str, ...]:
         """The first compared field's language (it salts the buckets), unless languages are mixed."""
-        assert isinstance(config, NearDedupConfig)
         return () if config.cross_language else (f"{config.fields[0]}_lang",)
 
     def plan(self, blocks_in: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:

@@ -25,18 +25,15 @@ class NormalizeConfig(StageConfig):
     fields: list[Literal["query", "positive", "negatives", "instruction"]] = ["query", "positive", "negatives", "instruction"]
 
 
-class Normalize(Stage):
+class Normalize(Stage[NormalizeConfig]):
     """Normalises text fields; drops rows whose query (or positive, if present) ends up empty."""
 
-    name = "normalize"
     config_model = NormalizeConfig
     writes = ("query", "positive", "negatives", "instruction")
-    config: NormalizeConfig
 
     @classmethod
-    def columns_read(cls, config: StageConfig) -> tuple[str, ...]:
+    def columns_read(cls, config: NormalizeConfig) -> tuple[str, ...]:
         """The fields it normalises (negatives only while they are inline texts, which the validator checks)."""
-        assert isinstance(config, NormalizeConfig)
         return tuple(config.fields)
 
     def _text(self, arr: pa.Array) -> pa.Array:
