@@ -1,5 +1,5 @@
 """Scripts of texts: decide among a few candidates for labels that do not say (Serbian, Chinese...),
-and check that a label's script occurs in its text at all."""
+and check that a label's script occurs in its text, and how much of it."""
 
 from __future__ import annotations
 
@@ -66,6 +66,27 @@ def script_present(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
             found = pc.and_(found, pc.or_(kana, pc.less(pc.count_substring_regex(some, r"\p{Han}"), KANA_FREE_HAN)))
         ok[idx] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
     return ok
+
+
+def script_share(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
+    """Per text, the share of its letters that are of the script paired with it (at most 1; marks of
+    the script count with its letters, a Han character as two); 1.0 for scripts this module has no
+    table for and for texts without letters. One vectorised pass per distinct script."""
+    share = np.ones(len(scripts), dtype=float)
+    for script, idx in groups(scripts):
+        cls = _RE2_CLASS.get(script) or (rf"\p{{{_UNICODE_SCRIPT[script]}}}" if script in _UNICODE_SCRIPT else None)
+        if cls is None:
+            continue
+        some = texts.take(pa.array(idx, pa.int64()))
+
+        def count(pattern: str) -> np.ndarray:
+            return pc.fill_null(pc.count_substring_regex(some, pattern), 0).to_numpy(zero_copy_only=False)
+
+        han = count(r"\p{Han}")  # a Han character is a morpheme: it weighs as two letters
+        letters = count(r"\pL") + han
+        mine = count(cls) + (han if "Han" in cls else 0)
+        share[idx] = np.where(letters > 0, np.minimum(mine / np.maximum(letters, 1), 1.0), 1.0)
+    return share
 
 
 @lru_cache(maxsize=None)

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, run_cli, stage1_sources, write_manifest
 def test_shipped_manifest_is_valid():
     manifest = load_manifest(ROOT / "manifests" / "stage1.yaml")
     assert [s.name for s in manifest.sources] == ["xquad_r", "sib200_bitext"]
-    assert [s.stage for s in manifest.stages] == ["normalize", "langid", "langid_prior", "decontaminate", "exact_dedup", "near_dedup"]
+    assert [s.stage for s in manifest.stages] == ["normalize", "langid", "langid_prior", "filter", "decontaminate", "exact_dedup", "near_dedup"]
     assert manifest.output == str((ROOT / "runs" / "stage1").resolve())
     stage2 = load_manifest(ROOT / "manifests" / "stage2.yaml")
     assert {s.task for s in stage2.sources} == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}

@@ -4,13 +4,14 @@ Each check takes a batch of records and returns, per row, the reason it fails (n
 a detail naming the field; the `filter` stage (`pipeline/stages/filter.py`) drops the rows that fail.
 
 - `non_text`: a field that is only a URL, only a number, or only markup.
-- `same_text`: the positive equal to the query, or contained in it (case and spaces aside).
+- `same_text`: the positive equal to the query, or contained in it (case and spaces aside), in tasks
+  where a pair of equal texts teaches nothing (not STS: an identical pair scores 5 there).
 - `min_length`: a field shorter than its minimum, in words as `pipeline/ops/words.py` counts them.
 - `length_ratio`: bitext whose two sides differ in length more than translations do: characters,
   against the ratio that language pair's translations have (FLORES, `length_ratios.tsv`).
-- `languages_differ`: query and positive in different languages where the task says they share one.
-- `script_mismatch`: a text that does not contain its language's script (a declared language the
-  text is not in, or a transliteration).
+- `languages_differ`: query and positive in different languages (both sure) where the task says they share one.
+- `script_mismatch`: a text that does not contain its language's script, or whose letters are mostly
+  of another (a declared language the text is not in, or a transliteration).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from langid.labels import is_language, script_of
-from langid.scripts import script_present
+from langid.scripts import script_present, script_share
 from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
 from pipeline.ops.words import word_counts
 
@@ -69,9 +70,13 @@ def _folded(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.utf8_lower(pc.utf8_trim_whitespace(replace_regex(text, f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE)))
 
 
-def same_text(batch: pa.Table, contained: bool) -> Result:
+def _of_tasks(batch: pa.Table, tasks: list[str]) -> np.ndarray:
+    return pc.is_in(batch.column("task"), pa.array(tasks, pa.string())).to_numpy(zero_copy_only=False)
+
+
+def same_text(batch: pa.Table, contained: bool, tasks: list[str]) -> Result:
     query, positive = _folded(batch.column("query")), _folded(batch.column("positive"))
-    has = _present(batch.column("positive")) & (pc.utf8_length(positive).to_numpy(zero_copy_only=False) > 0)
+    has = _of_tasks(batch, tasks) & _present(batch.column("positive")) & (pc.utf8_length(positive).to_numpy(zero_copy_only=False) > 0)
     equal = pc.equal(query, positive).to_numpy(zero_copy_only=False)
     inside = np.zeros(batch.num_rows, bool)
     if contained:
@@ -107,7 +112,7 @@ def _expected(labels: list[str | None]) -> np.ndarray:
 
 
 def length_ratio(batch: pa.Table, tasks: list[str], max_ratio: float) -> Result:
-    applies = pc.is_in(batch.column("task"), pa.array(tasks, pa.string())).to_numpy(zero_copy_only=False)
+    applies = _of_tasks(batch, tasks)
     query = pc.utf8_length(pc.fill_null(batch.column("query"), "")).to_numpy(zero_copy_only=False).astype(float)
     positive = pc.utf8_length(pc.fill_null(batch.column("positive"), "")).to_numpy(zero_copy_only=False).astype(float)
     expected = _expected(batch.column("positive_lang").to_pylist()) / _expected(batch.column("query_lang").to_pylist())
@@ -116,20 +121,30 @@ def length_ratio(batch: pa.Table, tasks: list[str], max_ratio: float) -> Result:
     return _first([(off, "length_ratio", "the two sides' lengths differ more than translations do")], batch.num_rows)
 
 
-def languages_differ(batch: pa.Table, tasks: list[str]) -> Result:
-    applies = pc.is_in(batch.column("task"), pa.array(tasks, pa.string())).to_numpy(zero_copy_only=False)
+def languages_differ(batch: pa.Table, tasks: list[str], min_confidence: float) -> Result:
+    """Two languages (not two scripts of one: `cmn_Hans`, `cmn_Hant`), each tagged with at least
+    `min_confidence`: short texts of close languages (Russian, Bulgarian) are often told apart wrongly."""
+    applies = _of_tasks(batch, tasks)
     query, positive = batch.column("query_lang").to_pylist(), batch.column("positive_lang").to_pylist()
-    differ = np.array([is_language(q) and is_language(p) and q != p for q, p in zip(query, positive)], bool)
-    return _first([(applies & differ, "languages_differ", "query and positive in different languages")], batch.num_rows)
+    differ = np.array([is_language(q) and is_language(p) and q.split("_")[0] != p.split("_")[0] for q, p in zip(query, positive)], bool)
+    sure = [pc.fill_null(batch.column(f"{f}_lang_conf"), 0.0).to_numpy(zero_copy_only=False) >= min_confidence for f in ("query", "positive")]
+    return _first([(applies & differ & sure[0] & sure[1], "languages_differ", "query and positive in different languages")], batch.num_rows)
 
 
-def script_mismatch(batch: pa.Table, fields: list[str]) -> Result:
+def script_mismatch(batch: pa.Table, fields: list[str], min_share: float) -> Result:
+    """A text without its label's script, or whose letters are mostly of another (a few Latin words,
+    names or acronyms, in a text of another script are common; the other way round, it is not the
+    labelled language)."""
     checks = []
     for field in fields:
         labels = batch.column(f"{field}_lang").combine_chunks()
         scripts = pa.array([script_of(label) if is_language(label) else None for label in labels.to_pylist()], pa.string())
         known = pc.is_valid(scripts).to_numpy(zero_copy_only=False) & _present(batch.column(field))
         texts = pc.fill_null(batch.column(field).combine_chunks(), "")
-        present = script_present(texts, pc.fill_null(scripts, "Latn")) if known.any() else np.ones(batch.num_rows, bool)
-        checks.append((known & ~present, "script_mismatch", f"{field} is not in its language's script"))
+        if known.any():
+            scripts = pc.fill_null(scripts, "Latn")
+            wrong = ~script_present(texts, scripts) | (script_share(texts, scripts) < min_share)
+        else:
+            wrong = np.zeros(batch.num_rows, bool)
+        checks.append((known & wrong, "script_mismatch", f"{field} is not in its language's script"))
     return _first(checks, batch.num_rows)

@@ -40,6 +40,7 @@ class NonText(Strict):
 
 class SameText(Strict):
     contained: bool = Field(True, description="Also drop a positive contained in its query (not only equal to it).")
+    tasks: list[TaskName] = Field(["retrieval", "bitext"], description="Tasks whose positive must differ from its query (not STS or pair classification, where an identical pair is a labelled example).")  # type: ignore[valid-type]
 
 
 class MinLength(Strict):
@@ -50,25 +51,27 @@ class MinLength(Strict):
 
 class LengthRatio(Strict):
     tasks: list[TaskName] = Field(["bitext"], description="Tasks whose two sides are translations.")  # type: ignore[valid-type]
-    max_ratio: float = Field(2.5, gt=1, description="Most the sides' length ratio may differ from their languages' (FLORES) ratio, either way.")
+    max_ratio: float = Field(3.0, gt=1, description="Most the sides' length ratio may differ from their languages' (FLORES) ratio, either way.")
 
 
 class LanguagesDiffer(Strict):
     tasks: list[TaskName] = Field(["sts", "pair_classification"], description="Tasks whose query and positive share a language.")  # type: ignore[valid-type]
+    min_confidence: float = Field(0.9, ge=0, le=1, description="Language-ID confidence both sides need to count as different (a declared language is sure).")
 
 
 class ScriptMismatch(Strict):
-    fields: list[TextField] = Field(["query", "positive"], description="Fields whose text must contain their language's script.")
+    fields: list[TextField] = Field(["query", "positive"], description="Fields whose text must be in their language's script.")
+    min_share: float = Field(0.3, ge=0, le=1, description="Least share of a text's letters in its language's script (a Han character counts as two letters).")
 
 
 # The pair filters written here: name -> (its settings, the check).
 PAIR_FILTERS: dict[str, tuple[type[Strict], Any]] = {
     "non_text": (NonText, lambda b, s: pair_filters.non_text(b, s.fields)),
-    "same_text": (SameText, lambda b, s: pair_filters.same_text(b, s.contained)),
+    "same_text": (SameText, lambda b, s: pair_filters.same_text(b, s.contained, s.tasks)),
     "min_length": (MinLength, lambda b, s: pair_filters.min_length(b, s.words)),
     "length_ratio": (LengthRatio, lambda b, s: pair_filters.length_ratio(b, s.tasks, s.max_ratio)),
-    "languages_differ": (LanguagesDiffer, lambda b, s: pair_filters.languages_differ(b, s.tasks)),
-    "script_mismatch": (ScriptMismatch, lambda b, s: pair_filters.script_mismatch(b, s.fields)),
+    "languages_differ": (LanguagesDiffer, lambda b, s: pair_filters.languages_differ(b, s.tasks, s.min_confidence)),
+    "script_mismatch": (ScriptMismatch, lambda b, s: pair_filters.script_mismatch(b, s.fields, s.min_share)),
 }
 
 
@@ -110,7 +113,7 @@ class FilterConfig(StageConfig):
 
 class QualityFilter(Stage[FilterConfig]):
     config_model = FilterConfig
-    reads = ("query_lang", "positive_lang")
+    reads = ("query_lang", "positive_lang")  # and their confidences, written with them
 
     def setup(self) -> None:
         self.checks: list[tuple[str, Any]] = []
