@@ -78,15 +78,15 @@ def script_share(texts: pa.Array, scripts: pa.Array) -> np.ndarray:
         if cls is None:
             continue
         some = texts.take(pa.array(idx, pa.int64()))
-
-        def count(pattern: str) -> np.ndarray:
-            return pc.fill_null(pc.count_substring_regex(some, pattern), 0).to_numpy(zero_copy_only=False)
-
-        han = count(r"\p{Han}")  # a Han character is a morpheme: it weighs as two letters
-        letters = count(r"\pL") + han
-        mine = count(cls) + (han if "Han" in cls else 0)
+        han = _count(some, r"\p{Han}")  # a Han character is a morpheme: it weighs as two letters
+        letters = _count(some, r"\pL") + han
+        mine = _count(some, cls) + (han if "Han" in cls else 0)
         share[idx] = np.where(letters > 0, np.minimum(mine / np.maximum(letters, 1), 1.0), 1.0)
     return share
+
+
+def _count(texts: pa.Array, pattern: str) -> np.ndarray:
+    return pc.fill_null(pc.count_substring_regex(texts, pattern), 0).to_numpy(zero_copy_only=False)
 
 
 @lru_cache(maxsize=None)
