@@ -33,7 +33,7 @@ def word_tokenizer(label: str | None) -> Any | None:
         return None
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    _quiet_jieba()
+    _quiet_tokenizer_logs()
     language, _, script = label.partition("_")
     codes = [f"{language}_{_DATATROVE_SCRIPT.get(script, script)}", language]
     if language in _DATATROVE_CODE:
@@ -57,14 +57,16 @@ def multilingual_tokenizer() -> Any:
     return SpaCyTokenizer("xx")
 
 
+# Loggers of word-tokenizer packages that announce at INFO/DEBUG, on stderr, each model they load
+# (jieba's dictionary, khmer-nltk's CRF model): noise in a run. They set their own levels when
+# imported, so a filter on the logger (which stays) keeps only their warnings.
+_CHATTY_LOGGERS = ("jieba", "khmer-nltk")
+
+
 @lru_cache(maxsize=1)
-def _quiet_jieba() -> None:
-    """jieba (Chinese words) logs its dictionary loading at DEBUG to stderr: noise in a run."""
-    try:
-        import jieba
-    except ImportError:
-        return
-    jieba.setLogLevel(logging.WARNING)
+def _quiet_tokenizer_logs() -> None:
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.WARNING)
 
 
 def unspaced(texts: pa.Array) -> np.ndarray:
