@@ -27,8 +27,21 @@ from langid.corpora import sib200  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTENSIONS = ("py", "c", "h", "cc", "cpp", "hpp", "js", "php", "sql", "sh", "html", "css", "go", "rs", "java", "rb")
 # Pygments lexer names -> our names, for scoring its guesses.
-PYGMENTS = {"python": "python", "c": "c", "c++": "cpp", "javascript": "javascript", "php": "php", "sql": "sql",
-            "bash": "shell", "html": "html", "css": "css", "go": "go", "rust": "rust", "java": "java", "ruby": "ruby"}
+PYGMENTS = {
+    "python": "python",
+    "c": "c",
+    "c++": "cpp",
+    "javascript": "javascript",
+    "php": "php",
+    "sql": "sql",
+    "bash": "shell",
+    "html": "html",
+    "css": "css",
+    "go": "go",
+    "rust": "rust",
+    "java": "java",
+    "ruby": "ruby",
+}
 
 
 def snippets(roots: list[str], per_language: int, rng: random.Random) -> list[tuple[str, str]]:
@@ -116,14 +129,20 @@ def main() -> None:
     print(f"{'language':12s} {'n':>5s}   ours: code  right   pygments: code  right")
     for lang in sorted(total):
         n = total[lang]
-        print(f"{lang:12s} {n:5d}   {ours_code[lang] / n:10.2f} {ours_right[lang] / n:6.2f}   {py_code[lang] / n:14.2f} {py_right[lang] / n:6.2f}")
+        print(
+            f"{lang:12s} {n:5d}   {ours_code[lang] / n:10.2f} {ours_right[lang] / n:6.2f}   {py_code[lang] / n:14.2f} {py_right[lang] / n:6.2f}"
+        )
     n = len(code)
-    print(f"{'all':12s} {n:5d}   {sum(ours_code.values()) / n:10.2f} {sum(ours_right.values()) / n:6.2f}   "
-          f"{sum(py_code.values()) / n:14.2f} {sum(py_right.values()) / n:6.2f}")
+    print(
+        f"{'all':12s} {n:5d}   {sum(ours_code.values()) / n:10.2f} {sum(ours_right.values()) / n:6.2f}   "
+        f"{sum(py_code.values()) / n:14.2f} {sum(py_right.values()) / n:6.2f}"
+    )
     fp_theirs = sum(g is not None for g in theirs_prose)
     print(f"\nprose called code: ours {len(ours_prose)} of {len(natural):,}, pygments {fp_theirs} of {len(natural):,}")
     docs = len(texts) + len(natural)
-    print(f"speed: ours {docs / ours_s:,.0f} texts/s, pygments {docs / theirs_s:,.0f} texts/s, ratio {theirs_s / ours_s:.1f}x")
+    print(
+        f"speed: ours {docs / ours_s:,.0f} texts/s, pygments {docs / theirs_s:,.0f} texts/s, ratio {theirs_s / ours_s:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = 4
 FILE_ROWS = 100_000
 
-BASELINE = r'''
+BASELINE = r"""
 import sys, polars as pl
 run, out = sys.argv[1], sys.argv[2]
 shards = pl.read_parquet(run + "/shards/**/*.parquet")
@@ -51,7 +51,7 @@ wide = shards.select("id", "source", "query", pl.col("positive").alias("passage"
 wide = wide.rename({str(k): f"negative_{k + 1}" for k in range(24)})
 for (source,), part in wide.partition_by("source", as_dict=True).items():
     part.drop("source").write_parquet(f"{out}/{source}.parquet")
-'''
+"""
 
 
 def sentences(data: Path) -> list[str]:
@@ -74,10 +74,17 @@ def build_run(folder: Path, rows: int, data: Path, seed: int = 0) -> None:
     (folder / "corpus").mkdir(parents=True)
     corpus = []
     for i, start in enumerate(range(0, rows, FILE_ROWS)):
-        chunk = order[start:start + FILE_ROWS]
+        chunk = order[start : start + FILE_ROWS]
         name = f"part-{i:05d}-bench.parquet"
-        table = pa.table({"doc_id": [ids[j] for j in chunk], "text": [positives[j] for j in chunk],
-                          "language": ["und"] * len(chunk), "source": ["src"] * len(chunk)}, schema=CORPUS_SCHEMA)
+        table = pa.table(
+            {
+                "doc_id": [ids[j] for j in chunk],
+                "text": [positives[j] for j in chunk],
+                "language": ["und"] * len(chunk),
+                "source": ["src"] * len(chunk),
+            },
+            schema=CORPUS_SCHEMA,
+        )
         pq.write_table(table, folder / "corpus" / name)
         corpus.append({"path": name, "rows": len(chunk)})
     shards = []
@@ -85,12 +92,16 @@ def build_run(folder: Path, rows: int, data: Path, seed: int = 0) -> None:
         source = f"src{start // FILE_ROWS % SOURCES}"
         count = min(FILE_ROWS, rows - start)
         batch = {
-            "id": [f"{start + r:032x}" for r in range(count)], "source": [source] * count, "task": ["retrieval"] * count,
+            "id": [f"{start + r:032x}" for r in range(count)],
+            "source": [source] * count,
+            "task": ["retrieval"] * count,
             "instruction": ["Given a question, retrieve passages that answer the question"] * count,
-            "query": [rng.choice(pool) for _ in range(count)], "positive": positives[start:start + count],
-            "positive_id": ids[start:start + count],
+            "query": [rng.choice(pool) for _ in range(count)],
+            "positive": positives[start : start + count],
+            "positive_id": ids[start : start + count],
             "negative_ids": [[ids[rng.randrange(rows)] for _ in range(24)] for _ in range(count)],
-            "licence": ["CC-BY-SA-4.0"] * count, "origin": [f"bench:{start + r}" for r in range(count)],
+            "licence": ["CC-BY-SA-4.0"] * count,
+            "origin": [f"bench:{start + r}" for r in range(count)],
             "query_lang": ["und"] * count,
         }
         path = f"{source}/part-{start // FILE_ROWS:05d}-bench.parquet"
@@ -122,7 +133,11 @@ def measured(command: list[str]) -> dict[str, float]:
         time.sleep(0.1)
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
-    return {"seconds": time.perf_counter() - started, "peak_rss_gb": peak_rss / 2**30, "peak_used_gb": peak_used / 2**30}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_gb": peak_rss / 2**30,
+        "peak_used_gb": peak_used / 2**30,
+    }
 
 
 def tokenizer(folder: Path) -> Path:
@@ -146,17 +161,35 @@ def main() -> None:
         build_run(work / "run", args.rows, Path(args.data))
         results = {}
         (work / "baseline").mkdir()
-        results["baseline (polars in memory, flat)"] = measured([sys.executable, "-c", BASELINE, str(work / "run"), str(work / "baseline")])
+        results["baseline (polars in memory, flat)"] = measured(
+            [sys.executable, "-c", BASELINE, str(work / "run"), str(work / "baseline")]
+        )
         for layout in args.layouts.split(","):
             extra = ["--tokenizer", str(tokenizer(work))] if layout == "ml-embed" else []
-            results[layout] = measured([sys.executable, "-m", "pipeline", "export", str(work / "run"), str(work / layout),
-                                        "--layout", layout, "--quiet", *extra])
+            results[layout] = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline",
+                    "export",
+                    str(work / "run"),
+                    str(work / layout),
+                    "--layout",
+                    layout,
+                    "--quiet",
+                    *extra,
+                ]
+            )
             shutil.rmtree(work / layout)
         base = results["baseline (polars in memory, flat)"]["seconds"]
-        print(f"\n{args.rows:,} rows, 24 negatives each; rows/s, seconds, peak memory (GB): process tree RSS / machine in use")
+        print(
+            f"\n{args.rows:,} rows, 24 negatives each; rows/s, seconds, peak memory (GB): process tree RSS / machine in use"
+        )
         for name, r in results.items():
-            print(f"{name:36s} {args.rows / r['seconds']:>9,.0f} rows/s {r['seconds']:7.1f} s  x{base / r['seconds']:.2f} of baseline"
-                  f"  {r['peak_rss_gb']:.2f} / {r['peak_used_gb']:.2f} GB")
+            print(
+                f"{name:36s} {args.rows / r['seconds']:>9,.0f} rows/s {r['seconds']:7.1f} s  x{base / r['seconds']:.2f} of baseline"
+                f"  {r['peak_rss_gb']:.2f} / {r['peak_used_gb']:.2f} GB"
+            )
         if args.json:
             Path(args.json).write_text(json.dumps({"rows": args.rows, "results": results}, indent=2))
     finally:

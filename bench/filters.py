@@ -53,7 +53,11 @@ BOILERPLATE = [
     '{"status": "ok", "items": [], "page": 1}',
     "Please enable JavaScript in your browser to view this page.\nCookie policy | Privacy policy | Terms of use",
 ]
-URLS = ["https://www.example.com/news/2024/03/article-12345.html", "http://t.co/AbC123", "www.wikipedia.org/wiki/Main_Page"]
+URLS = [
+    "https://www.example.com/news/2024/03/article-12345.html",
+    "http://t.co/AbC123",
+    "www.wikipedia.org/wiki/Main_Page",
+]
 
 
 def clean_rows(data: Path) -> list[dict]:
@@ -87,7 +91,10 @@ def tagged(rows: list[dict]) -> list[dict]:
     out = pa.concat_tables([stage(batch.slice(s, 8192)) for s in range(0, batch.num_rows, 8192)])
     columns = ["query_lang", "positive_lang", "query_lang_conf", "positive_lang_conf"]
     tagged_rows = [{**r, **tags} for r, tags in zip(rows, out.select(columns).to_pylist())]
-    return [{**r, "positive_lang": r["declared"], "positive_lang_conf": 1.0} if r.get("declared") else r for r in tagged_rows]
+    return [
+        {**r, "positive_lang": r["declared"], "positive_lang_conf": 1.0} if r.get("declared") else r
+        for r in tagged_rows
+    ]
 
 
 def broken_rows(clean: list[dict], per_kind: int, seed: int = 0) -> list[dict]:
@@ -100,12 +107,22 @@ def broken_rows(clean: list[dict], per_kind: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(per_kind):
         r = dict(rng.choice(retrieval))
-        out.append({**r, "kind": "url", **({"query": rng.choice(URLS)} if rng.random() < 0.5 else {"positive": rng.choice(URLS)})})
+        out.append(
+            {
+                **r,
+                "kind": "url",
+                **({"query": rng.choice(URLS)} if rng.random() < 0.5 else {"positive": rng.choice(URLS)}),
+            }
+        )
         r = dict(rng.choice(retrieval))
         out.append({**r, "kind": "boilerplate", "positive": rng.choice(BOILERPLATE)})
         r = dict(rng.choice(bitext))
         words = r["positive"].split()
-        short = " ".join(words[: max(1, len(words) // 4)]) if len(words) >= 4 else r["positive"][: max(1, len(r["positive"]) // 4)]
+        short = (
+            " ".join(words[: max(1, len(words) // 4)])
+            if len(words) >= 4
+            else r["positive"][: max(1, len(r["positive"]) // 4)]
+        )
         long = " ".join(rng.choice(bitext)["positive"] for _ in range(3)) + " " + r["positive"]
         out.append({**r, "kind": "length_mismatch", "positive": short if rng.random() < 0.5 else long})
         r = dict(rng.choice(retrieval))
@@ -113,13 +130,28 @@ def broken_rows(clean: list[dict], per_kind: int, seed: int = 0) -> list[dict]:
         r = dict(rng.choice(bitext))
         other = rng.choice([s for s in by_script if s != script_of(r["language"])])
         # As from a source that declares its languages (`language_policy: trusted`): the label stays.
-        out.append({**r, "kind": "wrong_script", "positive": rng.choice(by_script[other])["positive"], "declared": r["language"]})
+        out.append(
+            {
+                **r,
+                "kind": "wrong_script",
+                "positive": rng.choice(by_script[other])["positive"],
+                "declared": r["language"],
+            }
+        )
     return out
 
 
 def table(rows: list[dict]) -> pa.Table:
-    records = [{"id": f"{i:08x}", "source": "bench", "licence": "x", "origin": f"bench:{i}",
-                **{k: v for k, v in r.items() if k not in ("kind", "language", "declared")}} for i, r in enumerate(rows)]
+    records = [
+        {
+            "id": f"{i:08x}",
+            "source": "bench",
+            "licence": "x",
+            "origin": f"bench:{i}",
+            **{k: v for k, v in r.items() if k not in ("kind", "language", "declared")},
+        }
+        for i, r in enumerate(rows)
+    ]
     return pa.Table.from_pylist(records, schema=WORK_SCHEMA)
 
 
@@ -132,8 +164,10 @@ def filtered(rows: list[dict], c4_only: bool = False) -> pl.DataFrame:
     batch = table(rows)
     out = pa.concat_tables([stage(batch.slice(s, 8192)) for s in range(0, batch.num_rows, 8192)])
     return pl.from_arrow(out.select(["query_lang", "positive_lang", "task", "_drop"])).with_columns(
-        pl.Series("kind", [r.get("kind") for r in rows]), pl.Series("language", [r.get("language") for r in rows]),
-        pl.col("_drop").str.split(":").list.get(1, null_on_oob=True).alias("filter"))
+        pl.Series("kind", [r.get("kind") for r in rows]),
+        pl.Series("language", [r.get("language") for r in rows]),
+        pl.col("_drop").str.split(":").list.get(1, null_on_oob=True).alias("filter"),
+    )
 
 
 def our_speed(files: list[Path], c4_only: bool) -> float:
@@ -149,7 +183,10 @@ def our_speed(files: list[Path], c4_only: bool) -> float:
 
 def _filter_file(path: Path, c4_only: bool) -> None:
     config = FilterConfig(stage="filter")
-    stage = QualityFilter(FilterConfig(stage="filter", filters=[config.filters[-1]]) if c4_only else config, RunContext(Path("."), ("bench",)))
+    stage = QualityFilter(
+        FilterConfig(stage="filter", filters=[config.filters[-1]]) if c4_only else config,
+        RunContext(Path("."), ("bench",)),
+    )
     stage.setup()
     for batch in pq.ParquetFile(path).iter_batches(8192):
         stage(pa.Table.from_batches([batch]))
@@ -164,10 +201,17 @@ def datatrove_speed(rows: list[dict], folder: Path) -> float:
     data.mkdir(exist_ok=True)
     for k in range(2):
         part = rows[k::2]
-        pq.write_table(pa.table({"text": [r["positive"] for r in part], "id": [str(i) for i in range(len(part))]}), data / f"{k}.parquet")
+        pq.write_table(
+            pa.table({"text": [r["positive"] for r in part], "id": [str(i) for i in range(len(part))]}),
+            data / f"{k}.parquet",
+        )
     args = FilterConfig(stage="filter").filters[-1].args
-    executor = LocalPipelineExecutor(pipeline=[ParquetReader(str(data)), C4QualityFilter(**args)], tasks=2, workers=2,
-                                     logging_dir=str(folder / f"logs-{time.perf_counter_ns()}"))
+    executor = LocalPipelineExecutor(
+        pipeline=[ParquetReader(str(data)), C4QualityFilter(**args)],
+        tasks=2,
+        workers=2,
+        logging_dir=str(folder / f"logs-{time.perf_counter_ns()}"),
+    )
     started = time.perf_counter()
     executor.run()
     return time.perf_counter() - started
@@ -185,17 +229,32 @@ def main() -> None:
     clean = tagged(clean_rows(args.data))
     out = filtered(clean)
     rows = out.group_by("task", "language").agg(pl.len().alias("rows"))
-    drops = out.filter(pl.col("filter").is_not_null()).group_by("filter", "task", "language").agg(pl.len().alias("dropped"))
+    drops = (
+        out.filter(pl.col("filter").is_not_null()).group_by("filter", "task", "language").agg(pl.len().alias("dropped"))
+    )
     rates = drops.join(rows, on=["task", "language"]).with_columns((pl.col("dropped") / pl.col("rows")).alias("rate"))
-    print(f"clean rows: {out.height:,} ({', '.join(f'{t} {n:,}' for t, n in out.group_by('task').len().sort('task').iter_rows())}), "
-          f"languages: {rows['language'].n_unique()}; dropped {out['_drop'].is_not_null().mean():.3%}")
+    print(
+        f"clean rows: {out.height:,} ({', '.join(f'{t} {n:,}' for t, n in out.group_by('task').len().sort('task').iter_rows())}), "
+        f"languages: {rows['language'].n_unique()}; dropped {out['_drop'].is_not_null().mean():.3%}"
+    )
     worst = rates.sort("rate", descending=True).group_by("filter", maintain_order=True).first().sort("filter")
-    print("each filter's worst (task, language) on clean rows:\n" + str(worst.select("filter", "task", "language", "dropped", "rows", "rate")))
+    print(
+        "each filter's worst (task, language) on clean rows:\n"
+        + str(worst.select("filter", "task", "language", "dropped", "rows", "rate"))
+    )
     over = rates.filter(pl.col("rate") > args.max_rate).sort("rate", descending=True)
-    print(f"(task, language) over {args.max_rate:.0%} for some filter: {over.height}" + (f"\n{over}" if over.height else ""))
+    print(
+        f"(task, language) over {args.max_rate:.0%} for some filter: {over.height}"
+        + (f"\n{over}" if over.height else "")
+    )
 
     broken = tagged(broken_rows(clean, args.per_kind))
-    caught = filtered(broken).group_by("kind").agg(pl.col("_drop").is_not_null().mean().alias("removed"), pl.len().alias("rows")).sort("kind")
+    caught = (
+        filtered(broken)
+        .group_by("kind")
+        .agg(pl.col("_drop").is_not_null().mean().alias("removed"), pl.len().alias("rows"))
+        .sort("kind")
+    )
     print("broken rows removed, by kind:\n" + str(caught))
 
     timed = (clean * (args.rows // len(clean) + 1))[: args.rows]
@@ -207,9 +266,12 @@ def main() -> None:
         c4 = [our_speed(files, True) for _ in range(args.repeats)]
         every = [our_speed(files, False) for _ in range(args.repeats)]
     t, o, e = statistics.median(theirs), statistics.median(c4), statistics.median(every)
-    print(f"speed, {len(timed):,} rows, 2 workers, medians of {args.repeats}: datatrove's executor (C4QualityFilter) {len(timed) / t:,.0f} rows/s; "
-          f"the stage with C4QualityFilter alone {len(timed) / o:,.0f} rows/s: ratio {t / o:.2f}x; "
-          f"with every default filter {len(timed) / e:,.0f} rows/s: {t / e:.2f}x")
+    print(
+        f"speed, {len(timed):,} rows, 2 workers, medians of {args.repeats}: datatrove's executor (C4QualityFilter) {len(timed) / t:,.0f} rows/s; "
+        f"the stage with C4QualityFilter alone {len(timed) / o:,.0f} rows/s: ratio {t / o:.2f}x; "
+        f"with every default filter {len(timed) / e:,.0f} rows/s: {t / e:.2f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -39,8 +39,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PIVOT = "eng_Latn"
 UNSPACED = re.compile(r"[\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff\u3040-\u30ff\u3400-\u9fff]")
-STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
-          {"stage": "near_dedup", "fields": ["query", "positive"]}]
+STAGES = [
+    {"stage": "normalize"},
+    {"stage": "langid"},
+    {"stage": "exact_dedup", "key": ["query", "positive"]},
+    {"stage": "near_dedup", "fields": ["query", "positive"]},
+]
 
 
 def parallel_sentences(data: Path) -> dict[str, list[str]]:
@@ -69,7 +73,9 @@ def shares(languages: int, rows: int, capacity: int, zipf: float, rng: np.random
     while left > 0:
         open_ = counts < capacity
         if not open_.any():
-            raise SystemExit(f"{rows:,} originals exceed the {languages * capacity:,} distinct sentence pairs available")
+            raise SystemExit(
+                f"{rows:,} originals exceed the {languages * capacity:,} distinct sentence pairs available"
+            )
         add = np.floor(left * weights * open_ / (weights * open_).sum()).astype(np.int64)
         add[np.flatnonzero(open_)[0]] += left - add.sum()  # rounding
         counts = np.minimum(counts + add, capacity)
@@ -90,7 +96,7 @@ def shingle_set(text: str) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.casefold())
     unspaced = sum(len(w) for w in words if UNSPACED.search(w)) * 2 > sum(map(len, words))
     tokens = [c for w in words for c in w] if unspaced else words
-    return {tuple(tokens[k:k + 3]) for k in range(max(1, len(tokens) - 2))}
+    return {tuple(tokens[k : k + 3]) for k in range(max(1, len(tokens) - 2))}
 
 
 def jaccard(a: str, b: str) -> float:
@@ -114,7 +120,9 @@ def near_copy(text: str, rng: np.random.Generator) -> str:
     return text.rstrip(".。!") + ("!" if text.endswith(".") else ".") if rng.random() < 0.5 else "« " + text + " »"
 
 
-def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: float, seed: int, data: Path) -> dict[str, int]:
+def generate(
+    out: Path, rows: int, files: int, exact: float, near: float, zipf: float, seed: int, data: Path
+) -> dict[str, int]:
     rng = np.random.default_rng(seed)
     sentences = parallel_sentences(data)
     english = sentences.pop(PIVOT)
@@ -129,7 +137,9 @@ def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: 
     swap = rng.random(originals) < 0.5  # which of the two comes first
     first, second = np.where(swap, second, first), np.where(swap, first, second)
     group = np.concatenate([np.arange(originals), rng.integers(0, originals, copies_exact + copies_near)])
-    kind = np.concatenate([np.zeros(originals, np.int8), np.ones(copies_exact, np.int8), np.full(copies_near, 2, np.int8)])
+    kind = np.concatenate(
+        [np.zeros(originals, np.int8), np.ones(copies_exact, np.int8), np.full(copies_near, 2, np.int8)]
+    )
     order = rng.permutation(rows)
     group, kind = group[order], kind[order]
     out.mkdir(parents=True, exist_ok=True)
@@ -150,17 +160,43 @@ def generate(out: Path, rows: int, files: int, exact: float, near: float, zipf: 
                 handle.write(f"{query}\t{positive}\n")
         truth["file"] += [name] * len(chunk)
         truth["line"] += list(range(2, len(chunk) + 2))
-        truth["group"].append(group[chunk.start:chunk.stop])
-        truth["kind"].append(kind[chunk.start:chunk.stop])
+        truth["group"].append(group[chunk.start : chunk.stop])
+        truth["kind"].append(kind[chunk.start : chunk.stop])
     kinds = np.array(["original", "exact", "near"])
-    pq.write_table(pa.table({"file": truth["file"], "line": pa.array(truth["line"], pa.int64()),
-                             "group": np.concatenate(truth["group"]), "kind": kinds[np.concatenate(truth["kind"])]}),
-                   out / "truth.parquet")
-    manifest = {"output": "run", "sources": [{
-        "name": "bitext", "task": "bitext", "path": "part-*.tsv.gz", "columns": {"query": "source", "positive": "target"},
-        "licence": "CC-BY-SA-4.0", "language": {"query": PIVOT}, "csv": {"quoting": "none"}}], "stages": STAGES}
+    pq.write_table(
+        pa.table(
+            {
+                "file": truth["file"],
+                "line": pa.array(truth["line"], pa.int64()),
+                "group": np.concatenate(truth["group"]),
+                "kind": kinds[np.concatenate(truth["kind"])],
+            }
+        ),
+        out / "truth.parquet",
+    )
+    manifest = {
+        "output": "run",
+        "sources": [
+            {
+                "name": "bitext",
+                "task": "bitext",
+                "path": "part-*.tsv.gz",
+                "columns": {"query": "source", "positive": "target"},
+                "licence": "CC-BY-SA-4.0",
+                "language": {"query": PIVOT},
+                "csv": {"quoting": "none"},
+            }
+        ],
+        "stages": STAGES,
+    }
     (out / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
-    return {"rows": rows, "originals": originals, "exact": copies_exact, "near": copies_near, "languages": int((counts > 0).sum())}
+    return {
+        "rows": rows,
+        "originals": originals,
+        "exact": copies_exact,
+        "near": copies_near,
+        "languages": int((counts > 0).sum()),
+    }
 
 
 if __name__ == "__main__":
@@ -174,6 +210,14 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
-    summary = generate(args.out, args.rows, args.files or max(1, -(-args.rows // 250_000)), args.exact, args.near, args.zipf,
-                       args.seed, args.data)
+    summary = generate(
+        args.out,
+        args.rows,
+        args.files or max(1, -(-args.rows // 250_000)),
+        args.exact,
+        args.near,
+        args.zipf,
+        args.seed,
+        args.data,
+    )
     print(", ".join(f"{k} {v:,}" for k, v in summary.items()))

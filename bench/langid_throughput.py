@@ -99,8 +99,12 @@ def bench_ray(table: pa.Table, config: LangTagConfig, batch_rows: int) -> float:
     ds = ray.data.from_arrow(table).repartition(max(1, table.num_rows // batch_rows)).materialize()
     start = time.perf_counter()
     ds.map_batches(
-        PinnedStageActor, fn_constructor_args=(plan_steps([config], REGISTRY, "bench")[1], RunContext(Path("."), ("bench",))), batch_format="pyarrow",
-        batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+        PinnedStageActor,
+        fn_constructor_args=(plan_steps([config], REGISTRY, "bench")[1], RunContext(Path("."), ("bench",))),
+        batch_format="pyarrow",
+        batch_size=batch_rows,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
     ).materialize()
     return time.perf_counter() - start
 
@@ -111,9 +115,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-rows", type=int, default=8192)
     parser.add_argument("--texts", choices=["sentences", "fragments"], default="sentences")
-    parser.add_argument("--model", default=LangTagConfig.model_fields["model"].default, help="the stage's model (and the raw baseline's)")
-    parser.add_argument("--fallback", default=LangTagConfig.model_fields["fallback"].default,
-                        help="the stage's fallback model, `none` for none (the raw baseline stays the main model's predict)")
+    parser.add_argument(
+        "--model",
+        default=LangTagConfig.model_fields["model"].default,
+        help="the stage's model (and the raw baseline's)",
+    )
+    parser.add_argument(
+        "--fallback",
+        default=LangTagConfig.model_fields["fallback"].default,
+        help="the stage's fallback model, `none` for none (the raw baseline stays the main model's predict)",
+    )
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -121,7 +132,9 @@ def main() -> None:
 
     table = records(args.records, args.texts)
     docs = 2 * args.records
-    config = LangTagConfig(stage="langid", model=args.model, fallback=None if args.fallback == "none" else args.fallback)
+    config = LangTagConfig(
+        stage="langid", model=args.model, fallback=None if args.fallback == "none" else args.fallback
+    )
     stage = LangTag(config, RunContext(Path("."), ("bench",)))
     stage.setup()
     raw_model = LanguageTagger(args.model).model
@@ -131,8 +144,11 @@ def main() -> None:
     for r in range(args.repeats):
         times["raw"].append(bench_raw(table, raw_model))
         times["stage"].append(bench_stage(table, stage, args.batch_rows))
-        print(f"repeat {r + 1}: raw {times['raw'][-1]:.2f} s, stage {times['stage'][-1]:.2f} s "
-              f"(stage/raw {times['raw'][-1] / times['stage'][-1]:.2f})", flush=True)
+        print(
+            f"repeat {r + 1}: raw {times['raw'][-1]:.2f} s, stage {times['stage'][-1]:.2f} s "
+            f"(stage/raw {times['raw'][-1] / times['stage'][-1]:.2f})",
+            flush=True,
+        )
     os.sched_setaffinity(0, all_cpus)
     if not args.no_ray:
         import ray
@@ -142,11 +158,16 @@ def main() -> None:
         for r in range(args.repeats):
             times["ray"].append(bench_ray(table, config, args.batch_rows))
             times["ray-fixed"].append(bench_ray(table.slice(0, 100), config, args.batch_rows))
-            print(f"repeat {r + 1}: ray {times['ray'][-1]:.2f} s, fixed cost {times['ray-fixed'][-1]:.2f} s "
-                  f"(ray/raw {times['raw'][r] / times['ray'][-1]:.2f})", flush=True)
+            print(
+                f"repeat {r + 1}: ray {times['ray'][-1]:.2f} s, fixed cost {times['ray-fixed'][-1]:.2f} s "
+                f"(ray/raw {times['raw'][r] / times['ray'][-1]:.2f})",
+                flush=True,
+            )
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    print(f"\n{args.records:,} records = {docs:,} texts (SIB-200 {args.texts}, 205 languages), median of {args.repeats}:")
+    print(
+        f"\n{args.records:,} records = {docs:,} texts (SIB-200 {args.texts}, 205 languages), median of {args.repeats}:"
+    )
     for k, s in med.items():
         rate = f"{docs / s:10,.0f} docs/s per core" if k != "ray-fixed" else "(100 records)"
         print(f"  {k:9s} {s:7.2f} s  {rate}")

@@ -23,7 +23,9 @@ from train.model import FactorizedEmbedding  # noqa: E402
 
 def step_time(vocab: int, dim: int, rank: int, tokens: int, rebuild: bool, repeats: int, device: str) -> float:
     torch.manual_seed(0)
-    emb = FactorizedEmbedding(torch.randn(vocab, dim, device=device) * 0.02, torch.randn(dim, dim, device=device) * 0.02)
+    emb = FactorizedEmbedding(
+        torch.randn(vocab, dim, device=device) * 0.02, torch.randn(dim, dim, device=device) * 0.02
+    )
     emb.rank = rank
     opt = torch.optim.AdamW(emb.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (tokens,), device=device)

@@ -32,7 +32,13 @@ UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr2.zip"
 
 def corpus(mb: float) -> list[str]:
     with zipfile.ZipFile(UDHR) as z:
-        paragraphs = [p for n in sorted(z.namelist()) if n.endswith(".txt") for p in z.read(n).decode("utf-8").split("\n") if p.strip()]
+        paragraphs = [
+            p
+            for n in sorted(z.namelist())
+            if n.endswith(".txt")
+            for p in z.read(n).decode("utf-8").split("\n")
+            if p.strip()
+        ]
     out, size = [], 0
     while size < mb * 1e6:
         for p in paragraphs:
@@ -74,7 +80,10 @@ def main() -> None:
         sig = signatures(column, args.num_perm)
         ours.append(time.perf_counter() - start)
         theirs.append(datasketch_signatures(texts, args.num_perm))
-        print(f"repeat {r + 1}: ours {ours[-1]:.2f} s ({mb / ours[-1]:.1f} MB/s), datasketch {theirs[-1]:.2f} s ({mb / theirs[-1]:.1f} MB/s)", flush=True)
+        print(
+            f"repeat {r + 1}: ours {ours[-1]:.2f} s ({mb / ours[-1]:.1f} MB/s), datasketch {theirs[-1]:.2f} s ({mb / theirs[-1]:.1f} MB/s)",
+            flush=True,
+        )
     assert sig.shape == (len(texts), args.num_perm) and sig.dtype == np.uint32
     o, t = statistics.median(ours), statistics.median(theirs)
     print(f"\n{len(texts):,} texts, {mb:.1f} MB, {args.num_perm} permutations, one core, median of {args.repeats}:")

@@ -49,7 +49,14 @@ def small_model(folder: Path, layers: int = 6, hidden: int = 384) -> Path:
 
     texts = [r[k] for rows in load().values() for r in rows for k in ("question", "context")]
     return build_small_model(
-        texts, folder, vocab_size=30000, hidden=hidden, layers=layers, heads=max(1, hidden // 32), max_length=512, pass_through=True
+        texts,
+        folder,
+        vocab_size=30000,
+        hidden=hidden,
+        layers=layers,
+        heads=max(1, hidden // 32),
+        max_length=512,
+        pass_through=True,
     )
 
 
@@ -157,10 +164,21 @@ def main() -> None:
         )
         print(f"  whole pipeline run (ingest, mining, shards): {whole_m:.1f} s  ratio {st_m / whole_m:.2f}x")
         if args.json:
-            Path(args.json).write_text(json.dumps({
-                "queries": queries, "model": f"BERT {args.layers} x {args.hidden} (pass-through)", "repeats": args.repeats,
-                "sentence_transformers_seconds": st_m, "mine_negatives_step_seconds": ours_m, "whole_run_seconds": whole_m,
-                "ratio_step": round(st_m / ours_m, 2), "ratio_whole_run": round(st_m / whole_m, 2)}, indent=1))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "queries": queries,
+                        "model": f"BERT {args.layers} x {args.hidden} (pass-through)",
+                        "repeats": args.repeats,
+                        "sentence_transformers_seconds": st_m,
+                        "mine_negatives_step_seconds": ours_m,
+                        "whole_run_seconds": whole_m,
+                        "ratio_step": round(st_m / ours_m, 2),
+                        "ratio_whole_run": round(st_m / whole_m, 2),
+                    },
+                    indent=1,
+                )
+            )
 
 
 if __name__ == "__main__":

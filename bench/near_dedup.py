@@ -56,7 +56,9 @@ def sentences() -> dict[str, list[str]]:
             parts = member.name.split("/")
             if member.isfile() and len(parts) == 4 and parts[3] in ("train.tsv", "dev.tsv"):
                 f = io.TextIOWrapper(tar.extractfile(member), "utf-8")  # type: ignore[arg-type]
-                out.setdefault(parts[2], []).extend(r["text"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+                out.setdefault(parts[2], []).extend(
+                    r["text"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                )
     return out
 
 
@@ -81,7 +83,13 @@ def build_corpus(records: int, folder: Path, seed: int = 0) -> Path:
             languages.append(lang)
     order = list(range(records))
     rng.shuffle(order)
-    table = pa.table({"id": [f"doc-{i:08d}" for i in order], "text": [texts[i] for i in order], "language": [languages[i] for i in order]})
+    table = pa.table(
+        {
+            "id": [f"doc-{i:08d}" for i in order],
+            "text": [texts[i] for i in order],
+            "language": [languages[i] for i in order],
+        }
+    )
     for k, start in enumerate(range(0, records, ROWS_PER_FILE)):
         pq.write_table(table.slice(start, ROWS_PER_FILE), target / f"part-{k:03d}.parquet")
     (target / "_done").touch()
@@ -115,7 +123,9 @@ class Peak:
                 except psutil.Error:
                     pass
             if private:
-                peak = self.peaks.setdefault(self.phase, {"largest_process_mb": 0.0, "largest": "", "tree_private_mb": 0.0, "shm_mb": 0.0})
+                peak = self.peaks.setdefault(
+                    self.phase, {"largest_process_mb": 0.0, "largest": "", "tree_private_mb": 0.0, "shm_mb": 0.0}
+                )
                 biggest = max(private)
                 if biggest[0] / 2**20 > peak["largest_process_mb"]:
                     peak["largest_process_mb"], peak["largest"] = biggest[0] / 2**20, biggest[1]
@@ -155,21 +165,39 @@ def ours(corpus: Path, work: Path) -> dict:
     work.mkdir(parents=True)
     manifest = {
         "output": str(work / "run"),
-        "sources": [{"name": "sib", "task": "clustering", "format": "parquet", "path": str(corpus / "*.parquet"),
-                     "columns": {"query": "text", "label": "language"}, "licence": "CC-BY-SA-4.0"}],
-        "stages": [{"stage": "near_dedup", "shingles": "words", "n_words": PARAMS["n_grams"], "num_perm": PARAMS["bands"] * PARAMS["rows"],
-                    "bands": PARAMS["bands"], "rows": PARAMS["rows"]}],
+        "sources": [
+            {
+                "name": "sib",
+                "task": "clustering",
+                "format": "parquet",
+                "path": str(corpus / "*.parquet"),
+                "columns": {"query": "text", "label": "language"},
+                "licence": "CC-BY-SA-4.0",
+            }
+        ],
+        "stages": [
+            {
+                "stage": "near_dedup",
+                "shingles": "words",
+                "n_words": PARAMS["n_grams"],
+                "num_perm": PARAMS["bands"] * PARAMS["rows"],
+                "bands": PARAMS["bands"],
+                "rows": PARAMS["rows"],
+            }
+        ],
         "ray": {"num_cpus": 2},
     }
     (work / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
-    seconds, memory, _ = run_measured([sys.executable, "-m", "pipeline", "run", str(work / "manifest.yaml"), "--quiet"], cwd=ROOT)
+    seconds, memory, _ = run_measured(
+        [sys.executable, "-m", "pipeline", "run", str(work / "manifest.yaml"), "--quiet"], cwd=ROOT
+    )
     step = json.loads((work / "run" / "stages" / "01-near_dedup" / "_SUCCESS.json").read_text())
     ledger = pq.read_table(work / "run" / "ledger.parquet").to_pylist()
     removed = sum(r["rows"] for r in ledger if r["step"] == "01-near_dedup" and r["kind"] == "dropped")
     return {"seconds": step["seconds"], "run_seconds": seconds, "removed": removed, "memory": memory}
 
 
-DATATROVE = r'''
+DATATROVE = r"""
 import sys, time, json
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
@@ -209,7 +237,7 @@ if __name__ == "__main__":
         LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=2, logging_dir=f"{work}/logs/{k}").run()
         seconds.append(time.perf_counter() - started)
     print("SECONDS", json.dumps(seconds))
-'''
+"""
 
 
 def datatrove(corpus: Path, work: Path) -> dict:
@@ -245,10 +273,15 @@ def main() -> None:
                 results["datatrove"].append(datatrove(corpus, work / "datatrove"))
                 print(f"  datatrove #{rep + 1}: {results['datatrove'][-1]}", flush=True)
         median = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items() if v}
-        print(f"  median near-dup seconds: ours {median['ours']:.1f} (whole run {statistics.median(r['run_seconds'] for r in results['ours']):.1f})", end="")
+        print(
+            f"  median near-dup seconds: ours {median['ours']:.1f} (whole run {statistics.median(r['run_seconds'] for r in results['ours']):.1f})",
+            end="",
+        )
         if "datatrove" in median:
-            print(f", datatrove {median['datatrove']:.1f}: ratio {median['datatrove'] / median['ours']:.2f}x "
-                  f"({median['datatrove'] / statistics.median(r['run_seconds'] for r in results['ours']):.2f}x against our whole run)")
+            print(
+                f", datatrove {median['datatrove']:.1f}: ratio {median['datatrove'] / median['ours']:.2f}x "
+                f"({median['datatrove'] / statistics.median(r['run_seconds'] for r in results['ours']):.2f}x against our whole run)"
+            )
         else:
             print()
 

@@ -105,7 +105,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--in-process-rows", type=int, help="ray.in_process_rows of the manifest (0: every step on Ray)")
+    parser.add_argument(
+        "--in-process-rows", type=int, help="ray.in_process_rows of the manifest (0: every step on Ray)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,8 +128,11 @@ def main() -> None:
             walls.append(wall)
             stages.append(stage_s)
             startup.append(t_tiny)
-            print(f"repeat {r}: plain {t_plain:.1f}s, pipeline stages {stage_s:.1f}s (whole run {wall:.1f}s), "
-                  f"10-row run {t_tiny:.1f}s, rows kept {kept_pipe:,}", flush=True)
+            print(
+                f"repeat {r}: plain {t_plain:.1f}s, pipeline stages {stage_s:.1f}s (whole run {wall:.1f}s), "
+                f"10-row run {t_tiny:.1f}s, rows kept {kept_pipe:,}",
+                flush=True,
+            )
 
     n = args.rows
     mp, ms, mw, mt = (statistics.median(x) for x in (plain, stages, walls, startup))
@@ -135,8 +140,12 @@ def main() -> None:
     print(f"  plain Python process (normalise + langid + dedup): {n / mp:,.0f} rows/s ({mp:.1f} s)")
     print(f"  pipeline, the same three stages:                   {n / ms:,.0f} rows/s ({ms:.1f} s)")
     print(f"  ratio pipeline / plain (stages):                   {mp / ms:.2f}x")
-    print(f"  pipeline whole run (ingest, stages, ledger, shards): {n / mw:,.0f} rows/s ({mw:.1f} s); ratio {mp / mw:.2f}x")
-    print(f"  fixed cost of a run (a 10-row run, everything included; Ray start and stop when it runs on Ray): {mt:.1f} s")
+    print(
+        f"  pipeline whole run (ingest, stages, ledger, shards): {n / mw:,.0f} rows/s ({mw:.1f} s); ratio {mp / mw:.2f}x"
+    )
+    print(
+        f"  fixed cost of a run (a 10-row run, everything included; Ray start and stop when it runs on Ray): {mt:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,21 @@ class Sampler(threading.Thread):
             now = time.monotonic()
             if now - last_disk > 3:  # folder sizes: every few seconds
                 scratch = folder_bytes(self.run_dir / "work")
-                spill = sum(folder_bytes(p) for p in Path("/tmp/ray").glob("session_*/ray_spilled_objects")) if Path("/tmp/ray").exists() else 0
+                spill = (
+                    sum(folder_bytes(p) for p in Path("/tmp/ray").glob("session_*/ray_spilled_objects"))
+                    if Path("/tmp/ray").exists()
+                    else 0
+                )
                 last_disk = now
-            self.samples.append({"t": now, "used": meminfo_used() - self.baseline, "cpu": psutil.cpu_percent(), "scratch": scratch, "spill": spill})
+            self.samples.append(
+                {
+                    "t": now,
+                    "used": meminfo_used() - self.baseline,
+                    "cpu": psutil.cpu_percent(),
+                    "scratch": scratch,
+                    "spill": spill,
+                }
+            )
 
 
 def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = None) -> dict:
@@ -100,8 +112,13 @@ def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = 
     started = time.monotonic()
     steps: list[tuple[str, float]] = []
     cluster = ["--ray-address", address] if address else []
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--quiet", *cluster], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--quiet", *cluster],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = []
     for line in process.stdout:  # type: ignore[union-attr]
         output.append(line)
@@ -119,18 +136,27 @@ def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = 
     ledger = pl.read_parquet(run / "ledger.parquet")
     result: dict = {"rows": rows, "seconds": total, "steps": {}}
     for (name, begin), (_, end) in zip(bounds, bounds[1:]):
-        window = [s for s in sampler.samples if begin <= s["t"] <= end] or [{"used": 0, "cpu": 0, "scratch": 0, "spill": 0}]
+        window = [s for s in sampler.samples if begin <= s["t"] <= end] or [
+            {"used": 0, "cpu": 0, "scratch": 0, "spill": 0}
+        ]
         rows_in = int(ledger.filter(step=name.split("+")[0], kind="in")["rows"].sum()) if name != "shards" else 0
         result["steps"][name] = {
-            "seconds": end - begin, "rows_in": rows_in,
+            "seconds": end - begin,
+            "rows_in": rows_in,
             "rows_per_s_per_core": rows_in / (end - begin) / cores if rows_in else None,
-            "peak_memory_gb": max(s["used"] for s in window) / 2**30, "cpu_busy": sum(s["cpu"] for s in window) / len(window) / 100,
-            "scratch_gb": max(s["scratch"] for s in window) / 2**30, "spill_gb": max(s["spill"] for s in window) / 2**30}
+            "peak_memory_gb": max(s["used"] for s in window) / 2**30,
+            "cpu_busy": sum(s["cpu"] for s in window) / len(window) / 100,
+            "scratch_gb": max(s["scratch"] for s in window) / 2**30,
+            "spill_gb": max(s["spill"] for s in window) / 2**30,
+        }
     result["peak_memory_gb"] = max((s["used"] for s in sampler.samples), default=0) / 2**30
     result["scratch_gb"] = max((s["scratch"] for s in sampler.samples), default=0) / 2**30
     result["spill_gb"] = max((s["spill"] for s in sampler.samples), default=0) / 2**30
     near = [n for n in result["steps"] if n.endswith("near_dedup")][0]
-    result["near_dedup_input_gb"] = folder_bytes(run / "stages" / [p.name for p in (run / "stages").iterdir() if p.name.endswith("exact_dedup")][0]) / 2**30
+    result["near_dedup_input_gb"] = (
+        folder_bytes(run / "stages" / [p.name for p in (run / "stages").iterdir() if p.name.endswith("exact_dedup")][0])
+        / 2**30
+    )
     result["near_dedup_core_hours_per_million"] = result["steps"][near]["seconds"] * cores / 3600 / (rows / 1e6)
     result["near_duplicates"] = near_duplicate_scores(run, data)
     shutil.rmtree(run, ignore_errors=True)
@@ -144,27 +170,45 @@ def near_duplicate_scores(run: Path, data: Path) -> dict[str, float]:
     truth = pl.read_parquet(data / "truth.parquet").select(pl.format("{}:{}", "file", "line").alias("where"), "group")
     folder = next(p for p in (run / "stages").iterdir() if p.name.endswith("near_dedup"))
     marker = json.loads((folder / "_SUCCESS.json").read_text())
-    rows = (pl.read_parquet([folder / marker["attempt"] / f for f in marker["files"] if not f.startswith("_")],
-                            columns=["id", "origin", "_drop", "_detail"])
-            .with_columns(pl.col("origin").str.extract(r"([^/]+:\d+)$").alias("where")).join(truth, on="where"))
+    rows = (
+        pl.read_parquet(
+            [folder / marker["attempt"] / f for f in marker["files"] if not f.startswith("_")],
+            columns=["id", "origin", "_drop", "_detail"],
+        )
+        .with_columns(pl.col("origin").str.extract(r"([^/]+:\d+)$").alias("where"))
+        .join(truth, on="where")
+    )
     ids = rows.select("id", pl.col("group").alias("kept_group")).unique("id")
-    dropped = (rows.filter(pl.col("_drop") == "near_duplicate")
-               .with_columns(pl.col("_detail").str.extract(r"near duplicate of (\w+)").alias("kept"))
-               .join(ids, left_on="kept", right_on="id", how="left"))
+    dropped = (
+        rows.filter(pl.col("_drop") == "near_duplicate")
+        .with_columns(pl.col("_detail").str.extract(r"near duplicate of (\w+)").alias("kept"))
+        .join(ids, left_on="kept", right_on="id", how="left")
+    )
     right = int((dropped["group"] == dropped["kept_group"]).sum())
     should = int(rows.group_by("group").len().select((pl.col("len") - 1).sum()).item())
-    return {"dropped": dropped.height, "right": right, "should_drop": should,
-            "precision": right / dropped.height if dropped.height else 1.0, "recall": right / should if should else 1.0}
+    return {
+        "dropped": dropped.height,
+        "right": right,
+        "should_drop": should,
+        "precision": right / dropped.height if dropped.height else 1.0,
+        "recall": right / should if should else 1.0,
+    }
 
 
 def growth(results: list[dict]) -> list[dict]:
     out = []
     for a, b in zip(results, results[1:]):
         scale = math.log(b["rows"] / a["rows"])
-        out.append({"from": a["rows"], "to": b["rows"], "time_ratio": b["seconds"] / a["seconds"],
-                    "time_exponent": math.log(b["seconds"] / a["seconds"]) / scale,
-                    "memory_ratio": b["peak_memory_gb"] / a["peak_memory_gb"],
-                    "memory_exponent": math.log(b["peak_memory_gb"] / a["peak_memory_gb"]) / scale})
+        out.append(
+            {
+                "from": a["rows"],
+                "to": b["rows"],
+                "time_ratio": b["seconds"] / a["seconds"],
+                "time_exponent": math.log(b["seconds"] / a["seconds"]) / scale,
+                "memory_ratio": b["peak_memory_gb"] / a["peak_memory_gb"],
+                "memory_exponent": math.log(b["peak_memory_gb"] / a["peak_memory_gb"]) / scale,
+            }
+        )
     return out
 
 
@@ -186,10 +230,14 @@ def main() -> None:
             report(results, args.json)
     finally:
         if address:
-            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+            subprocess.run(
+                [str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120
+            )
     for g in growth(results):
-        print(f"{g['from']:,} -> {g['to']:,} rows: time x{g['time_ratio']:.2f} (exponent {g['time_exponent']:.2f}), "
-              f"memory x{g['memory_ratio']:.2f} (exponent {g['memory_exponent']:.2f})")
+        print(
+            f"{g['from']:,} -> {g['to']:,} rows: time x{g['time_ratio']:.2f} (exponent {g['time_exponent']:.2f}), "
+            f"memory x{g['memory_ratio']:.2f} (exponent {g['memory_exponent']:.2f})"
+        )
 
 
 def start_loopback_cluster() -> str:
@@ -198,7 +246,13 @@ def start_loopback_cluster() -> str:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     address = "127.0.0.1:6391"
     start = [ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    subprocess.run([*start, "--head", "--port=6391", "--include-dashboard=false"], check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [*start, "--head", "--port=6391", "--include-dashboard=false"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     subprocess.run([*start, f"--address={address}"], check=True, env=env, capture_output=True, timeout=120)
     return address
 
@@ -206,15 +260,20 @@ def start_loopback_cluster() -> str:
 def report(results: list[dict], json_path: str | None) -> None:
     """Print the last size's figures; write all of them so far to `json_path`."""
     result = results[-1]
-    print(f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
-          f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), spill {result['spill_gb']:.2f} GB, "
-          f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, near duplicates {result['near_duplicates']}")
+    print(
+        f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
+        f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), spill {result['spill_gb']:.2f} GB, "
+        f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, near duplicates {result['near_duplicates']}"
+    )
     for name, step in result["steps"].items():
         rate = f"{step['rows_per_s_per_core']:,.0f} rows/s/core" if step["rows_per_s_per_core"] else ""
-        print(f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  CPU busy {step['cpu_busy']:.0%}"
-              f"  scratch {step['scratch_gb']:.2f} GB")
+        print(
+            f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  CPU busy {step['cpu_busy']:.0%}"
+            f"  scratch {step['scratch_gb']:.2f} GB"
+        )
     if json_path:
         Path(json_path).write_text(json.dumps({"results": results, "growth": growth(results)}, indent=2))
+
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ from bench.near_dedup import PHASES, build_corpus, run_measured  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PHASES.update({"running 01-normalize": "normalize", "running 02-langid": "langid", "statistics and dashboard": "stats"})
 
-BASELINE = r'''
+BASELINE = r"""
 import sys, time, polars as pl
 from pipeline.reporting.stats import WORD_PATTERN
 started = time.perf_counter()
@@ -41,7 +41,7 @@ df = pl.read_parquet(sys.argv[1] + "/shards/**/*.parquet")
 out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum().alias("chars"), pl.col("query").str.count_matches(WORD_PATTERN).sum().alias("words"),
                                      pl.col("query_lang_conf").quantile(0.5))
 print("SECONDS", time.perf_counter() - started, out.height)
-'''
+"""
 
 
 def main() -> None:
@@ -55,22 +55,41 @@ def main() -> None:
     folder = work / f"stats-{args.records}"
     manifest = {
         "output": str(folder / "run"),
-        "sources": [{"name": "sib", "task": "clustering", "format": "parquet", "path": str(corpus / "*.parquet"),
-                     "columns": {"query": "text", "label": "language"}, "licence": "CC-BY-SA-4.0"}],
-        "stages": [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query"]}, {"stage": "near_dedup", "fields": ["query"]}],
+        "sources": [
+            {
+                "name": "sib",
+                "task": "clustering",
+                "format": "parquet",
+                "path": str(corpus / "*.parquet"),
+                "columns": {"query": "text", "label": "language"},
+                "licence": "CC-BY-SA-4.0",
+            }
+        ],
+        "stages": [
+            {"stage": "normalize"},
+            {"stage": "langid"},
+            {"stage": "exact_dedup", "key": ["query"]},
+            {"stage": "near_dedup", "fields": ["query"]},
+        ],
         "ray": {"num_cpus": 2},
     }
     shutil.rmtree(folder, ignore_errors=True)  # a fresh run: its time is what the statistics are compared with
     folder.mkdir(parents=True)
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
-    run_seconds, memory, _ = run_measured([sys.executable, "-m", "pipeline", "run", str(folder / "manifest.yaml"), "--quiet"], cwd=ROOT)
+    run_seconds, memory, _ = run_measured(
+        [sys.executable, "-m", "pipeline", "run", str(folder / "manifest.yaml"), "--quiet"], cwd=ROOT
+    )
     run = folder / "run"
     ours, dash, base, base_mem = [], [], [], []
     for _ in range(args.repeats):
-        seconds, stats_mem, _ = run_measured([sys.executable, "-m", "pipeline", "stats", str(run), "--recompute", "--top", "1"], cwd=ROOT)
+        seconds, stats_mem, _ = run_measured(
+            [sys.executable, "-m", "pipeline", "stats", str(run), "--recompute", "--top", "1"], cwd=ROOT
+        )
         ours.append((seconds, stats_mem))
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline", "dashboard", str(run)], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "dashboard", str(run)], cwd=ROOT, check=True, capture_output=True
+        )
         dash.append(time.perf_counter() - started)
         seconds, peak, _ = run_measured([sys.executable, "-c", BASELINE, str(run)], cwd=ROOT)
         base.append(seconds)
@@ -78,8 +97,12 @@ def main() -> None:
     meta = json.loads((run / "stats" / "meta.json").read_text())
     ours_s = statistics.median(s for s, _ in ours)
     result = {
-        "records": args.records, "shard_rows": meta["rows"], "run_seconds": round(run_seconds, 1),
-        "stats_seconds_in_run": meta["seconds"], "stats_seconds_cli": [round(s, 1) for s, _ in ours], "dashboard_seconds": [round(s, 1) for s in dash],
+        "records": args.records,
+        "shard_rows": meta["rows"],
+        "run_seconds": round(run_seconds, 1),
+        "stats_seconds_in_run": meta["seconds"],
+        "stats_seconds_cli": [round(s, 1) for s, _ in ours],
+        "dashboard_seconds": [round(s, 1) for s in dash],
         "baseline_seconds": [round(s, 1) for s in base],
         "stats_share_of_run": round(meta["seconds"] / run_seconds, 3),
         "ratio_baseline_over_ours": round(statistics.median(base) / ours_s, 2),

@@ -60,7 +60,9 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
 
 Step = Callable[[Batch], None]
@@ -74,7 +76,9 @@ def sentence_transformers_loop(model_dir: Path, dims: list[int], device: torch.d
     model = SentenceTransformer(str(model_dir), device=str(device))
     model.max_seq_length = MAX_LENGTH
     model.train()  # as its trainer does (loading leaves eval mode)
-    loss = Matryoshka2dLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=dims, n_layers_per_step=1)
+    loss = Matryoshka2dLoss(
+        model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=dims, n_layers_per_step=1
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step(b: Batch) -> None:
@@ -97,8 +101,18 @@ def bare_loop(model_dir: Path, batches: list[Batch], device: torch.device) -> St
     model = AutoModel.from_pretrained(model_dir).to(device).train()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    ready = {id(b): [{k: v.to(device) for k, v in tokenizer(side, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt").items()}
-                     for side in (b.queries, b.positives)] for b in batches}
+    ready = {
+        id(b): [
+            {
+                k: v.to(device)
+                for k, v in tokenizer(
+                    side, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+                ).items()
+            }
+            for side in (b.queries, b.positives)
+        ]
+        for b in batches
+    }
 
     def embed(features: dict) -> torch.Tensor:
         hidden = model(**features).last_hidden_state
@@ -116,11 +130,23 @@ def bare_loop(model_dir: Path, batches: list[Batch], device: torch.device) -> St
     return step
 
 
-def config(model_dir: Path, shards: str, batch: int, steps: int, dims: list[int], out: Path, data: dict, **over) -> TrainConfig:
-    return TrainConfig.model_validate({
-        "out": str(out), "data": {"shards": [shards], "max_length": MAX_LENGTH, "in_batch": ["retrieval", "bitext"], **data},
-        "model": {"path": str(model_dir)}, "batch_size": batch, "steps": steps, "log_every": 10**6, "save_every": 10**6, "lr": 1e-4,
-        "matryoshka": {"dims": dims, "sample_layers": 2, **over.pop("matryoshka", {})}, **over})
+def config(
+    model_dir: Path, shards: str, batch: int, steps: int, dims: list[int], out: Path, data: dict, **over
+) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "out": str(out),
+            "data": {"shards": [shards], "max_length": MAX_LENGTH, "in_batch": ["retrieval", "bitext"], **data},
+            "model": {"path": str(model_dir)},
+            "batch_size": batch,
+            "steps": steps,
+            "log_every": 10**6,
+            "save_every": 10**6,
+            "lr": 1e-4,
+            "matryoshka": {"dims": dims, "sample_layers": 2, **over.pop("matryoshka", {})},
+            **over,
+        }
+    )
 
 
 class Ours:
@@ -133,8 +159,10 @@ class Ours:
 
         self.trainer = Trainer(config)
         t = self.trainer
-        self.data = feed(micro_batches(t.data, t.tokenize, 0, 0, 1, 1, config.grad_cache_chunk, pin=t.device.type == "cuda"),
-                         self.trainer.prefetch if prefetch else 0)
+        self.data = feed(
+            micro_batches(t.data, t.tokenize, 0, 0, 1, 1, config.grad_cache_chunk, pin=t.device.type == "cuda"),
+            self.trainer.prefetch if prefetch else 0,
+        )
 
     def __call__(self, _: Batch) -> None:  # draws the same batch itself (same seed)
         self.trainer.train_step(next(self.data))
@@ -144,7 +172,9 @@ class Ours:
         return 1 - self.trainer.tokens_seen / self.trainer.padded_seen
 
 
-def timings(loops: dict[str, Step], batches: list[Batch], warmup: int, interleave: int, device: torch.device) -> dict[str, float]:
+def timings(
+    loops: dict[str, Step], batches: list[Batch], warmup: int, interleave: int, device: torch.device
+) -> dict[str, float]:
     """Seconds of each loop's steps after `warmup`: each loop's steps in one stretch, or, with
     `interleave` k, in rounds of k steps of every loop in turn (a noisy machine's slow moments then
     fall on every loop alike)."""
@@ -158,7 +188,7 @@ def timings(loops: dict[str, Step], batches: list[Batch], warmup: int, interleav
         for name, step in loops.items():
             sync(device)
             started = time.perf_counter()
-            for b in timed[i:i + chunk]:
+            for b in timed[i : i + chunk]:
                 step(b)
             sync(device)
             seconds[name] += time.perf_counter() - started
@@ -178,20 +208,48 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--piece-tokens", type=int, help="our data.piece_tokens (default: the trainer's)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
-    parser.add_argument("--syncs", action="store_true", help="count our step's host syncs (CUDA's sync debug mode; none on a CPU)")
-    parser.add_argument("--profile", type=int, default=0, help="then profile this many steps of ours (MRL+MLL) with torch.profiler: top ops by device and host time")
-    parser.add_argument("--interleave", type=int, default=0, help="time the loops in turns of this many steps (a noisy machine); ours then tokenizes inline")
+    parser.add_argument(
+        "--syncs", action="store_true", help="count our step's host syncs (CUDA's sync debug mode; none on a CPU)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="then profile this many steps of ours (MRL+MLL) with torch.profiler: top ops by device and host time",
+    )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="time the loops in turns of this many steps (a noisy machine); ours then tokenizes inline",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_small_model(texts(args.shards, 20_000), Path(tmp) / "model", vocab_size=args.vocab, hidden=args.hidden,
-                                      layers=args.layers, heads=max(1, args.hidden // 64), max_length=512)
+        model_dir = build_small_model(
+            texts(args.shards, 20_000),
+            Path(tmp) / "model",
+            vocab_size=args.vocab,
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=max(1, args.hidden // 64),
+            max_length=512,
+        )
         dims = sorted({args.hidden // 8, args.hidden // 4, args.hidden // 2, args.hidden})
         data = {"piece_tokens": args.piece_tokens} if args.piece_tokens else {}
         variants = {"ours_MRL_MLL": {"matryoshka": {"mel": False}}, "ours_MRL_MLL_MEL": {"matryoshka": {"mel": True}}}
         if args.compile:
             variants["ours_MRL_MLL_compiled"] = {"matryoshka": {"mel": False}, "compile": True}
-        make = lambda name, v: config(model_dir, args.shards, args.batch, args.warmup + args.steps, dims, Path(tmp) / name, data, **json.loads(json.dumps(v)))
+        make = lambda name, v: config(
+            model_dir,
+            args.shards,
+            args.batch,
+            args.warmup + args.steps,
+            dims,
+            Path(tmp) / name,
+            data,
+            **json.loads(json.dumps(v)),
+        )
         # The very batches our trainer draws (same seed), so every loop sees the same texts in the same order.
         first = make("probe", variants["ours_MRL_MLL"])
         stream = iter(Batches(first.data, args.batch, first.seed))
@@ -199,37 +257,66 @@ def main() -> None:
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ids = [tokenizer(side, truncation=True, max_length=MAX_LENGTH)["input_ids"] for b in batches[args.warmup:] for side in (b.queries, b.positives)]
+        ids = [
+            tokenizer(side, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+            for b in batches[args.warmup :]
+            for side in (b.queries, b.positives)
+        ]
         lengths = [len(x) for side in ids for x in side]
         padded = sum(len(side) * max(len(x) for x in side) for side in ids)
         backbone = AutoModel.from_pretrained(model_dir)
-        flops = FlopCounter(layer_stack(backbone), args.hidden, args.layers).training(sum(lengths), sum(n * n for n in lengths))
+        flops = FlopCounter(layer_stack(backbone), args.hidden, args.layers).training(
+            sum(lengths), sum(n * n for n in lengths)
+        )
         name, peak = gpu_peak(device)
         seconds: dict[str, list[float]] = {}
         padding: list[float] = []
         for r in range(args.repeats):
             ours = {v: Ours(make(f"{v}-{r}", spec), prefetch=not args.interleave) for v, spec in variants.items()}
-            loops = {"sentence_transformers_Matryoshka2dLoss": sentence_transformers_loop(model_dir, dims, device),
-                     "bare_loop": bare_loop(model_dir, batches, device), **ours}
+            loops = {
+                "sentence_transformers_Matryoshka2dLoss": sentence_transformers_loop(model_dir, dims, device),
+                "bare_loop": bare_loop(model_dir, batches, device),
+                **ours,
+            }
             for loop, took in timings(loops, batches, args.warmup, args.interleave, device).items():
                 seconds.setdefault(loop, []).append(took)
             padding.append(ours["ours_MRL_MLL"].padding)
             for o in ours.values():
                 o.data.close()
         samples = args.steps * args.batch
-        result = {"device": name if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-                  "peak_bf16_tflops": peak and peak / 1e12, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-                  "model": f"BERT {args.layers} x {args.hidden}, vocab {args.vocab}", "batch": args.batch, "timed_steps": args.steps,
-                  "repeats": args.repeats, "interleaved_rounds_of": args.interleave or None,
-                  "padding_share": {"padded_to_longest": round(1 - sum(lengths) / padded, 4), "ours": round(statistics.median(padding), 4)}}
+        result = {
+            "device": name if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+            "peak_bf16_tflops": peak and peak / 1e12,
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "model": f"BERT {args.layers} x {args.hidden}, vocab {args.vocab}",
+            "batch": args.batch,
+            "timed_steps": args.steps,
+            "repeats": args.repeats,
+            "interleaved_rounds_of": args.interleave or None,
+            "padding_share": {
+                "padded_to_longest": round(1 - sum(lengths) / padded, 4),
+                "ours": round(statistics.median(padding), 4),
+            },
+        }
         for loop, times in seconds.items():
             s = statistics.median(times)
-            result[loop] = {"samples_per_s": round(samples / s, 1), "tokens_per_s": round(sum(lengths) / s), "model_tflops_per_s": round(flops / s / 1e12, 3),
-                            "mfu": peak and round(flops / s / peak, 4), "seconds": [round(t, 2) for t in times]}
+            result[loop] = {
+                "samples_per_s": round(samples / s, 1),
+                "tokens_per_s": round(sum(lengths) / s),
+                "model_tflops_per_s": round(flops / s / 1e12, 3),
+                "mfu": peak and round(flops / s / peak, 4),
+                "seconds": [round(t, 2) for t in times],
+            }
         st = result["sentence_transformers_Matryoshka2dLoss"]["samples_per_s"]
-        result["ratio_over_sentence_transformers"] = {k: round(result[k]["samples_per_s"] / st, 2) for k in seconds if k != "sentence_transformers_Matryoshka2dLoss"}
+        result["ratio_over_sentence_transformers"] = {
+            k: round(result[k]["samples_per_s"] / st, 2)
+            for k in seconds
+            if k != "sentence_transformers_Matryoshka2dLoss"
+        }
         if args.syncs:
-            result["host_syncs_per_step"] = host_syncs(Ours(make("syncs", variants["ours_MRL_MLL"]), prefetch=True), batches[0], device)
+            result["host_syncs_per_step"] = host_syncs(
+                Ours(make("syncs", variants["ours_MRL_MLL"]), prefetch=True), batches[0], device
+            )
         if args.profile:
             profile(Ours(make("profiled", variants["ours_MRL_MLL"]), prefetch=True), batches[0], args.profile, device)
     print(json.dumps(result, indent=1))

@@ -30,9 +30,21 @@ UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr.zip"
 # is a script: iso8859-5 turns these Cyrillic files into mojibake that lid.176 calls Russian). Font encodings (Agra, DallakHelv...)
 # and Vietnamese VIQR/VPS/TCVN have no codec: their bytes cannot be decoded honestly.
 CODECS = {
-    "Latin1": "latin-1", "Latin2": "iso8859-2", "Cyrillic": "cp1251", "Greek": "cp1253", "Hebrew": "cp1255",
-    "Arabic": "cp1256", "GB2312": "gb2312", "HZ": "hz", "EUC": "euc_jp", "JIS": "iso2022_jp", "SJIS": "shift_jis",
-    "Turkish": "iso8859-9", "Baltic": "iso8859-4", "UTF8": "utf-8", "Unicode": "utf-16",
+    "Latin1": "latin-1",
+    "Latin2": "iso8859-2",
+    "Cyrillic": "cp1251",
+    "Greek": "cp1253",
+    "Hebrew": "cp1255",
+    "Arabic": "cp1256",
+    "GB2312": "gb2312",
+    "HZ": "hz",
+    "EUC": "euc_jp",
+    "JIS": "iso2022_jp",
+    "SJIS": "shift_jis",
+    "Turkish": "iso8859-9",
+    "Baltic": "iso8859-4",
+    "UTF8": "utf-8",
+    "Unicode": "utf-16",
 }
 
 
@@ -49,8 +61,16 @@ def language_from_name(name: str) -> str | None:
 
 def read(path: Path, encoding: str) -> dict:
     """The one row the pipeline's plain-text reader makes of a whole file."""
-    source = SourceConfig(name="udhr", task="clustering", path=str(path), format="text", text_unit="file", encoding=encoding,
-                          columns={"query": "text", "label": "path"}, licence="public-domain")
+    source = SourceConfig(
+        name="udhr",
+        task="clustering",
+        path=str(path),
+        format="text",
+        text_unit="file",
+        encoding=encoding,
+        columns={"query": "text", "label": "path"},
+        licence="public-domain",
+    )
     return read_unit(Unit(source.name, str(path)), source).to_pylist()[0]
 
 
@@ -69,7 +89,13 @@ def main() -> None:
             as_utf8 = read(path, "utf-8")
             valid = as_utf8["_drop"] is None
             codec = CODECS.get(name.rsplit("-", 1)[-1]) if "-" in name else None
-            row = {"file": name, "valid_utf8": valid, "utf8_reason": as_utf8["_drop"], "origin": as_utf8["origin"], "codec": codec}
+            row = {
+                "file": name,
+                "valid_utf8": valid,
+                "utf8_reason": as_utf8["_drop"],
+                "origin": as_utf8["origin"],
+                "codec": codec,
+            }
             stats["files"] += 1
             stats["valid_utf8" if valid else "quarantined_as_utf8"] += 1
             if codec:
@@ -90,7 +116,10 @@ def main() -> None:
             rows.append(row)
     print(json.dumps(stats, indent=1))
     wrong = [r for r in rows if r.get("expected") in covered and language_of(r["label"]) != r["expected"]]
-    print(f"covered by the model but tagged differently from the file name ({len(wrong)}):", ", ".join(f"{r['file']}->{r['label']}" for r in wrong[:40]))
+    print(
+        f"covered by the model but tagged differently from the file name ({len(wrong)}):",
+        ", ".join(f"{r['file']}->{r['label']}" for r in wrong[:40]),
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"stats": stats, "files": rows}, indent=1), encoding="utf-8")
 

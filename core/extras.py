@@ -11,4 +11,6 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
     """Exit with the pip command to run when any of `modules` is not installed."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        sys.exit(f"{command} needs {', '.join(missing)}, which the '{extra}' extra installs: pip install \"ml-embed-data[{extra}]\"")
+        sys.exit(
+            f"{command} needs {', '.join(missing)}, which the '{extra}' extra installs: pip install \"ml-embed-data[{extra}]\""
+        )

@@ -113,7 +113,9 @@ class PassageTable:
         if not ok.all():
             k = int(np.flatnonzero(~ok)[0])
             place = where[k] if isinstance(where, list) else where(k) if callable(where) else where
-            raise MissingPassage(f"{place}: passage {wanted[k].as_py()} is not in the passage table ({len(self)} passages)")
+            raise MissingPassage(
+                f"{place}: passage {wanted[k].as_py()} is not in the passage table ({len(self)} passages)"
+            )
         return found
 
     def texts_of(self, ids: list[str], where: str | list[str] = "") -> list[str]:

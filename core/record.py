@@ -52,10 +52,18 @@ COLUMNS = tuple(SCHEMA.names)
 # row (from a column), `_flags` what the last stage noticed about a kept row (counted in the ledger:
 # `count` items, 1 when null; e.g. the mining stage counts the candidates each filter removed).
 DROP, DETAIL, RAW, DECLARED_LANG, FLAGS = "_drop", "_detail", "_raw", "_lang", "_flags"
-FLAG_TYPE = pa.struct([pa.field("reason", pa.string()), pa.field("language", pa.string()), pa.field("count", pa.int32())])
+FLAG_TYPE = pa.struct(
+    [pa.field("reason", pa.string()), pa.field("language", pa.string()), pa.field("count", pa.int32())]
+)
 WORK_SCHEMA = pa.schema(
     list(SCHEMA)
-    + [pa.field(NEGATIVES, pa.list_(pa.string())), pa.field(DROP, pa.string()), pa.field(DETAIL, pa.string()), pa.field(DECLARED_LANG, pa.string()), pa.field(FLAGS, pa.list_(FLAG_TYPE))]
+    + [
+        pa.field(NEGATIVES, pa.list_(pa.string())),
+        pa.field(DROP, pa.string()),
+        pa.field(DETAIL, pa.string()),
+        pa.field(DECLARED_LANG, pa.string()),
+        pa.field(FLAGS, pa.list_(FLAG_TYPE)),
+    ]
 )
 INGEST_SCHEMA = WORK_SCHEMA.append(pa.field(RAW, pa.binary()))
 # Written by a fused group of stages beside the work columns, for the ledger: the step that dropped

@@ -42,7 +42,12 @@ def code_languages() -> tuple[CodeLanguage, ...]:
         return tuple(x for x in cell.split(",") if x)
 
     return tuple(
-        CodeLanguage(r["name"], split(r["extensions"]), split(r["aliases"]), tuple(regex.compile(m, regex.MULTILINE) for m in r["markers"].split("|||")))
+        CodeLanguage(
+            r["name"],
+            split(r["extensions"]),
+            split(r["aliases"]),
+            tuple(regex.compile(m, regex.MULTILINE) for m in r["markers"].split("|||")),
+        )
         for r in read_table("code_languages.tsv")
     )
 

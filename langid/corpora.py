@@ -99,16 +99,37 @@ def udhr2(path: str | Path, unit: str = "document") -> Labelled:
             if label is None:
                 continue
             text = archive.read(name).decode("utf-8")
-            texts = [text] if unit == "document" else [line.strip() for line in text.splitlines() if len(line.strip()) >= 40]
+            texts = (
+                [text]
+                if unit == "document"
+                else [line.strip() for line in text.splitlines() if len(line.strip()) >= 40]
+            )
             out.extend(Labelled(texts, [label] * len(texts)))
     return out
 
 
 # The corpora below name languages by ISO 639-1 code or English name; their scheme labels.
 _LANGUAGES = {
-    "ar": "arb_Arab", "de": "deu_Latn", "el": "ell_Grek", "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "hi": "hin_Deva",
-    "it": "ita_Latn", "ja": "jpn_Jpan", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn", "ru": "rus_Cyrl", "zh": "zho_Hans",
-    "english": "eng_Latn", "french": "fra_Latn", "german": "deu_Latn", "italian": "ita_Latn", "portuguese": "por_Latn", "spanish": "spa_Latn",
+    "ar": "arb_Arab",
+    "de": "deu_Latn",
+    "el": "ell_Grek",
+    "en": "eng_Latn",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "hi": "hin_Deva",
+    "it": "ita_Latn",
+    "ja": "jpn_Jpan",
+    "nl": "nld_Latn",
+    "pl": "pol_Latn",
+    "pt": "por_Latn",
+    "ru": "rus_Cyrl",
+    "zh": "zho_Hans",
+    "english": "eng_Latn",
+    "french": "fra_Latn",
+    "german": "deu_Latn",
+    "italian": "ita_Latn",
+    "portuguese": "por_Latn",
+    "spanish": "spa_Latn",
 }
 
 

@@ -13,7 +13,9 @@ def _encoded(values: pa.Array | list | np.ndarray) -> pa.DictionaryArray:
     return (values if isinstance(values, pa.Array) else pa.array(values, pa.string())).dictionary_encode()
 
 
-def map_distinct(values: pa.Array | list | np.ndarray, fn: Callable[[str], object], type: pa.DataType = pa.string()) -> pa.Array:
+def map_distinct(
+    values: pa.Array | list | np.ndarray, fn: Callable[[str], object], type: pa.DataType = pa.string()
+) -> pa.Array:
     """`fn` of each value (nulls stay null), computed once per distinct value."""
     encoded = _encoded(values)
     return pa.array([fn(v) for v in encoded.dictionary.to_pylist()], type).take(encoded.indices)

@@ -87,8 +87,14 @@ def score(gold: list[str], predicted: list[str], covered: set[str]) -> Report:
         table[lang]["covered"] = float(lang in covered or lang in covered_langs)
     confusions = Counter((gold[i], predicted[i]) for i in covered_idx if as_gold[i] != gold[i])
     return Report(
-        n=len(gold), accuracy=acc, macro_f1=macro, covered_n=len(covered_idx), covered_accuracy=c_acc, covered_macro_f1=c_macro,
-        per_language=table, confusions=[(g, p, c) for (g, p), c in confusions.most_common(25)],
+        n=len(gold),
+        accuracy=acc,
+        macro_f1=macro,
+        covered_n=len(covered_idx),
+        covered_accuracy=c_acc,
+        covered_macro_f1=c_macro,
+        per_language=table,
+        confusions=[(g, p, c) for (g, p), c in confusions.most_common(25)],
         not_covered=sorted({g for g, c in zip(gold, is_covered) if not c}),
     )
 
@@ -101,11 +107,16 @@ def score_by_bucket(texts: list[str], gold: list[str], predicted: list[str], cov
         idx = [i for i in range(len(texts)) if buckets[i] == b]
         if idx:
             part = score([gold[i] for i in idx], [predicted[i] for i in idx], covered)
-            report.buckets[name] = {k: getattr(part, k) for k in ("n", "accuracy", "macro_f1", "covered_n", "covered_accuracy", "covered_macro_f1")}
+            report.buckets[name] = {
+                k: getattr(part, k)
+                for k in ("n", "accuracy", "macro_f1", "covered_n", "covered_accuracy", "covered_macro_f1")
+            }
     return report
 
 
-def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: float | None = None, prior_longest: int = 3) -> tuple[Report, list[str]]:
+def evaluate(
+    tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: float | None = None, prior_longest: int = 3
+) -> tuple[Report, list[str]]:
     """Tag `data` with `tagger` (no confidence threshold) and score it, overall and per length
     bucket; also returns the predictions. With `prior` (its `max_odds`), texts of at most the
     `prior_longest` bucket are revised with the set's own language distribution (the sure labels of
@@ -123,8 +134,12 @@ def evaluate(tagger: LanguageTagger, data: Labelled, batch: int = 4096, prior: f
     covered = tagger.covered_labels()
     if prior is not None:
         reliable = bucket_indices(pa.array(data.texts, pa.string())) >= bucket_index(COUNTED_FROM)
-        corpus = CorpusPrior.counted(CorpusPrior.counts_of(compress(decided, reliable)), CorpusPrior.counts_of(decided), prior)
-        for i, (label, _) in revise(tagger, data.texts, decided, confidence, [corpus] * len(data), prior_longest).items():
+        corpus = CorpusPrior.counted(
+            CorpusPrior.counts_of(compress(decided, reliable)), CorpusPrior.counts_of(decided), prior
+        )
+        for i, (label, _) in revise(
+            tagger, data.texts, decided, confidence, [corpus] * len(data), prior_longest
+        ).items():
             predicted[i] = label
     if any(g.startswith(CODE_PREFIX) for g in gold):
         covered |= {g for g in gold if g.startswith(CODE_PREFIX)}

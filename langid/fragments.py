@@ -91,7 +91,9 @@ def bucket_indices(texts: pa.Array) -> np.ndarray:
     counted vectorised (splitting the trimmed texts: 4x faster than counting a regex's matches);
     only short texts with unspaced scripts are cut in Python."""
     trimmed = pc.ascii_trim_whitespace(texts)
-    tokens = pc.if_else(pc.equal(pc.binary_length(trimmed), 0), 0, pc.list_value_length(pc.ascii_split_whitespace(trimmed)))
+    tokens = pc.if_else(
+        pc.equal(pc.binary_length(trimmed), 0), 0, pc.list_value_length(pc.ascii_split_whitespace(trimmed))
+    )
     tokens = pc.fill_null(tokens, 0).to_numpy(zero_copy_only=False)
     out = np.searchsorted(np.array([high for _, _, high in BUCKETS]), tokens)
     unspaced = pc.fill_null(pc.match_substring_regex(texts, _UNSPACED_CLASS), False).to_numpy(zero_copy_only=False)

@@ -28,7 +28,9 @@ _OPEN_SCRIPTS = {"Hani": ("Hans", "Hant"), "Hans": ("Hans", "Hant"), "Hant": ("H
 def read_table(name: str) -> list[dict[str, str]]:
     """Rows of a TSV shipped in `langid/data` (lines starting with '#' are comments)."""
     text = resources.files("langid").joinpath("data", name).read_text(encoding="utf-8")
-    return list(csv.DictReader((line for line in text.splitlines() if line and not line.startswith("#")), delimiter="\t"))
+    return list(
+        csv.DictReader((line for line in text.splitlines() if line and not line.startswith("#")), delimiter="\t")
+    )
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,10 @@ class ShortCode:
 
 @lru_cache(maxsize=None)
 def short_codes() -> dict[str, ShortCode]:
-    return {r["label"]: ShortCode(r["iso639_3"], tuple(r["scripts"].split(",")), r["name"]) for r in read_table("short_codes.tsv")}
+    return {
+        r["label"]: ShortCode(r["iso639_3"], tuple(r["scripts"].split(",")), r["name"])
+        for r in read_table("short_codes.tsv")
+    }
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +75,14 @@ def is_scheme_label(label: str) -> bool:
     if not is_language(label):
         return True
     lang, _, script = label.partition("_")
-    return len(lang) == 3 and lang.isalpha() and lang.islower() and len(script) == 4 and script.isalpha() and script[0].isupper()
+    return (
+        len(lang) == 3
+        and lang.isalpha()
+        and lang.islower()
+        and len(script) == 4
+        and script.isalpha()
+        and script[0].isupper()
+    )
 
 
 @lru_cache(maxsize=65536)

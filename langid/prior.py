@@ -46,7 +46,9 @@ _LETTER = regex.compile(r"\pL")
 
 def language_mask(labels: pa.Array) -> pa.Array:
     """`is_language`, column-wise (the labels of a batch)."""
-    return pc.fill_null(pc.and_(pc.not_equal(labels, UNDETERMINED), pc.invert(pc.starts_with(labels, CODE_PREFIX))), False)
+    return pc.fill_null(
+        pc.and_(pc.not_equal(labels, UNDETERMINED), pc.invert(pc.starts_with(labels, CODE_PREFIX))), False
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,12 @@ class CorpusPrior:
         return is_language(current) and (1.0 - confidence) * self.max_odds <= confidence
 
     def decide(
-        self, candidates: Mapping[str, float], current: str, confidence: float, share: float = 0.5, impossible: float = 0.0
+        self,
+        candidates: Mapping[str, float],
+        current: str,
+        confidence: float,
+        share: float = 0.5,
+        impossible: float = 0.0,
     ) -> tuple[str, float] | None:
         """The label a text takes instead of `current` (and the model's probability of it), or None
         to keep `current`. `candidates` are the model's best labels with their probabilities;
@@ -121,8 +128,14 @@ class CorpusPrior:
 
 
 def revise(
-    tagger: LanguageTagger, texts: Sequence[str | None], labels: Sequence[str | None], confidence: Sequence[float],
-    priors: Sequence[CorpusPrior | None], longest: int, candidates: int = CANDIDATES, share: float = 0.5,
+    tagger: LanguageTagger,
+    texts: Sequence[str | None],
+    labels: Sequence[str | None],
+    confidence: Sequence[float],
+    priors: Sequence[CorpusPrior | None],
+    longest: int,
+    candidates: int = CANDIDATES,
+    share: float = 0.5,
 ) -> dict[int, tuple[str, float]]:
     """The texts of at most `longest` (a length bucket's index) whose label the prior changes: index ->
     (label, the model's probability of it). Left alone: a text without a prior, without a letter (the
@@ -131,18 +144,28 @@ def revise(
     probability is set aside (a pure-Han question lid176 calls English is not English)."""
     too_long = CHARS_PER_WORD * BUCKETS[longest][2]
     rows = [
-        i for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
-        if text and len(text) <= too_long and prior is not None and not (label or "").startswith(CODE_PREFIX)
-        and not prior.settled(label, float(confidence[i])) and _LETTER.search(text)
+        i
+        for i, (text, label, prior) in enumerate(zip(texts, labels, priors))
+        if text
+        and len(text) <= too_long
+        and prior is not None
+        and not (label or "").startswith(CODE_PREFIX)
+        and not prior.settled(label, float(confidence[i]))
+        and _LETTER.search(text)
     ]
     if rows:  # lengths only for the texts left: counting words is the costly part
         buckets = bucket_indices(pa.array([texts[i] for i in rows], pa.string()))
         rows = [i for i, bucket in zip(rows, buckets.tolist()) if bucket <= longest]
     best = tagger.candidates([texts[i] for i in rows], candidates) if rows else []  # type: ignore[misc]
     pairs = [(j, label) for j, options in enumerate(best) for label in options if is_language(label)]
-    possible = script_present(
-        pa.array([texts[rows[j]] for j, _ in pairs], pa.string()), map_distinct([label for _, label in pairs], script_of)
-    ) if pairs else []
+    possible = (
+        script_present(
+            pa.array([texts[rows[j]] for j, _ in pairs], pa.string()),
+            map_distinct([label for _, label in pairs], script_of),
+        )
+        if pairs
+        else []
+    )
     impossible = {pair for pair, ok in zip(pairs, possible) if not ok}
     changed = {}
     for j, (i, options) in enumerate(zip(rows, best)):

@@ -55,7 +55,9 @@ def rule_labels(texts: pa.Array) -> dict[int, str]:
     for j, point in enumerate(seen.tolist()):
         rule_of[j], letter[j] = _classify(point)
     letters = np.bincount(owner, weights=letter[at], minlength=len(hits))
-    found = np.bincount(owner * (len(rules) + 1) + rule_of[at], minlength=len(hits) * (len(rules) + 1)).reshape(len(hits), -1)[:, :-1]
+    found = np.bincount(owner * (len(rules) + 1) + rule_of[at], minlength=len(hits) * (len(rules) + 1)).reshape(
+        len(hits), -1
+    )[:, :-1]
     shares = np.array([r.min_share for r in rules])
     passes = (found > 0) & (found >= shares * letters[:, None])
     first = passes.argmax(axis=1)

@@ -15,17 +15,45 @@ from langid.distinct import groups
 # ISO 15924 code -> Unicode script property name; `regex` knows the Unicode tables, so we need no
 # character ranges. Patterns are compiled on first use.
 _UNICODE_SCRIPT = {
-    "Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Deva": "Devanagari", "Guru": "Gurmukhi",
-    "Mong": "Mongolian", "Grek": "Greek", "Hebr": "Hebrew", "Beng": "Bengali", "Thaa": "Thaana",
-    "Geor": "Georgian", "Armn": "Armenian", "Ethi": "Ethiopic", "Tfng": "Tifinagh", "Olck": "Ol_Chiki",
-    "Nkoo": "Nko", "Tibt": "Tibetan", "Mymr": "Myanmar", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
-    "Hang": "Hangul", "Gujr": "Gujarati", "Orya": "Oriya", "Taml": "Tamil", "Telu": "Telugu",
-    "Knda": "Kannada", "Mlym": "Malayalam", "Sinh": "Sinhala",
+    "Latn": "Latin",
+    "Cyrl": "Cyrillic",
+    "Arab": "Arabic",
+    "Deva": "Devanagari",
+    "Guru": "Gurmukhi",
+    "Mong": "Mongolian",
+    "Grek": "Greek",
+    "Hebr": "Hebrew",
+    "Beng": "Bengali",
+    "Thaa": "Thaana",
+    "Geor": "Georgian",
+    "Armn": "Armenian",
+    "Ethi": "Ethiopic",
+    "Tfng": "Tifinagh",
+    "Olck": "Ol_Chiki",
+    "Nkoo": "Nko",
+    "Tibt": "Tibetan",
+    "Mymr": "Myanmar",
+    "Thai": "Thai",
+    "Laoo": "Lao",
+    "Khmr": "Khmer",
+    "Hang": "Hangul",
+    "Gujr": "Gujarati",
+    "Orya": "Oriya",
+    "Taml": "Tamil",
+    "Telu": "Telugu",
+    "Knda": "Kannada",
+    "Mlym": "Malayalam",
+    "Sinh": "Sinhala",
 }
 
 
 # Scripts written with several Unicode scripts, as RE2 classes for Arrow's vectorised regexes.
-_RE2_CLASS = {"Hans": r"\p{Han}", "Hant": r"\p{Han}", "Jpan": r"[\p{Han}\p{Hiragana}\p{Katakana}]", "Kore": r"[\p{Hangul}\p{Han}]"}
+_RE2_CLASS = {
+    "Hans": r"\p{Han}",
+    "Hant": r"\p{Han}",
+    "Jpan": r"[\p{Han}\p{Hiragana}\p{Katakana}]",
+    "Kore": r"[\p{Hangul}\p{Han}]",
+}
 
 
 # Japanese written with this many Han characters and no kana is not Japanese: on SIB-200 dev, every
@@ -44,7 +72,10 @@ def mostly_han(texts: pa.Array) -> np.ndarray:
     if len(rows):
         some = texts.take(pa.array(rows, pa.int64()))
         han = pc.count_substring_regex(some, r"\p{Han}")
-        enough = pc.and_(pc.greater_equal(han, KANA_FREE_HAN), pc.greater_equal(pc.multiply(han, 2), pc.count_substring_regex(some, r"\pL")))
+        enough = pc.and_(
+            pc.greater_equal(han, KANA_FREE_HAN),
+            pc.greater_equal(pc.multiply(han, 2), pc.count_substring_regex(some, r"\pL")),
+        )
         ok = pc.and_(enough, pc.invert(pc.match_substring_regex(some, r"[\p{Hiragana}\p{Katakana}]")))
         out[rows] = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
     return out
@@ -132,6 +163,7 @@ def han_variant(text: str, default: str) -> str:
 
 _HAN = regex.compile(r"\p{Script=Han}")
 SAMPLE_CHARS = 600  # the script is decided on a text's first characters: enough, and bounded
+
 
 def dominant_script(text: str, candidates: tuple[str, ...]) -> str | None:
     """The candidate script with the most characters in `text` (the first on a tie); None when the

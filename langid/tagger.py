@@ -135,7 +135,9 @@ class Tags:
 
     def slice(self, start: int, stop: int) -> Tags:
         """The tags of texts `start` to `stop` (a caller that tagged several lists in one call)."""
-        return Tags(self.labels[start:stop], self.confidence[start:stop], self.sure[start:stop], self.buckets[start:stop])
+        return Tags(
+            self.labels[start:stop], self.confidence[start:stop], self.sure[start:stop], self.buckets[start:stop]
+        )
 
 
 @dataclass
@@ -158,8 +160,14 @@ class LanguageTagger:
     """Loads a fastText model (and its threshold table) once and tags lists of texts."""
 
     def __init__(
-        self, model: str = DEFAULT_MODEL, max_chars: int = 3000, detect_code: bool = True, rules: bool = True,
-        fallback: str | None = None, min_confidence: float = 0.3, thresholds: dict[str, float] | None = None,
+        self,
+        model: str = DEFAULT_MODEL,
+        max_chars: int = 3000,
+        detect_code: bool = True,
+        rules: bool = True,
+        fallback: str | None = None,
+        min_confidence: float = 0.3,
+        thresholds: dict[str, float] | None = None,
         prefer_standard: bool = True,
     ):
         path = model_path(model)
@@ -170,19 +178,29 @@ class LanguageTagger:
         self.rules = rules
         self.thresholds = Thresholds(read_thresholds(table_path(path)), min_confidence, thresholds)
         same = fallback is not None and model_path(fallback).resolve() == path.resolve()
-        self.fallback = None if fallback is None or same else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds, prefer_standard)
+        self.fallback = (
+            None
+            if fallback is None or same
+            else LanguageTagger(fallback, max_chars, False, False, None, min_confidence, thresholds, prefer_standard)
+        )
         self.standard = StandardPreference(self.model.get_labels(), self.map_label) if prefer_standard else None
         # Labels the main prediction asks for. With a fallback, whose candidates are needed for every
         # text it is consulted on (a quarter of short texts), the variety check's come from the same
         # list, so no text is predicted twice (a longer list costs fastText little). Alone, a model
         # asks for one, and the few texts whose best label is a variety are asked again.
-        self.candidates_asked = max(FALLBACK_CANDIDATES, VARIETY_CANDIDATES if self.standard else 1) if self.fallback else 1
+        self.candidates_asked = (
+            max(FALLBACK_CANDIDATES, VARIETY_CANDIDATES if self.standard else 1) if self.fallback else 1
+        )
         # Labels below half the uniform probability are left out of those lists: no rule acts on them,
         # and fastText then skips the logarithm it takes of every label for its top-k heap (fragments:
         # 5 labels asked for in 10% less time). The best label always reaches 1 / labels.
         self.min_probability = 0.5 / len(self.model.get_labels())
         # Every scheme label the model can produce (all scripts of multi-script labels).
-        self.model_labels = {self.map_label.label(lang, s) for lang, scripts in map(self.map_label.plan, self.model.get_labels()) for s in scripts}
+        self.model_labels = {
+            self.map_label.label(lang, s)
+            for lang, scripts in map(self.map_label.plan, self.model.get_labels())
+            for s in scripts
+        }
 
     def covered_labels(self) -> set[str]:
         """Every scheme label this tagger can produce: its model's, its script rules' and its fallback's."""
@@ -231,7 +249,11 @@ class LanguageTagger:
             distinct = self._predict(encoded.dictionary, self._lines(encoded.dictionary), line_buckets)
             if self.fallback is not None:
                 self._fall_back(distinct)
-            labels[todo], confidence[todo], sure[todo] = distinct.labels[inverse], distinct.conf[inverse], distinct.sure[inverse]
+            labels[todo], confidence[todo], sure[todo] = (
+                distinct.labels[inverse],
+                distinct.conf[inverse],
+                distinct.sure[inverse],
+            )
         return Tags(labels.tolist(), confidence, sure, buckets)
 
     @property
@@ -250,7 +272,9 @@ class LanguageTagger:
         if self.standard is not None:
             rows = self.standard.variety_rows(firsts) if self.candidates_asked < VARIETY_CANDIDATES else []
             if rows:
-                wider = self.model.f.multilinePredict([lines[i] for i in rows], VARIETY_CANDIDATES, self.min_probability, "strict")
+                wider = self.model.f.multilinePredict(
+                    [lines[i] for i in rows], VARIETY_CANDIDATES, self.min_probability, "strict"
+                )
                 for i, labels, ps in zip(rows, *wider):
                     raw[i], probs[i] = labels, ps
             self.standard.apply(raw, probs, firsts)
@@ -269,7 +293,9 @@ class LanguageTagger:
         labels[impossible] = UNDETERMINED
         if chinese.any():
             rows = np.flatnonzero(chinese)
-            labels[rows] = [self.map_label.label(CHINESE, han_variant(unique[i].as_py(), "Hans")) for i in rows.tolist()]
+            labels[rows] = [
+                self.map_label.label(CHINESE, han_variant(unique[i].as_py(), "Hans")) for i in rows.tolist()
+            ]
             conf[rows] = 1.0
         if len(not_japanese):
             self._next_possible(unique, lines, not_japanese, labels, conf)
@@ -293,13 +319,17 @@ class LanguageTagger:
             out[rows] = mostly_han(texts.take(pa.array(rows, pa.int64())))
         return out
 
-    def _next_possible(self, texts: pa.Array, lines: list[str], rows: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:
+    def _next_possible(
+        self, texts: pa.Array, lines: list[str], rows: np.ndarray, labels: np.ndarray, conf: np.ndarray
+    ) -> None:
         """Gives each of `rows` (texts whose best label is impossible) the model's best label among
         its next `NEXT_CANDIDATES` whose script occurs in the text; the others stay `und`."""
         some = [lines[i] for i in rows.tolist()]
         raw, probs = self.model.f.multilinePredict(some, NEXT_CANDIDATES + 1, 0.0, "strict")
         owner, candidates = self._mapped([cands[1:] for cands in raw], some)
-        ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, script_of)) & (candidates != UNDETERMINED)
+        ok = script_present(texts.take(pa.array(rows[owner], pa.int64())), map_distinct(candidates, script_of)) & (
+            candidates != UNDETERMINED
+        )
         first, at = np.unique(owner[ok], return_index=True)  # each row's first possible candidate
         chosen = np.flatnonzero(ok)[at]
         labels[rows[first]] = candidates[chosen]
@@ -339,7 +369,9 @@ class LanguageTagger:
         theirs = other.labels
         new = np.fromiter((label not in self.model_labels for label in theirs), dtype=bool, count=len(theirs))
         owner, mapped = self._mapped([distinct.raw[u][:FALLBACK_CANDIDATES] for u in ask.tolist()], lines)
-        among = np.bincount(owner, weights=mapped == theirs[owner], minlength=len(ask)) > 0  # the fallback's label is one of the model's best
+        among = (
+            np.bincount(owner, weights=mapped == theirs[owner], minlength=len(ask)) > 0
+        )  # the fallback's label is one of the model's best
         take = other.sure & ((distinct.labels[ask] == UNDETERMINED) | new | among)
         rows = ask[take]
         distinct.labels[rows], distinct.conf[rows], distinct.sure[rows] = theirs[take], other.conf[take], True

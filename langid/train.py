@@ -68,7 +68,11 @@ def selection_score(report) -> float:
 
 def write_training_file(data: Labelled, path: Path, seed: int = 0) -> None:
     """`__label__<label> <text>` lines, one text per line, shuffled (fastText's SGD sees them in order)."""
-    lines = [f"__label__{canonical(label)} {WHITESPACE.sub(' ', text).strip()}\n" for text, label in zip(data.texts, data.labels) if text.strip()]
+    lines = [
+        f"__label__{canonical(label)} {WHITESPACE.sub(' ', text).strip()}\n"
+        for text, label in zip(data.texts, data.labels)
+        if text.strip()
+    ]
     random.Random(seed).shuffle(lines)
     path.write_text("".join(lines), encoding="utf-8")
 
@@ -77,8 +81,18 @@ def train_one(train_file: Path, settings: Settings, threads: int):
     import fasttext
 
     return fasttext.train_supervised(
-        input=str(train_file), dim=settings.dim, epoch=settings.epoch, lr=settings.lr, minn=settings.minn, maxn=settings.maxn,
-        wordNgrams=settings.word_ngrams, bucket=settings.bucket, minCount=settings.min_count, loss="softmax", thread=threads, verbose=0,
+        input=str(train_file),
+        dim=settings.dim,
+        epoch=settings.epoch,
+        lr=settings.lr,
+        minn=settings.minn,
+        maxn=settings.maxn,
+        wordNgrams=settings.word_ngrams,
+        bucket=settings.bucket,
+        minCount=settings.min_count,
+        loss="softmax",
+        thread=threads,
+        verbose=0,
     )
 
 
@@ -106,7 +120,9 @@ def search(
     sentences = balanced(train, per_language)
     train = with_fragments(sentences) if fragments else sentences
     dev = with_fragments(dev, DEV_SIZES, seed=1) if dev is not None else None
-    log(f"training on {len(sentences):,} texts of {len(set(sentences.labels))} labels, {len(train):,} lines with fragments")
+    log(
+        f"training on {len(sentences):,} texts of {len(set(sentences.labels))} labels, {len(train):,} lines with fragments"
+    )
     tried, best = [], None
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.txt"
@@ -123,7 +139,9 @@ def search(
                 report, _ = evaluate(LanguageTagger(str(Path(tmp) / "candidate.bin"), detect_code=False), dev)
                 f1 = selection_score(report)
             tried.append({**asdict(settings), "train_seconds": round(seconds, 1), "dev_score": f1})
-            log(f"settings {asdict(settings)}: trained in {seconds:.1f} s, dev mean macro-F1 over lengths {f1 if f1 is None else round(f1, 4)}")
+            log(
+                f"settings {asdict(settings)}: trained in {seconds:.1f} s, dev mean macro-F1 over lengths {f1 if f1 is None else round(f1, 4)}"
+            )
             if best is None or (f1 is not None and f1 > best[0]):
                 best = (f1 if f1 is not None else 0.0, settings, model)
             if dev is None:
@@ -135,8 +153,16 @@ def search(
             model.quantize(input=str(train_file), qnorm=True, retrain=True, cutoff=cutoff, thread=threads)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save_model(str(out))
-    chosen = {"settings": asdict(settings), "tried": tried, "labels": len(model.get_labels()), "train_texts": len(sentences),
-              "train_lines": len(train), "per_language": per_language, "fragments": fragments, "cutoff": cutoff if quantize else None}
+    chosen = {
+        "settings": asdict(settings),
+        "tried": tried,
+        "labels": len(model.get_labels()),
+        "train_texts": len(sentences),
+        "train_lines": len(train),
+        "per_language": per_language,
+        "fragments": fragments,
+        "cutoff": cutoff if quantize else None,
+    }
     if dev is not None:
         tagger = LanguageTagger(str(out), detect_code=False, rules=False)
         report, predicted = evaluate(tagger, dev)
@@ -144,8 +170,11 @@ def search(
         tags = tagger.tag(dev.texts)
         table = calibrate([canonical(g) for g in dev.labels], tags.labels, tags.confidence, tags.buckets)
         write_thresholds(table, table_path(out), THRESHOLDS_HEADER.format(model=out.name, n=len(dev)))
-        log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), dev macro-F1 by length "
-            + ", ".join(f"{k}: {v['macro_f1']:.3f}" for k, v in report.buckets.items()) + f"; thresholds in {table_path(out).name}")
+        log(
+            f"saved {out} ({out.stat().st_size / 1e6:.1f} MB), dev macro-F1 by length "
+            + ", ".join(f"{k}: {v['macro_f1']:.3f}" for k, v in report.buckets.items())
+            + f"; thresholds in {table_path(out).name}"
+        )
     return chosen
 
 

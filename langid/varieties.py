@@ -49,8 +49,12 @@ class StandardPreference:
         standard_of = standards()
         members = set(standard_of.values())
         # raw label -> the standard language of its group, for varieties and standards alike
-        self.group = {raw: standard_of.get(lang, lang) for raw, lang in language.items() if lang in standard_of or lang in members}
-        self.varieties = {raw for raw, lang in language.items() if lang in standard_of and standard_of[lang] in language.values()}
+        self.group = {
+            raw: standard_of.get(lang, lang) for raw, lang in language.items() if lang in standard_of or lang in members
+        }
+        self.varieties = {
+            raw for raw, lang in language.items() if lang in standard_of and standard_of[lang] in language.values()
+        }
         self.language = language
         # The standard's raw labels (short200 has one per script: cmn_Hans, cmn_Hant), in model order.
         self.standard_raw: dict[str, list[str]] = {}

@@ -1,7 +1,7 @@
 """The pipeline's entry points with the built-in stages: load a manifest, run it.
 
-    from pipeline.api import load_manifest, run
-    result = run(load_manifest("manifests/stage1.yaml"))
+from pipeline.api import load_manifest, run
+result = run(load_manifest("manifests/stage1.yaml"))
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ def json_schema() -> dict[str, Any]:
     return manifest_mod.json_schema(REGISTRY)
 
 
-def run(manifest: Manifest, ray_address: str | None = None, quiet: bool = False, verbose: bool = False,
-        log: Callable[[str], None] = print) -> RunResult:
+def run(
+    manifest: Manifest,
+    ray_address: str | None = None,
+    quiet: bool = False,
+    verbose: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunResult:
     """Run (or resume) a manifest in its output folder, which it holds locked: steps, ledger and
     shards, then the statistics, the dashboard and the dataset card (all uploaded when the output is
     in object storage)."""
@@ -39,7 +44,13 @@ def run(manifest: Manifest, ray_address: str | None = None, quiet: bool = False,
         if manifest.stats.enabled:
             log("statistics and dashboard")
             settings = manifest.stats
-            stats.compute(result.run_dir, settings.tokenizer, settings.reference, settings.samples_per_language, progress=not quiet)
+            stats.compute(
+                result.run_dir,
+                settings.tokenizer,
+                settings.reference,
+                settings.samples_per_language,
+                progress=not quiet,
+            )
             result.dashboard = dashboard.render(result.run_dir)
         result.seconds = time.perf_counter() - started
         write_card(manifest, result)

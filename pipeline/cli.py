@@ -14,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     from pipeline.export.layouts import DEFAULT_TEMPLATE, LAYOUTS
     from pipeline.export.negatives import POLICIES
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="Build embedding-training corpora from a manifest.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description="Build embedding-training corpora from a manifest."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a manifest (resumes an interrupted run)")
     run.add_argument("manifest")
@@ -26,29 +28,63 @@ def _parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
     sc.add_argument("--markdown", action="store_true", help="the reference of every key instead (docs/manifest.md)")
     de = sub.add_parser("dedup-eval", help="precision/recall of near-duplicate detection per script on labelled pairs")
-    de.add_argument("--data-dir", default="../shared/data", help="folder with udhr2.zip and udhr.zip (builds the calibration set)")
+    de.add_argument(
+        "--data-dir", default="../shared/data", help="folder with udhr2.zip and udhr.zip (builds the calibration set)"
+    )
     de.add_argument("--pairs", help="Parquet/JSONL of labelled pairs (a, b, duplicate[, kind, script]) instead")
-    de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)")
+    de.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)",
+    )
     de.add_argument("--json", help="write the figures here")
-    ex = sub.add_parser("export", help="write a finished run in the layout another trainer reads (ML-Embed's release, "
-                        "sentence-transformers, FlagEmbedding)")
+    ex = sub.add_parser(
+        "export",
+        help="write a finished run in the layout another trainer reads (ML-Embed's release, "
+        "sentence-transformers, FlagEmbedding)",
+    )
     ex.add_argument("run_dir", help="a finished run folder (or s3:// URL)")
     ex.add_argument("out", help="the folder to write (written aside, then renamed: never half written)")
-    ex.add_argument("--layout", choices=list(LAYOUTS), required=True,
-                    help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; flat: its raw_training_data/; "
-                         "sentence-transformers: a DatasetDict folder (anchor, positive, negative_1..N) + prompts.json; "
-                         "flagembedding: data/<dataset>.jsonl (query, pos, neg, prompt, scores)")
-    ex.add_argument("--tokenizer", help="ml-embed: the local folder of your model's tokenizer (ids end with its EOS; nothing is downloaded)")
-    ex.add_argument("--max-length", type=int, default=2048, help="ml-embed: tokens per text, EOS included (the release's 2048)")
-    ex.add_argument("--negatives", type=int, help="sentence-transformers, flagembedding: negatives per row (default: 7, "
-                    "clustering 9, classification 1; sentence-transformers at most what the dataset has)")
-    ex.add_argument("--fill", choices=list(POLICIES), default="pool",
-                    help="rows with fewer negatives: pool (from the dataset's passages), repeat (their own), drop")
-    ex.add_argument("--by", choices=["source", "language"], default="source",
-                    help="one dataset per source, or per source and query language")
-    ex.add_argument("--template", default=DEFAULT_TEMPLATE.replace("\n", "\\n"),
-                    help="how an instruction joins its query (ends with {query}); '{query}' leaves instructions out")
+    ex.add_argument(
+        "--layout",
+        choices=list(LAYOUTS),
+        required=True,
+        help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; flat: its raw_training_data/; "
+        "sentence-transformers: a DatasetDict folder (anchor, positive, negative_1..N) + prompts.json; "
+        "flagembedding: data/<dataset>.jsonl (query, pos, neg, prompt, scores)",
+    )
+    ex.add_argument(
+        "--tokenizer",
+        help="ml-embed: the local folder of your model's tokenizer (ids end with its EOS; nothing is downloaded)",
+    )
+    ex.add_argument(
+        "--max-length", type=int, default=2048, help="ml-embed: tokens per text, EOS included (the release's 2048)"
+    )
+    ex.add_argument(
+        "--negatives",
+        type=int,
+        help="sentence-transformers, flagembedding: negatives per row (default: 7, "
+        "clustering 9, classification 1; sentence-transformers at most what the dataset has)",
+    )
+    ex.add_argument(
+        "--fill",
+        choices=list(POLICIES),
+        default="pool",
+        help="rows with fewer negatives: pool (from the dataset's passages), repeat (their own), drop",
+    )
+    ex.add_argument(
+        "--by",
+        choices=["source", "language"],
+        default="source",
+        help="one dataset per source, or per source and query language",
+    )
+    ex.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE.replace("\n", "\\n"),
+        help="how an instruction joins its query (ends with {query}); '{query}' leaves instructions out",
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
     st = sub.add_parser("stats", help="per-language statistics of a run as tables (computes them if the run has none)")
@@ -68,8 +104,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
-    commands = {"schema": _schema, "dedup-eval": _dedup_eval, "export": _export, "stats": _stats, "dashboard": _stats,
-                "validate": _validate, "run": _run}
+    commands = {
+        "schema": _schema,
+        "dedup-eval": _dedup_eval,
+        "export": _export,
+        "stats": _stats,
+        "dashboard": _stats,
+        "validate": _validate,
+        "run": _run,
+    }
     return commands[args.command](args, console)
 
 
@@ -77,7 +120,10 @@ def _schema(args: argparse.Namespace, console: Console) -> int:
     from pipeline.api import json_schema
     from pipeline.reporting.manifest_doc import markdown
 
-    print(markdown(json_schema()) if args.markdown else json.dumps(json_schema(), indent=2), end="" if args.markdown else "\n")
+    print(
+        markdown(json_schema()) if args.markdown else json.dumps(json_schema(), indent=2),
+        end="" if args.markdown else "\n",
+    )
     return 0
 
 
@@ -89,14 +135,25 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     from pipeline.reporting.report import print_export
 
     with tqdm(desc="export", unit=" rows", disable=args.quiet) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         try:
-            report = export(args.run_dir, args.out, args.layout, tokenizer=args.tokenizer, max_length=args.max_length,
-                            negatives=args.negatives, policy=args.fill, grouping=args.by, template=args.template.replace("\\n", "\n"),
-                            overwrite=args.overwrite, progress=progress)
+            report = export(
+                args.run_dir,
+                args.out,
+                args.layout,
+                tokenizer=args.tokenizer,
+                max_length=args.max_length,
+                negatives=args.negatives,
+                policy=args.fill,
+                grouping=args.by,
+                template=args.template.replace("\\n", "\n"),
+                overwrite=args.overwrite,
+                progress=progress,
+            )
         except (ExportError, MissingPassage, OSError) as exc:
             bar.close()
             console.print(f"[red]export failed:[/] {exc}", highlight=False, soft_wrap=True)
@@ -138,7 +195,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from sources.reader import SourceError
 
     try:
-        result = run(manifest, args.ray_address, args.quiet, args.verbose, log=lambda m: console.print(f"[bold blue]>[/] {m}"))
+        result = run(
+            manifest, args.ray_address, args.quiet, args.verbose, log=lambda m: console.print(f"[bold blue]>[/] {m}")
+        )
     except RunLocked as exc:
         console.print(f"[red]refused:[/] {exc}", highlight=False, soft_wrap=True)
         return 3
@@ -193,11 +252,22 @@ def _dedup_eval(args: argparse.Namespace, console: Console) -> int:
         for col in (title.split()[-1], "pairs", "duplicates", "precision", "recall", "F1"):
             table.add_column(col, justify="left" if col in ("script", "pair") else "right")
         for name, m in sorted(figures.items(), key=lambda kv: (kv[0] != "all", -kv[1]["pairs"])):
-            table.add_row(name, str(m["pairs"]), str(m["duplicates"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}")
+            table.add_row(
+                name,
+                str(m["pairs"]),
+                str(m["duplicates"]),
+                f"{m['precision']:.3f}",
+                f"{m['recall']:.3f}",
+                f"{m['f1']:.3f}",
+            )
         out.print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"settings": settings, "bands_rows": config.banding(), "per_script": by_script, "per_kind": by_kind}, f, indent=1)
+            json.dump(
+                {"settings": settings, "bands_rows": config.banding(), "per_script": by_script, "per_kind": by_kind},
+                f,
+                indent=1,
+            )
     return 0
 
 

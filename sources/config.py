@@ -15,9 +15,16 @@ from core.tasks import MAPPABLE_FIELDS, TASK_SPECS, TaskName
 from langid.declared import declared_label
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "hf", "text")
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".txt": "text"}
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
 _COMPRESSIONS = (".gz", ".zst")
-
 
 
 class CsvOptions(Strict):
@@ -25,9 +32,13 @@ class CsvOptions(Strict):
 
     header: bool = Field(True, description="First line holds column names.")
     column_names: list[str] | None = Field(None, description="Column names when the file has no header.")
-    quoting: Literal["csv", "none"] = Field("csv", description=(
-        "csv: fields may be quoted (\"a, b\", doubled quotes inside); none: quote characters are text, fields end only "
-        "at the delimiter (TSV as most tools write it)."))
+    quoting: Literal["csv", "none"] = Field(
+        "csv",
+        description=(
+            'csv: fields may be quoted ("a, b", doubled quotes inside); none: quote characters are text, fields end only '
+            "at the delimiter (TSV as most tools write it)."
+        ),
+    )
 
 
 def infer_format(path: str) -> str | None:
@@ -39,16 +50,33 @@ def infer_format(path: str) -> str | None:
 
 
 class SourceConfig(Strict):
-    model_config = example(name="bitext", task="bitext", path="data/*.tsv.gz", columns={"query": "source", "positive": "target"}, licence="CC-BY-SA-4.0", language={"query": "eng_Latn"}, csv={"quoting": "none"})
+    model_config = example(
+        name="bitext",
+        task="bitext",
+        path="data/*.tsv.gz",
+        columns={"query": "source", "positive": "target"},
+        licence="CC-BY-SA-4.0",
+        language={"query": "eng_Latn"},
+        csv={"quoting": "none"},
+    )
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name; becomes the `source` column and shard folder.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Unique name; becomes the `source` column and shard folder.",
+    )
     task: TaskName
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description="Inferred from the extension when empty. `text`: plain text with columns `text` and `path`."
     )
-    text_unit: Literal["line", "file"] = Field("line", description="Format text: a row per non-blank line, or per file (documents, code files).")
-    path: str = Field(description="File or glob (relative to the manifest), or a `datasets` folder / hub id when format is hf.")
-    columns: dict[str, str] = Field(description="Record field -> source column, e.g. {query: question, positive: context}.")
+    text_unit: Literal["line", "file"] = Field(
+        "line", description="Format text: a row per non-blank line, or per file (documents, code files)."
+    )
+    path: str = Field(
+        description="File or glob (relative to the manifest), or a `datasets` folder / hub id when format is hf."
+    )
+    columns: dict[str, str] = Field(
+        description="Record field -> source column, e.g. {query: question, positive: context}."
+    )
     licence: str = Field(min_length=1, description="Licence of the data (SPDX id where there is one).")
     instruction: str | None = Field(None, description="Instruction stored with every record of this source.")
     encoding: str = Field("utf-8", description="Text encoding of the files; bytes that do not decode are quarantined.")
@@ -75,7 +103,9 @@ class SourceConfig(Strict):
         """Make the path absolute (relative to the manifest) and check that it matches files."""
         if (info.data.get("format") or infer_format(path)) == "hf":
             if storage.is_url(path):
-                raise ValueError(f"{path!r}: format hf reads a local folder or a hub id; copy the data files and name their format")
+                raise ValueError(
+                    f"{path!r}: format hf reads a local folder or a hub id; copy the data files and name their format"
+                )
             local = from_manifest(path, info)
             return str(local.resolve()) if local.exists() else path  # else: a hub id
         return matching_files(path, info)
@@ -107,7 +137,9 @@ class SourceConfig(Strict):
         for field, value in values.items():
             parsed[field] = declared_label(value)
             if parsed[field] is None:
-                raise ValueError(f"{value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension")
+                raise ValueError(
+                    f"{value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension"
+                )
         return parsed["*"] if isinstance(language, str) else parsed
 
     def declared_language(self, field: str) -> str | None:

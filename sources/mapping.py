@@ -98,7 +98,10 @@ def map_row(row: Any, source: Any) -> dict[str, Any]:
         elif field in LANGUAGE_FIELDS:
             record[DECLARED_LANG] = declared_label(_text(field, value, 200))
             if record[DECLARED_LANG] is None:
-                raise RowError("unknown_language", f"{field}: {value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension")
+                raise RowError(
+                    "unknown_language",
+                    f"{field}: {value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension",
+                )
             continue
         else:
             record[field] = _text(field, value, source.max_text_chars)

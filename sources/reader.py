@@ -79,7 +79,10 @@ def plan_units(source: SourceConfig) -> list[Unit]:
     """Split a source into units. Runs on the driver, cheaply: no row is parsed here."""
     if source.format == "hf":
         n = len(load_hf(source))
-        return [Unit(source.name, source.path, a, min(a + HF_ROWS_PER_UNIT, n)) for a in range(0, max(n, 1), HF_ROWS_PER_UNIT)]
+        return [
+            Unit(source.name, source.path, a, min(a + HF_ROWS_PER_UNIT, n))
+            for a in range(0, max(n, 1), HF_ROWS_PER_UNIT)
+        ]
     units: list[Unit] = []
     for path in source.files():
         if source.format == "jsonl":
@@ -153,7 +156,14 @@ def _jsonl(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
         try:
             text = line.decode(source.encoding)
         except UnicodeDecodeError as exc:
-            yield origin, line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0):exc.start + 10]!r}")
+            yield (
+                origin,
+                line,
+                RowError(
+                    "invalid_encoding",
+                    f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0) : exc.start + 10]!r}",
+                ),
+            )
             continue
         try:
             yield origin, line, json.loads(text)
@@ -169,17 +179,33 @@ def _delimited(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
         for line_no, line in _read_lines(unit):
             current["line"], current["raw"] = line_no, line.rstrip(b"\r\n")
             if len(line) > source.max_record_bytes:
-                bad.append((f"{unit.path}:{line_no}", line, RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}")))
+                bad.append(
+                    (
+                        f"{unit.path}:{line_no}",
+                        line,
+                        RowError("oversize", f"line of {len(line):,} bytes, limit {source.max_record_bytes:,}"),
+                    )
+                )
                 continue
             try:
                 yield line.decode(source.encoding)
             except UnicodeDecodeError as exc:
-                bad.append((f"{unit.path}:{line_no}", line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}")))
+                bad.append(
+                    (
+                        f"{unit.path}:{line_no}",
+                        line,
+                        RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}"),
+                    )
+                )
 
     delimiter = "\t" if source.format == "tsv" else ","
     quoting = csv.QUOTE_NONE if source.csv.quoting == "none" else csv.QUOTE_MINIMAL
     reader = csv.reader(decoded_lines(), delimiter=delimiter, quoting=quoting)
-    hint = "" if quoting == csv.QUOTE_NONE else "; if quote characters in this file are text, not CSV quoting, set `csv: {quoting: none}`"
+    hint = (
+        ""
+        if quoting == csv.QUOTE_NONE
+        else "; if quote characters in this file are text, not CSV quoting, set `csv: {quoting: none}`"
+    )
     header = source.csv.column_names
     try:
         for cells in reader:
@@ -208,13 +234,21 @@ def _text(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
         with open_binary(unit.path) as f:
             raw = f.read()
         if len(raw) > source.max_record_bytes:
-            yield unit.path, None, RowError("oversize", f"file of {len(raw):,} bytes, limit {source.max_record_bytes:,}")
+            yield (
+                unit.path,
+                None,
+                RowError("oversize", f"file of {len(raw):,} bytes, limit {source.max_record_bytes:,}"),
+            )
             return
         try:
             yield unit.path, raw, {"text": raw.decode(source.encoding), "path": unit.path}
         except UnicodeDecodeError as exc:
             line = raw.count(b"\n", 0, exc.start) + 1
-            yield f"{unit.path}:{line}", raw, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start} (line {line})")
+            yield (
+                f"{unit.path}:{line}",
+                raw,
+                RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start} (line {line})"),
+            )
         return
     for line_no, line in _read_lines(unit):
         origin = f"{unit.path}:{line_no}"
@@ -227,7 +261,14 @@ def _text(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
         try:
             yield origin, line, {"text": line.decode(source.encoding), "path": unit.path}
         except UnicodeDecodeError as exc:
-            yield origin, line, RowError("invalid_encoding", f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0):exc.start + 10]!r}")
+            yield (
+                origin,
+                line,
+                RowError(
+                    "invalid_encoding",
+                    f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0) : exc.start + 10]!r}",
+                ),
+            )
 
 
 def _parquet(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
@@ -253,8 +294,19 @@ def read_batches(unit: Unit, source: SourceConfig, batch_rows: int = 65_536) -> 
     rows: list[dict[str, Any]] = []
 
     def bad(origin: str, raw: bytes | None, err: RowError) -> None:
-        rows.append({"id": "", "source": source.name, "task": source.task, "query": "", "licence": source.licence,
-                     "origin": origin, DROP: err.reason, DETAIL: err.detail, RAW: raw})
+        rows.append(
+            {
+                "id": "",
+                "source": source.name,
+                "task": source.task,
+                "query": "",
+                "licence": source.licence,
+                "origin": origin,
+                DROP: err.reason,
+                DETAIL: err.detail,
+                RAW: raw,
+            }
+        )
 
     try:
         for origin, raw, parsed in _READERS[source.format](unit, source):
@@ -266,7 +318,11 @@ def read_batches(unit: Unit, source: SourceConfig, batch_rows: int = 65_536) -> 
                     record["origin"] = origin
                     rows.append(record)
                 except RowError as err:
-                    bad(origin, raw if raw is not None else json.dumps(parsed, default=str, ensure_ascii=False).encode(), err)
+                    bad(
+                        origin,
+                        raw if raw is not None else json.dumps(parsed, default=str, ensure_ascii=False).encode(),
+                        err,
+                    )
             if len(rows) >= batch_rows:
                 yield pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)
                 rows.clear()

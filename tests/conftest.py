@@ -38,10 +38,21 @@ def write_manifest(folder: Path, sources: list[dict], stages: list[dict] | None 
 
 def stage1_sources(xquad_glob: str = "*.jsonl.gz", bitext_glob: str = "*.tsv.gz") -> list[dict]:
     return [
-        {"name": "xquad_r", "task": "retrieval", "path": str(SAMPLES / "xquad_r" / xquad_glob),
-         "columns": {"query": "question", "positive": "context"}, "licence": "CC-BY-SA-4.0"},
-        {"name": "sib200_bitext", "task": "bitext", "path": str(SAMPLES / "sib200_bitext" / bitext_glob),
-         "columns": {"query": "source", "positive": "target"}, "licence": "CC-BY-SA-4.0", "language": {"query": "eng_Latn"}},
+        {
+            "name": "xquad_r",
+            "task": "retrieval",
+            "path": str(SAMPLES / "xquad_r" / xquad_glob),
+            "columns": {"query": "question", "positive": "context"},
+            "licence": "CC-BY-SA-4.0",
+        },
+        {
+            "name": "sib200_bitext",
+            "task": "bitext",
+            "path": str(SAMPLES / "sib200_bitext" / bitext_glob),
+            "columns": {"query": "source", "positive": "target"},
+            "licence": "CC-BY-SA-4.0",
+            "language": {"query": "eng_Latn"},
+        },
     ]
 
 
@@ -87,7 +98,11 @@ def workspace(tmp_path_factory) -> Path:
 
 def run_shell(command: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """A README command, as a user types it in a shell (this interpreter's environment first on PATH)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+    }
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -101,7 +116,9 @@ def stage2_run(workspace) -> Path:
     folder = workspace / "stage2"
     folder.mkdir()
     (folder / "run").symlink_to(workspace / "runs" / "stage2")
-    (folder / "reference.csv").write_text("language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8")
+    (folder / "reference.csv").write_text(
+        "language,count\neng,500\ndeu_Latn,300\ncmn_Hans,200\nyor_Latn,10\n", encoding="utf-8"
+    )
     for command in (f"stats {folder / 'run'} --reference {folder / 'reference.csv'}", f"dashboard {folder / 'run'}"):
         result = run_cli(*command.split())
         assert result.returncode == 0, result.stderr[-3000:]
@@ -120,8 +137,12 @@ def eos_tokenizer(small_model, tmp_path_factory) -> Path:
     return folder
 
 
-STAGE1_STAGES = [{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup", "key": ["query", "positive"]},
-                 {"stage": "near_dedup", "fields": ["query", "positive"]}]
+STAGE1_STAGES = [
+    {"stage": "normalize"},
+    {"stage": "langid"},
+    {"stage": "exact_dedup", "key": ["query", "positive"]},
+    {"stage": "near_dedup", "fields": ["query", "positive"]},
+]
 
 
 def ready(stage):
@@ -132,8 +153,14 @@ def ready(stage):
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m pipeline ...` as a user would."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +278,9 @@ def by_reference(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 def _wait_for_nodes(ray_cli: str, address: str, env: dict, count: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        status = subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True, text=True, timeout=60).stdout
+        status = subprocess.run(
+            [ray_cli, "status", f"--address={address}"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout
         active = status.split("Active:")[1].split("Pending:")[0] if "Active:" in status else ""
         if active.count("node_") >= count and f"/{count}.0 CPU" in status:
             return
@@ -269,7 +298,13 @@ def loopback_cluster():
     address = f"127.0.0.1:{random.Random().randint(20000, 40000)}"
     start = [ray_cli, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     try:
-        subprocess.run([*start, "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false"], check=True, env=env, capture_output=True, timeout=120)
+        subprocess.run(
+            [*start, "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false"],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
         subprocess.run([*start, f"--address={address}"], check=True, env=env, capture_output=True, timeout=120)
         _wait_for_nodes(ray_cli, address, env, 2)
         yield address
@@ -286,14 +321,27 @@ def small_model(tmp_path_factory) -> Path:
 
     from train.small_model import build_small_model
 
-    texts = [json.loads(line)[k] for lang in ("en", "de", "zh") for line in gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt")
-             for k in ("question", "context")]
-    return build_small_model(texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2, pass_through=True)
+    texts = [
+        json.loads(line)[k]
+        for lang in ("en", "de", "zh")
+        for line in gzip.open(SAMPLES / "xquad_r" / f"{lang}.jsonl.gz", "rt")
+        for k in ("question", "context")
+    ]
+    return build_small_model(
+        texts, tmp_path_factory.mktemp("small_model"), vocab_size=4000, hidden=128, layers=2, pass_through=True
+    )
 
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on a closed network: no background connections, no component updates (see README).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -302,9 +350,13 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():  # a fresh machine: the scripted install (Debian's package, about a minute)
-        installed = subprocess.run(["bash", str(ROOT / ".ci" / "install-browser")], capture_output=True, text=True, timeout=900)
+        installed = subprocess.run(
+            ["bash", str(ROOT / ".ci" / "install-browser")], capture_output=True, text=True, timeout=900
+        )
         if installed.returncode or not Path(CHROMIUM).exists():
-            pytest.fail(f"{CHROMIUM} is missing and .ci/install-browser could not install it:\n{installed.stderr[-2000:]}")
+            pytest.fail(
+                f"{CHROMIUM} is missing and .ci/install-browser could not install it:\n{installed.stderr[-2000:]}"
+            )
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -325,10 +377,14 @@ def open_page(browser, path: Path, ready: str = "document.querySelectorAll('.js-
 
 def chart_sizes(page) -> dict[str, tuple[float, float, int]]:
     """Per chart element: width, height of its drawn SVG, and how many marks (bars, paths) it drew."""
-    return {name: tuple(v) for name, v in page.evaluate(
-        """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
+    return {
+        name: tuple(v)
+        for name, v in page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
              const svg = d.querySelector('.main-svg'); const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]]; }))""").items()}
+             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]]; }))"""
+        ).items()
+    }
 
 
 # --- object storage: a real S3 API (moto in server mode) on 127.0.0.1 -----------------------------
@@ -381,7 +437,11 @@ class FaultyProxy:
                 pass
 
             def _forward(self) -> None:
-                body = self._chunked() if "chunked" in self.headers.get("Transfer-Encoding", "") else self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = (
+                    self._chunked()
+                    if "chunked" in self.headers.get("Transfer-Encoding", "")
+                    else self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                )
                 with proxy.lock:
                     proxy.requests += 1
                     n = proxy.requests
@@ -407,7 +467,9 @@ class FaultyProxy:
                 data = answer.read()
                 self.send_response(answer.status)
                 for key, value in answer.getheaders():  # a HEAD answer keeps its Content-Length (the object's size)
-                    if key.lower() not in ("transfer-encoding", "connection", "server", "date") and (key.lower() != "content-length" or self.command == "HEAD"):
+                    if key.lower() not in ("transfer-encoding", "connection", "server", "date") and (
+                        key.lower() != "content-length" or self.command == "HEAD"
+                    ):
                         self.send_header(key, value)
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))
@@ -455,4 +517,8 @@ def object_digests(url: str) -> dict[str, str]:
     from core import storage
 
     shards = storage.join(url, "shards")
-    return {p[len(shards) + 1:]: hashlib.sha256(storage.read_bytes(p)).hexdigest() for p in storage.list_files(shards) if p.endswith(".parquet")}
+    return {
+        p[len(shards) + 1 :]: hashlib.sha256(storage.read_bytes(p)).hexdigest()
+        for p in storage.list_files(shards)
+        if p.endswith(".parquet")
+    }

@@ -27,7 +27,16 @@ ALLOWED = {
     "pipeline.stages": ("pipeline.stages", "pipeline.engine", "pipeline.ops", "core", "sources", "langid"),
     "pipeline.reporting": ("pipeline.reporting", "pipeline.engine", "pipeline.ops", "core", "sources", "langid"),
     "pipeline.export": ("pipeline.export", "pipeline.engine", "core"),
-    "pipeline.tools": ("pipeline.tools", "pipeline.stages", "pipeline.engine", "pipeline.ops", "pipeline.reporting", "core", "sources", "langid"),
+    "pipeline.tools": (
+        "pipeline.tools",
+        "pipeline.stages",
+        "pipeline.engine",
+        "pipeline.ops",
+        "pipeline.reporting",
+        "core",
+        "sources",
+        "langid",
+    ),
     "pipeline": ("pipeline", "core", "sources", "langid"),
     "train": ("train", "core"),
 }
@@ -45,8 +54,12 @@ def _modules() -> dict[str, ast.Module]:
 
 def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
     """Project modules `name` imports at run time (anywhere in the file, `if TYPE_CHECKING:` aside)."""
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     out = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -78,7 +91,7 @@ def test_no_import_cycle():
         colour[node] = 1
         for nxt in sorted(graph[node]):
             if colour.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
             elif nxt not in colour:
                 visit(nxt, path + [nxt])
         colour[node] = 2
@@ -94,7 +107,9 @@ def test_dependencies_point_one_way():
     for module, imports in _graph().items():
         layer = max((k for k in ALLOWED if module == k or module.startswith(k + ".")), key=len)
         for target in sorted(imports):
-            if not any(target == a.rstrip("$") or (not a.endswith("$") and target.startswith(a + ".")) for a in ALLOWED[layer]):
+            if not any(
+                target == a.rstrip("$") or (not a.endswith("$") and target.startswith(a + ".")) for a in ALLOWED[layer]
+            ):
                 wrong.append(f"{module} imports {target}")
     assert not wrong, "\n".join(wrong)
 
@@ -109,14 +124,26 @@ def test_each_package_imports_alone(package):
 
 
 def test_the_trainer_never_imports_ray():
-    code = ("import sys, train.loop, train.cli, train.config, train.data, train.feed, train.pieces, train.evaluate, train.export\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'fasttext', 'pipeline'))\n"
-            "assert not bad, bad")
+    code = (
+        "import sys, train.loop, train.cli, train.config, train.data, train.feed, train.pieces, train.evaluate, train.export\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'fasttext', 'pipeline'))\n"
+        "assert not bad, bad"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-PIPELINE_ONLY = {"ray", "fasttext-numpy2-wheel", "datasets", "bm25s", "numba", "pycountry", "xxhash", "datatrove", "zstandard"}
+PIPELINE_ONLY = {
+    "ray",
+    "fasttext-numpy2-wheel",
+    "datasets",
+    "bm25s",
+    "numba",
+    "pycountry",
+    "xxhash",
+    "datatrove",
+    "zstandard",
+}
 
 
 def _closure(requirements: list[str]) -> set[str]:
@@ -161,4 +188,7 @@ def test_a_missing_extra_names_the_pip_command():
     code = "from core.extras import require_extra; require_extra('python -m train', 'train', ('torch', 'no_such_module_xyz'))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert 'python -m train needs no_such_module_xyz, which the \'train\' extra installs: pip install "ml-embed-data[train]"' in result.stderr
+    assert (
+        "python -m train needs no_such_module_xyz, which the 'train' extra installs: pip install \"ml-embed-data[train]\""
+        in result.stderr
+    )

@@ -25,9 +25,15 @@ def _rows(lang: str) -> list[dict]:
 
 
 def _stage(**extra) -> Decontaminate:
-    sets = [{"name": "xquad_en", "path": str(XQUAD / "en.jsonl.gz"), "columns": ["question", "context"]},
-            {"name": "xquad_zh", "path": str(XQUAD / "zh.jsonl.gz"), "columns": ["context"]}]
-    return ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets, **extra), RunContext(Path("."), ("s",))))
+    sets = [
+        {"name": "xquad_en", "path": str(XQUAD / "en.jsonl.gz"), "columns": ["question", "context"]},
+        {"name": "xquad_zh", "path": str(XQUAD / "zh.jsonl.gz"), "columns": ["context"]},
+    ]
+    return ready(
+        Decontaminate(
+            DecontaminateConfig(stage="decontaminate", eval_sets=sets, **extra), RunContext(Path("."), ("s",))
+        )
+    )
 
 
 def _batch(rows: list[dict]) -> pa.Table:
@@ -40,9 +46,16 @@ def test_exact_and_ngram_overlap_in_latin_and_han():
     words = en[0]["context"].split()
     inserted = " ".join(words[: len(words) // 2] + ["four", "entirely", "new", "words"] + words[len(words) // 2 :])
     zh_edited = zh[0]["context"][:50] + "新的字" + zh[0]["context"][53:]
-    half = " ".join(words[: len(words) // 3]) + " " + "Another paragraph entirely, about something else, written for this test only. " * 6
+    half = (
+        " ".join(words[: len(words) // 3])
+        + " "
+        + "Another paragraph entirely, about something else, written for this test only. " * 6
+    )
     rows = [
-        {"query": "  " + en[5]["question"].upper() + " ?!", "positive": "cooking pasta at home"},  # case and punctuation differ
+        {
+            "query": "  " + en[5]["question"].upper() + " ?!",
+            "positive": "cooking pasta at home",
+        },  # case and punctuation differ
         {"query": "what is it", "positive": inserted},  # a paragraph with an insertion
         {"query": "who", "positive": zh_edited},  # Chinese: character 13-grams
         {"query": "who", "positive": half},  # a third copied: under min_overlap
@@ -50,27 +63,53 @@ def test_exact_and_ngram_overlap_in_latin_and_han():
         {"query": "Which", "positive": None},  # a short common query is not matched by chance
     ]
     out = _stage()(_batch(rows)).to_pylist()
-    assert [r[DROP] for r in out] == ["eval_overlap:xquad_en", "eval_overlap:xquad_en", "eval_overlap:xquad_zh", None, None, None]
+    assert [r[DROP] for r in out] == [
+        "eval_overlap:xquad_en",
+        "eval_overlap:xquad_en",
+        "eval_overlap:xquad_zh",
+        None,
+        None,
+        None,
+    ]
     assert out[0][DETAIL] == "query: exact match in evaluation set xquad_en"
     assert out[1][DETAIL].startswith("positive: ") and "of its n-grams in evaluation set xquad_en" in out[1][DETAIL]
     flagged = _stage(action="flag", min_overlap=0.2)(_batch(rows)).to_pylist()
     assert all(r[DROP] is None for r in flagged)
-    assert [r[FLAGS] for r in flagged][:4] == [[{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}]] * 2 + [
-        [{"reason": "eval_overlap:xquad_zh", "language": "eng_Latn", "count": None}], [{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}]]
+    assert [r[FLAGS] for r in flagged][:4] == [
+        [{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}]
+    ] * 2 + [
+        [{"reason": "eval_overlap:xquad_zh", "language": "eng_Latn", "count": None}],
+        [{"reason": "eval_overlap:xquad_en", "language": "eng_Latn", "count": None}],
+    ]
 
 
 def test_eval_set_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no file matches"):
         DecontaminateConfig(stage="decontaminate", eval_sets=[{"name": "x", "path": str(tmp_path / "missing.jsonl")}])
     with pytest.raises(ValueError, match="has no column 'text'"):
-        _ = ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{"name": "x", "path": str(XQUAD / "en.jsonl.gz")}]), RunContext(Path("."), ())))
+        _ = ready(
+            Decontaminate(
+                DecontaminateConfig(
+                    stage="decontaminate", eval_sets=[{"name": "x", "path": str(XQUAD / "en.jsonl.gz")}]
+                ),
+                RunContext(Path("."), ()),
+            )
+        )
 
 
 @pytest.mark.slow
 def test_run_counts_overlap_per_eval_set_and_language(tmp_path):
-    stages = [{"stage": "normalize"}, {"stage": "langid"},
-              {"stage": "decontaminate", "eval_sets": [{"name": "xquad_en", "path": str(XQUAD / "en.jsonl.gz"), "columns": ["question"]}]}]
-    manifest = write_manifest(tmp_path, stage1_sources(xquad_glob="*.jsonl.gz", bitext_glob="eng_Latn-fra_Latn.tsv.gz"), stages)
+    stages = [
+        {"stage": "normalize"},
+        {"stage": "langid"},
+        {
+            "stage": "decontaminate",
+            "eval_sets": [{"name": "xquad_en", "path": str(XQUAD / "en.jsonl.gz"), "columns": ["question"]}],
+        },
+    ]
+    manifest = write_manifest(
+        tmp_path, stage1_sources(xquad_glob="*.jsonl.gz", bitext_glob="eng_Latn-fra_Latn.tsv.gz"), stages
+    )
     result = run_cli("run", str(manifest), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
@@ -86,10 +125,26 @@ def test_eval_set_from_a_saved_datasets_folder(tmp_path):
     import datasets
 
     en = _rows("en")
-    datasets.Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in en[:50]]).save_to_disk(str(tmp_path / "xq"))
+    datasets.Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in en[:50]]).save_to_disk(
+        str(tmp_path / "xq")
+    )
     sets = [{"name": "xquad_hf", "format": "hf", "path": str(tmp_path / "xq"), "columns": ["question", "context"]}]
-    stage = ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets), RunContext(Path("."), ("s",))))
-    out = stage(_batch([{"query": en[3]["question"], "positive": "unrelated"}, {"query": en[60]["question"], "positive": "unrelated"}])).to_pylist()
+    stage = ready(
+        Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=sets), RunContext(Path("."), ("s",)))
+    )
+    out = stage(
+        _batch(
+            [
+                {"query": en[3]["question"], "positive": "unrelated"},
+                {"query": en[60]["question"], "positive": "unrelated"},
+            ]
+        )
+    ).to_pylist()
     assert [r[DROP] for r in out] == ["eval_overlap:xquad_hf", None]
     with pytest.raises(ValueError, match="no column"):
-        ready(Decontaminate(DecontaminateConfig(stage="decontaminate", eval_sets=[{**sets[0], "columns": ["answer"]}]), RunContext(Path("."), ())))
+        ready(
+            Decontaminate(
+                DecontaminateConfig(stage="decontaminate", eval_sets=[{**sets[0], "columns": ["answer"]}]),
+                RunContext(Path("."), ()),
+            )
+        )

@@ -58,9 +58,17 @@ def release_reads(folder: Path, tokenizer: Path, cache: Path) -> dict[str, int]:
     assert len(id_to_docs) == len(corpus)
     rows = {}
     for name in names:
-        data = load_dataset("parquet", data_files=str(folder / f"{name}_query.parquet"), split="train", keep_in_memory=True, cache_dir=str(cache))
+        data = load_dataset(
+            "parquet",
+            data_files=str(folder / f"{name}_query.parquet"),
+            split="train",
+            keep_in_memory=True,
+            cache_dir=str(cache),
+        )
         assert "dataset_name" not in data.column_names  # the release adds it
-        split = data.add_column("dataset_name", [name] * len(data)).train_test_split(train_size=0.99, shuffle=True, seed=0)
+        split = data.add_column("dataset_name", [name] * len(data)).train_test_split(
+            train_size=0.99, shuffle=True, seed=0
+        )
         if name in lists["CLASSIFICATION_DATASETS"]:
             picked = [0]
         else:
@@ -82,7 +90,9 @@ def test_ml_embed_layout_is_what_the_release_reads(stage1_run, stage2_run, eos_t
         result = export(run, out, "ml-embed", "--tokenizer", str(eos_tokenizer))
         assert result.returncode == 0, result.stderr[-2000:]
         report = json.loads((out / "export_report.json").read_text())
-        assert release_reads(out, eos_tokenizer, tmp_path / "cache") == {d["name"]: d["rows_written"] for d in report["datasets"]}
+        assert release_reads(out, eos_tokenizer, tmp_path / "cache") == {
+            d["name"]: d["rows_written"] for d in report["datasets"]
+        }
         shard_rows = sum(s["rows"] for s in json.loads((run / "shards" / "_SUCCESS.json").read_text())["shards"])
         assert report["rows_written"] + sum(report["dropped"].values()) == report["rows_in"] == shard_rows
     # Stage 1 has no negatives: the pool policy fills all 24 from the dataset's own passages.
@@ -96,7 +106,9 @@ def test_ml_embed_layout_is_what_the_release_reads(stage1_run, stage2_run, eos_t
     exported = pl.read_parquet(tmp_path / "stage2" / "xquad_r_query.parquet").sort("id")
     first = shards.row(0, named=True)
     joined = f"Instruct: {first['instruction']}\nQuery: {first['query']}"
-    assert exported["query_input_ids"][0].to_list() == tokenizer(joined, max_length=2047, truncation=True)["input_ids"] + [tokenizer.eos_token_id]
+    assert exported["query_input_ids"][0].to_list() == tokenizer(joined, max_length=2047, truncation=True)[
+        "input_ids"
+    ] + [tokenizer.eos_token_id]
     assert exported["passage_input_ids"][0] == first["positive_id"]
 
 
@@ -123,6 +135,7 @@ def test_sentence_transformers_trains_on_the_export(stage1_run, stage2_run, smal
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
+
     try:
         from sentence_transformers.sentence_transformer.losses import (
             CachedMultipleNegativesRankingLoss,
@@ -143,16 +156,32 @@ def test_sentence_transformers_trains_on_the_export(stage1_run, stage2_run, smal
         data = load_from_disk(str(out))
         assert isinstance(data, DatasetDict)
         for split in data.values():
-            assert split.column_names[:2] == ["anchor", "positive"] and all(c.startswith("negative_") for c in split.column_names[2:])
+            assert split.column_names[:2] == ["anchor", "positive"] and all(
+                c.startswith("negative_") for c in split.column_names[2:]
+            )
             assert not any(None in split[c] for c in split.column_names)
         prompts = json.loads((out / "prompts.json").read_text())
         small = DatasetDict({k: v.select(range(min(8, len(v)))) for k, v in data.items()})
-        for loss in (MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), [128, 64]),
-                     CachedMultipleNegativesRankingLoss(model, mini_batch_size=4)):
+        for loss in (
+            MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), [128, 64]),
+            CachedMultipleNegativesRankingLoss(model, mini_batch_size=4),
+        ):
             args = SentenceTransformerTrainingArguments(
-                output_dir=str(tmp_path / "st"), max_steps=2, per_device_train_batch_size=4, save_strategy="no", report_to="none",
-                use_cpu=True, disable_tqdm=True, seed=0, prompts=prompts or None, multi_dataset_batch_sampler="round_robin")
-            assert SentenceTransformerTrainer(model=model, args=args, train_dataset=small, loss=loss).train().global_step == 2
+                output_dir=str(tmp_path / "st"),
+                max_steps=2,
+                per_device_train_batch_size=4,
+                save_strategy="no",
+                report_to="none",
+                use_cpu=True,
+                disable_tqdm=True,
+                seed=0,
+                prompts=prompts or None,
+                multi_dataset_batch_sampler="round_robin",
+            )
+            assert (
+                SentenceTransformerTrainer(model=model, args=args, train_dataset=small, loss=loss).train().global_step
+                == 2
+            )
     assert set(prompts) == set(data) and prompts["xquad_r"]["anchor"].startswith("Instruct: Given a question")
     assert len(data["xquad_r"].column_names) == 2 + 7 and len(data["sib200_topics"].column_names) == 3
 
@@ -170,14 +199,21 @@ def test_flagembedding_builds_batches_from_the_export(stage2_run, eos_tokenizer,
     assert export(stage2_run / "run", out, "flagembedding").returncode == 0
     report = json.loads((out / "export_report.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(eos_tokenizer))
-    args = AbsEmbedderDataArguments(train_data=[str(out / "data")], train_group_size=8, query_max_len=32, passage_max_len=64,
-                                    query_instruction_for_retrieval="", cache_path=str(tmp_path / "cache"))
+    args = AbsEmbedderDataArguments(
+        train_data=[str(out / "data")],
+        train_group_size=8,
+        query_max_len=32,
+        passage_max_len=64,
+        query_instruction_for_retrieval="",
+        cache_path=str(tmp_path / "cache"),
+    )
     data = AbsEmbedderTrainDataset(args=args, tokenizer=tokenizer)
     assert len(data) == report["rows_written"]
     query, passages, _ = data[0]
     assert query.startswith("Instruct: ") and len(passages) == 8
-    batch = AbsEmbedderCollator(tokenizer=tokenizer, query_max_len=32, passage_max_len=64, padding=True, return_tensors="pt")(
-        [data[i] for i in range(4)])
+    batch = AbsEmbedderCollator(
+        tokenizer=tokenizer, query_max_len=32, passage_max_len=64, padding=True, return_tensors="pt"
+    )([data[i] for i in range(4)])
     assert batch["queries"]["input_ids"].shape[0] == 4 and batch["passages"]["input_ids"].shape[0] == 32
 
 
@@ -186,9 +222,18 @@ def write_run(folder: Path, rows: list[dict], passages: list[dict]) -> Path:
     (folder / "shards" / "s").mkdir(parents=True)
     (folder / "corpus").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / "shards" / "s" / "part-00000-t.parquet")
-    pq.write_table(pa.Table.from_pylist(sorted(passages, key=lambda p: p["doc_id"]), schema=CORPUS_SCHEMA), folder / "corpus" / "part-00000-t.parquet")
-    write_marker(folder / "shards", {"fingerprint": "t", "shards": [{"path": "s/part-00000-t.parquet", "rows": len(rows), "source": "s"}],
-                                     "corpus": [{"path": "part-00000-t.parquet", "rows": len(passages)}]})
+    pq.write_table(
+        pa.Table.from_pylist(sorted(passages, key=lambda p: p["doc_id"]), schema=CORPUS_SCHEMA),
+        folder / "corpus" / "part-00000-t.parquet",
+    )
+    write_marker(
+        folder / "shards",
+        {
+            "fingerprint": "t",
+            "shards": [{"path": "s/part-00000-t.parquet", "rows": len(rows), "source": "s"}],
+            "corpus": [{"path": "part-00000-t.parquet", "rows": len(passages)}],
+        },
+    )
     return folder
 
 
@@ -199,15 +244,30 @@ def retrieval_run(folder: Path, scored: bool = False) -> Path:
     rows = []
     for i in range(30):
         negatives = [] if i < 10 else [passage_id(texts[40 + (i + j) % 40]) for j in range(2 if i < 20 else 25)]
-        rows.append({"id": f"{i:032x}", "source": "s", "task": "retrieval", "query": f"question {i}", "positive": texts[i],
-                     "positive_id": passage_id(texts[i]), "negative_ids": negatives, "licence": "x", "origin": f"f:{i}",
-                     "query_lang": "eng_Latn", "instruction": "Find it",
-                     "positive_score": 9.0 if scored else None, "negative_scores": [1.0] * len(negatives) if scored else None})
+        rows.append(
+            {
+                "id": f"{i:032x}",
+                "source": "s",
+                "task": "retrieval",
+                "query": f"question {i}",
+                "positive": texts[i],
+                "positive_id": passage_id(texts[i]),
+                "negative_ids": negatives,
+                "licence": "x",
+                "origin": f"f:{i}",
+                "query_lang": "eng_Latn",
+                "instruction": "Find it",
+                "positive_score": 9.0 if scored else None,
+                "negative_scores": [1.0] * len(negatives) if scored else None,
+            }
+        )
     return write_run(folder, rows, passages)
 
 
-@pytest.mark.parametrize(("policy", "written", "dropped"), [("pool", 30, {}), ("repeat", 20, {"no_negatives": 10}),
-                                                             ("drop", 10, {"too_few_negatives": 20})])
+@pytest.mark.parametrize(
+    ("policy", "written", "dropped"),
+    [("pool", 30, {}), ("repeat", 20, {"no_negatives": 10}), ("drop", 10, {"too_few_negatives": 20})],
+)
 def test_rows_with_fewer_negatives_follow_the_policy(tmp_path, policy, written, dropped):
     run = retrieval_run(tmp_path / "run")
     out = tmp_path / "out"
@@ -225,7 +285,9 @@ def test_rows_with_fewer_negatives_follow_the_policy(tmp_path, policy, written, 
     assert report["rows_in"] == 30 and report["rows_written"] == written and report["dropped"] == dropped
     again = tmp_path / "again"
     assert export(run, again, "flat", "--fill", policy).returncode == 0  # the same draw every time
-    assert (again / "raw_training_data" / "s.parquet").read_bytes() == (out / "raw_training_data" / "s.parquet").read_bytes()
+    assert (again / "raw_training_data" / "s.parquet").read_bytes() == (
+        out / "raw_training_data" / "s.parquet"
+    ).read_bytes()
 
 
 def test_flagembedding_scores_only_where_every_row_keeps_its_own(tmp_path):
@@ -235,7 +297,9 @@ def test_flagembedding_scores_only_where_every_row_keeps_its_own(tmp_path):
         assert export(run, out, "flagembedding", "--fill", policy).returncode == 0
         rows = [json.loads(line) for line in (out / "data" / "s.jsonl").read_text().splitlines()]
         assert all(("neg_scores" in r) == scored and r["prompt"] == "Instruct: Find it\nQuery: " for r in rows)
-        assert all(len(r["neg_scores"]) == len(r["neg"]) and isinstance(r["pos_scores"][0], float) for r in rows if scored)
+        assert all(
+            len(r["neg_scores"]) == len(r["neg"]) and isinstance(r["pos_scores"][0], float) for r in rows if scored
+        )
         assert len(rows) == (30 if policy == "pool" else 10) and min(len(r["neg"]) for r in rows) >= 7
 
 
@@ -251,9 +315,15 @@ def test_export_errors_are_clear(tmp_path, small_model):
     exists = export(run, tmp_path / "d", "flat")
     assert exists.returncode == 1 and "exists; remove it or pass --overwrite" in exists.stderr
     # A doc id with no passage: the file and row named, and no output (nor a half-written one).
-    pq.write_table(pq.read_table(run / "corpus" / "part-00000-t.parquet").slice(1), run / "corpus" / "part-00000-t.parquet")
+    pq.write_table(
+        pq.read_table(run / "corpus" / "part-00000-t.parquet").slice(1), run / "corpus" / "part-00000-t.parquet"
+    )
     lost = export(run, tmp_path / "e", "sentence-transformers")
-    assert lost.returncode == 1 and "shards/s/part-00000-t.parquet: row " in lost.stderr and "is not in the passage table" in lost.stderr
+    assert (
+        lost.returncode == 1
+        and "shards/s/part-00000-t.parquet: row " in lost.stderr
+        and "is not in the passage table" in lost.stderr
+    )
     assert not (tmp_path / "e").exists()
     (run / "shards" / "_SUCCESS.json").write_text(json.dumps({"shards": []}))
     no_table = export(run, tmp_path / "f", "flat")

@@ -14,10 +14,25 @@ from tests.conftest import ROOT, run_cli, stage1_sources, write_manifest
 def test_shipped_manifest_is_valid():
     manifest = load_manifest(ROOT / "manifests" / "stage1.yaml")
     assert [s.name for s in manifest.sources] == ["xquad_r", "sib200_bitext"]
-    assert [s.stage for s in manifest.stages] == ["normalize", "langid", "langid_prior", "filter", "decontaminate", "exact_dedup", "near_dedup"]
+    assert [s.stage for s in manifest.stages] == [
+        "normalize",
+        "langid",
+        "langid_prior",
+        "filter",
+        "decontaminate",
+        "exact_dedup",
+        "near_dedup",
+    ]
     assert manifest.output == str((ROOT / "runs" / "stage1").resolve())
     stage2 = load_manifest(ROOT / "manifests" / "stage2.yaml")
-    assert {s.task for s in stage2.sources} == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}
+    assert {s.task for s in stage2.sources} == {
+        "retrieval",
+        "bitext",
+        "sts",
+        "pair_classification",
+        "classification",
+        "clustering",
+    }
 
 
 def _error(tmp_path, text: str) -> str:
@@ -30,27 +45,42 @@ def _error(tmp_path, text: str) -> str:
 
 def _base(tmp_path, extra_stage: str = "  - stage: normalize\n") -> str:
     sample = ROOT / "manifests" / "samples" / "xquad_r" / "en.jsonl.gz"
-    return (f"output: out\nsources:\n  - name: x\n    task: retrieval\n    path: {sample}\n"
-            f"    columns: {{query: question, positive: context}}\n    licence: CC-BY-SA-4.0\nstages:\n{extra_stage}")
+    return (
+        f"output: out\nsources:\n  - name: x\n    task: retrieval\n    path: {sample}\n"
+        f"    columns: {{query: question, positive: context}}\n    licence: CC-BY-SA-4.0\nstages:\n{extra_stage}"
+    )
 
 
 def test_typo_key_names_line_and_path(tmp_path):
-    msg = _error(tmp_path, _base(tmp_path).replace("    licence:", "    licence: x\n    colums: {}\n    licenc:", 1).replace("licenc: CC-BY-SA-4.0", "licenc: y"))
+    msg = _error(
+        tmp_path,
+        _base(tmp_path)
+        .replace("    licence:", "    licence: x\n    colums: {}\n    licenc:", 1)
+        .replace("licenc: CC-BY-SA-4.0", "licenc: y"),
+    )
     assert "m.yaml:8: sources[0].colums: Extra inputs are not permitted" in msg
     assert "m.yaml:9: sources[0].licenc" in msg
 
 
 def test_stage_setting_typo_and_bad_value(tmp_path):
-    msg = _error(tmp_path, _base(tmp_path, "  - stage: normalize\n    unicode_fom: NFC\n  - stage: langid\n    min_confidence: 2\n"))
+    msg = _error(
+        tmp_path,
+        _base(tmp_path, "  - stage: normalize\n    unicode_fom: NFC\n  - stage: langid\n    min_confidence: 2\n"),
+    )
     assert "m.yaml:10: stages[0].unicode_fom: Extra inputs are not permitted" in msg
     assert "m.yaml:12: stages[1].min_confidence: Input should be less than or equal to 1" in msg
 
 
 def test_unknown_stage_wrong_type_missing_file(tmp_path):
-    text = _base(tmp_path, "  - stage: normalise\n").replace("en.jsonl.gz", "nope-*.jsonl") + "shards:\n  rows_per_shard: many\n"
+    text = (
+        _base(tmp_path, "  - stage: normalise\n").replace("en.jsonl.gz", "nope-*.jsonl")
+        + "shards:\n  rows_per_shard: many\n"
+    )
     msg = _error(tmp_path, text)
     assert "m.yaml:5: sources[0].path: Value error, no file matches" in msg
-    assert "m.yaml:9: stages[0]: Input tag 'normalise' found using 'stage' does not match any of the expected tags" in msg
+    assert (
+        "m.yaml:9: stages[0]: Input tag 'normalise' found using 'stage' does not match any of the expected tags" in msg
+    )
     assert "m.yaml:11: shards.rows_per_shard: Input should be a valid integer" in msg
 
 
@@ -88,13 +118,20 @@ def test_cli_validate_and_schema(tmp_path):
 
 def test_language_settings_are_checked_with_lines(tmp_path):
     text = _base(tmp_path, "  - stage: langid\n    model: nothere.ftz\n    thresholds: {english: 0.5}\n").replace(
-        "    licence: CC-BY-SA-4.0\n", "    licence: CC-BY-SA-4.0\n    language: {query: klingon, positive: fr}\n", 1)
+        "    licence: CC-BY-SA-4.0\n", "    licence: CC-BY-SA-4.0\n    language: {query: klingon, positive: fr}\n", 1
+    )
     msg = _error(tmp_path, text)
     assert "m.yaml:8: sources[0].language: Value error, 'klingon' is not a language label" in msg
-    assert "m.yaml:11: stages[0].model: Value error, no fastText model at" in msg and "bundled models: lid176, sib200" in msg
+    assert (
+        "m.yaml:11: stages[0].model: Value error, no fastText model at" in msg
+        and "bundled models: lid176, sib200" in msg
+    )
     assert "m.yaml:12: stages[0].thresholds" in msg
     ok = _base(tmp_path, "  - stage: langid\n    model: sib200\n").replace(
-        "    licence: CC-BY-SA-4.0\n", "    licence: CC-BY-SA-4.0\n    language: {query: zho_Hans, positive: de}\n    language_policy: trusted\n", 1)
+        "    licence: CC-BY-SA-4.0\n",
+        "    licence: CC-BY-SA-4.0\n    language: {query: zho_Hans, positive: de}\n    language_policy: trusted\n",
+        1,
+    )
     (tmp_path / "ok.yaml").write_text(ok)
     source = load_manifest(tmp_path / "ok.yaml").sources[0]
     assert source.declared_language("query") == "cmn_Hans" and source.declared_language("positive") == "deu_Latn"
@@ -115,10 +152,15 @@ def test_dense_mining_needs_a_model_folder(tmp_path):
 
 
 def test_a_stage_reading_negative_texts_after_they_are_stored_by_reference_is_refused(tmp_path):
-    after = "  - stage: build_pairs\n  - stage: normalize\n    fields: [query, negatives]\n  - stage: decontaminate\n" \
-            "    fields: [query]\n    eval_sets: [{name: e, path: m.yaml, columns: [text]}]\n"
+    after = (
+        "  - stage: build_pairs\n  - stage: normalize\n    fields: [query, negatives]\n  - stage: decontaminate\n"
+        "    fields: [query]\n    eval_sets: [{name: e, path: m.yaml, columns: [text]}]\n"
+    )
     msg = _error(tmp_path, _base(tmp_path, after))
-    assert "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference before it: put normalize first" in msg
+    assert (
+        "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference before it: put normalize first"
+        in msg
+    )
     assert "stages[2]" not in msg  # the same stage without negatives is fine
 
 
@@ -129,6 +171,9 @@ def test_a_mining_corpus_must_be_a_corpus_source_and_be_named(tmp_path):
     assert "uses ['x'] as a corpus, but a corpus source has `task: corpus`" in msg
     msg = _error(tmp_path, _base(tmp_path, "  - stage: mine_negatives\n    pool: corpus\n"))
     assert "m.yaml:9: stages[0]" in msg and "`pool: corpus` and `corpus: SOURCE` go together" in msg
-    corpus = _base(tmp_path).replace("stages:\n", "  - name: wiki\n    task: corpus\n    path: {p}\n    columns: {{query: context}}\n"
-                                     "    licence: CC-BY-SA-4.0\nstages:\n".format(p=ROOT / "manifests" / "samples" / "xquad_r" / "en.jsonl.gz"))
+    corpus = _base(tmp_path).replace(
+        "stages:\n",
+        "  - name: wiki\n    task: corpus\n    path: {p}\n    columns: {{query: context}}\n"
+        "    licence: CC-BY-SA-4.0\nstages:\n".format(p=ROOT / "manifests" / "samples" / "xquad_r" / "en.jsonl.gz"),
+    )
     assert "corpus sources ['wiki'] are named by no stage" in _error(tmp_path, corpus)

@@ -28,8 +28,19 @@ def xquad(shared_data) -> dict[str, list[dict]]:
 
 
 def _mine(rows: list[dict], lang: str, **config) -> list[dict]:
-    records = [{"id": str(i), "source": "xquad", "task": "retrieval", "query": r["query"], "positive": r["positive"], "licence": "x",
-                "origin": f"f:{i}", "query_lang": lang} for i, r in enumerate(rows)]
+    records = [
+        {
+            "id": str(i),
+            "source": "xquad",
+            "task": "retrieval",
+            "query": r["query"],
+            "positive": r["positive"],
+            "licence": "x",
+            "origin": f"f:{i}",
+            "query_lang": lang,
+        }
+        for i, r in enumerate(rows)
+    ]
     stage = MineNegatives(MineNegativesConfig(stage="mine_negatives", **config), RunContext(Path("."), ("xquad",)))
     return stage(pa.Table.from_pylist(records, schema=WORK_SCHEMA)).to_pylist()
 
@@ -58,7 +69,9 @@ def test_filters_hold_and_positive_aware_filtering_cuts_false_negatives(xquad):
     assert removed["negatives_filtered:rank_window"] > 0 and removed["negatives_filtered:above_positive_ratio"] > 0
     assert removed["negatives_filtered:positive_neighbour"] > 0
     assert _false_negative_share(rows, mined, top=1) <= 0.01  # the goal on every XQuAD-R development language
-    unfiltered = _mine(rows, "eng_Latn", skip_top=0, max_score_ratio=None, near_dup_threshold=1.0, positive_neighbours=0)
+    unfiltered = _mine(
+        rows, "eng_Latn", skip_top=0, max_score_ratio=None, near_dup_threshold=1.0, positive_neighbours=0
+    )
     assert _false_negative_share(rows, mined, top=1) < 0.5 * _false_negative_share(rows, unfiltered, top=1)
 
 

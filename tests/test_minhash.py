@@ -38,9 +38,36 @@ def _estimate(a: str, b: str, num_perm: int = 256, shingling: Shingling = Shingl
 
 
 def test_tokens_are_words_or_characters_by_script():
-    split, unspaced = tokens(pa.array(["Hello,\u00a0World! (The quick-brown fox.)", "人人生而自由，在尊严。", "ประชาชนทุกคน", "東京 is big", "", None]), "auto")
-    assert split.to_pylist()[:2] == [["hello", "world", "the", "quick", "brown", "fox"], ["人", "人", "生", "而", "自", "由", "在", "尊", "严"]]
-    assert split.to_pylist()[2] == ["ป", "ร", "ะ", "ช", "า", "ช", "น", "ทุ", "ก", "ค", "น"]  # marks stay with their letter
+    split, unspaced = tokens(
+        pa.array(
+            [
+                "Hello,\u00a0World! (The quick-brown fox.)",
+                "人人生而自由，在尊严。",
+                "ประชาชนทุกคน",
+                "東京 is big",
+                "",
+                None,
+            ]
+        ),
+        "auto",
+    )
+    assert split.to_pylist()[:2] == [
+        ["hello", "world", "the", "quick", "brown", "fox"],
+        ["人", "人", "生", "而", "自", "由", "在", "尊", "严"],
+    ]
+    assert split.to_pylist()[2] == [
+        "ป",
+        "ร",
+        "ะ",
+        "ช",
+        "า",
+        "ช",
+        "น",
+        "ทุ",
+        "ก",
+        "ค",
+        "น",
+    ]  # marks stay with their letter
     assert split.to_pylist()[3:] == [["東", "京", "is", "big"], [], []]
     assert unspaced.tolist() == [False, True, True, False, False, False]
     words, _ = tokens(pa.array(["人人生而自由"]), "words")
@@ -117,7 +144,10 @@ def test_dedup_eval_on_the_udhr_calibration_set(shared_data):
     by_script, by_kind = run(str(shared_data), None, NearDedupConfig(stage="near_dedup"))
     for script in ("Latin", "Cyrillic", "Arabic", "Han", "Devanagari", "Thai"):
         assert by_script[script]["duplicates"] >= 40, script
-        assert by_script[script]["precision"] >= 0.95 and by_script[script]["recall"] >= 0.95, (script, by_script[script])
+        assert by_script[script]["precision"] >= 0.95 and by_script[script]["recall"] >= 0.95, (
+            script,
+            by_script[script],
+        )
     assert by_kind["edition"]["recall"] == 1.0  # two editions of the same declaration are found
     assert by_kind["related_language"]["precision"] == 1.0  # Bosnian/Croatian & co. are not duplicates
     # Whitespace words in unspaced scripts (what text-dedup does) lose the Thai and Chinese duplicates.
@@ -128,8 +158,10 @@ def test_dedup_eval_on_the_udhr_calibration_set(shared_data):
 def test_dedup_eval_command_on_a_pairs_file(tmp_path):
     import json
 
-    rows = [{"a": "the cat sat on the mat today", "b": "the cat sat on the mat today!", "duplicate": True},
-            {"a": "the cat sat on the mat today", "b": "a dog ran in the park yesterday", "duplicate": False}]
+    rows = [
+        {"a": "the cat sat on the mat today", "b": "the cat sat on the mat today!", "duplicate": True},
+        {"a": "the cat sat on the mat today", "b": "a dog ran in the park yesterday", "duplicate": False},
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     assert [p.script for p in read_pairs(path)] == ["Latin", "Latin"]

@@ -84,7 +84,9 @@ def test_pools_by_source_by_language_and_from_a_named_corpus(paragraphs):
     # Two questions on the one German paragraph of their source: a pool of one passage, nothing to mine.
     alone = _mine(_records(a[:1], "a", "deu_Latn") + _records(a[1:], "a", "eng_Latn"))
     german = [m for m in alone if m["query_lang"] == "deu_Latn"]
-    assert len(german) == 2 and all(m[FLAGS][0]["reason"] == "mining_skipped:pool_too_small" and not m["negatives"] for m in german)
+    assert len(german) == 2 and all(
+        m[FLAGS][0]["reason"] == "mining_skipped:pool_too_small" and not m["negatives"] for m in german
+    )
 
 
 def test_approximate_index_finds_what_exact_search_finds():

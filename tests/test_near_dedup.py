@@ -26,8 +26,18 @@ from pipeline.tools.dedup_calibration import planted_corpus
 @pytest.fixture(scope="module")
 def planted(shared_data) -> tuple[pa.Table, dict[str, str]]:
     rows = planted_corpus(shared_data, texts=50)
-    records = [{"id": f"{i:06d}", "source": "late" if i % 3 else "early", "task": "retrieval", "query": r["text"], "licence": "x",
-                "origin": f"f:{i}", "query_lang": r["language"]} for i, r in enumerate(rows)]
+    records = [
+        {
+            "id": f"{i:06d}",
+            "source": "late" if i % 3 else "early",
+            "task": "retrieval",
+            "query": r["text"],
+            "licence": "x",
+            "origin": f"f:{i}",
+            "query_lang": r["language"],
+        }
+        for i, r in enumerate(rows)
+    ]
     return pa.Table.from_pylist(records, schema=WORK_SCHEMA), {f"{i:06d}": r["cluster"] for i, r in enumerate(rows)}
 
 
@@ -62,13 +72,21 @@ def _reference(table: pa.Table, config: NearDedupConfig) -> set[str]:
     for i in range(table.num_rows):
         for k in keys[i]:
             buckets.setdefault((langs[i], int(k)), []).append(i)
-    candidates = sorted({(a, b) for members in buckets.values() for x, a in enumerate(members) for b in members[x + 1 :]})
+    candidates = sorted(
+        {(a, b) for members in buckets.values() for x, a in enumerate(members) for b in members[x + 1 :]}
+    )
     a, b = np.array([p[0] for p in candidates]), np.array([p[1] for p in candidates])
     ok = config.verified(sig[a], sig[b])
     u, v = a[ok], b[ok]
     n = table.num_rows
     _, comp = scipy_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(n, n)), directed=False)
-    df = pl.DataFrame({"id": table.column("id").to_pylist(), "prio": [s != "early" for s in table.column("source").to_pylist()], "c": comp})
+    df = pl.DataFrame(
+        {
+            "id": table.column("id").to_pylist(),
+            "prio": [s != "early" for s in table.column("source").to_pylist()],
+            "c": comp,
+        }
+    )
     df = df.sort("c", "prio", "id").with_columns(pl.int_range(pl.len()).over("c").alias("rank"))
     return set(df.filter(pl.col("rank") > 0)["id"])
 
@@ -89,8 +107,15 @@ def test_finds_planted_duplicates_like_a_single_process_reference(ray_local, pla
     whole = kept.filter(pl.len().over("cluster") == 1)
     sizes = truth.group_by("cluster").len()
     assert sizes["len"].max() > 1 and whole.height > 0.95 * kept.height
-    assert dict(whole.join(sizes, on="cluster").select("id", "len").iter_rows()) == dict(whole.select("id", "near_dup_count").iter_rows())
-    expected = truth.with_columns(pl.col("id").str.to_integer().mod(3).ne(0).alias("late")).sort("cluster", "late", "id").group_by("cluster", maintain_order=True).first()
+    assert dict(whole.join(sizes, on="cluster").select("id", "len").iter_rows()) == dict(
+        whole.select("id", "near_dup_count").iter_rows()
+    )
+    expected = (
+        truth.with_columns(pl.col("id").str.to_integer().mod(3).ne(0).alias("late"))
+        .sort("cluster", "late", "id")
+        .group_by("cluster", maintain_order=True)
+        .first()
+    )
     assert set(whole["id"]) <= set(expected["id"])
     detail = out.filter(pl.col(DROP).is_not_null()).with_columns(pl.col(DETAIL).str.extract(r"of (\d+) ").alias("kept"))
     assert set(detail["kept"]) <= set(kept["id"])
@@ -108,11 +133,24 @@ def test_results_do_not_depend_on_block_layout_or_executor(ray_local, planted):
 
 
 def test_languages_kept_apart_unless_asked(ray_local):
-    text = "All human beings are born free and equal in dignity and rights. They are endowed with reason and conscience."
-    rows = [{"id": str(i), "source": "early", "task": "retrieval", "query": text + "!" * i, "licence": "x", "origin": f"f:{i}", "query_lang": lang}
-            for i, lang in enumerate(["eng_Latn", "eng_Latn", "sco_Latn", None])] + [
-           {"id": "e", "source": "early", "task": "retrieval", "query": "   ", "licence": "x", "origin": "f:e"},
-           {"id": "f", "source": "early", "task": "retrieval", "query": "...", "licence": "x", "origin": "f:f"}]
+    text = (
+        "All human beings are born free and equal in dignity and rights. They are endowed with reason and conscience."
+    )
+    rows = [
+        {
+            "id": str(i),
+            "source": "early",
+            "task": "retrieval",
+            "query": text + "!" * i,
+            "licence": "x",
+            "origin": f"f:{i}",
+            "query_lang": lang,
+        }
+        for i, lang in enumerate(["eng_Latn", "eng_Latn", "sco_Latn", None])
+    ] + [
+        {"id": "e", "source": "early", "task": "retrieval", "query": "   ", "licence": "x", "origin": "f:e"},
+        {"id": "f", "source": "early", "task": "retrieval", "query": "...", "licence": "x", "origin": "f:f"},
+    ]
     table = pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
     within = _run(table, blocks=2)
     assert within.filter(pl.col(DROP).is_not_null())["id"].to_list() == ["1"]
@@ -131,12 +169,16 @@ def test_components_match_scipy_on_a_random_graph_with_a_long_chain(ray_local, t
     chain = np.arange(30_000, 33_000)  # a path of 3,000 nodes: the hard case for label propagation
     u, v = np.concatenate([u, chain[:-1]]), np.concatenate([v, chain[1:]])
     parts = 3
-    producers = [route_undirected(pa.table({"u": u[s], "v": v[s]}), parts) for s in np.array_split(np.arange(len(u)), 4)]
+    producers = [
+        route_undirected(pa.table({"u": u[s], "v": v[s]}), parts) for s in np.array_split(np.arange(len(u)), 4)
+    ]
     rounds = exchange.Rounds(str(tmp_path / "scratch"), RayTasks())
     labels, count = connected_components(rounds, producers, parts)
     got = pl.from_arrow(pa.concat_tables([exchange.get(x) for x in labels]))
     _, comp = scipy_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(chain[-1] + 1,) * 2), directed=False)
-    ref = pl.DataFrame({"node": np.arange(chain[-1] + 1), "c": comp}).with_columns(pl.col("node").min().over("c").alias("ref"))
+    ref = pl.DataFrame({"node": np.arange(chain[-1] + 1), "c": comp}).with_columns(
+        pl.col("node").min().over("c").alias("ref")
+    )
     joined = ref.join(got, on="node", how="inner")
     assert got["node"].is_unique().all() and set(got["node"]) == set(np.concatenate([u, v]).tolist())
     assert joined.height == got.height and (joined["label"] == joined["ref"]).all()
@@ -160,15 +202,28 @@ def test_config_checks_bands_and_rows():
 
 
 @pytest.mark.slow
-def test_run_finds_the_planted_clusters_and_a_two_node_cluster_gives_identical_shards(shared_data, loopback_cluster, tmp_path):
+def test_run_finds_the_planted_clusters_and_a_two_node_cluster_gives_identical_shards(
+    shared_data, loopback_cluster, tmp_path
+):
     import json
 
     from tests.conftest import run_cli, shard_digests, write_manifest
 
     rows = planted_corpus(shared_data, texts=60, seed=3)
     data = tmp_path / "planted.jsonl"
-    data.write_text("".join(json.dumps({"text": r["text"], "cluster": r["cluster"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    sources = [{"name": "udhr", "task": "clustering", "path": str(data), "columns": {"query": "text", "label": "cluster"}, "licence": "public-domain"}]
+    data.write_text(
+        "".join(json.dumps({"text": r["text"], "cluster": r["cluster"]}, ensure_ascii=False) + "\n" for r in rows),
+        encoding="utf-8",
+    )
+    sources = [
+        {
+            "name": "udhr",
+            "task": "clustering",
+            "path": str(data),
+            "columns": {"query": "text", "label": "cluster"},
+            "licence": "public-domain",
+        }
+    ]
     stages = [{"stage": "normalize"}, {"stage": "near_dedup"}]
     runs = {}
     for name, extra in [("local", []), ("two_nodes", ["--ray-address", loopback_cluster])]:
@@ -190,14 +245,39 @@ def test_run_finds_the_planted_clusters_and_a_two_node_cluster_gives_identical_s
 
 
 def test_several_fields_must_all_be_alike(ray_local):
-    passage = ("The Panthers defense gave up just 308 points, ranking sixth in the league, while also leading the NFL in "
-               "interceptions with 24 and boasting four Pro Bowl selections.")
-    rows = [("a", "How many points did the Panthers defense surrender?", passage),
-            ("b", "How many interceptions did the Panthers defense make?", passage),  # same passage, another question
-            ("c", "How many points did the Panthers' defense surrender?", passage + " Source: Wikipedia."),  # both alike
-            ("d", "How many points did the Panthers defense surrender?", "An unrelated passage about the weather in Paris in May.")]
-    table = pa.Table.from_pylist([{"id": i, "source": "early", "task": "retrieval", "query": q, "positive": p, "licence": "x", "origin": f"f:{i}",
-                                   "query_lang": "eng_Latn"} for i, q, p in rows], schema=WORK_SCHEMA)
+    passage = (
+        "The Panthers defense gave up just 308 points, ranking sixth in the league, while also leading the NFL in "
+        "interceptions with 24 and boasting four Pro Bowl selections."
+    )
+    rows = [
+        ("a", "How many points did the Panthers defense surrender?", passage),
+        ("b", "How many interceptions did the Panthers defense make?", passage),  # same passage, another question
+        ("c", "How many points did the Panthers' defense surrender?", passage + " Source: Wikipedia."),  # both alike
+        (
+            "d",
+            "How many points did the Panthers defense surrender?",
+            "An unrelated passage about the weather in Paris in May.",
+        ),
+    ]
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": i,
+                "source": "early",
+                "task": "retrieval",
+                "query": q,
+                "positive": p,
+                "licence": "x",
+                "origin": f"f:{i}",
+                "query_lang": "eng_Latn",
+            }
+            for i, q, p in rows
+        ],
+        schema=WORK_SCHEMA,
+    )
     both = _run(table, blocks=2, fields=["query", "positive"])
     assert both.filter(pl.col(DROP).is_not_null())["id"].to_list() == ["c"]
-    assert _run(table, blocks=2, fields=["positive"]).filter(pl.col(DROP).is_not_null())["id"].to_list() == ["b", "c"]  # passage alone
+    assert _run(table, blocks=2, fields=["positive"]).filter(pl.col(DROP).is_not_null())["id"].to_list() == [
+        "b",
+        "c",
+    ]  # passage alone

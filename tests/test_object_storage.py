@@ -114,7 +114,9 @@ def test_stage1_in_s3_on_a_two_node_cluster_gives_the_local_rows(s3_run, stage1_
     assert {p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/shards")} == {MARKER} | {
         s["path"] for s in shards["shards"]
     }
-    corpus = {p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/corpus")}  # the passage table, as its marker says
+    corpus = {
+        p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/corpus")
+    }  # the passage table, as its marker says
     assert corpus and corpus == {c["path"] for c in shards["corpus"]}
     assert not any(n.startswith(("work/", "_lease")) for n in names)
 
@@ -266,4 +268,6 @@ def test_negatives_stored_by_reference_in_s3(s3_endpoint, tmp_path):
     corpus = pl.concat([pl.read_parquet(storage.read_bytes(f"{output}/corpus/{c['path']}")) for c in marker["corpus"]])
     shards = pl.concat([pl.read_parquet(storage.read_bytes(f"{output}/shards/{s['path']}")) for s in marker["shards"]])
     topics = shards.filter(source="topics")
-    assert (topics["negative_ids"].list.len() == 3).all() and set(topics["negative_ids"].explode()) <= set(corpus["doc_id"])
+    assert (topics["negative_ids"].list.len() == 3).all() and set(topics["negative_ids"].explode()) <= set(
+        corpus["doc_id"]
+    )

@@ -66,11 +66,25 @@ def test_readers_need_no_conversion(passages_run, tmp_path):
     assert len(corpus) == pl.scan_parquet(passages_run / "corpus" / "*.parquet").select(pl.len()).collect().item()
     assert corpus.column_names == pq.read_table(passages_run / "corpus").column_names
     # exported for sentence-transformers: the given negatives' texts, in their order
-    result = run_cli("export", str(passages_run), str(tmp_path / "st"), "--layout", "sentence-transformers", "--negatives", "3", "--quiet")
+    result = run_cli(
+        "export",
+        str(passages_run),
+        str(tmp_path / "st"),
+        "--layout",
+        "sentence-transformers",
+        "--negatives",
+        "3",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     qa = datasets.load_from_disk(str(tmp_path / "st"))["qa"]
-    given = {json.loads(line)["question"]: json.loads(line)["negatives"] for line in (passages_run.parent / "qa.jsonl").open()}
-    assert all([a, b, c] == given[q] for q, a, b, c in zip(qa["anchor"], qa["negative_1"], qa["negative_2"], qa["negative_3"]))
+    given = {
+        json.loads(line)["question"]: json.loads(line)["negatives"]
+        for line in (passages_run.parent / "qa.jsonl").open()
+    }
+    assert all(
+        [a, b, c] == given[q] for q, a, b, c in zip(qa["anchor"], qa["negative_1"], qa["negative_2"], qa["negative_3"])
+    )
 
 
 KILLED_AFTER_ONE_TABLE_FILE = """
@@ -129,7 +143,9 @@ def test_the_table_built_one_id_range_at_a_time_is_the_same_bytes(passages_run, 
     settings = load_manifest(passages_run.parent / "manifest.yaml").shards
     last = sorted(p.name for p in (passages_run / "stages").iterdir() if p.is_dir())[-1]
     refs = tmp_path / "refs"
-    write_shards(Checkpoint(passages_run / "stages", last).files(), tmp_path / "shards", settings, "t", refs, passage_ranges=3)
+    write_shards(
+        Checkpoint(passages_run / "stages", last).files(), tmp_path / "shards", settings, "t", refs, passage_ranges=3
+    )
     store = store_files(str(passages_run / "passages"))
     assert store and len(list(refs.glob("*.parquet"))) == 3
     write_corpus(refs, store, tmp_path / "corpus", settings, "t")

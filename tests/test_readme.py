@@ -42,9 +42,15 @@ RUN_BY = {
     "python -m train fit train/configs/stage2.yaml": "test_train_and_export (2 steps)",
     "python -m train eval runs/train-stage2 --data manifests/samples/xquad_r_heldout": "test_train_and_export",
     "python -m train export runs/train-stage2 my-model --rank 64 --layers 2 --dims 64": "test_train_and_export",
-    **{f"python -m pipeline export runs/stage2 out/{o} --layout {layout}{extra}": "test_train_and_export"
-       for o, layout, extra in [("ml-embed", "ml-embed", " --tokenizer path/to/your/model"), ("flat", "flat", ""),
-                                ("st", "sentence-transformers", ""), ("fe", "flagembedding", "")]},
+    **{
+        f"python -m pipeline export runs/stage2 out/{o} --layout {layout}{extra}": "test_train_and_export"
+        for o, layout, extra in [
+            ("ml-embed", "ml-embed", " --tokenizer path/to/your/model"),
+            ("flat", "flat", ""),
+            ("st", "sentence-transformers", ""),
+            ("fe", "flagembedding", ""),
+        ]
+    },
 }
 
 
@@ -54,7 +60,7 @@ def test_every_readme_command_is_run_here():
 
 def test_install_and_test_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert 'python3 -m venv .venv' in ci and '. .venv/bin/activate' in ci and 'pip install -q -e ".[dev]"' in ci
+    assert "python3 -m venv .venv" in ci and ". .venv/bin/activate" in ci and 'pip install -q -e ".[dev]"' in ci
     assert ci.rstrip().splitlines()[-1] == "python -m pytest -q"
 
 
@@ -76,10 +82,17 @@ def test_your_own_data(workspace):
     (workspace / "my-pairs.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
     (workspace / "data").mkdir(exist_ok=True)
     rows = [json.loads(line) for line in gzip.open(SAMPLES / "xquad_r" / "en.jsonl.gz", "rt")][:300]
-    (workspace / "data" / "faq.jsonl").write_text("".join(json.dumps({"question": r["question"], "answer": r["context"]}) + "\n"
-                                                          for r in rows), encoding="utf-8")
-    pairs = [{"sentence1": f"Sentence number {i} about a cat.", "sentence2": f"Sentence {i} about a cat.", "similarity_score": 4.5}
-             for i in range(50)]
+    (workspace / "data" / "faq.jsonl").write_text(
+        "".join(json.dumps({"question": r["question"], "answer": r["context"]}) + "\n" for r in rows), encoding="utf-8"
+    )
+    pairs = [
+        {
+            "sentence1": f"Sentence number {i} about a cat.",
+            "sentence2": f"Sentence {i} about a cat.",
+            "similarity_score": 4.5,
+        }
+        for i in range(50)
+    ]
     datasets.Dataset.from_list(pairs).save_to_disk(str(workspace / "data" / "stsb_de"))
     command = next(c for c in RUN_BY if c.startswith("python -m pipeline validate"))
     result = run_shell(command, workspace)
@@ -115,7 +128,8 @@ def test_manifest_reference_is_the_schema():
     from pipeline.api import json_schema
 
     assert (ROOT / "docs" / "manifest.md").read_text(encoding="utf-8") == markdown(json_schema()), (
-        "docs/manifest.md is stale: python -m pipeline schema --markdown > docs/manifest.md")
+        "docs/manifest.md is stale: python -m pipeline schema --markdown > docs/manifest.md"
+    )
 
 
 def test_docs_tell_no_history_and_name_files_that_exist():
@@ -131,4 +145,3 @@ def test_readme_exports_name_every_layout():
     from pipeline.export.layouts import LAYOUTS
 
     assert {c.split("--layout ")[1].split()[0] for c in RUN_BY if "--layout" in c} == set(LAYOUTS)
-

@@ -79,8 +79,13 @@ def test_generated_duplicates_are_found_and_a_run_killed_in_near_dedup_resumes_t
     assert truth["right"] <= truth["dropped"]
     # The same run killed (every process) in near_dedup, its candidate pairs in scratch; then run again.
     manifest = manifest_copy(generated, tmp_path / "killed")
-    process = subprocess.Popen([sys.executable, "-c", KILLED_IN_COMPONENTS, str(manifest)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_IN_COMPONENTS, str(manifest)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:  # type: ignore[union-attr]
         if line.startswith("components"):
             break
@@ -88,9 +93,15 @@ def test_generated_duplicates_are_found_and_a_run_killed_in_near_dedup_resumes_t
     kill_tree(process.pid)
     process.wait()
     stages = manifest.parent / "run" / "stages"
-    done = {p.name: json.loads((p / "_SUCCESS.json").read_text())["attempt"] for p in stages.iterdir() if (p / "_SUCCESS.json").exists()}
+    done = {
+        p.name: json.loads((p / "_SUCCESS.json").read_text())["attempt"]
+        for p in stages.iterdir()
+        if (p / "_SUCCESS.json").exists()
+    }
     assert "04-near_dedup" not in done and "03-exact_dedup" in done
-    resumed = subprocess.run([sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(manifest), "--quiet"], cwd=ROOT, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "running 03-exact_dedup" not in resumed.stderr and "running 04-near_dedup" in resumed.stderr
     assert {p: json.loads((stages / p / "_SUCCESS.json").read_text())["attempt"] for p in done} == done  # untouched
@@ -109,35 +120,54 @@ def test_keep_checkpoints_last_holds_one_steps_rows_and_still_resumes(generated,
     kept = run(manifest_copy(generated, tmp_path / "all"))
     assert shard_digests(pruned) == shard_digests(kept)
     # A changed near_dedup needs rows only the sources still hold: every step runs again.
-    changed = manifest_copy(generated, tmp_path / "last", keep_checkpoints="last",
-                            stages=[*yaml.safe_load((generated / "manifest.yaml").read_text())["stages"][:3],
-                                    {"stage": "near_dedup", "fields": ["query", "positive"], "threshold": 0.7}])
+    changed = manifest_copy(
+        generated,
+        tmp_path / "last",
+        keep_checkpoints="last",
+        stages=[
+            *yaml.safe_load((generated / "manifest.yaml").read_text())["stages"][:3],
+            {"stage": "near_dedup", "fields": ["query", "positive"], "threshold": 0.7},
+        ],
+    )
     changed_stages = yaml.safe_load(changed.read_text())["stages"]
     changed_stages[1]["model"] = "lid176"
-    changed.write_text(yaml.safe_dump({**yaml.safe_load(changed.read_text()), "stages": changed_stages}, sort_keys=False))
+    changed.write_text(
+        yaml.safe_dump({**yaml.safe_load(changed.read_text()), "stages": changed_stages}, sort_keys=False)
+    )
     attempts = {n: m["attempt"] for n, m in markers.items()}
     run(changed)
     after = {p.name: json.loads((p / "_SUCCESS.json").read_text())["attempt"] for p in (pruned / "stages").iterdir()}
     assert all(after[n] != attempts[n] for n in attempts)
-    assert [n for n, m in ((p.name, json.loads((p / "_SUCCESS.json").read_text())) for p in (pruned / "stages").iterdir())
-            if not m.get("pruned")] == ["04-near_dedup"]
+    assert [
+        n
+        for n, m in ((p.name, json.loads((p / "_SUCCESS.json").read_text())) for p in (pruned / "stages").iterdir())
+        if not m.get("pruned")
+    ] == ["04-near_dedup"]
 
 
 def test_a_step_the_disk_cannot_hold_stops_before_it_starts_and_resumes_there(generated, tmp_path, monkeypatch):
     real = resources.free_disk
     no_room = tmp_path / "no_room"
-    monkeypatch.setattr(resources, "free_disk", lambda path: resources.DISK_RESERVE + 1000 if no_room.exists() else real(path))
+    monkeypatch.setattr(
+        resources, "free_disk", lambda path: resources.DISK_RESERVE + 1000 if no_room.exists() else real(path)
+    )
     no_room.touch()
-    with pytest.raises(resources.ResourceShortage, match=r"step 00-ingest needs about \d+ MB of free disk under .* GB are free"):
+    with pytest.raises(
+        resources.ResourceShortage, match=r"step 00-ingest needs about \d+ MB of free disk under .* GB are free"
+    ):
         run(manifest_copy(generated, tmp_path / "empty"))
     no_room.unlink()
     folder = tmp_path / "disk"
     run(manifest_copy(generated, folder, stages=[{"stage": "normalize"}]))
     stages = folder / "run" / "stages"
     attempts = {p.name: json.loads((p / "_SUCCESS.json").read_text())["attempt"] for p in stages.iterdir()}
-    longer = manifest_copy(generated, folder, stages=[{"stage": "normalize"}, {"stage": "exact_dedup", "key": ["query"]}])
+    longer = manifest_copy(
+        generated, folder, stages=[{"stage": "normalize"}, {"stage": "exact_dedup", "key": ["query"]}]
+    )
     no_room.touch()
-    with pytest.raises(resources.ResourceShortage, match="step 02-exact_dedup needs about .* `keep_checkpoints: last`") as caught:
+    with pytest.raises(
+        resources.ResourceShortage, match="step 02-exact_dedup needs about .* `keep_checkpoints: last`"
+    ) as caught:
         run(longer)
     assert "the run resumes at this step" in str(caught.value)
     no_room.unlink()
@@ -151,14 +181,19 @@ def test_memory_a_worker_needs_is_checked_and_a_killed_worker_is_reported(genera
     monkeypatch.setattr(execute, "POOL_MIN_BYTES", 0)
     monkeypatch.setattr(resources, "available_memory", lambda: resources.MEMORY_RESERVE + (100 << 20))
     manifest = manifest_copy(generated, tmp_path / "memory", stages=[{"stage": "normalize"}])
-    with pytest.raises(resources.ResourceShortage, match=r"step 00-ingest needs about \d+\.\d GB of memory per worker process.*GB are available"):
+    with pytest.raises(
+        resources.ResourceShortage,
+        match=r"step 00-ingest needs about \d+\.\d GB of memory per worker process.*GB are available",
+    ):
         run(manifest)
     monkeypatch.undo()
     monkeypatch.setattr(execute, "POOL_MIN_ROWS", 0)
     registry = Registry((*(REGISTRY[n] for n in REGISTRY.names()), KillWorker))
     flag = tmp_path / "kill"
     flag.touch()
-    killing = manifest_copy(generated, tmp_path / "killed", stages=[{"stage": "normalize"}, {"stage": "kill_worker", "when": str(flag)}])
+    killing = manifest_copy(
+        generated, tmp_path / "killed", stages=[{"stage": "normalize"}, {"stage": "kill_worker", "when": str(flag)}]
+    )
     with pytest.raises(WorkerLost, match="a worker process died .* the run resumes at this step"):
         run(killing, registry)
     flag.unlink()

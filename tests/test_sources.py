@@ -17,7 +17,14 @@ from tests.conftest import SAMPLES
 
 
 def _source(tmp_path, path, **kw) -> SourceConfig:
-    cfg = {"name": "s", "task": "retrieval", "path": str(path), "columns": {"query": "q", "positive": "p"}, "licence": "CC0-1.0", **kw}
+    cfg = {
+        "name": "s",
+        "task": "retrieval",
+        "path": str(path),
+        "columns": {"query": "q", "positive": "p"},
+        "licence": "CC0-1.0",
+        **kw,
+    }
     return SourceConfig.model_validate(cfg, context={"base_dir": tmp_path})
 
 
@@ -30,15 +37,15 @@ def test_bad_jsonl_rows_are_quarantined_with_line_and_reason(tmp_path):
     huge = json.dumps({"q": "x" * (20 << 20), "p": "y"}).encode()
     lines = [
         json.dumps({"q": "Wie heißt die Hauptstadt?", "p": "Berlin ist die Hauptstadt."}).encode(),  # 1 good
-        b'{"q": "broken", "p": ',                                                                    # 2 bad json
-        '{"q": "caf\u00e9 latin-1", "p": "x"}'.encode("latin-1"),                                      # 3 not utf-8
-        json.dumps({"q": "   ", "p": "x"}).encode(),                                                   # 4 empty text
-        json.dumps({"p": "no query"}).encode(),                                                        # 5 missing column
-        json.dumps({"q": 42, "p": "x"}).encode(),                                                      # 6 wrong type
-        huge,                                                                                          # 7 20 MB line
-        b"",                                                                                           # 8 blank: not a row
-        b'["a", "list"]',                                                                              # 9 not an object
-        json.dumps({"q": "短い質問", "p": "答え"}, ensure_ascii=False).encode(),                            # 10 good
+        b'{"q": "broken", "p": ',  # 2 bad json
+        '{"q": "caf\u00e9 latin-1", "p": "x"}'.encode("latin-1"),  # 3 not utf-8
+        json.dumps({"q": "   ", "p": "x"}).encode(),  # 4 empty text
+        json.dumps({"p": "no query"}).encode(),  # 5 missing column
+        json.dumps({"q": 42, "p": "x"}).encode(),  # 6 wrong type
+        huge,  # 7 20 MB line
+        b"",  # 8 blank: not a row
+        b'["a", "list"]',  # 9 not an object
+        json.dumps({"q": "短い質問", "p": "答え"}, ensure_ascii=False).encode(),  # 10 good
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     table = _read_all(_source(tmp_path, path))
@@ -46,8 +53,15 @@ def test_bad_jsonl_rows_are_quarantined_with_line_and_reason(tmp_path):
     rows = {r["origin"].rsplit(":", 1)[1]: r for r in table.to_pylist()}
     assert rows["1"][DROP] is None and rows["1"]["query"] == "Wie heißt die Hauptstadt?"
     assert rows["10"][DROP] is None and rows["10"]["query"] == "短い質問"
-    expected = {"2": "bad_json", "3": "invalid_encoding", "4": "empty_text", "5": "missing_field", "6": "wrong_type",
-                "7": "oversize", "9": "not_an_object"}
+    expected = {
+        "2": "bad_json",
+        "3": "invalid_encoding",
+        "4": "empty_text",
+        "5": "missing_field",
+        "6": "wrong_type",
+        "7": "oversize",
+        "9": "not_an_object",
+    }
     assert {k: rows[k][DROP] for k in expected} == expected
     assert "8" not in rows and table.num_rows == 9
     assert rows["3"]["_raw"] == lines[2]  # the original bytes, not a mangled decode
@@ -64,12 +78,22 @@ def test_declared_legacy_encoding_decodes(tmp_path):
 
 
 def test_compressed_csv_and_tsv_samples(tmp_path):
-    sts = _source(tmp_path, SAMPLES / "stsb" / "stsb-de-dev.csv.zst", task="sts",
-                  columns={"query": "s1", "positive": "s2", "score": "score"}, csv={"header": False, "column_names": ["s1", "s2", "score"]})
+    sts = _source(
+        tmp_path,
+        SAMPLES / "stsb" / "stsb-de-dev.csv.zst",
+        task="sts",
+        columns={"query": "s1", "positive": "s2", "score": "score"},
+        csv={"header": False, "column_names": ["s1", "s2", "score"]},
+    )
     table = _read_all(sts)
     assert table.num_rows == 1500 and table.filter(pa.compute.is_valid(table[DROP])).num_rows == 0
     assert table["score"].to_pylist()[0] == 5.0 and table["query"][0].as_py() == "Ein Mann mit einem Schutzhelm tanzt."
-    bitext = _source(tmp_path, SAMPLES / "sib200_bitext" / "eng_Latn-tha_Thai.tsv.gz", task="bitext", columns={"query": "source", "positive": "target"})
+    bitext = _source(
+        tmp_path,
+        SAMPLES / "sib200_bitext" / "eng_Latn-tha_Thai.tsv.gz",
+        task="bitext",
+        columns={"query": "source", "positive": "target"},
+    )
     table = _read_all(bitext)
     assert table.num_rows == 250 and table["origin"][0].as_py().endswith(".tsv.gz:2")  # line 1 is the header
 
@@ -115,9 +139,13 @@ def test_big_jsonl_is_split_without_losing_or_doubling_lines(tmp_path, monkeypat
 def test_hf_saved_dataset_and_offline_hub_id(tmp_path):
     import datasets
 
-    datasets.Dataset.from_dict({"q": ["¿Dónde?", "Где?"], "p": ["Aquí.", "Здесь."]}).save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"q": ["¿Dónde?", "Где?"], "p": ["Aquí.", "Здесь."]}).save_to_disk(
+        str(tmp_path / "saved")
+    )
     source = _source(tmp_path, "saved", format="hf")
     rows = _read_all(source).to_pylist()
     assert [r["query"] for r in rows] == ["¿Dónde?", "Где?"] and rows[1]["origin"].endswith(":row=1")
-    with pytest.raises(SourceError, match=r"source 's': cannot load dataset 'nobody/no-such-dataset' \(not a local folder.*offline"):
+    with pytest.raises(
+        SourceError, match=r"source 's': cannot load dataset 'nobody/no-such-dataset' \(not a local folder.*offline"
+    ):
         plan_units(_source(tmp_path, "nobody/no-such-dataset", format="hf", split="train"))

@@ -32,11 +32,19 @@ def _stage(name: str, **cfg):
 
 
 def test_normalize_unicode_controls_whitespace():
-    out = _stage("normalize")(_batch([
-        {"query": "Cafe\u0301  au\tlait\x07 ", "positive": "line one  \r\n\r\n\r\n\n  line two", "negatives": ["  a\u00a0 b ", "e\u0301"]},
-        {"query": " \x00 \t", "positive": "kept?"},
-        {"query": "q", "positive": None},
-    ])).to_pylist()
+    out = _stage("normalize")(
+        _batch(
+            [
+                {
+                    "query": "Cafe\u0301  au\tlait\x07 ",
+                    "positive": "line one  \r\n\r\n\r\n\n  line two",
+                    "negatives": ["  a\u00a0 b ", "e\u0301"],
+                },
+                {"query": " \x00 \t", "positive": "kept?"},
+                {"query": "q", "positive": None},
+            ]
+        )
+    ).to_pylist()
     assert out[0]["query"] == "Café au lait" and out[0]["positive"] == "line one\n\nline two"
     assert out[0]["negatives"] == ["a b", "é"] and out[0][DROP] is None
     assert out[1][DROP] == "empty_after_normalize"
@@ -52,11 +60,32 @@ def test_regex_replacements_run_only_where_they_change_a_row():
 
     from pipeline.ops.arrow import HSPACE, HSPACE_TO_COLLAPSE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
 
-    spaces = [" ", "\t", "\x0b", "\x0c", "\u00a0", "\u1680", "\u2000", "\u2005", "\u200a", "\u202f", "\u205f", "\u3000", "\n", "\r\n"]
+    spaces = [
+        " ",
+        "\t",
+        "\x0b",
+        "\x0c",
+        "\u00a0",
+        "\u1680",
+        "\u2000",
+        "\u2005",
+        "\u200a",
+        "\u202f",
+        "\u205f",
+        "\u3000",
+        "\n",
+        "\r\n",
+    ]
     texts = pa.array([f"a{x}b{y}c" for x, y in itertools.product(spaces + [""], repeat=2)] + [None, "", "plain words"])
-    for pattern, replacement, rows in ((HSPACE + "+", " ", HSPACE_TO_COLLAPSE), (f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE),
-                                       (r" ?\n ?", "\n", r" \n|\n "), (r"\r\n?", "\n", None)):
-        assert replace_regex(texts, pattern, replacement, rows).equals(pc.replace_substring_regex(texts, pattern=pattern, replacement=replacement))
+    for pattern, replacement, rows in (
+        (HSPACE + "+", " ", HSPACE_TO_COLLAPSE),
+        (f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE),
+        (r" ?\n ?", "\n", r" \n|\n "),
+        (r"\r\n?", "\n", None),
+    ):
+        assert replace_regex(texts, pattern, replacement, rows).equals(
+            pc.replace_substring_regex(texts, pattern=pattern, replacement=replacement)
+        )
 
 
 def _sib_sentences(shared_data: Path, codes: list[str], n: int = 20) -> dict[str, list[str]]:
@@ -69,7 +98,20 @@ def _sib_sentences(shared_data: Path, codes: list[str], n: int = 20) -> dict[str
 
 
 def test_langid_labels_real_sentences_with_script(shared_data):
-    codes = ["eng_Latn", "deu_Latn", "rus_Cyrl", "srp_Cyrl", "arb_Arab", "hin_Deva", "tha_Thai", "zho_Hans", "zho_Hant", "jpn_Jpan", "kor_Hang", "ell_Grek"]
+    codes = [
+        "eng_Latn",
+        "deu_Latn",
+        "rus_Cyrl",
+        "srp_Cyrl",
+        "arb_Arab",
+        "hin_Deva",
+        "tha_Thai",
+        "zho_Hans",
+        "zho_Hant",
+        "jpn_Jpan",
+        "kor_Hang",
+        "ell_Grek",
+    ]
     expected = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
     sentences = _sib_sentences(shared_data, codes)
     rows = [{"query": s, "positive": s, "negatives": [s, s]} for c in codes for s in sentences[c]]
@@ -82,11 +124,18 @@ def test_langid_labels_real_sentences_with_script(shared_data):
         share = got.count(expected.get(code, code)) / 20
         assert share >= least.get(code, 0.9), (code, got)
         assert set(got) <= {expected.get(code, code), "yue_Hant"}, (code, got)
-    assert all(0 < r["query_lang_conf"] <= 1 and r["negatives_lang"] == r["query_lang"] for r in out if r["query_lang"] != "und")
+    assert all(
+        0 < r["query_lang_conf"] <= 1 and r["negatives_lang"] == r["query_lang"]
+        for r in out
+        if r["query_lang"] != "und"
+    )
 
 
 def test_langid_threshold_tags_und_and_can_drop():
-    rows = [{"query": "data", "positive": None}, {"query": "The weather in Paris is lovely in spring.", "positive": None}]
+    rows = [
+        {"query": "data", "positive": None},
+        {"query": "The weather in Paris is lovely in spring.", "positive": None},
+    ]
     out = _stage("langid", min_confidence=0.9, drop_below=True)(_batch(rows)).to_pylist()
     assert out[0]["query_lang"] == "und" and out[0][DROP] == "low_language_confidence"
     assert out[1]["query_lang"] == "eng_Latn" and out[1][DROP] is None and out[1]["positive_lang"] is None
@@ -117,28 +166,47 @@ def test_exact_dedup_keeps_earliest_source_and_counts_cluster():
     assert out["a"][DROP] == out["b"][DROP] == "exact_duplicate" and out["a"]["_detail"] == "duplicate of c"
     assert out["d"][DROP] is None and out["d"]["dup_count"] == 1
     cluster = f"{xxhash.xxh3_64_intdigest(keys[0].encode()):016x}"
-    assert out["a"]["dup_cluster"] == out["b"]["dup_cluster"] == out["c"]["dup_cluster"] == cluster != out["d"]["dup_cluster"]
+    assert (
+        out["a"]["dup_cluster"]
+        == out["b"]["dup_cluster"]
+        == out["c"]["dup_cluster"]
+        == cluster
+        != out["d"]["dup_cluster"]
+    )
     case_sensitive = _stage("exact_dedup", key=["query"], casefold=False)
     assert len(set(key_text(batch, case_sensitive.config).to_pylist())) == 2  # "what is mrl?" vs "What is MRL?"
 
 
 def test_dedup_priority_puts_named_sources_first():
-    rows = [{"id": "a", "source": "first", "query": "Same question?", "origin": "f:1"},
-            {"id": "b", "source": "second", "query": "same question?", "origin": "f:2"}]
+    rows = [
+        {"id": "a", "source": "first", "query": "Same question?", "origin": "f:1"},
+        {"id": "b", "source": "second", "query": "same question?", "origin": "f:2"},
+    ]
     default = {r["id"]: r[DROP] for r in _planned(_stage("exact_dedup"), _batch(rows)).to_pylist()}
-    preferred = {r["id"]: r[DROP] for r in _planned(_stage("exact_dedup", priority=["second"]), _batch(rows)).to_pylist()}
+    preferred = {
+        r["id"]: r[DROP] for r in _planned(_stage("exact_dedup", priority=["second"]), _batch(rows)).to_pylist()
+    }
     assert default == {"a": None, "b": "exact_duplicate"} and preferred == {"a": "exact_duplicate", "b": None}
 
 
 def test_instruct_sets_source_then_task_instructions():
-    rows = [{"id": "a", "source": "first", "task": "retrieval", "query": "q"},
-            {"id": "b", "source": "second", "task": "retrieval", "query": "q"},
-            {"id": "c", "source": "second", "task": "classification", "query": "q", "instruction": "Given by the source"},
-            {"id": "d", "source": "second", "task": "sts", "query": "q"}]
-    config = dict(tasks={"retrieval": "Retrieve passages that answer the question", "classification": "Classify the text"},
-                  sources={"first": "Retrieve Wikipedia paragraphs that answer the question"})
+    rows = [
+        {"id": "a", "source": "first", "task": "retrieval", "query": "q"},
+        {"id": "b", "source": "second", "task": "retrieval", "query": "q"},
+        {"id": "c", "source": "second", "task": "classification", "query": "q", "instruction": "Given by the source"},
+        {"id": "d", "source": "second", "task": "sts", "query": "q"},
+    ]
+    config = dict(
+        tasks={"retrieval": "Retrieve passages that answer the question", "classification": "Classify the text"},
+        sources={"first": "Retrieve Wikipedia paragraphs that answer the question"},
+    )
     out = [r["instruction"] for r in _stage("instruct", **config)(_batch(rows)).to_pylist()]
-    assert out == ["Retrieve Wikipedia paragraphs that answer the question", "Retrieve passages that answer the question", "Given by the source", None]
+    assert out == [
+        "Retrieve Wikipedia paragraphs that answer the question",
+        "Retrieve passages that answer the question",
+        "Given by the source",
+        None,
+    ]
     replaced = [r["instruction"] for r in _stage("instruct", overwrite=True, **config)(_batch(rows)).to_pylist()]
     assert replaced[2] == "Classify the text" and replaced[3] is None
 
@@ -147,15 +215,78 @@ def test_build_pairs_for_labelled_sts_and_nli_rows(shared_data):
     with tarfile.open(shared_data / "sib200-train-dev.tar.xz", "r:xz") as tar:
         f = io.TextIOWrapper(tar.extractfile("sib200/annotated/eng_Latn/dev.tsv"), "utf-8")
         topics = [(r["text"], r["category"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:60]
-    rows = [{"id": f"t{i}", "source": "first", "task": "clustering", "query": t, "label": c, "origin": f"f:{i}"} for i, (t, c) in enumerate(topics)]
-    rows += [{"id": f"c{i}", "source": "second", "task": "classification", "query": t, "label": c, "origin": f"g:{i}"} for i, (t, c) in enumerate(topics)]
-    rows += [{"id": "lonely", "source": "first", "task": "clustering", "query": "one of a kind", "label": "unique", "origin": "f:x"},
-             {"id": "s1", "source": "first", "task": "sts", "query": "A man is dancing.", "positive": "A man dances.", "score": 4.6, "origin": "s:1"},
-             {"id": "s2", "source": "first", "task": "sts", "query": "A man is dancing.", "positive": "A cat sleeps.", "score": 0.4, "origin": "s:2"},
-             {"id": "n1", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "An animal is outside.", "label": "entailment", "origin": "n:1"},
-             {"id": "n2", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is asleep indoors.", "label": "contradiction", "origin": "n:2"},
-             {"id": "n3", "source": "first", "task": "pair_classification", "query": "A dog runs in a park.", "positive": "The dog is brown.", "label": "neutral", "origin": "n:3"},
-             {"id": "n4", "source": "first", "task": "pair_classification", "query": "Rain.", "positive": "It is dry.", "label": "contradiction", "origin": "n:4"}]
+    rows = [
+        {"id": f"t{i}", "source": "first", "task": "clustering", "query": t, "label": c, "origin": f"f:{i}"}
+        for i, (t, c) in enumerate(topics)
+    ]
+    rows += [
+        {"id": f"c{i}", "source": "second", "task": "classification", "query": t, "label": c, "origin": f"g:{i}"}
+        for i, (t, c) in enumerate(topics)
+    ]
+    rows += [
+        {
+            "id": "lonely",
+            "source": "first",
+            "task": "clustering",
+            "query": "one of a kind",
+            "label": "unique",
+            "origin": "f:x",
+        },
+        {
+            "id": "s1",
+            "source": "first",
+            "task": "sts",
+            "query": "A man is dancing.",
+            "positive": "A man dances.",
+            "score": 4.6,
+            "origin": "s:1",
+        },
+        {
+            "id": "s2",
+            "source": "first",
+            "task": "sts",
+            "query": "A man is dancing.",
+            "positive": "A cat sleeps.",
+            "score": 0.4,
+            "origin": "s:2",
+        },
+        {
+            "id": "n1",
+            "source": "first",
+            "task": "pair_classification",
+            "query": "A dog runs in a park.",
+            "positive": "An animal is outside.",
+            "label": "entailment",
+            "origin": "n:1",
+        },
+        {
+            "id": "n2",
+            "source": "first",
+            "task": "pair_classification",
+            "query": "A dog runs in a park.",
+            "positive": "The dog is asleep indoors.",
+            "label": "contradiction",
+            "origin": "n:2",
+        },
+        {
+            "id": "n3",
+            "source": "first",
+            "task": "pair_classification",
+            "query": "A dog runs in a park.",
+            "positive": "The dog is brown.",
+            "label": "neutral",
+            "origin": "n:3",
+        },
+        {
+            "id": "n4",
+            "source": "first",
+            "task": "pair_classification",
+            "query": "Rain.",
+            "positive": "It is dry.",
+            "label": "contradiction",
+            "origin": "n:4",
+        },
+    ]
     described = {"sports": "The text is about sports.", "travel": "The text is about travel."}
     stage = _stage("build_pairs", label_descriptions={"second": described})
     out = {r["id"]: r for r in stage(_batch(rows)).to_pylist()}
@@ -163,7 +294,9 @@ def test_build_pairs_for_labelled_sts_and_nli_rows(shared_data):
     for i, (text, cat) in enumerate(topics):
         clustered, classified = out[f"t{i}"], out[f"c{i}"]
         assert clustered[DROP] is None and clustered["positive"] != text and label_of[clustered["positive"]] == cat
-        assert all(label_of[n] != cat for n in clustered["negatives"]) and len(clustered["negatives"]) == min(7, len(set(label_of.values())) - 1)  # one per other cluster
+        assert all(label_of[n] != cat for n in clustered["negatives"]) and len(clustered["negatives"]) == min(
+            7, len(set(label_of.values())) - 1
+        )  # one per other cluster
         negative = classified["negatives"][0]
         assert len(classified["negatives"]) == 1 and label_of[negative] != cat
         assert classified["positive"] == described[cat] if cat in described else label_of[classified["positive"]] == cat

@@ -34,27 +34,78 @@ def _make_run(folder: Path, rows: list[dict], fingerprint: str = "a" * 24) -> Pa
         path = f"src/part-{i:05d}-{fingerprint[:8]}.parquet"
         pq.write_table(part, folder / "shards" / path)
         shards.append({"path": path, "rows": part.num_rows, "source": "src"})
-    (folder / "shards" / "_SUCCESS.json").write_text(json.dumps({"fingerprint": fingerprint, "shards": shards, "corpus": [{"path": "part-00000.parquet", "rows": len(passages)}]}))
+    (folder / "shards" / "_SUCCESS.json").write_text(
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "shards": shards,
+                "corpus": [{"path": "part-00000.parquet", "rows": len(passages)}],
+            }
+        )
+    )
     langs = pl.from_arrow(table.select(["query_lang"]))["query_lang"].value_counts()
-    ledger = pl.DataFrame({"step": "01-x", "source": "src", "language": langs["query_lang"], "kind": "out", "reason": None, "rows": langs["count"]},
-                          schema=LEDGER_SCHEMA)
-    ledger = pl.concat([ledger, pl.DataFrame([{"step": "01-x", "source": "src", "language": "deu_Latn", "kind": "dropped",
-                                               "reason": "eval_overlap:xquad", "rows": 2}], schema=LEDGER_SCHEMA)])
+    ledger = pl.DataFrame(
+        {
+            "step": "01-x",
+            "source": "src",
+            "language": langs["query_lang"],
+            "kind": "out",
+            "reason": None,
+            "rows": langs["count"],
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    ledger = pl.concat(
+        [
+            ledger,
+            pl.DataFrame(
+                [
+                    {
+                        "step": "01-x",
+                        "source": "src",
+                        "language": "deu_Latn",
+                        "kind": "dropped",
+                        "reason": "eval_overlap:xquad",
+                        "rows": 2,
+                    }
+                ],
+                schema=LEDGER_SCHEMA,
+            ),
+        ]
+    )
     ledger.write_parquet(folder / "ledger.parquet")
     return folder
 
 
 def _records(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    texts = {"eng_Latn": "the cat sat on the mat", "deu_Latn": "die Katze sitzt auf der Matte", "cmn_Hans": "猫坐在垫子上"}
+    texts = {
+        "eng_Latn": "the cat sat on the mat",
+        "deu_Latn": "die Katze sitzt auf der Matte",
+        "cmn_Hans": "猫坐在垫子上",
+    }
     out = []
     for i in range(n):
         lang = ["eng_Latn", "deu_Latn", "cmn_Hans"][i % 3]
         k = int(rng.integers(0, 4))
-        out.append({"id": str(i), "source": "src", "task": "retrieval", "origin": f"f:{i}", "query": texts[lang] * (1 + i % 5),
-                    "positive": texts[lang], "negatives": [texts[lang][:5]] * k, "positive_score": float(rng.uniform(5, 10)),
-                    "negative_scores": list(rng.uniform(0, 8, k)), "query_lang": lang, "query_lang_conf": float(rng.uniform(0.3, 1)),
-                    "cross_lingual": bool(i % 7 == 0), "dup_count": int(1 + (i % 11 == 0)), "licence": "x"})
+        out.append(
+            {
+                "id": str(i),
+                "source": "src",
+                "task": "retrieval",
+                "origin": f"f:{i}",
+                "query": texts[lang] * (1 + i % 5),
+                "positive": texts[lang],
+                "negatives": [texts[lang][:5]] * k,
+                "positive_score": float(rng.uniform(5, 10)),
+                "negative_scores": list(rng.uniform(0, 8, k)),
+                "query_lang": lang,
+                "query_lang_conf": float(rng.uniform(0.3, 1)),
+                "cross_lingual": bool(i % 7 == 0),
+                "dup_count": int(1 + (i % 11 == 0)),
+                "licence": "x",
+            }
+        )
     return out
 
 
@@ -79,7 +130,9 @@ def test_statistics_add_up_across_batches_and_match_the_shards(tmp_path, monkeyp
     expected = [r for r in rows if r["query_lang"] == "eng_Latn"]
     assert eng["records"] == len(expected) and eng["name"] == "English (Latin)" and eng["family"] == "Indo-European"
     assert eng["negatives"] == sum(len(r["negatives"]) for r in expected)
-    assert eng["negative_chars"] == sum(len(n) for r in expected for n in r["negatives"])  # texts by id, through the passage table
+    assert eng["negative_chars"] == sum(
+        len(n) for r in expected for n in r["negatives"]
+    )  # texts by id, through the passage table
     assert eng["query_chars"] == sum(len(r["query"]) for r in expected)
     assert eng["cross_lingual_share"] == pytest.approx(sum(r["cross_lingual"] for r in expected) / len(expected))
     assert eng["exact_dup_clusters"] == sum(r["dup_count"] > 1 for r in expected)
@@ -108,7 +161,9 @@ def test_drift_against_the_previous_run_and_a_reference(tmp_path):
     assert langs["share_change"].sum() == pytest.approx(0, abs=1e-12)
     comparison = tables["comparison"]
     assert comparison.filter(language="eng")["records"][0] == 30  # an ISO 639-3 code gathers every script of it
-    assert comparison.filter(language="fra_Latn")["records"][0] == 0 and comparison["reference_share"].sum() == pytest.approx(1)
+    assert comparison.filter(language="fra_Latn")["records"][0] == 0 and comparison[
+        "reference_share"
+    ].sum() == pytest.approx(1)
     assert json.loads((run / "stats" / "meta.json").read_text())["previous"] == "a" * 24
 
 

@@ -28,7 +28,12 @@ from train.data import Batches, rank_slice
 from train.model import FactorizedEmbedding
 
 TOPICS = ["science", "travel", "politics", "sports", "health"]
-LANGS = {"en": ("eng_Latn", 60), "de": ("deu_Latn", 60), "es": ("spa_Latn", 60), "el": ("ell_Grek", 5)}  # XQuAD-R rows: Greek a small group
+LANGS = {
+    "en": ("eng_Latn", 60),
+    "de": ("deu_Latn", 60),
+    "es": ("spa_Latn", 60),
+    "el": ("ell_Grek", 5),
+}  # XQuAD-R rows: Greek a small group
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +45,64 @@ def shards(tmp_path_factory):
         with gzip.open(SAMPLES / "xquad_r" / f"{code}.jsonl.gz", "rt", encoding="utf-8") as f:
             for line in list(f)[:n]:
                 r = json.loads(line)
-                rows.append({"source": "xquad_r", "task": "retrieval", "query": r["question"], "positive": r["context"],
-                             "negatives": None, "instruction": None, "query_lang": lang, "positive_lang": lang})
+                rows.append(
+                    {
+                        "source": "xquad_r",
+                        "task": "retrieval",
+                        "query": r["question"],
+                        "positive": r["context"],
+                        "negatives": None,
+                        "instruction": None,
+                        "query_lang": lang,
+                        "positive_lang": lang,
+                    }
+                )
     rng = np.random.default_rng(0)
     for i, r in enumerate(rows[:90]):
         topic = TOPICS[i % 5]
-        rows.append({"source": "topics", "task": "classification", "query": r["positive"][:200], "positive": f"The text is about {topic}.",
-                     "query_lang": r["query_lang"], "positive_lang": "eng_Latn",
-                     "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])], "instruction": "Classify the topic"})
+        rows.append(
+            {
+                "source": "topics",
+                "task": "classification",
+                "query": r["positive"][:200],
+                "positive": f"The text is about {topic}.",
+                "query_lang": r["query_lang"],
+                "positive_lang": "eng_Latn",
+                "negatives": [f"The text is about {t}." for t in rng.permutation([t for t in TOPICS if t != topic])],
+                "instruction": "Classify the topic",
+            }
+        )
     rows, passages = by_reference(rows)  # negatives by id, their texts once in the run's passage table
     for source in ("xquad_r", "topics"):
-        part = [dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r) for i, r in enumerate(rows) if r["source"] == source]
+        part = [
+            dict({f: None for f in SCHEMA.names}, id=str(i), origin=str(i), licence="x", **r)
+            for i, r in enumerate(rows)
+            if r["source"] == source
+        ]
         (root / "shards" / source).mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), root / "shards" / source / "part-00000-test.parquet", row_group_size=50)
+        pq.write_table(
+            pa.Table.from_pylist(part, schema=SCHEMA),
+            root / "shards" / source / "part-00000-test.parquet",
+            row_group_size=50,
+        )
     (root / CORPUS_DIR).mkdir()
     pq.write_table(pa.Table.from_pylist(passages, schema=CORPUS_SCHEMA), root / CORPUS_DIR / "part-00000-test.parquet")
     return root
 
 
 def _config(folder, shards, model_dir, **over) -> str:
-    data = {"out": str(folder / "out"), "data": {"shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40},
-            "model": {"path": str(model_dir) if model_dir else None, "dropout": 0.0}, "batch_size": 8, "steps": 4, "log_every": 1, "save_every": 2, "lr": 1e-3, "seed": 3,
-            "matryoshka": {"dims": [8, 16, 32], "layers": [1, 2], "ranks": [8, 32]}}
+    data = {
+        "out": str(folder / "out"),
+        "data": {"shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40},
+        "model": {"path": str(model_dir) if model_dir else None, "dropout": 0.0},
+        "batch_size": 8,
+        "steps": 4,
+        "log_every": 1,
+        "save_every": 2,
+        "lr": 1e-3,
+        "seed": 3,
+        "matryoshka": {"dims": [8, 16, 32], "layers": [1, 2], "ranks": [8, 32]},
+    }
     data.update(over)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.yaml"
@@ -74,14 +115,33 @@ def tiny_model(tmp_path_factory, shards):
     from train.small_model import build_small_model
 
     texts = [t for t in pq.read_table(shards / "shards" / "xquad_r").column("positive").to_pylist()]
-    return build_small_model(texts, tmp_path_factory.mktemp("tiny") / "model", vocab_size=1500, hidden=32, layers=2, heads=2, max_length=64)
+    return build_small_model(
+        texts, tmp_path_factory.mktemp("tiny") / "model", vocab_size=1500, hidden=32, layers=2, heads=2, max_length=64
+    )
 
 
 def _train(*args: str, env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
-    cmd = ([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}", "--master-port=29533", "-m", "train"] if torchrun
-           else [sys.executable, "-m", "train"])
-    return subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={torchrun}",
+            "--master-port=29533",
+            "-m",
+            "train",
+        ]
+        if torchrun
+        else [sys.executable, "-m", "train"]
+    )
+    return subprocess.run(
+        cmd + list(args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def test_mel_factorisation_starts_at_the_embedding_and_gathers_then_projects():
@@ -109,7 +169,9 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
         if x.task == "classification":
             assert x.owner == sorted(x.owner) and all(x.owner.count(i) == 2 for i in range(8)) and not x.in_batch
             assert all(q.startswith("Instruct: Classify the topic\nQuery: ") for q in x.queries)
-            assert x.prompts == ["Instruct: Classify the topic\nQuery: "] * 8  # pooled without it (include_prompt: false)
+            assert (
+                x.prompts == ["Instruct: Classify the topic\nQuery: "] * 8
+            )  # pooled without it (include_prompt: false)
         else:
             assert x.negatives == [] and x.in_batch and x.prompts == [""] * 8
         halves = [rank_slice(x, r, 2) for r in (0, 1)]
@@ -120,14 +182,22 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
     t = Batches(config.data, 8)
     assert np.allclose(t.probabilities, np.sqrt([90, 185]) / np.sqrt([90, 185]).sum())  # topics, xquad_r (sorted)
     config.data.weights = {"topics": 3.0}  # a mixture weight multiplies the source's chance
-    assert np.allclose(Batches(config.data, 8).probabilities, np.array([3, 1]) * np.sqrt([90, 185]) / (np.array([3, 1]) * np.sqrt([90, 185])).sum())
+    assert np.allclose(
+        Batches(config.data, 8).probabilities,
+        np.array([3, 1]) * np.sqrt([90, 185]) / (np.array([3, 1]) * np.sqrt([90, 185])).sum(),
+    )
     config.data.weights = {"topics": 0}
     assert {b.source for b, _ in zip(Batches(config.data, 8), range(20))} == {"xquad_r"}
     again = [b.queries for b, _ in zip(Batches(config.data, 8), range(5))]
     first = Batches(config.data, 8)
-    assert [b.queries for b, _ in zip(first, range(5))] == again == [b.queries for b, _ in zip(first, range(5))]  # each pass from the seed
+    assert (
+        [b.queries for b, _ in zip(first, range(5))] == again == [b.queries for b, _ in zip(first, range(5))]
+    )  # each pass from the seed
     config.data.weights = {"topic": 1.0}
-    with pytest.raises(ValueError, match=r"data.weights names sources that the shards do not hold: \['topic'\] \(they hold \['topics', 'xquad_r'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.weights names sources that the shards do not hold: \['topic'\] \(they hold \['topics', 'xquad_r'\]\)",
+    ):
         Batches(config.data, 8)
 
 
@@ -142,19 +212,35 @@ def test_batches_resolve_negative_ids_through_the_passage_table_and_name_a_missi
     corpus = broken / CORPUS_DIR / "part-00000-test.parquet"
     pq.write_table(pq.read_table(corpus).slice(1), corpus)  # a passage lost
     config = load_config(_config(tmp_path / "b", broken, tiny_model))
-    with pytest.raises(MissingPassage, match=r"topics/part-00000-test.parquet: row group \d+, row \d+: passage [0-9a-f]{32} is not in the passage table \(4 passages\)"):
+    with pytest.raises(
+        MissingPassage,
+        match=r"topics/part-00000-test.parquet: row group \d+, row \d+: passage [0-9a-f]{32} is not in the passage table \(4 passages\)",
+    ):
         for _ in zip(Batches(config.data, 8), range(40)):
             pass
 
 
 def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path, shards, tiny_model):
-    config = load_config(_config(tmp_path, shards, tiny_model, data={"shards": [str(shards)], "batch_by": ["source", "query_lang"], "sampling": "temperature"}))
+    config = load_config(
+        _config(
+            tmp_path,
+            shards,
+            tiny_model,
+            data={"shards": [str(shards)], "batch_by": ["source", "query_lang"], "sampling": "temperature"},
+        )
+    )
     table = pq.read_table(shards / "shards", columns=["source", "query", "query_lang"]).to_pylist()
     lang_of = {(r["source"], r["query"]): r["query_lang"] for r in table}
     batches = Batches(config.data, 8, seed=0)
     # Greek (5 rows) cannot fill a batch: pooled into its source's "*" group, never dropped
-    assert batches.sizes == {("topics", "deu_Latn"): 30, ("topics", "eng_Latn"): 60, ("xquad_r", "*"): 5, ("xquad_r", "deu_Latn"): 60,
-                             ("xquad_r", "eng_Latn"): 60, ("xquad_r", "spa_Latn"): 60}
+    assert batches.sizes == {
+        ("topics", "deu_Latn"): 30,
+        ("topics", "eng_Latn"): 60,
+        ("xquad_r", "*"): 5,
+        ("xquad_r", "deu_Latn"): 60,
+        ("xquad_r", "eng_Latn"): 60,
+        ("xquad_r", "spa_Latn"): 60,
+    }
     seen, shared = set(), 0
     for batch in (b for b, _ in zip(batches, range(100))):
         langs = {lang_of[(batch.source, q.split("Query: ")[-1])] for q in batch.queries}
@@ -164,8 +250,12 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
             assert batch.positives[key] == batch.positives[i] and batch.positives.index(batch.positives[i]) == key
             shared += key != i
     assert seen == {lang for lang, _ in LANGS.values()} and shared > 0
-    by_source = {s: sum(p for g, p in zip(batches.sizes, batches.probabilities) if g[0] == s) for s in ("topics", "xquad_r")}
-    assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(np.sqrt(185 / 90))  # grouping keeps the sources' shares
+    by_source = {
+        s: sum(p for g, p in zip(batches.sizes, batches.probabilities) if g[0] == s) for s in ("topics", "xquad_r")
+    }
+    assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(
+        np.sqrt(185 / 90)
+    )  # grouping keeps the sources' shares
     relaid = tmp_path / "polars"  # the same shards written by polars (large_string columns) group the same way
     for f in (shards / "shards").rglob("*.parquet"):
         (relaid / f.parent.name).mkdir(parents=True, exist_ok=True)
@@ -185,14 +275,24 @@ def test_small_model_starts_as_a_lexical_retriever_with_spread_similarities(tmp_
     texts = pq.read_table(shards / "shards" / "xquad_r", columns=["positive"]).column("positive").to_pylist()[:60:5]
     sims = {}
     for init in ("pass_through", "random"):
-        config = load_config(_config(tmp_path / init, shards, None, model={"small": {"vocab_size": 800, "hidden": 32, "layers": 2, "heads": 2},
-                                                                          "small_init": init}))
+        config = load_config(
+            _config(
+                tmp_path / init,
+                shards,
+                None,
+                model={"small": {"vocab_size": 800, "hidden": 32, "layers": 2, "heads": 2}, "small_init": init},
+            )
+        )
         model, tokenizer = build_model(config, Path(config.out))
         reps = normalize(encode(model, tokenizer, texts, None, 2))
         sims[init] = (reps @ reps.T)[~torch.eye(len(texts), dtype=torch.bool)]
-        if init == "pass_through":  # the last layer's output is each token's normalised vector: mean pooling is a bag of words
+        if (
+            init == "pass_through"
+        ):  # the last layer's output is each token's normalised vector: mean pooling is a bag of words
             layer = model.backbone.encoder.layer[-1]
-            assert not layer.output.dense.weight.any() and not model.backbone.embeddings.position_embeddings.weight.any()
+            assert (
+                not layer.output.dense.weight.any() and not model.backbone.embeddings.position_embeddings.weight.any()
+            )
     assert sims["random"].min() > 0.9  # every text nearly the same: a flat softmax at temperature 0.05
     assert sims["pass_through"].mean() < sims["random"].mean() - 0.1
 
@@ -207,7 +307,16 @@ def test_small_model_tokenizer_learns_words_and_leaves_no_script_unknown(small_m
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(small_model)
-    assert [t.lstrip("Ġ") for t in tok.tokenize("What is the name of the city?")] == ["what", "is", "the", "name", "of", "the", "city", "?"]
+    assert [t.lstrip("Ġ") for t in tok.tokenize("What is the name of the city?")] == [
+        "what",
+        "is",
+        "the",
+        "name",
+        "of",
+        "the",
+        "city",
+        "?",
+    ]
     prompt = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
     alone = tok(prompt)["input_ids"][:-1]  # without [SEP]
     assert tok(prompt + "Wer baute die Stadt?")["input_ids"][: len(alone)] == alone
@@ -227,15 +336,27 @@ def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():
     keys = torch.tensor([0, 1, 0, 3])
     loss = InfoNCE(0.05)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
     sims = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T / 0.05
-    expected = torch.stack([torch.nn.functional.cross_entropy(sims[i, [j for j in range(4) if j == i or keys[j] != keys[i]]][None],
-                                                              torch.tensor([[j for j in range(4) if j == i or keys[j] != keys[i]].index(i)]))
-                            for i in range(4)]).mean()
+    expected = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(
+                sims[i, [j for j in range(4) if j == i or keys[j] != keys[i]]][None],
+                torch.tensor([[j for j in range(4) if j == i or keys[j] != keys[i]].index(i)]),
+            )
+            for i in range(4)
+        ]
+    ).mean()
     assert torch.allclose(loss, expected, atol=1e-5)
-    unmasked = InfoNCE(0.05)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, torch.arange(4), torch.arange(4)))
+    unmasked = InfoNCE(0.05)(
+        q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, torch.arange(4), torch.arange(4))
+    )
     assert unmasked > loss
-    both = InfoNCE(0.05, symmetric=True)(q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
+    both = InfoNCE(0.05, symmetric=True)(
+        q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys)
+    )
     back = InfoNCE(0.05)(p, q, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
-    assert torch.allclose(both, (loss + back) / 2, atol=1e-5)  # each positive vs every query, copies masked the same way
+    assert torch.allclose(
+        both, (loss + back) / 2, atol=1e-5
+    )  # each positive vs every query, copies masked the same way
 
 
 def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transformers(tmp_path, shards, tiny_model):
@@ -249,8 +370,12 @@ def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transf
     log_b = [json.loads(x) for x in (tmp_path / "b" / "out" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log_b] == [1, 2, 3, 4]
     assert [e["loss"] for e in log_a] == pytest.approx([e["loss"] for e in log_b], abs=1e-5)
-    other = _train("fit", _config(tmp_path / "b", shards, tiny_model, lr=5e-4, steps=6))  # same `out`, other settings: refused
-    assert other.returncode == 1 and "of other settings (lr, steps)" in " ".join(other.stderr.split()), other.stderr[-2000:]
+    other = _train(
+        "fit", _config(tmp_path / "b", shards, tiny_model, lr=5e-4, steps=6)
+    )  # same `out`, other settings: refused
+    assert other.returncode == 1 and "of other settings (lr, steps)" in " ".join(other.stderr.split()), other.stderr[
+        -2000:
+    ]
 
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
@@ -303,7 +428,9 @@ def test_mel_ranks_are_drawn_by_their_weights(tmp_path, shards):
 
     sizes = SimpleNamespace(width=32, num_layers=2, mel=SimpleNamespace(full_rank=32))  # what Grid reads of a model
     for weights, share_of_8 in ((None, 0.2), ([1, 1], 0.5)):  # default: proportional to the rank
-        config = load_config(_config(tmp_path, shards, None, matryoshka={"dims": [8, 32], "ranks": [8, 32], "rank_weights": weights}))
+        config = load_config(
+            _config(tmp_path, shards, None, matryoshka={"dims": [8, 32], "ranks": [8, 32], "rank_weights": weights})
+        )
         drawn = [Grid(config, sizes).for_step(step)[0] for step in range(2000)]
         assert drawn.count(8) / len(drawn) == pytest.approx(share_of_8, abs=0.03)
 
@@ -316,25 +443,49 @@ def test_eval_scores_every_grid_point_and_draws_a_heatmap_per_rank(tmp_path, sma
 
     # Exact figures on a hand-made case: the gold passage first, third, and twelfth (outside the top 10).
     passages = torch.eye(12)
-    queries = torch.stack([passages[0], 3 * passages[4] + 2 * passages[7] + passages[1], sum((12 - i) * passages[i] for i in range(11))])
-    assert retrieval_scores(queries, passages, [0, 1, 11]) == pytest.approx({"ndcg@10": (1 + 0.5 + 0) / 3, "recall@1": 1 / 3, "recall@10": 2 / 3})
+    queries = torch.stack(
+        [passages[0], 3 * passages[4] + 2 * passages[7] + passages[1], sum((12 - i) * passages[i] for i in range(11))]
+    )
+    assert retrieval_scores(queries, passages, [0, 1, 11]) == pytest.approx(
+        {"ndcg@10": (1 + 0.5 + 0) / 3, "recall@1": 1 / 3, "recall@10": 2 / 3}
+    )
 
     data = tmp_path / "heldout"
     data.mkdir()
     for lang in ("de", "en"):
         shutil.copy(SAMPLES / "xquad_r_heldout" / f"{lang}.jsonl.gz", data)
-    done = _train("eval", str(small_model), "--data", str(data), "--out", str(tmp_path / "eval"),
-                  "--ranks", "16", "128", "--layers", "1", "2", "--dims", "16", "128")
+    done = _train(
+        "eval",
+        str(small_model),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "eval"),
+        "--ranks",
+        "16",
+        "128",
+        "--layers",
+        "1",
+        "2",
+        "--dims",
+        "16",
+        "128",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     table = pl.read_csv(tmp_path / "eval" / "eval.csv")
     assert table.height == 2 * 2 * 2 * 2 and set(table["language"]) == {"de", "en"}
     assert table.select(pl.col("ndcg@10", "recall@1", "recall@10").is_between(0, 1).all()).row(0) == (True, True, True)
-    mean = {(r, l, d): v for r, l, d, v in table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10").mean()).iter_rows()}
+    mean = {
+        (r, l, d): v
+        for r, l, d, v in table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10").mean()).iter_rows()
+    }
     # The untrained pass-through model ranks lexically: far above chance (~0.15 for 1 of 30 passages),
     # and worse cut to rank 16 and 16 dims.
     assert mean[(128, 2, 128)] > 0.3 and mean[(16, 2, 16)] < mean[(128, 2, 128)]
     page, errors = open_page(browser, tmp_path / "eval" / "eval.html")
-    drawn = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(d => [d.id, d.data[0].type, d.data[0].z])")
+    drawn = page.evaluate(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].map(d => [d.id, d.data[0].type, d.data[0].z])"
+    )
     assert [(name, kind) for name, kind, _ in drawn] == [("fig-rank16", "heatmap"), ("fig-rank128", "heatmap")]
     for name, _, z in drawn:  # rows: layers 1, 2; columns: dims 16, 128
         rank = int(name.removeprefix("fig-rank"))
@@ -344,14 +495,19 @@ def test_eval_scores_every_grid_point_and_draws_a_heatmap_per_rank(tmp_path, sma
 
 def test_invalid_config_names_the_line(tmp_path, shards):
     path = tmp_path / "bad.yaml"
-    path.write_text(f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n")
+    path.write_text(
+        f"out: o\ndata:\n  shards: [{shards}]\n  negatives: {{retreival: 7}}\nbatch_size: 9\ngrad_accum: 2\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "bad.yaml:4: data.negatives: Value error, tasks ['retreival'] are unknown" in str(err.value)
     path.write_text(f"out: o\ndata:\n  shards: [{shards}]\nmatryoshka:\n  ranks: [8, 32]\n  rank_weights: [1]\n")
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert "bad.yaml:4: matryoshka: Value error, `rank_weights` needs `ranks` set and one positive weight per entry" in str(err.value)
+    assert (
+        "bad.yaml:4: matryoshka: Value error, `rank_weights` needs `ranks` set and one positive weight per entry"
+        in str(err.value)
+    )
     from train.cli import (
         main,  # the eval command's --template follows a config's rule, before any model loads
     )
@@ -363,8 +519,12 @@ def test_grad_cache_and_checkpointing_give_the_same_step_as_the_whole_batch(tmp_
     from train.loop import Trainer
 
     steps = {}
-    for name, setting in {"whole": {}, "grad_cache": {"grad_cache_chunk": 4}, "small_pieces": {"data": {"piece_tokens": 64}},
-                          "checkpointing": {"model": {"gradient_checkpointing": True}}}.items():
+    for name, setting in {
+        "whole": {},
+        "grad_cache": {"grad_cache_chunk": 4},
+        "small_pieces": {"data": {"piece_tokens": 64}},
+        "checkpointing": {"model": {"gradient_checkpointing": True}},
+    }.items():
         folder = tmp_path / name
         base = yaml.safe_load(Path(_config(folder, shards, tiny_model, steps=2)).read_text())
         for key, value in setting.items():
@@ -437,16 +597,37 @@ def test_mixed_precision_casts_each_weight_once_per_step_whatever_the_pieces(tmp
 
     from train.loop import Trainer
 
-    config = load_config(_config(tmp_path, shards, tiny_model, steps=3, log_every=100, precision="bf16", data={
-        "shards": [str(shards)], "negatives": {"classification": 2}, "max_length": 48, "shuffle_buffer": 40, "piece_tokens": 64}))
+    config = load_config(
+        _config(
+            tmp_path,
+            shards,
+            tiny_model,
+            steps=3,
+            log_every=100,
+            precision="bf16",
+            data={
+                "shards": [str(shards)],
+                "negatives": {"classification": 2},
+                "max_length": 48,
+                "shuffle_buffer": 40,
+                "piece_tokens": 64,
+            },
+        )
+    )
     trainer = Trainer(config)
     trainer.fit(until=1)
-    weights = {p.data_ptr(): p.shape for p in trainer.model.parameters()}  # whole weights (MEL's rank slice of V is a view, cast per piece)
+    weights = {
+        p.data_ptr(): p.shape for p in trainer.model.parameters()
+    }  # whole weights (MEL's rank slice of V is a view, cast per piece)
     casts = []
 
     class Casts(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten._to_copy.default and (kwargs or {}).get("dtype") == torch.bfloat16 and weights.get(args[0].data_ptr()) == args[0].shape:
+            if (
+                func is torch.ops.aten._to_copy.default
+                and (kwargs or {}).get("dtype") == torch.bfloat16
+                and weights.get(args[0].data_ptr()) == args[0].shape
+            ):
                 casts.append(args[0].data_ptr())
             return func(*args, **(kwargs or {}))
 

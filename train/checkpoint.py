@@ -20,8 +20,16 @@ from train.model import Embedder, FactorizedEmbedding
 
 LATEST = "latest.json"
 # Dropout settings' names across transformers architectures.
-DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout", "dropout", "resid_pdrop",
-            "embd_pdrop", "attn_pdrop")
+DROPOUTS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
 
 
 def _texts_for_tokenizer(config: TrainConfig, limit: int = 50_000) -> list[str]:
@@ -54,8 +62,14 @@ def build_model(config: TrainConfig, out: Path, rank: int = 0) -> tuple[Embedder
         if rank == 0 and not (Path(path) / "config.json").exists():
             from train.small_model import build_small_model
 
-            build_small_model(_texts_for_tokenizer(config), path, seed=config.seed, max_length=max(512, config.data.max_length),
-                              pass_through=config.model.small_init == "pass_through", **config.model.small)
+            build_small_model(
+                _texts_for_tokenizer(config),
+                path,
+                seed=config.seed,
+                max_length=max(512, config.data.max_length),
+                pass_through=config.model.small_init == "pass_through",
+                **config.model.small,
+            )
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     tokenizer = _tokenizer(path)
@@ -95,8 +109,16 @@ def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 
 
 # Settings that may change between a run and its resumption (they do not change the trajectory).
-FREE_ON_RESUME: dict[str, Any] = {"out": True, "eval": True, "eval_template": True, "log_every": True, "save_every": True, "compile": True,
-                                  "data": {"prefetch": True}, "model": {"gradient_checkpointing": True}}
+FREE_ON_RESUME: dict[str, Any] = {
+    "out": True,
+    "eval": True,
+    "eval_template": True,
+    "log_every": True,
+    "save_every": True,
+    "compile": True,
+    "data": {"prefetch": True},
+    "model": {"gradient_checkpointing": True},
+}
 
 
 def trajectory(config: TrainConfig) -> dict[str, Any]:
@@ -104,8 +126,16 @@ def trajectory(config: TrainConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=FREE_ON_RESUME)
 
 
-def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch.optim.Optimizer, scheduler: Any, grid: Any,
-         config: TrainConfig) -> Path:
+def save(
+    out: Path,
+    step: int,
+    model: Embedder,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    grid: Any,
+    config: TrainConfig,
+) -> Path:
     """Write `out/checkpoints/step-NNNNNNN/` (via a temporary folder), then point `latest.json` at it."""
     folder = out / "checkpoints" / f"step-{step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
@@ -121,9 +151,18 @@ def save(out: Path, step: int, model: Embedder, tokenizer: Any, optimizer: torch
     model.backbone.config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     mel = model.mel
-    info = {"step": step, "scheduler": scheduler.state_dict(), "optimizer": rest, "pooling": model.pooling,
-            "include_prompt": model.include_prompt, "mel_rank": mel.full_rank if mel else None,
-            "ranks": grid.ranks, "layers": grid.layers, "dims": grid.dims, "config": trajectory(config)}
+    info = {
+        "step": step,
+        "scheduler": scheduler.state_dict(),
+        "optimizer": rest,
+        "pooling": model.pooling,
+        "include_prompt": model.include_prompt,
+        "mel_rank": mel.full_rank if mel else None,
+        "ranks": grid.ranks,
+        "layers": grid.layers,
+        "dims": grid.dims,
+        "config": trajectory(config),
+    }
     (tmp / "trainer_state.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -148,7 +187,11 @@ def load(folder: str | Path) -> tuple[Embedder, Any]:
     model = Embedder(backbone, info["pooling"], None, info.get("include_prompt", True))
     if info["mel_rank"]:
         old = backbone.get_input_embeddings().weight
-        backbone.set_input_embeddings(FactorizedEmbedding(torch.zeros(old.shape[0], info["mel_rank"]), torch.zeros(info["mel_rank"], old.shape[1])))
+        backbone.set_input_embeddings(
+            FactorizedEmbedding(
+                torch.zeros(old.shape[0], info["mel_rank"]), torch.zeros(info["mel_rank"], old.shape[1])
+            )
+        )
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model, _tokenizer(folder)
 
@@ -163,8 +206,10 @@ def resume(out: Path, model: Embedder, optimizer: torch.optim.Optimizer, schedul
     saved, now = _flat(info.get("config", {})), _flat(trajectory(config))
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if changed:
-        raise ValueError(f"{out} holds a checkpoint ({folder.name}) of other settings ({', '.join(changed)}): "
-                         f"train into another `out`, or delete {out} to start again")
+        raise ValueError(
+            f"{out} holds a checkpoint ({folder.name}) of other settings ({', '.join(changed)}): "
+            f"train into another `out`, or delete {out} to start again"
+        )
     model.load_state_dict(load_file(folder / "model.safetensors"))
     tensors = load_file(folder / "optimizer.safetensors")
     state: dict[int, dict[str, Any]] = {}

@@ -12,17 +12,29 @@ from rich.console import Console
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train", description="Train 3D Matryoshka embedding models on the pipeline's shards.")
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description="Train 3D Matryoshka embedding models on the pipeline's shards."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="train (resumes from the latest checkpoint in the config's `out`)")
     fit.add_argument("config")
-    fit.add_argument("--until", type=int, help="stop (checkpointed) at this step; a later `fit` resumes on the same schedule")
-    ev = sub.add_parser("eval", help="held-out retrieval on the grid of MEL rank x layers x dims; CSV and HTML heatmaps")
-    ev.add_argument("checkpoint", help="a checkpoint, a training folder (its latest checkpoint), or a plain model folder (baseline)")
+    fit.add_argument(
+        "--until", type=int, help="stop (checkpointed) at this step; a later `fit` resumes on the same schedule"
+    )
+    ev = sub.add_parser(
+        "eval", help="held-out retrieval on the grid of MEL rank x layers x dims; CSV and HTML heatmaps"
+    )
+    ev.add_argument(
+        "checkpoint", help="a checkpoint, a training folder (its latest checkpoint), or a plain model folder (baseline)"
+    )
     ev.add_argument("--data", required=True, help="folder of held-out .jsonl.gz files (question, context)")
     ev.add_argument("--out", help="folder for eval.csv and eval.html (default: the checkpoint's)")
     ev.add_argument("--template", help='query template, e.g. "Instruct: retrieve passages\\nQuery: {query}"')
-    ev.add_argument("--ranks", type=int, nargs="*"), ev.add_argument("--layers", type=int, nargs="*"), ev.add_argument("--dims", type=int, nargs="*")
+    (
+        ev.add_argument("--ranks", type=int, nargs="*"),
+        ev.add_argument("--layers", type=int, nargs="*"),
+        ev.add_argument("--dims", type=int, nargs="*"),
+    )
     ex = sub.add_parser("export", help="cut a checkpoint to rank R, L layers, D dims and save a standard model folder")
     ex.add_argument("checkpoint")
     ex.add_argument("out")
@@ -54,10 +66,21 @@ def _fit(args: argparse.Namespace, console: Console) -> int:
         return 1
     history = trainer.fit(args.until)
     if trainer.rank == 0 and history:
-        console.print(f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; checkpoints under {Path(config.out) / 'checkpoints'}")
+        console.print(
+            f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; checkpoints under {Path(config.out) / 'checkpoints'}"
+        )
         if config.eval and trainer.step == config.steps:
-            _eval(trainer.model, trainer.tokenizer, config.eval, Path(config.out), config.eval_template, trainer.grid.ranks,
-                  trainer.grid.layers, trainer.grid.dims, console)
+            _eval(
+                trainer.model,
+                trainer.tokenizer,
+                config.eval,
+                Path(config.out),
+                config.eval_template,
+                trainer.grid.ranks,
+                trainer.grid.layers,
+                trainer.grid.dims,
+                console,
+            )
     return 0
 
 
@@ -110,28 +133,50 @@ def _evaluate(args: argparse.Namespace, console: Console) -> int:
         from train.model import Embedder, default_dims, default_layers, default_ranks
 
         backbone = AutoModel.from_pretrained(checkpoint)
-        model, tokenizer = Embedder(backbone, "mean", backbone.config.hidden_size), AutoTokenizer.from_pretrained(checkpoint)
+        model, tokenizer = (
+            Embedder(backbone, "mean", backbone.config.hidden_size),
+            AutoTokenizer.from_pretrained(checkpoint),
+        )
         width, n = backbone.config.hidden_size, backbone.config.num_hidden_layers
-        state: dict[str, Any] = {"ranks": default_ranks(width), "layers": default_layers(n), "dims": default_dims(width)}
+        state: dict[str, Any] = {
+            "ranks": default_ranks(width),
+            "layers": default_layers(n),
+            "dims": default_dims(width),
+        }
     else:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         model, tokenizer = load(checkpoint)
-    _eval(model, tokenizer, args.data, Path(args.out or checkpoint), args.template, args.ranks or state["ranks"],
-          args.layers or state["layers"], args.dims or state["dims"], console)
+    _eval(
+        model,
+        tokenizer,
+        args.data,
+        Path(args.out or checkpoint),
+        args.template,
+        args.ranks or state["ranks"],
+        args.layers or state["layers"],
+        args.dims or state["dims"],
+        console,
+    )
     return 0
+
+
 def _eval(model, tokenizer, data: str, out: Path, template: str | None, ranks, layers, dims, console: Console) -> None:
     from rich.table import Table
 
     from train.evaluate import grid_eval, load_heldout, report
 
     out.mkdir(parents=True, exist_ok=True)
-    table = grid_eval(model, tokenizer, load_heldout(data), ranks, layers, dims, template.replace("\\n", "\n") if template else None)
+    table = grid_eval(
+        model, tokenizer, load_heldout(data), ranks, layers, dims, template.replace("\\n", "\n") if template else None
+    )
     table.write_csv(out / "eval.csv")
     path = report(table, out / "eval.html", f"{out.name}: held-out retrieval")
     import polars as pl
 
     mean = table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10").mean()).sort("rank", "layers", "dims")
-    shown = Table(title=f"nDCG@10 (mean over languages); all figures: {out / 'eval.csv'}, heatmaps: {path}", title_justify="left")
+    shown = Table(
+        title=f"nDCG@10 (mean over languages); all figures: {out / 'eval.csv'}, heatmaps: {path}", title_justify="left"
+    )
     for col in ("rank", "layers", "dims", "nDCG@10"):
         shown.add_column(col, justify="right")
     for r, l, d, v in mean.iter_rows():

@@ -42,14 +42,24 @@ class Batch:
     # per query: the global-batch index of the first row with the same positive text. XQuAD-style
     # data has several questions per passage; such rows must not be each other's negatives.
     keys: list[int] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)  # per query: the text before the query itself ("" without an instruction)
+    prompts: list[str] = field(
+        default_factory=list
+    )  # per query: the text before the query itself ("" without an instruction)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Queries [start, stop) with their own negatives (owners renumbered from 0)."""
         keep = [i for i, o in enumerate(self.owner) if start <= o < stop]
-        return Batch(self.source, self.task, self.queries[start:stop], self.positives[start:stop],
-                     [self.negatives[i] for i in keep], [self.owner[i] - start for i in keep], self.in_batch, self.keys[start:stop],
-                     self.prompts[start:stop])
+        return Batch(
+            self.source,
+            self.task,
+            self.queries[start:stop],
+            self.positives[start:stop],
+            [self.negatives[i] for i in keep],
+            [self.owner[i] - start for i in keep],
+            self.in_batch,
+            self.keys[start:stop],
+            self.prompts[start:stop],
+        )
 
 
 def passage_table(files: list[str]) -> PassageTable:
@@ -86,7 +96,9 @@ class GroupStream:
     """Endless rows of one group (or of pooled small groups): its files in a seeded order each epoch,
     rows through a shuffle buffer."""
 
-    def __init__(self, columns: list[str], members: list[Group], files: list[str], buffer: int, rng: np.random.Generator):
+    def __init__(
+        self, columns: list[str], members: list[Group], files: list[str], buffer: int, rng: np.random.Generator
+    ):
         self.columns, self.members = columns, pa.array(["\x1f".join(g) for g in members])
         self.files, self.size, self.rng = files, buffer, rng  # size: at most one epoch, or a batch would repeat rows
         self.buffer: list[dict] = []
@@ -101,7 +113,9 @@ class GroupStream:
                 columns = [*COLUMNS, negatives]
                 for rg in range(parquet.num_row_groups):
                     table = parquet.read_row_group(rg, columns=list(dict.fromkeys(columns + self.columns)))
-                    keep = pc.and_(pc.is_valid(table["positive"]), pc.is_in(group_keys(table, self.columns), self.members))
+                    keep = pc.and_(
+                        pc.is_valid(table["positive"]), pc.is_in(group_keys(table, self.columns), self.members)
+                    )
                     at = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
                     for n, row in zip(at.tolist(), table.filter(keep).select(columns).to_pylist()):
                         row["where"] = f"{self.files[i]}: row group {rg}, row {n}"  # named if a passage is missing
@@ -155,10 +169,17 @@ class Batches:
             per_source[key[0]] = per_source.get(key[0], 0) + n
         unknown = sorted(set(config.weights) - set(per_source))
         if unknown:
-            raise ValueError(f"data.weights names sources that the shards do not hold: {unknown} (they hold {sorted(per_source)})")
+            raise ValueError(
+                f"data.weights names sources that the shards do not hold: {unknown} (they hold {sorted(per_source)})"
+            )
         exponent = config.alpha if config.sampling == "temperature" else 1.0
-        weights = np.array([config.weights.get(key[0], 1.0) * per_source[key[0]] ** exponent * n / per_source[key[0]]
-                            for key, n in self.sizes.items()], dtype=float)
+        weights = np.array(
+            [
+                config.weights.get(key[0], 1.0) * per_source[key[0]] ** exponent * n / per_source[key[0]]
+                for key, n in self.sizes.items()
+            ],
+            dtype=float,
+        )
         if not weights.sum():
             raise ValueError(f"data.weights leaves no source to train on ({config.weights})")
         self.probabilities = weights / weights.sum()
@@ -170,13 +191,24 @@ class Batches:
         return passage_table(self.files)
 
     def _streams(self) -> dict[Group, GroupStream]:
-        return {key: GroupStream(self.config.batch_by, groups, sorted({f for g in groups for f in self.where[g]}),
-                                 min(self.config.shuffle_buffer, self.sizes[key]), np.random.default_rng([self.seed, i]))
-                for i, (key, groups) in enumerate(self.members.items())}
+        return {
+            key: GroupStream(
+                self.config.batch_by,
+                groups,
+                sorted({f for g in groups for f in self.where[g]}),
+                min(self.config.shuffle_buffer, self.sizes[key]),
+                np.random.default_rng([self.seed, i]),
+            )
+            for i, (key, groups) in enumerate(self.members.items())
+        }
 
     def _prompt(self, row: dict) -> str:
         """The template's text before the query, with the row's instruction ("" when it has none)."""
-        return self.config.template.split("{query}")[0].format(instruction=row["instruction"]) if row["instruction"] else ""
+        return (
+            self.config.template.split("{query}")[0].format(instruction=row["instruction"])
+            if row["instruction"]
+            else ""
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         """The batches from the seed on (each iteration starts over: a resumed run replays it)."""
@@ -189,8 +221,15 @@ class Batches:
             first: dict[str, int] = {}
             prompts = [self._prompt(r) for r in rows]
             queries = [prompt + r["query"] for prompt, r in zip(prompts, rows)]  # the template ends with {query}
-            batch = Batch(source, task, queries, positives, in_batch=task in self.config.in_batch,
-                          keys=[first.setdefault(p, i) for i, p in enumerate(positives)], prompts=prompts)
+            batch = Batch(
+                source,
+                task,
+                queries,
+                positives,
+                in_batch=task in self.config.in_batch,
+                keys=[first.setdefault(p, i) for i, p in enumerate(positives)],
+                prompts=prompts,
+            )
             k = self.config.negatives.get(task, 0)
             stored, places = [], []  # where batch.negatives holds ids (per row: shards of older runs hold texts)
             for i, r in enumerate(rows):

@@ -33,8 +33,16 @@ def load_heldout(folder: str | Path) -> dict[str, tuple[list[str], list[str], li
 
 
 @torch.no_grad()
-def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, layer: int, max_length: int = 512,
-           batch_size: int = 64, prompt: str = "") -> torch.Tensor:
+def encode(
+    model: Embedder,
+    tokenizer: Any,
+    texts: list[str],
+    rank: int | None,
+    layer: int,
+    max_length: int = 512,
+    batch_size: int = 64,
+    prompt: str = "",
+) -> torch.Tensor:
     """Pooled embeddings (full width, not normalised) at a MEL rank and a layer, each text after
     `prompt` (an instruction: pooled over or not as the model was trained); in eval mode, then the
     model's mode restored. Texts are embedded in length-sorted pieces of about `batch_size` texts
@@ -44,7 +52,9 @@ def encode(model: Embedder, tokenizer: Any, texts: list[str], rank: int | None, 
     model.set_rank(rank)
     device = next(model.parameters()).device
     length = min(max_length, tokenizer.model_max_length)
-    side = Tokenize(tokenizer, length, batch_size * length, model.include_prompt)([prompt + t for t in texts], [prompt] * len(texts))
+    side = Tokenize(tokenizer, length, batch_size * length, model.include_prompt)(
+        [prompt + t for t in texts], [prompt] * len(texts)
+    )
     parts = [model(layers=[layer], **piece.to(device))[layer].float().cpu() for piece in side.pieces]
     model.train(training)
     return torch.cat(parts)[side.restore] if parts else torch.zeros(0, model.width)
@@ -55,11 +65,23 @@ def retrieval_scores(queries: torch.Tensor, passages: torch.Tensor, gold: list[i
     target = sims[torch.arange(len(gold)), torch.tensor(gold)]
     rank = (sims > target[:, None]).sum(1)  # 0 = first
     ndcg = torch.where(rank < 10, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(target))
-    return {"ndcg@10": float(ndcg.mean()), "recall@1": float((rank < 1).float().mean()), "recall@10": float((rank < 10).float().mean())}
+    return {
+        "ndcg@10": float(ndcg.mean()),
+        "recall@1": float((rank < 1).float().mean()),
+        "recall@10": float((rank < 10).float().mean()),
+    }
 
 
-def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | None], layers: list[int], dims: list[int],
-              instruction_template: str | None = None, max_length: int = 512) -> pl.DataFrame:
+def grid_eval(
+    model: Embedder,
+    tokenizer: Any,
+    heldout: dict,
+    ranks: list[int | None],
+    layers: list[int],
+    dims: list[int],
+    instruction_template: str | None = None,
+    max_length: int = 512,
+) -> pl.DataFrame:
     """One row per (rank, layers, dims, language); an embedding is computed once per (rank, layer)
     and cut to each dim. Whole passages (up to `max_length` tokens, or the model's limit): XQuAD-R
     paragraphs run to ~600 word pieces, longer than training's `max_length`, which bounds its cost."""
@@ -71,8 +93,15 @@ def grid_eval(model: Embedder, tokenizer: Any, heldout: dict, ranks: list[int | 
                 q = encode(model, tokenizer, questions, rank, layer, max_length, prompt=prompt)
                 p = encode(model, tokenizer, passages, rank, layer, max_length)
                 for dim in dims:
-                    rows.append({"rank": rank or model.width, "layers": layer, "dims": dim, "language": lang,
-                                 **retrieval_scores(q[:, :dim], p[:, :dim], gold)})
+                    rows.append(
+                        {
+                            "rank": rank or model.width,
+                            "layers": layer,
+                            "dims": dim,
+                            "language": lang,
+                            **retrieval_scores(q[:, :dim], p[:, :dim], gold),
+                        }
+                    )
     return pl.DataFrame(rows)
 
 
@@ -82,17 +111,36 @@ def report(table: pl.DataFrame, out: Path, title: str) -> Path:
 
     from core.page import figures_page
 
-    mean = table.group_by("rank", "layers", "dims").agg(pl.col("ndcg@10", "recall@1", "recall@10").mean()).sort("rank", "layers", "dims")
+    mean = (
+        table.group_by("rank", "layers", "dims")
+        .agg(pl.col("ndcg@10", "recall@1", "recall@10").mean())
+        .sort("rank", "layers", "dims")
+    )
     figs = []
     lo, hi = float(mean["ndcg@10"].min()), float(mean["ndcg@10"].max())
     for rank in mean["rank"].unique().sort():
         part = mean.filter(pl.col("rank") == rank)
         layers, dims = part["layers"].unique().sort().to_list(), part["dims"].unique().sort().to_list()
         z = [[part.filter((pl.col("layers") == l) & (pl.col("dims") == d))["ndcg@10"][0] for d in dims] for l in layers]
-        fig = go.Figure(go.Heatmap(z=z, x=[str(d) for d in dims], y=[str(l) for l in layers], zmin=lo, zmax=hi, colorscale="Viridis",
-                                   text=[[f"{v:.3f}" for v in row] for row in z], texttemplate="%{text}"))
-        fig.update_layout(title=f"nDCG@10, MEL rank {rank}", xaxis_title="output dims (MRL)", yaxis_title="layers (MLL)", height=380,
-                          margin={"l": 60, "r": 20, "t": 50, "b": 50})
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=[str(d) for d in dims],
+                y=[str(l) for l in layers],
+                zmin=lo,
+                zmax=hi,
+                colorscale="Viridis",
+                text=[[f"{v:.3f}" for v in row] for row in z],
+                texttemplate="%{text}",
+            )
+        )
+        fig.update_layout(
+            title=f"nDCG@10, MEL rank {rank}",
+            xaxis_title="output dims (MRL)",
+            yaxis_title="layers (MLL)",
+            height=380,
+            margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        )
         figs.append((f"rank{rank}", fig))
     subtitle = f"held-out retrieval, mean over {table['language'].n_unique()} languages"
     table_html = "<h2>All points</h2>" + _html_table(mean)
@@ -102,6 +150,10 @@ def report(table: pl.DataFrame, out: Path, title: str) -> Path:
 
 def _html_table(df: pl.DataFrame) -> str:
     head = "".join(f"<th>{c}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) and not math.isnan(v) else f"<td>{v}</td>" for v in row) + "</tr>"
-                   for row in df.iter_rows())
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) and not math.isnan(v) else f"<td>{v}</td>" for v in row)
+        + "</tr>"
+        for row in df.iter_rows()
+    )
     return f"<table><tr>{head}</tr>{body}</table>"

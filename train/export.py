@@ -16,8 +16,14 @@ from train.model import layer_stack
 ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
 
-def export(checkpoint: str | Path, out: str | Path, rank: int | None = None, layers: int | None = None, dims: int | None = None,
-           max_seq_length: int = 512) -> Path:
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    rank: int | None = None,
+    layers: int | None = None,
+    dims: int | None = None,
+    max_seq_length: int = 512,
+) -> Path:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
@@ -45,8 +51,10 @@ def export(checkpoint: str | Path, out: str | Path, rank: int | None = None, lay
     out.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    modules: list[nn.Module] = [Transformer(str(out), max_seq_length=max_seq_length),
-                                Pooling(width, pooling_mode=ST_POOLING[model.pooling], include_prompt=model.include_prompt)]
+    modules: list[nn.Module] = [
+        Transformer(str(out), max_seq_length=max_seq_length),
+        Pooling(width, pooling_mode=ST_POOLING[model.pooling], include_prompt=model.include_prompt),
+    ]
     if dims < width:
         cut = Dense(width, dims, bias=False, activation_function=nn.Identity())
         with torch.no_grad():

@@ -38,11 +38,19 @@ class Micro:
         return self.queries.tokens + self.positives.tokens + self.negatives.tokens
 
     def pin(self) -> Micro:
-        return Micro(self.batch, self.queries.pin(), self.positives.pin(), self.negatives.pin(), self.owner.pin_memory(), self.keys.pin_memory())
+        return Micro(
+            self.batch,
+            self.queries.pin(),
+            self.positives.pin(),
+            self.negatives.pin(),
+            self.owner.pin_memory(),
+            self.keys.pin_memory(),
+        )
 
 
-def micro_batches(batches: Batches, tokenize: Tokenize, start: int, rank: int, world: int, accum: int, max_rows: int | None,
-                  pin: bool) -> Iterator[list[Micro]]:
+def micro_batches(
+    batches: Batches, tokenize: Tokenize, start: int, rank: int, world: int, accum: int, max_rows: int | None, pin: bool
+) -> Iterator[list[Micro]]:
     """Per step from `start` on: this rank's micro-batches, tokenized. The steps before `start` are
     drawn and dropped (reading, not tokenizing), so a resumed run continues the same order."""
     data = iter(batches)
@@ -54,8 +62,14 @@ def micro_batches(batches: Batches, tokenize: Tokenize, start: int, rank: int, w
         step = []
         for m in range(accum):
             b = mine.slice(m * per, (m + 1) * per)
-            micro = Micro(b, tokenize(b.queries, b.prompts, max_rows), tokenize(b.positives, None, max_rows), tokenize(b.negatives, None, max_rows),
-                          torch.tensor(b.owner, dtype=torch.long), torch.tensor(b.keys, dtype=torch.long))
+            micro = Micro(
+                b,
+                tokenize(b.queries, b.prompts, max_rows),
+                tokenize(b.positives, None, max_rows),
+                tokenize(b.negatives, None, max_rows),
+                torch.tensor(b.owner, dtype=torch.long),
+                torch.tensor(b.keys, dtype=torch.long),
+            )
             step.append(micro.pin() if pin else micro)
         yield step
 

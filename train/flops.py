@@ -14,8 +14,15 @@ from torch import nn
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets; matched in order against
 # torch.cuda.get_device_name(), the more specific names first.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("B200", 2250e12), ("A100", 312e12),
-             ("L40S", 362e12), ("L4", 121e12)]
+PEAK_BF16 = [
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+]
 
 
 def gpu_peak(device: torch.device) -> tuple[str, float | None]:

@@ -104,14 +104,20 @@ class Trainer:
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if config.batch_size % (self.world * config.grad_accum):
-            raise ValueError(f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}")
-        self.data = Batches(config.data, config.batch_size, config.seed)  # bad shards or weights fail before any model is built
+            raise ValueError(
+                f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}"
+            )
+        self.data = Batches(
+            config.data, config.batch_size, config.seed
+        )  # bad shards or weights fail before any model is built
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
         if config.model.gradient_checkpointing:
             backbone = self.model.backbone
-            if hasattr(backbone, "activation_checkpointing_enable"):  # transformers 5.x's name; the older one is deprecated there
+            if hasattr(
+                backbone, "activation_checkpointing_enable"
+            ):  # transformers 5.x's name; the older one is deprecated there
                 backbone.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -121,16 +127,26 @@ class Trainer:
         self.prefetch = config.data.prefetch if config.data.prefetch is not None else (4 if gpu else 0)
         # The feed thread tokenizes with its own copy: a Rust tokenizer's padding and truncation
         # settings are state, and evaluation uses the model's tokenizer after training.
-        self.tokenize = Tokenize(copy.deepcopy(self.tokenizer), config.data.max_length, config.data.piece_tokens or (16384 if gpu else 1024),
-                                 self.model.include_prompt, multiple=8 if gpu else 1)
+        self.tokenize = Tokenize(
+            copy.deepcopy(self.tokenizer),
+            config.data.max_length,
+            config.data.piece_tokens or (16384 if gpu else 1024),
+            self.model.include_prompt,
+            multiple=8 if gpu else 1,
+        )
         self.grid = Grid(config, self.model)
-        self.loss = Layers(Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
-                           dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])))
+        self.loss = Layers(
+            Matryoshka(InfoNCE(config.temperature, config.symmetric), self.grid.dims, config.matryoshka.dim_weights),
+            dict(zip(self.grid.layers, config.matryoshka.layer_weights or [])),
+        )
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         rest = [p for p in self.model.parameters() if p.ndim < 2]
         # Fused AdamW: one kernel for all parameters, and no per-parameter step counter read on the host.
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                                           lr=config.lr, fused=self.device.type in ("cuda", "cpu"))
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=config.lr,
+            fused=self.device.type in ("cuda", "cpu"),
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.steps, config.warmup))
         self.step = checkpoint.resume(self.out, self.model, self.optimizer, self.scheduler, config)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
@@ -162,7 +178,9 @@ class Trainer:
         keys = micro.keys.to(self.device, non_blocking=True)
         pairing = Pairing(micro.owner.to(self.device, non_blocking=True), micro.batch.in_batch, keys, gather_keys(keys))
         sides = (micro.queries, micro.positives, micro.negatives)
-        if not self.config.grad_cache_chunk:  # queries, positives and negatives each in their own pieces (queries are short)
+        if (
+            not self.config.grad_cache_chunk
+        ):  # queries, positives and negatives each in their own pieces (queries are short)
             with self._autocast():
                 embedded = [self._embed(side, layers) for side in sides]
             return self.loss(*embedded, pairing)
@@ -175,9 +193,19 @@ class Trainer:
                 for piece in side.pieces:
                     states.append(rng_state(self.device))
                     outs.append(self._forward(piece, layers))
-                reps.append({k: (torch.cat([o[k] for o in outs]).float() if outs else torch.zeros(0, self.model.width, device=self.device))
-                             .requires_grad_() for k in layers})
-        ordered = [{k: r[k][side.restore.to(self.device, non_blocking=True)] for k in layers} for r, side in zip(reps, sides)]
+                reps.append(
+                    {
+                        k: (
+                            torch.cat([o[k] for o in outs]).float()
+                            if outs
+                            else torch.zeros(0, self.model.width, device=self.device)
+                        ).requires_grad_()
+                        for k in layers
+                    }
+                )
+        ordered = [
+            {k: r[k][side.restore.to(self.device, non_blocking=True)] for k in layers} for r, side in zip(reps, sides)
+        ]
         loss, parts = self.loss(*ordered, pairing)
         loss.backward()
         count, n = sum(len(side.pieces) for side in sides), 0
@@ -189,7 +217,9 @@ class Trainer:
                     again = self._forward(piece, layers)
                 sync = contextlib.nullcontext() if self.ddp is None or n == count - 1 else self.ddp.no_sync()
                 with sync:
-                    torch.autograd.backward([again[k].float() for k in layers], [r[k].grad[start:start + piece.rows] for k in layers])
+                    torch.autograd.backward(
+                        [again[k].float() for k in layers], [r[k].grad[start : start + piece.rows] for k in layers]
+                    )
                 start, n = start + piece.rows, n + 1
         return loss.detach(), parts
 
@@ -202,7 +232,11 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for m, micro in enumerate(micros):
             last = m == len(micros) - 1
-            sync = self.ddp.no_sync() if self.ddp is not None and not last and not c.grad_cache_chunk else contextlib.nullcontext()
+            sync = (
+                self.ddp.no_sync()
+                if self.ddp is not None and not last and not c.grad_cache_chunk
+                else contextlib.nullcontext()
+            )
             with sync:
                 loss, parts = self._micro_loss(micro, layers)
                 if not c.grad_cache_chunk:  # GradCache has already pushed its gradients through
@@ -222,7 +256,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         batch = micros[-1].batch
-        return {"loss": total, "grad_norm": norm, "parts": parts, "mel_rank": mel_rank, "layers": layers, "source": batch.source, "task": batch.task}
+        return {
+            "loss": total,
+            "grad_norm": norm,
+            "parts": parts,
+            "mel_rank": mel_rank,
+            "layers": layers,
+            "source": batch.source,
+            "task": batch.task,
+        }
 
     def _log_entry(self, done: dict[str, Any], steps: int, elapsed: float) -> dict[str, Any]:
         """A logging step's entry: the values read back from the device, and the throughput so far."""
@@ -230,11 +272,21 @@ class Trainer:
         if self.world > 1:  # log the global batch's loss, as one process would
             dist.all_reduce(total)
             total = total / self.world
-        entry = {"step": self.step, "loss": float(total), "source": done["source"], "task": done["task"], "mel_rank": done["mel_rank"],
-                 "layers": done["layers"], "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(done["grad_norm"]),
-                 "tokens_per_s": self.tokens_seen * self.world / elapsed, "samples_per_s": steps * self.config.batch_size / elapsed,
-                 "padding": round(1 - self.tokens_seen / max(self.padded_seen, 1), 4), "tflops_per_s": self.flops_done * self.world / elapsed / 1e12,
-                 **{k: float(v) for k, v in done["parts"].items()}}
+        entry = {
+            "step": self.step,
+            "loss": float(total),
+            "source": done["source"],
+            "task": done["task"],
+            "mel_rank": done["mel_rank"],
+            "layers": done["layers"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(done["grad_norm"]),
+            "tokens_per_s": self.tokens_seen * self.world / elapsed,
+            "samples_per_s": steps * self.config.batch_size / elapsed,
+            "padding": round(1 - self.tokens_seen / max(self.padded_seen, 1), 4),
+            "tflops_per_s": self.flops_done * self.world / elapsed / 1e12,
+            **{k: float(v) for k, v in done["parts"].items()},
+        }
         if self.peak:
             entry["mfu"] = self.flops_done / elapsed / self.peak
         return entry
@@ -246,8 +298,19 @@ class Trainer:
         log_path = self.out / "log.jsonl"
         history: list[dict[str, Any]] = []
         bar = tqdm(total=c.steps, initial=self.step, desc="training", disable=self.rank != 0, unit="step")
-        data = feed(micro_batches(self.data, self.tokenize, self.step, self.rank, self.world, c.grad_accum, c.grad_cache_chunk,
-                                  pin=self.device.type == "cuda"), self.prefetch)
+        data = feed(
+            micro_batches(
+                self.data,
+                self.tokenize,
+                self.step,
+                self.rank,
+                self.world,
+                c.grad_accum,
+                c.grad_cache_chunk,
+                pin=self.device.type == "cuda",
+            ),
+            self.prefetch,
+        )
         first = self.step
         self.tokens_seen, self.padded_seen, self.flops_done, started = 0, 0, 0.0, time.perf_counter()
         try:
@@ -262,7 +325,9 @@ class Trainer:
                         with log_path.open("a", encoding="utf-8") as f:
                             f.write(json.dumps(entry) + "\n")
                 if self.rank == 0 and (self.step % c.save_every == 0 or self.step == stop):
-                    checkpoint.save(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid, c)
+                    checkpoint.save(
+                        self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, self.grid, c
+                    )
         finally:
             data.close()
         bar.close()

@@ -69,7 +69,9 @@ class InfoNCE:
             own = pairing.owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
             logits = torch.cat([pos, (q @ n.T).masked_fill(~own, float("-inf"))], dim=1)
         loss = F.cross_entropy(logits / self.temperature, target)
-        if pairing.in_batch and self.symmetric:  # queries sharing the positive are all right answers: `same` masks them too
+        if (
+            pairing.in_batch and self.symmetric
+        ):  # queries sharing the positive are all right answers: `same` masks them too
             back = (p @ gather(q)[0].T).masked_fill(same, float("-inf"))
             loss = (loss + F.cross_entropy(back / self.temperature, target)) / 2
         return loss
@@ -89,7 +91,9 @@ class Matryoshka:
         self.inner, self.dims = inner, dims
         self.weights = weights or mrl_weights(dims)
 
-    def __call__(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, pairing: Pairing
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {d: self.inner(q[:, :d], p[:, :d], n[:, :d], pairing) for d in self.dims}
         total = sum(w * parts[d] for d, w in zip(self.dims, self.weights)) / sum(self.weights)
         return total, {f"dim{d}": v.detach() for d, v in parts.items()}
@@ -101,8 +105,9 @@ class Layers:
     def __init__(self, inner: Matryoshka, weights: dict[int, float] | None = None):
         self.inner, self.weights = inner, weights or {}
 
-    def __call__(self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor],
-                 pairing: Pairing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, q: dict[int, torch.Tensor], p: dict[int, torch.Tensor], n: dict[int, torch.Tensor], pairing: Pairing
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, weight, log = 0.0, 0.0, {}
         for layer in q:
             loss, parts = self.inner(q[layer], p[layer], n[layer], pairing)

@@ -94,7 +94,9 @@ class Embedder(nn.Module):
         self.norm = final_norm(backbone)
         self.causal = is_causal(backbone)
         if mel_rank:
-            backbone.set_input_embeddings(FactorizedEmbedding.from_embedding(backbone.get_input_embeddings().weight, mel_rank))
+            backbone.set_input_embeddings(
+                FactorizedEmbedding.from_embedding(backbone.get_input_embeddings().weight, mel_rank)
+            )
 
     @property
     def mel(self) -> FactorizedEmbedding | None:
@@ -109,9 +111,16 @@ class Embedder(nn.Module):
         if self.mel is not None:
             self.mel.rank = rank or self.mel.full_rank
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int],
-                pool_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        out = self.backbone(input_ids=input_ids, attention_mask=self._backbone_mask(attention_mask), output_hidden_states=True)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        layers: list[int],
+        pool_mask: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        out = self.backbone(
+            input_ids=input_ids, attention_mask=self._backbone_mask(attention_mask), output_hidden_states=True
+        )
         pooled = {}
         for layer in layers:
             if layer == self.num_layers:
@@ -121,7 +130,6 @@ class Embedder(nn.Module):
                 hidden = self.norm(hidden) if self.norm is not None else hidden
             pooled[layer] = pool(hidden, attention_mask, self.pooling, pool_mask)
         return pooled
-
 
     def _backbone_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The padding mask as the 4D mask an encoder's attention takes, built on the device.
@@ -135,19 +143,21 @@ class Embedder(nn.Module):
         keep = mask[:, None, None, :].bool()  # (batch, 1, 1, keys): broadcast over heads and queries
         if kind == "sdpa":
             return keep
-        return torch.zeros(keep.shape, device=mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)  # eager: added to the scores
+        return torch.zeros(keep.shape, device=mask.device).masked_fill(
+            ~keep, torch.finfo(torch.float32).min
+        )  # eager: added to the scores
 
 
 def default_dims(width: int) -> list[int]:
-    return sorted({2 ** k for k in range(3, int(math.log2(width)) + 1)} | {width})
+    return sorted({2**k for k in range(3, int(math.log2(width)) + 1)} | {width})
 
 
 def default_layers(n: int) -> list[int]:
-    return sorted({2 ** k for k in range(int(math.log2(n)) + 1)} | {n})
+    return sorted({2**k for k in range(int(math.log2(n)) + 1)} | {n})
 
 
 def default_ranks(r: int) -> list[int]:
-    ranks = {2 ** k for k in range(6, int(math.log2(r)) + 1) if 2 ** k < r} or {max(1, r // 4), max(1, r // 2)}
+    ranks = {2**k for k in range(6, int(math.log2(r)) + 1) if 2**k < r} or {max(1, r // 4), max(1, r // 2)}
     return sorted(ranks | {r})
 
 

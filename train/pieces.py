@@ -28,13 +28,20 @@ class Piece:
 
     def to(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The model's keyword arguments on `device` (asynchronous from pinned memory)."""
-        out = {"input_ids": self.input_ids.to(device, non_blocking=True), "attention_mask": self.attention_mask.to(device, non_blocking=True)}
+        out = {
+            "input_ids": self.input_ids.to(device, non_blocking=True),
+            "attention_mask": self.attention_mask.to(device, non_blocking=True),
+        }
         if self.pool_mask is not None:
             out["pool_mask"] = self.pool_mask.to(device, non_blocking=True)
         return out
 
     def pin(self) -> Piece:
-        return Piece(self.input_ids.pin_memory(), self.attention_mask.pin_memory(), None if self.pool_mask is None else self.pool_mask.pin_memory())
+        return Piece(
+            self.input_ids.pin_memory(),
+            self.attention_mask.pin_memory(),
+            None if self.pool_mask is None else self.pool_mask.pin_memory(),
+        )
 
     @property
     def rows(self) -> int:
@@ -62,9 +69,14 @@ class Tokenize:
     """A tokenizer with the settings of a run: truncation length, piece size, and the prompt lengths
     it has counted (a prompt's tokens are counted once, as sentence-transformers counts them)."""
 
-    def __init__(self, tokenizer: Any, max_length: int, piece_tokens: int, include_prompt: bool = True, multiple: int = 1):
+    def __init__(
+        self, tokenizer: Any, max_length: int, piece_tokens: int, include_prompt: bool = True, multiple: int = 1
+    ):
         self.tokenizer, self.max_length, self.piece_tokens = tokenizer, max_length, piece_tokens
-        self.include_prompt, self.multiple = include_prompt, multiple  # multiple: pad lengths to a multiple (GPU tensor cores)
+        self.include_prompt, self.multiple = (
+            include_prompt,
+            multiple,
+        )  # multiple: pad lengths to a multiple (GPU tensor cores)
         self.prompt_lengths: dict[str, int] = {}
 
     def prompt_length(self, prompt: str) -> int:
@@ -85,9 +97,13 @@ class Tokenize:
             skip = np.array([self.prompt_length(p) if p else 0 for p in prompts], dtype=np.int64)
         pieces, start = [], 0
         while start < len(order):
-            longest = min(-(-int(lengths[order[start]]) // self.multiple) * self.multiple, self.max_length)  # texts are truncated to max_length
+            longest = min(
+                -(-int(lengths[order[start]]) // self.multiple) * self.multiple, self.max_length
+            )  # texts are truncated to max_length
             rows = max(1, min(self.piece_tokens // longest, max_rows or len(order), len(order) - start))
-            pieces.append(self._piece([ids[i] for i in order[start:start + rows]], skip[order[start:start + rows]], longest))
+            pieces.append(
+                self._piece([ids[i] for i in order[start : start + rows]], skip[order[start : start + rows]], longest)
+            )
             start += rows
         restore = np.empty(len(order), dtype=np.int64)
         restore[order] = np.arange(len(order))
@@ -103,4 +119,6 @@ class Tokenize:
         if skip.any():
             pool = mask.copy()
             pool[np.arange(length)[None, :] < skip[:, None]] = 0
-        return Piece(torch.from_numpy(input_ids), torch.from_numpy(mask), None if pool is None else torch.from_numpy(pool))
+        return Piece(
+            torch.from_numpy(input_ids), torch.from_numpy(mask), None if pool is None else torch.from_numpy(pool)
+        )

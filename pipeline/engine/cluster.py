@@ -21,15 +21,25 @@ import ray.data  # noqa: E402
 from core import storage  # noqa: E402
 
 
-def start(address: str | None, num_cpus: int | None = None, object_store_mb: int | None = None, quiet: bool = True,
-          verbose: bool = False) -> bool:
+def start(
+    address: str | None,
+    num_cpus: int | None = None,
+    object_store_mb: int | None = None,
+    quiet: bool = True,
+    verbose: bool = False,
+) -> bool:
     """Connect to `address`, or start an embedded cluster. False if Ray was already up (then the
     caller should leave it running). `quiet`: no progress bars; `verbose`: Ray's own logs."""
     started = not ray.is_initialized()
     level = logging.INFO if verbose else logging.ERROR
     if started:
-        kwargs: dict = dict(include_dashboard=False, log_to_driver=verbose, logging_level=level, configure_logging=True,
-                            ignore_reinit_error=True)
+        kwargs: dict = dict(
+            include_dashboard=False,
+            log_to_driver=verbose,
+            logging_level=level,
+            configure_logging=True,
+            ignore_reinit_error=True,
+        )
         # Make the project importable by workers on any node (a cluster without this package installed),
         # and pass on the object store's settings (endpoint, region, profile; never credentials, which
         # each node has from its own environment, e.g. a KubeRay pod's service account or secret). A
@@ -39,7 +49,9 @@ def start(address: str | None, num_cpus: int | None = None, object_store_mb: int
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
             project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             env = {name: os.environ[name] for name in storage.STORAGE_ENV if name in os.environ}
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}}
+            kwargs["runtime_env"] = {
+                "env_vars": {"PYTHONPATH": project_root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}
+            }
         if address:
             ray.init(address=address, **kwargs)
         else:

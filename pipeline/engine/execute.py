@@ -57,7 +57,9 @@ POOL_MIN_BYTES = 32 << 20  # of source files, for ingest
 
 def _tag_flags(flags: pa.StructArray, step: str) -> pa.StructArray:
     """Flags (structs) with `step` filled in."""
-    return pa.StructArray.from_arrays([*flags.flatten(), pa.array([step] * len(flags), pa.string())], fields=list(GROUP_FLAG_TYPE))
+    return pa.StructArray.from_arrays(
+        [*flags.flatten(), pa.array([step] * len(flags), pa.string())], fields=list(GROUP_FLAG_TYPE)
+    )
 
 
 class GroupWorker:
@@ -85,7 +87,9 @@ class GroupWorker:
         for name, stage in zip(self.names, self.stages):
             out = to_work_schema(stage(batch))
             if out.num_rows != batch.num_rows:
-                raise RuntimeError(f"stage {name} returned {out.num_rows} rows for {batch.num_rows}: a row-local stage keeps every row")
+                raise RuntimeError(
+                    f"stage {name} returned {out.num_rows} rows for {batch.num_rows}: a row-local stage keeps every row"
+                )
             new = out.column(FLAGS).combine_chunks()
             owners.append(np.repeat(where, pc.fill_null(pc.list_value_length(new), 0).to_numpy(zero_copy_only=False)))
             values.append(_tag_flags(pc.list_flatten(new), name))
@@ -95,12 +99,22 @@ class GroupWorker:
                 done.append(self._finish(out.take(rows), where[rows], owners, values, name, lang_in.take(rows), n))
             stay = np.flatnonzero(~gone)
             batch, lang_in, where = out.take(stay), lang_in.take(stay), where[stay]
-            batch = replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))  # collected above
+            batch = replace_column(
+                batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type)
+            )  # collected above
         done.append(self._finish(batch, where, owners, values, None, lang_in, n))
         return pa.concat_tables(done)
 
     @staticmethod
-    def _finish(rows: pa.Table, where: np.ndarray, owners: list[np.ndarray], values: list[pa.Array], step: str | None, lang_in: pa.Array, n: int) -> pa.Table:
+    def _finish(
+        rows: pa.Table,
+        where: np.ndarray,
+        owners: list[np.ndarray],
+        values: list[pa.Array],
+        step: str | None,
+        lang_in: pa.Array,
+        n: int,
+    ) -> pa.Table:
         """`rows` (input rows `where`) with the flags every stage raised on them, in stage order."""
         position = np.full(n, -1)
         position[where] = np.arange(len(where))
@@ -108,7 +122,9 @@ class GroupWorker:
         mine = at >= 0
         flags = lists_by_row(len(where), at[mine], pa.concat_arrays(values).filter(pa.array(mine)))
         rows = rows.drop_columns([FLAGS]).append_column(FLAGS, flags)
-        return rows.append_column(DROP_STEP, pa.array([step] * rows.num_rows, pa.string())).append_column(LANG_IN, lang_in)
+        return rows.append_column(DROP_STEP, pa.array([step] * rows.num_rows, pa.string())).append_column(
+            LANG_IN, lang_in
+        )
 
 
 class ShuffleWorker:
@@ -192,10 +208,21 @@ def source_bytes(units: list[Unit]) -> int:
     return sum(storage.size_and_mtime(p)[0] for p in {u.path for u in units})
 
 
-def compute(step: Step, units: list[Unit], sources: dict[str, SourceConfig], files: list[str], rows: int, context: RunContext,
-            out: str, executor: Executor, scratch: str, options: dict[str, Any]) -> None:
+def compute(
+    step: Step,
+    units: list[Unit],
+    sources: dict[str, SourceConfig],
+    files: list[str],
+    rows: int,
+    context: RunContext,
+    out: str,
+    executor: Executor,
+    scratch: str,
+    options: dict[str, Any],
+) -> None:
     """Compute the step over `files` (its input, local or in object storage) and write its files
     under `out`; `scratch` holds what rounds hand each other, `options` is a task's request to Ray."""
+
     def target(i: int) -> str:
         return storage.join(out, f"part-{i:05d}.parquet")
 
@@ -205,7 +232,10 @@ def compute(step: Step, units: list[Unit], sources: dict[str, SourceConfig], fil
     if step.kind == "rows":
         groups = [(f, g) for f in files for g in range(storage.parquet_file(f).metadata.num_row_groups)]
         per_task = TASK_ROWS // BATCH_ROWS
-        tasks = [(chunk[0][0], [g for _, g in chunk], target(i), step, context) for i, chunk in enumerate(_chunks(groups, per_task))]
+        tasks = [
+            (chunk[0][0], [g for _, g in chunk], target(i), step, context)
+            for i, chunk in enumerate(_chunks(groups, per_task))
+        ]
         executor.map(_rows_task, tasks, step.name, options)
         _WORKERS.clear()  # the driver keeps no models once the step is done
         return
@@ -221,8 +251,18 @@ def compute(step: Step, units: list[Unit], sources: dict[str, SourceConfig], fil
                     _write(to_work_schema(block), target(i))
             return
         parts = max(executor.parallelism, math.ceil(rows / ROWS_PER_SHUFFLE_PARTITION))
-        cut = rounds.submit(_key_task, [(b, parts, step, context) for b in exchange.blocks(files)], parts, description=f"{step.name}: keys")
-        rounds.submit(_partition_task, [(target(p), step, context, *exchange.column(cut, p)) for p in range(parts)], 0, description=step.name)
+        cut = rounds.submit(
+            _key_task,
+            [(b, parts, step, context) for b in exchange.blocks(files)],
+            parts,
+            description=f"{step.name}: keys",
+        )
+        rounds.submit(
+            _partition_task,
+            [(target(p), step, context, *exchange.column(cut, p)) for p in range(parts)],
+            0,
+            description=step.name,
+        )
     finally:
         rounds.close()
         _WORKERS.clear()

@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 
 from core.record import DROP, DROP_STEP, FLAGS, LANG_IN
 
-LEDGER_SCHEMA = {"step": pl.String, "source": pl.String, "language": pl.String, "kind": pl.String, "reason": pl.String, "rows": pl.Int64}
+LEDGER_SCHEMA = {
+    "step": pl.String,
+    "source": pl.String,
+    "language": pl.String,
+    "kind": pl.String,
+    "reason": pl.String,
+    "rows": pl.Int64,
+}
 
 
 class LedgerError(Exception):
@@ -38,10 +45,26 @@ def count_outcomes(steps: list[str], files: list[str], language_set_at: int | No
     language = pl.col("query_lang").fill_null("und")
     parts = []
     for i, step in enumerate(steps):
-        lang_here = language if not fused or (language_set_at is not None and i >= language_set_at) else pl.col(LANG_IN).fill_null("und")
-        kept = rows.filter(drop_index.is_null() | (drop_index > i)).group_by("source", lang_here.alias("language")).agg(pl.len().alias("rows"))
-        parts.append(kept.with_columns(pl.lit("out").alias("kind"), pl.lit(None, pl.String).alias("reason"), pl.lit(step).alias("step")))
-        gone = rows.filter(drop_index == i).group_by("source", language.alias("language"), pl.col(DROP).alias("reason")).agg(pl.len().alias("rows"))
+        lang_here = (
+            language
+            if not fused or (language_set_at is not None and i >= language_set_at)
+            else pl.col(LANG_IN).fill_null("und")
+        )
+        kept = (
+            rows.filter(drop_index.is_null() | (drop_index > i))
+            .group_by("source", lang_here.alias("language"))
+            .agg(pl.len().alias("rows"))
+        )
+        parts.append(
+            kept.with_columns(
+                pl.lit("out").alias("kind"), pl.lit(None, pl.String).alias("reason"), pl.lit(step).alias("step")
+            )
+        )
+        gone = (
+            rows.filter(drop_index == i)
+            .group_by("source", language.alias("language"), pl.col(DROP).alias("reason"))
+            .agg(pl.len().alias("rows"))
+        )
         parts.append(gone.with_columns(pl.lit("dropped").alias("kind"), pl.lit(step).alias("step")))
     flagged = (
         rows.select("source", pl.col(FLAGS))
@@ -67,8 +90,9 @@ def entries(steps: list[str], outcomes: pl.DataFrame, rows_in: pl.DataFrame | No
         if rows_in is None:
             rows_in = mine.group_by("source").agg(pl.col("rows").sum()).with_columns(pl.lit("und").alias("language"))
         ins = rows_in.filter(pl.col("kind") == "out") if "kind" in rows_in.columns else rows_in
-        ins = ins.select("source", "language", "rows").with_columns(pl.lit(step).alias("step"), pl.lit("in").alias("kind"),
-                                                                     pl.lit(None, pl.String).alias("reason"))
+        ins = ins.select("source", "language", "rows").with_columns(
+            pl.lit(step).alias("step"), pl.lit("in").alias("kind"), pl.lit(None, pl.String).alias("reason")
+        )
         parts += [ins.select(list(LEDGER_SCHEMA)).cast(LEDGER_SCHEMA), mine]
         rows_in = mine
     return pl.concat(parts).cast(LEDGER_SCHEMA)
@@ -83,9 +107,14 @@ def check_balance(ledger: pl.DataFrame) -> None:
     )
     bad = totals.filter(pl.col("in") != pl.col("out") + pl.col("dropped"))
     if bad.height:
-        lines = [f"step {r['step']}, source {r['source']}: in={r['in']} but out={r['out']} + dropped={r['dropped']}" for r in bad.iter_rows(named=True)]
+        lines = [
+            f"step {r['step']}, source {r['source']}: in={r['in']} but out={r['out']} + dropped={r['dropped']}"
+            for r in bad.iter_rows(named=True)
+        ]
         raise LedgerError("the ledger does not balance (rows lost or duplicated):\n" + "\n".join(lines))
 
 
 def write(ledger: pl.DataFrame, run_dir: Path) -> None:
-    ledger.sort("step", "source", "kind", "language", "reason", nulls_last=True).write_parquet(run_dir / "ledger.parquet")
+    ledger.sort("step", "source", "kind", "language", "reason", nulls_last=True).write_parquet(
+        run_dir / "ledger.parquet"
+    )

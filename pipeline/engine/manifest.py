@@ -39,31 +39,48 @@ from pipeline.engine.stage import Registry, StageConfig
 from sources.config import SourceConfig
 
 # Record columns every row has from ingestion on (filled, or null where the source has no value).
-INGESTED = (*(c for c in COLUMNS if not c.endswith(("_lang", "_lang_conf"))
-              and c not in ("cross_lingual", "dup_count", "dup_cluster", "near_dup_count", POSITIVE_ID, NEGATIVE_IDS)), NEGATIVES)
+INGESTED = (
+    *(
+        c
+        for c in COLUMNS
+        if not c.endswith(("_lang", "_lang_conf"))
+        and c not in ("cross_lingual", "dup_count", "dup_cluster", "near_dup_count", POSITIVE_ID, NEGATIVE_IDS)
+    ),
+    NEGATIVES,
+)
 
 
 class RaySettings(Strict):
     model_config = example(address="auto")
 
-    address: str | None = Field(None, description="Address of an existing cluster ('auto', 'HOST:PORT'); embedded local Ray when empty.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded cluster (default: all of this machine's).")
+    address: str | None = Field(
+        None, description="Address of an existing cluster ('auto', 'HOST:PORT'); embedded local Ray when empty."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the embedded cluster (default: all of this machine's)."
+    )
     object_store_mb: int | None = Field(None, ge=128, description="Object store size of the embedded cluster in MiB.")
     # 1M: on 2 cores a 300k-row run is 1.19x a plain script in process and 0.86x on Ray
     # (bench/pipeline_overhead.py); Ray's start and per-step costs pay off on larger inputs and clusters.
     in_process_rows: int = Field(
-        1_000_000, ge=0, description="Without an address, a step whose input has at most this many rows runs in process (its "
-        "row-local stages in one worker process per CPU): the same results, none of a distributed step's fixed cost; 0: every step on Ray.")
+        1_000_000,
+        ge=0,
+        description="Without an address, a step whose input has at most this many rows runs in process (its "
+        "row-local stages in one worker process per CPU): the same results, none of a distributed step's fixed cost; 0: every step on Ray.",
+    )
 
 
 class ShardSettings(Strict):
     model_config = example(rows_per_shard=100000, compression="zstd", partition_by=["source"])
 
-    rows_per_shard: int = Field(100_000, ge=1, description="Rows per Parquet file (the last file of a partition may hold fewer).")
+    rows_per_shard: int = Field(
+        100_000, ge=1, description="Rows per Parquet file (the last file of a partition may hold fewer)."
+    )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     compression_level: int | None = Field(None, description="Codec level (zstd 1-22); the codec's default when empty.")
     partition_by: list[Literal["source", "task", "query_lang"]] = Field(
-        default_factory=lambda: ["source"], description="One folder per value, so a training batch can come from one partition."
+        default_factory=lambda: ["source"],
+        description="One folder per value, so a training batch can come from one partition.",
     )
 
 
@@ -71,9 +88,14 @@ class StatsSettings(Strict):
     model_config = example(tokenizer="tokenizer.json", reference="target_mix.csv")
 
     enabled: bool = Field(True, description="Compute the statistics (stats/) and the dashboard at the end of the run.")
-    tokenizer: str | None = Field(None, description="A `tokenizers` tokenizer.json (or a folder with one), relative to the manifest, for "
-                                  "token counts; words by a script-aware rule when empty.")
-    reference: str | None = Field(None, description="CSV with columns language,count (another corpus, a target mix) to compare shares with.")
+    tokenizer: str | None = Field(
+        None,
+        description="A `tokenizers` tokenizer.json (or a folder with one), relative to the manifest, for "
+        "token counts; words by a script-aware rule when empty.",
+    )
+    reference: str | None = Field(
+        None, description="CSV with columns language,count (another corpus, a target mix) to compare shares with."
+    )
     samples_per_language: int = Field(3, ge=0, description="Sample records per language shown on the dashboard.")
 
     _exists = field_validator("tokenizer", "reference")(existing_path)
@@ -82,23 +104,48 @@ class StatsSettings(Strict):
 class Manifest(Strict):
     """A validated manifest. `stages` holds the registered stages' configs (see `manifest_model`)."""
 
-    model_config = example(output="../runs/mine", sources=[{"name": "qa", "task": "retrieval", "path": "data/qa.jsonl", "columns": {"query": "question", "positive": "answer"}, "licence": "CC-BY-4.0"}], stages=[{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup"}, {"stage": "near_dedup"}])
+    model_config = example(
+        output="../runs/mine",
+        sources=[
+            {
+                "name": "qa",
+                "task": "retrieval",
+                "path": "data/qa.jsonl",
+                "columns": {"query": "question", "positive": "answer"},
+                "licence": "CC-BY-4.0",
+            }
+        ],
+        stages=[{"stage": "normalize"}, {"stage": "langid"}, {"stage": "exact_dedup"}, {"stage": "near_dedup"}],
+    )
 
-
-    output: str = Field(description="Run folder (relative to the manifest), or a URL in object storage (s3://BUCKET/PATH): "
-                        "checkpoints, ledger, quarantine, shards.")
-    ray: RaySettings = Field(default_factory=RaySettings, description="Where steps run: in process, an embedded Ray, or a cluster.")
-    sources: list[SourceConfig] = Field(min_length=1, description="The inputs: files, globs or datasets, each mapped onto the record.")
-    stages: list[StageConfig] = Field(default_factory=list, description="The stages, in the order they run (one entry per stage, `stage:` naming it).")
+    output: str = Field(
+        description="Run folder (relative to the manifest), or a URL in object storage (s3://BUCKET/PATH): "
+        "checkpoints, ledger, quarantine, shards."
+    )
+    ray: RaySettings = Field(
+        default_factory=RaySettings, description="Where steps run: in process, an embedded Ray, or a cluster."
+    )
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="The inputs: files, globs or datasets, each mapped onto the record."
+    )
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="The stages, in the order they run (one entry per stage, `stage:` naming it)."
+    )
     checkpoint: Literal["fused", "every_step"] = Field(
-        "fused", description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
-        "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).")
+        "fused",
+        description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
+        "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).",
+    )
     keep_checkpoints: Literal["all", "last"] = Field(
-        "all", description="all: every step's checkpoint stays (a changed stage re-runs from its own step); last: a step's "
+        "all",
+        description="all: every step's checkpoint stays (a changed stage re-runs from its own step); last: a step's "
         "checkpoint is removed once the next one is committed, so the disk holds about one step's rows (a changed stage "
-        "re-runs from the last checkpoint kept before it, or from the sources).")
+        "re-runs from the last checkpoint kept before it, or from the sources).",
+    )
     shards: ShardSettings = Field(default_factory=ShardSettings, description="The final Parquet shards.")
-    stats: StatsSettings = Field(default_factory=StatsSettings, description="Per-language statistics and the dashboard.")
+    stats: StatsSettings = Field(
+        default_factory=StatsSettings, description="Per-language statistics and the dashboard."
+    )
 
     @field_validator("output")
     @classmethod
@@ -108,9 +155,13 @@ class Manifest(Strict):
         if storage.is_url(output):
             output = storage.check_url(output)
             if not output.lower().startswith("s3://"):
-                raise ValueError(f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes")
+                raise ValueError(
+                    f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes"
+                )
             if importlib.util.find_spec("boto3") is None:
-                raise ValueError(f"{output!r}: an output in S3 needs boto3 for the run's lease: pip install 'ml-embed-data[s3]'")
+                raise ValueError(
+                    f"{output!r}: an output in S3 needs boto3 for the run's lease: pip install 'ml-embed-data[s3]'"
+                )
         return output
 
     @model_validator(mode="after")
@@ -128,22 +179,35 @@ class Manifest(Strict):
         for i, stage in enumerate(stages):
             unknown = stage.unknown_sources(set(names))
             if unknown:
-                raise ValueError(f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})")
+                raise ValueError(
+                    f"stages[{i}] ({stage.stage}) names sources the manifest lacks: {unknown} (sources: {names})"
+                )
         tasks = {s.name: s.task for s in info.data.get("sources") or []}
         for i, stage in enumerate(stages):
             wrong = [n for n in stage.corpora() if n in tasks and tasks[n] not in POOL_TASKS]
             if wrong:
-                raise ValueError(f"stages[{i}] ({stage.stage}) uses {wrong} as a corpus, but a corpus source has `task: corpus`")
+                raise ValueError(
+                    f"stages[{i}] ({stage.stage}) uses {wrong} as a corpus, but a corpus source has `task: corpus`"
+                )
         unused = sorted({n for n, t in tasks.items() if t in POOL_TASKS} - {n for s in stages for n in s.corpora()})
         if unused:
-            raise ValueError(f"corpus sources {unused} are named by no stage (mine_negatives: `pool: corpus`, `corpus: NAME`)")
+            raise ValueError(
+                f"corpus sources {unused} are named by no stage (mine_negatives: `pool: corpus`, `corpus: NAME`)"
+            )
         return stages
 
 
 def manifest_model(registry: Registry) -> type[Manifest]:
     """The manifest model whose `stages` accept exactly the registry's stages (a tagged union)."""
     union = Annotated[Union[registry.configs()], Field(discriminator="stage")]  # type: ignore[valid-type]
-    return create_model("Manifest", __base__=Manifest, stages=(list[union], Field(default_factory=list, description="The stages, in the order they run; each names its `stage:`.")))  # type: ignore[valid-type]
+    return create_model(
+        "Manifest",
+        __base__=Manifest,
+        stages=(
+            list[union],
+            Field(default_factory=list, description="The stages, in the order they run; each names its `stage:`."),
+        ),
+    )  # type: ignore[valid-type]
 
 
 def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str]]:
@@ -156,13 +220,23 @@ def column_errors(manifest: Manifest, registry: Registry) -> list[tuple[int, str
         for column in registry[config.stage].columns_read(config):
             later = next((j for j in range(i + 1, len(written)) if column in written[j]), None)
             if column not in available and later is not None:
-                problems.append((i, f"stages[{i}] ({config.stage}) reads {column!r}, which stages[{later}] "
-                                    f"({manifest.stages[later].stage}) writes after it: put {manifest.stages[later].stage} first"))
+                problems.append(
+                    (
+                        i,
+                        f"stages[{i}] ({config.stage}) reads {column!r}, which stages[{later}] "
+                        f"({manifest.stages[later].stage}) writes after it: put {manifest.stages[later].stage} first",
+                    )
+                )
         # Negatives stored by reference (`pipeline/ops/passage_store.py`) are no longer texts in the rows.
         stored = next((j for j in range(i) if NEGATIVE_IDS in written[j]), None)
         if NEGATIVES in registry[config.stage].columns_read(config) and stored is not None:
-            problems.append((i, f"stages[{i}] ({config.stage}) reads negative texts, which stages[{stored}] "
-                                f"({manifest.stages[stored].stage}) stores by reference before it: put {config.stage} first"))
+            problems.append(
+                (
+                    i,
+                    f"stages[{i}] ({config.stage}) reads negative texts, which stages[{stored}] "
+                    f"({manifest.stages[stored].stage}) stores by reference before it: put {config.stage} first",
+                )
+            )
     return problems
 
 

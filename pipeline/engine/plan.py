@@ -63,8 +63,11 @@ class Step:
         """What one worker of the step needs: the most any of its stages needs (ingest: one CPU)."""
         if not self.stages:
             return Resources()
-        return Resources(max(s.cls.resources.cpus for s in self.stages), max(s.cls.resources.gpus for s in self.stages),
-                         max(s.cls.resources.memory_mb for s in self.stages))
+        return Resources(
+            max(s.cls.resources.cpus for s in self.stages),
+            max(s.cls.resources.gpus for s in self.stages),
+            max(s.cls.resources.memory_mb for s in self.stages),
+        )
 
 
 def _kind(cls: type[Stage]) -> Kind:
@@ -73,7 +76,9 @@ def _kind(cls: type[Stage]) -> Kind:
     return "shuffle" if issubclass(cls, ShuffleStage) else "rows"
 
 
-def plan_steps(configs: list[StageConfig], registry: Registry, ingest_fingerprint: str, every_step: bool = False) -> list[Step]:
+def plan_steps(
+    configs: list[StageConfig], registry: Registry, ingest_fingerprint: str, every_step: bool = False
+) -> list[Step]:
     steps = [Step("ingest", (), ingest_fingerprint)]
     fp = ingest_fingerprint
     group: list[StageSpec] = []

@@ -53,7 +53,9 @@ def footers(files: list[str], sample: int = 64) -> tuple[float, int]:
     return per_row, per_file
 
 
-def needs(kind: str, files: list[str], rows: int, source_bytes: int, task_rows: int, partition_rows: int, stage_memory: int) -> Needs:
+def needs(
+    kind: str, files: list[str], rows: int, source_bytes: int, task_rows: int, partition_rows: int, stage_memory: int
+) -> Needs:
     """The needs of a step of `kind` over `files` of `rows` rows (ingest: over `source_bytes` of sources)."""
     if kind == "ingest":
         return Needs(disk=2 * source_bytes, worker=GB)
@@ -62,7 +64,9 @@ def needs(kind: str, files: list[str], rows: int, source_bytes: int, task_rows: 
         return Needs(disk=size + size // 4, worker=int(min(task_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
     if kind == "shuffle":
         return Needs(disk=2 * size, worker=int(min(partition_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
-    return Needs(disk=2 * size, worker=DATASET_WORKER + per_file * WORKING_COPIES // 2 + stage_memory)  # a task holds a whole input file
+    return Needs(
+        disk=2 * size, worker=DATASET_WORKER + per_file * WORKING_COPIES // 2 + stage_memory
+    )  # a task holds a whole input file
 
 
 def free_disk(path: Path) -> int:
@@ -90,11 +94,19 @@ def check_disk(step: str, folder: Path, need: int, prunable: int) -> None:
     free = free_disk(folder)
     if need + DISK_RESERVE <= free:
         return
-    hint = (f", or set `keep_checkpoints: last` in the manifest to keep only the checkpoint a resume needs ({size(prunable)} "
-            "of older checkpoints here)") if prunable else ""
-    raise ResourceShortage(f"step {step} needs about {size(need)} of free disk under {folder} (its checkpoint, and as much "
-                           f"scratch while it runs), and {size(DISK_RESERVE)} to spare; {size(free)} are free. "
-                           f"Free some space{hint}, then run again: the run resumes at this step.")
+    hint = (
+        (
+            f", or set `keep_checkpoints: last` in the manifest to keep only the checkpoint a resume needs ({size(prunable)} "
+            "of older checkpoints here)"
+        )
+        if prunable
+        else ""
+    )
+    raise ResourceShortage(
+        f"step {step} needs about {size(need)} of free disk under {folder} (its checkpoint, and as much "
+        f"scratch while it runs), and {size(DISK_RESERVE)} to spare; {size(free)} are free. "
+        f"Free some space{hint}, then run again: the run resumes at this step."
+    )
 
 
 def workers(step: str, worker: int, cpus: int) -> int:
@@ -104,9 +116,11 @@ def workers(step: str, worker: int, cpus: int) -> int:
         return cpus
     fit = (available - MEMORY_RESERVE) // max(worker, 1)
     if fit < 1:
-        raise ResourceShortage(f"step {step} needs about {size(worker)} of memory per worker process, and "
-                               f"{size(MEMORY_RESERVE)} for the rest; {size(available)} are available. Free memory "
-                               "(close other programs), or run on a larger machine or a Ray cluster (`--ray-address`).")
+        raise ResourceShortage(
+            f"step {step} needs about {size(worker)} of memory per worker process, and "
+            f"{size(MEMORY_RESERVE)} for the rest; {size(available)} are available. Free memory "
+            "(close other programs), or run on a larger machine or a Ray cluster (`--ray-address`)."
+        )
     return int(min(cpus, fit))
 
 
@@ -115,8 +129,10 @@ def out_of_disk(exc: BaseException) -> bool:
 
 
 def disk_filled(step: str, folder: str, exc: OSError) -> ResourceShortage:
-    return ResourceShortage(f"step {step}: the disk under {folder} filled up while it ran ({exc.strerror}). Free some space "
-                            "(or set `keep_checkpoints: last`), then run again: the run resumes at this step.")
+    return ResourceShortage(
+        f"step {step}: the disk under {folder} filled up while it ran ({exc.strerror}). Free some space "
+        "(or set `keep_checkpoints: last`), then run again: the run resumes at this step."
+    )
 
 
 def cpus() -> int:

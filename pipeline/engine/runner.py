@@ -102,8 +102,15 @@ class RunResult:
 class Runner:
     """Runs (or resumes) a validated manifest in its output folder; the caller holds the run lock."""
 
-    def __init__(self, manifest: Manifest, registry: Registry, ray_address: str | None = None, quiet: bool = False,
-                 log: Callable[[str], None] = print, verbose: bool = False):
+    def __init__(
+        self,
+        manifest: Manifest,
+        registry: Registry,
+        ray_address: str | None = None,
+        quiet: bool = False,
+        log: Callable[[str], None] = print,
+        verbose: bool = False,
+    ):
         self.manifest = manifest
         self.registry = registry
         self.output = manifest.output
@@ -113,7 +120,9 @@ class Runner:
         self.log = log
         self.verbose = verbose
         self.sources = {s.name: s for s in manifest.sources}
-        self.context = RunContext(self.run_dir, tuple(self.sources), self.sources, passages=storage.join(self.output, STORE_DIR))
+        self.context = RunContext(
+            self.run_dir, tuple(self.sources), self.sources, passages=storage.join(self.output, STORE_DIR)
+        )
         self.started_ray = False
 
     def run(self) -> RunResult:
@@ -123,7 +132,9 @@ class Runner:
         units = [u for s in self.manifest.sources for u in plan_units(s)]
         steps = self._plan(units)
         checkpoints = [Checkpoint(storage.join(self.output, "stages"), s.name) for s in steps]
-        first_todo = next((i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps))
+        first_todo = next(
+            (i for i, (s, c) in enumerate(zip(steps, checkpoints)) if not c.is_done(s.fingerprint)), len(steps)
+        )
         while first_todo > 0 and checkpoints[first_todo - 1].pruned():  # the rows it needs are gone: rebuild them
             first_todo -= 1
         self._remove_stale(steps, checkpoints, first_todo)
@@ -143,7 +154,9 @@ class Runner:
 
     def _plan(self, units: list[Unit]) -> list[Step]:
         file_ids = sorted({(u.path, *storage.size_and_mtime(u.path)) for u in units})
-        ingest_fp = fingerprint(pipeline.__version__, [s.model_dump(mode="json") for s in self.manifest.sources], file_ids)
+        ingest_fp = fingerprint(
+            pipeline.__version__, [s.model_dump(mode="json") for s in self.manifest.sources], file_ids
+        )
         return plan_steps(self.manifest.stages, self.registry, ingest_fp, self.manifest.checkpoint == "every_step")
 
     def _work_dir(self, step: Step) -> Path:
@@ -178,14 +191,14 @@ class Runner:
         for child in storage.children(self.output):
             if storage.name(child) not in NOT_PUBLISHED:
                 for path in storage.list_files(child) if storage.info(child).type.name == "Directory" else [child]:
-                    storage.download(path, self.run_dir / path[len(self.output) + 1:])
+                    storage.download(path, self.run_dir / path[len(self.output) + 1 :])
 
     def _drop_copies_but(self, ckpt: Checkpoint) -> None:
         """Remove the local copies of every checkpoint but `ckpt` (the next step's input): the
         output in object storage holds them, and the driver's disk need not hold the corpus twice."""
         if not storage.is_url(self.output):
             return
-        mine = self.run_dir / ckpt.path[len(self.output) + 1:]
+        mine = self.run_dir / ckpt.path[len(self.output) + 1 :]
         for path in (self.run_dir / "stages").glob("*"):
             if path != mine:
                 shutil.rmtree(path, ignore_errors=True)
@@ -194,12 +207,13 @@ class Runner:
         """Local copies of files of the output (the files themselves when the output is local)."""
         if not storage.is_url(self.output):
             return paths
-        return [str(storage.download(p, self.run_dir / p[len(self.output) + 1:])) for p in paths]
+        return [str(storage.download(p, self.run_dir / p[len(self.output) + 1 :])) for p in paths]
 
     # --- running ----------------------------------------------------------------------------------
 
-    def _run_steps(self, steps: list[Step], checkpoints: list[Checkpoint], first_todo: int, units: list[Unit],
-                   result: RunResult) -> list[pl.DataFrame]:
+    def _run_steps(
+        self, steps: list[Step], checkpoints: list[Checkpoint], first_todo: int, units: list[Unit], result: RunResult
+    ) -> list[pl.DataFrame]:
         """Each step run or resumed in order; returns the ledger parts. A step's input is the `out`
         of the last stage before it."""
         parts: list[pl.DataFrame] = []
@@ -217,13 +231,21 @@ class Runner:
             parts.append(part)
             previous = part.filter(pl.col("step") == step.ledger_steps[-1])
             seconds = (ckpt.marker() or {}).get("seconds", 0.0)
-            result.steps += [self._step_result(name, part, seconds if name == step.ledger_steps[-1] else None, resumed)
-                             for name in step.ledger_steps]
-            if step.kind == "ingest" and (not resumed or not (self.run_dir / "quarantine").exists()) and not ckpt.pruned():
+            result.steps += [
+                self._step_result(name, part, seconds if name == step.ledger_steps[-1] else None, resumed)
+                for name in step.ledger_steps
+            ]
+            if (
+                step.kind == "ingest"
+                and (not resumed or not (self.run_dir / "quarantine").exists())
+                and not ckpt.pruned()
+            ):
                 self._write_quarantine(ckpt)
         return parts
 
-    def _run_step(self, step: Step, ckpt: Checkpoint, before: list[Checkpoint], units: list[Unit], previous: pl.DataFrame | None) -> None:
+    def _run_step(
+        self, step: Step, ckpt: Checkpoint, before: list[Checkpoint], units: list[Unit], previous: pl.DataFrame | None
+    ) -> None:
         """Run `step` over the rows of the last checkpoint `before` it (none for ingest), committed as `ckpt`."""
         started = time.perf_counter()
         files = before[-1].files() if before else []
@@ -233,7 +255,13 @@ class Runner:
         if not local:
             self._start_ray()
         executor = self._executor(step, rows_in, units, local, processes)
-        where = f" (in process, {executor.parallelism} worker processes)" if isinstance(executor, Pool) else " (in process)" if local else ""
+        where = (
+            f" (in process, {executor.parallelism} worker processes)"
+            if isinstance(executor, Pool)
+            else " (in process)"
+            if local
+            else ""
+        )
         self.log(f"running {step.name}{where}")
         out = ckpt.begin()
         context = replace(self.context, work_dir=self._work_dir(step))
@@ -241,8 +269,18 @@ class Runner:
         storage.delete(scratch)  # what a killed attempt left
         try:
             # In process, the input is read from the local copy; on Ray, every node reads the output.
-            execute.compute(step, units, self.sources, self._local(files) if local else files, rows_in, context, out, executor, scratch,
-                            self._task_options(step, local))
+            execute.compute(
+                step,
+                units,
+                self.sources,
+                self._local(files) if local else files,
+                rows_in,
+                context,
+                out,
+                executor,
+                scratch,
+                self._task_options(step, local),
+            )
         except OSError as exc:
             if resources.out_of_disk(exc):
                 raise resources.disk_filled(step.name, self.output, exc) from exc
@@ -261,12 +299,16 @@ class Runner:
         storage.delete(storage.join(self.output, "work", self._work_dir(step).name))
         self._drop_empty_work()
 
-    def _check_resources(self, step: Step, files: list[str], rows: int, units: list[Unit], before: list[Checkpoint], local: bool) -> int:
+    def _check_resources(
+        self, step: Step, files: list[str], rows: int, units: list[Unit], before: list[Checkpoint], local: bool
+    ) -> int:
         """Disk for the step (a local output) and memory per worker (in process): how many worker
         processes to run, or `ResourceShortage` saying what is missing."""
         source_bytes = execute.source_bytes(units) if step.kind == "ingest" else 0
         memory = max((s.cls.resources.memory_mb for s in step.stages), default=0) << 20
-        need = resources.needs(step.kind, files, rows, source_bytes, execute.TASK_ROWS, execute.ROWS_PER_SHUFFLE_PARTITION, memory)
+        need = resources.needs(
+            step.kind, files, rows, source_bytes, execute.TASK_ROWS, execute.ROWS_PER_SHUFFLE_PARTITION, memory
+        )
         if not storage.is_url(self.output):
             prunable = sum(c.size() for c in before[:-1]) if self.manifest.keep_checkpoints == "all" else 0
             resources.check_disk(step.name, self.run_dir, need.disk, prunable)
@@ -282,7 +324,11 @@ class Runner:
         """Ray tasks, a pool of this machine's worker processes, or this process alone (small steps)."""
         if not local:
             return RayTasks(progress=not self.quiet)
-        small = execute.source_bytes(units) < execute.POOL_MIN_BYTES if step.kind == "ingest" else rows_in < execute.POOL_MIN_ROWS
+        small = (
+            execute.source_bytes(units) < execute.POOL_MIN_BYTES
+            if step.kind == "ingest"
+            else rows_in < execute.POOL_MIN_ROWS
+        )
         return InProcess() if small else Pool(processes, progress=not self.quiet)
 
     @staticmethod
@@ -314,7 +360,9 @@ class Runner:
         from pipeline.engine import cluster
 
         settings = self.manifest.ray
-        self.started_ray = cluster.start(self.ray_address, settings.num_cpus, settings.object_store_mb, self.quiet, self.verbose)
+        self.started_ray = cluster.start(
+            self.ray_address, settings.num_cpus, settings.object_store_mb, self.quiet, self.verbose
+        )
 
     def _stop_ray(self) -> None:
         if self.started_ray:
@@ -375,7 +423,14 @@ class Runner:
             self.log("writing shards")
             storage.delete(storage.join(remote, MARKER))  # nothing trusts the old shards from here on
             refs = self.run_dir / "work" / "_passage_refs"
-            written = write_shards(self._local(ckpt.files()), local, self.manifest.shards, shards_fp[:8], refs, self.run_dir / "work" / "_spill")
+            written = write_shards(
+                self._local(ckpt.files()),
+                local,
+                self.manifest.shards,
+                shards_fp[:8],
+                refs,
+                self.run_dir / "work" / "_spill",
+            )
             self.log("writing the passage table")
             store = self._local(store_files(self.context.passages or ""))
             corpus = write_corpus(refs, store, corpus_local, self.manifest.shards, shards_fp[:8])
@@ -391,12 +446,14 @@ class Runner:
             self._local([storage.join(remote, shard["path"]) for shard in marker["shards"]])
             self._local([storage.join(corpus_remote, part["path"]) for part in marker.get("corpus", [])])
             write_marker(local, marker)
-        committed = {(str(local), remote): {shard["path"] for shard in marker["shards"]} | {MARKER},
-                     (str(corpus_local), corpus_remote): {part["path"] for part in marker.get("corpus", [])}}
+        committed = {
+            (str(local), remote): {shard["path"] for shard in marker["shards"]} | {MARKER},
+            (str(corpus_local), corpus_remote): {part["path"] for part in marker.get("corpus", [])},
+        }
         for folders, paths in committed.items():
             for folder in set(folders):
                 for path in storage.list_files(folder):
-                    if path[len(folder) + 1:] not in paths:
+                    if path[len(folder) + 1 :] not in paths:
                         storage.delete(path)
         return marker["shards"], shards_fp[:8]
 
@@ -409,7 +466,13 @@ class Runner:
         bad = (
             pl.scan_parquet(self._local(ingest.files()))  # read as every checkpoint is: through core.storage
             .filter(pl.col(DROP).is_not_null())
-            .select("source", "origin", pl.col(DROP).alias("reason"), pl.col(DETAIL).alias("detail"), pl.col(RAW).alias("raw"))
+            .select(
+                "source",
+                "origin",
+                pl.col(DROP).alias("reason"),
+                pl.col(DETAIL).alias("detail"),
+                pl.col(RAW).alias("raw"),
+            )
             .sort("source", "origin")
             .collect()
         )

@@ -32,8 +32,17 @@ PASSAGE_RANGE_ROWS = 250_000
 # negatives (role 2; the text when still inline, else null: it is in the passage store); its query
 # (role 1, with the text) only tells a passage's language when the same text is named elsewhere.
 POSITIVE, QUERY, NEGATIVE = 0, 1, 2
-REFS_SCHEMA = pa.schema([(DOC_ID, pa.string()), (TEXT, pa.string()), ("role", pa.int8()), ("language", pa.string()),
-                         ("source", pa.string()), ("id", pa.string()), ("origin", pa.string())])
+REFS_SCHEMA = pa.schema(
+    [
+        (DOC_ID, pa.string()),
+        (TEXT, pa.string()),
+        ("role", pa.int8()),
+        ("language", pa.string()),
+        ("source", pa.string()),
+        ("id", pa.string()),
+        ("origin", pa.string()),
+    ]
+)
 
 
 def _folder_name(value: Any) -> str:
@@ -45,8 +54,15 @@ def id_range(ids: pl.Expr, ranges: int | pl.Expr) -> pl.Expr:
     return ids.str.slice(0, ID_PREFIX).str.to_integer(base=16).cast(pl.Int64) * ranges // 16**ID_PREFIX
 
 
-def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Path, spill: Path | None = None,
-                 passage_ranges: int | None = None) -> list[dict[str, Any]]:
+def write_shards(
+    files: list[str],
+    out: Path,
+    settings: Any,
+    tag: str,
+    refs: Path,
+    spill: Path | None = None,
+    passage_ranges: int | None = None,
+) -> list[dict[str, Any]]:
     """Write kept rows of `files` under `out` as `part-NNNNN-<tag>.parquet`; return one entry per
     shard file (path, rows, partition). `tag` names the content (the run's fingerprint): `datasets`
     caches a local dataset by its file patterns, so other content must mean other names. `spill`:
@@ -78,9 +94,15 @@ def write_shards(files: list[str], out: Path, settings: Any, tag: str, refs: Pat
                 for start in range(0, part.num_rows, settings.rows_per_shard):
                     chunk = part.slice(start, settings.rows_per_shard)
                     target = folder / f"part-{shard:05d}-{tag}.parquet"
-                    write_atomic(target, lambda tmp, chunk=chunk: pq.write_table(chunk, tmp, compression=compression,
-                                                                     compression_level=settings.compression_level))
-                    written.append({"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))})
+                    write_atomic(
+                        target,
+                        lambda tmp, chunk=chunk: pq.write_table(
+                            chunk, tmp, compression=compression, compression_level=settings.compression_level
+                        ),
+                    )
+                    written.append(
+                        {"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))}
+                    )
                     shard += 1
                 path.unlink()  # written as shards: the spill shrinks as they grow
         shutil.rmtree(spill)
@@ -128,12 +150,17 @@ def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, r
                 df, inline = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
                 if inline.num_rows:
                     references.add(inline)
-                df = df.select(COLUMNS).join(index, on=keys, how="left", nulls_equal=True).with_columns(
-                    id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
+                df = (
+                    df.select(COLUMNS)
+                    .join(index, on=keys, how="left", nulls_equal=True)
+                    .with_columns(id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
+                )
                 for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
                     table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
                     if (p, r) not in writers:
-                        writers[(p, r)] = pq.ParquetWriter(spill / f"{p}-{r}.parquet", SCHEMA, compression="zstd", compression_level=1)
+                        writers[(p, r)] = pq.ParquetWriter(
+                            spill / f"{p}-{r}.parquet", SCHEMA, compression="zstd", compression_level=1
+                        )
                     writers[(p, r)].write_table(table)
     finally:
         for w in writers.values():
@@ -141,7 +168,18 @@ def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, r
 
 
 # What a shard row says about passages (`passage_refs`).
-_NAMING = ("positive_id", "positive", "positive_lang", "query", "query_lang", NEGATIVE_IDS, "negatives_lang", "source", "id", "origin")
+_NAMING = (
+    "positive_id",
+    "positive",
+    "positive_lang",
+    "query",
+    "query_lang",
+    NEGATIVE_IDS,
+    "negatives_lang",
+    "source",
+    "id",
+    "origin",
+)
 
 
 def with_passage_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
@@ -150,9 +188,18 @@ def with_passage_ids(df: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
     positives = [passage_id(t) if t is not None else None for t in df["positive"].to_list()]
     inline, stored = df[NEGATIVES].to_list(), df[NEGATIVE_IDS].to_list()
     negatives = [[passage_id(t) for t in own] if own is not None else ids for own, ids in zip(inline, stored)]
-    df = df.with_columns(pl.Series(POSITIVE_ID, positives, pl.String), pl.Series(NEGATIVE_IDS, negatives, pl.List(pl.String)))
+    df = df.with_columns(
+        pl.Series(POSITIVE_ID, positives, pl.String), pl.Series(NEGATIVE_IDS, negatives, pl.List(pl.String))
+    )
     refs: dict[str, list] = {name: [] for name in REFS_SCHEMA.names}
-    rows = zip(negatives, inline, df["negatives_lang"].to_list(), df["source"].to_list(), df["id"].to_list(), df["origin"].to_list())
+    rows = zip(
+        negatives,
+        inline,
+        df["negatives_lang"].to_list(),
+        df["source"].to_list(),
+        df["id"].to_list(),
+        df["origin"].to_list(),
+    )
     for neg_ids, neg_texts, neg_lang, source, rid, origin in rows:
         for doc, text in zip(neg_ids or [], neg_texts or []):
             for column, value in zip(REFS_SCHEMA.names, (doc, text, NEGATIVE, neg_lang, source, rid, origin)):
@@ -165,13 +212,31 @@ def passage_refs(df: pl.DataFrame) -> pa.Table:
     id: its text is in the passage store or was listed from the inline negatives), and the query
     where a row has negatives (`build_pairs` takes negatives from other rows' queries)."""
     positives = df.filter(pl.col("positive_id").is_not_null()).select(
-        pl.col("positive_id").alias(DOC_ID), pl.col("positive").alias(TEXT), pl.lit(POSITIVE, pl.Int8).alias("role"),
-        pl.col("positive_lang").alias("language"), "source", "id", "origin")
+        pl.col("positive_id").alias(DOC_ID),
+        pl.col("positive").alias(TEXT),
+        pl.lit(POSITIVE, pl.Int8).alias("role"),
+        pl.col("positive_lang").alias("language"),
+        "source",
+        "id",
+        "origin",
+    )
     with_negatives = df.filter(pl.col(NEGATIVE_IDS).list.len() > 0)
     queries = with_negatives.filter(pl.col("query_lang").is_not_null()).select(
-        pl.col("query").map_elements(passage_id, return_dtype=pl.String).alias(DOC_ID), pl.col("query").alias(TEXT),
-        pl.lit(QUERY, pl.Int8).alias("role"), pl.col("query_lang").alias("language"), "source", "id", "origin")
+        pl.col("query").map_elements(passage_id, return_dtype=pl.String).alias(DOC_ID),
+        pl.col("query").alias(TEXT),
+        pl.lit(QUERY, pl.Int8).alias("role"),
+        pl.col("query_lang").alias("language"),
+        "source",
+        "id",
+        "origin",
+    )
     negatives = with_negatives.explode(NEGATIVE_IDS).select(
-        pl.col(NEGATIVE_IDS).alias(DOC_ID), pl.lit(None, pl.String).alias(TEXT), pl.lit(NEGATIVE, pl.Int8).alias("role"),
-        pl.col("negatives_lang").alias("language"), "source", "id", "origin")
+        pl.col(NEGATIVE_IDS).alias(DOC_ID),
+        pl.lit(None, pl.String).alias(TEXT),
+        pl.lit(NEGATIVE, pl.Int8).alias("role"),
+        pl.col("negatives_lang").alias("language"),
+        "source",
+        "id",
+        "origin",
+    )
     return pl.concat([positives, queries, negatives]).to_arrow().cast(REFS_SCHEMA)

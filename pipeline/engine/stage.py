@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 class StageConfig(Strict):
     """Base of every stage's settings; subclasses add a `stage: Literal[...]` tag and their fields."""
 
-    checkpoint: bool = Field(False, description="Write a checkpoint right after this stage, even inside a fused group (finer resume).")
+    checkpoint: bool = Field(
+        False, description="Write a checkpoint right after this stage, even inside a fused group (finer resume)."
+    )
 
     def unknown_sources(self, names: set[str]) -> list[str]:
         """Source names these settings refer to that the manifest lacks (checked at validation)."""
@@ -45,8 +47,12 @@ class StageConfig(Strict):
 class DedupConfig(StageConfig):
     """Settings every dedup stage shares: which row of a cluster is kept."""
 
-    priority: list[str] = Field(default_factory=list, description=(
-        "Sources whose rows are kept first, in this order; the others follow in manifest order, then by smallest id."))
+    priority: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Sources whose rows are kept first, in this order; the others follow in manifest order, then by smallest id."
+        ),
+    )
 
     def unknown_sources(self, names: set[str]) -> list[str]:
         return [n for n in self.priority if n not in names]
@@ -103,8 +109,10 @@ def stage_name(config_model: type[StageConfig]) -> str:
     tag = config_model.model_fields.get("stage")
     values = get_args(tag.annotation) if tag is not None and get_origin(tag.annotation) is Literal else ()
     if len(values) != 1 or not isinstance(values[0], str):
-        raise TypeError(f"{config_model.__module__}.{config_model.__qualname__} has no tag field with one name, "
-                        f'like `stage: Literal["my_stage"]`; a stage\'s name comes from its config\'s tag')
+        raise TypeError(
+            f"{config_model.__module__}.{config_model.__qualname__} has no tag field with one name, "
+            f"like `stage: Literal[\"my_stage\"]`; a stage's name comes from its config's tag"
+        )
     return values[0]
 
 
@@ -133,8 +141,10 @@ class Stage(Generic[C]):
             except TypeError as e:
                 raise TypeError(f"stage {cls.__module__}.{cls.__qualname__}: {e}") from None
             if "name" in cls.__dict__ and cls.__dict__["name"] != name:
-                raise TypeError(f"{cls.__module__}.{cls.__qualname__}: name {cls.__dict__['name']!r} is not its config's "
-                                f"stage tag {name!r}; leave `name` out, it comes from the tag")
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__qualname__}: name {cls.__dict__['name']!r} is not its config's "
+                    f"stage tag {name!r}; leave `name` out, it comes from the tag"
+                )
             cls.name = name
 
     def __init__(self, config: C, context: RunContext):
@@ -153,7 +163,9 @@ class Stage(Generic[C]):
         raise NotImplementedError
 
     @staticmethod
-    def drop(batch: pa.Table, reasons: pa.Array | list[str | None], details: pa.Array | list[str | None] | None = None) -> pa.Table:
+    def drop(
+        batch: pa.Table, reasons: pa.Array | list[str | None], details: pa.Array | list[str | None] | None = None
+    ) -> pa.Table:
         """`batch` with `_drop` set to `reasons` where a reason is given (and `_detail` to the detail):
         the one way a stage marks the rows it drops. Rows an earlier step dropped never reach a stage."""
         reasons = pa.array(reasons, pa.string()) if isinstance(reasons, list) else reasons

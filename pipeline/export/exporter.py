@@ -66,14 +66,29 @@ class ExportReport:
         return total
 
     def to_json(self) -> str:
-        summary = {"rows_in": self.rows_in, "rows_written": self.rows_written, "dropped": self.dropped(),
-                   "rows_per_second": round(self.rows_in / self.seconds) if self.seconds else None}
+        summary = {
+            "rows_in": self.rows_in,
+            "rows_written": self.rows_written,
+            "dropped": self.dropped(),
+            "rows_per_second": round(self.rows_in / self.seconds) if self.seconds else None,
+        }
         return json.dumps({**asdict(self), **summary}, indent=2, ensure_ascii=False) + "\n"
 
 
-def export(run: str, out: str | Path, layout: str, *, tokenizer: str | None = None, max_length: int = 2048,
-           negatives: int | None = None, policy: Policy = "pool", grouping: Grouping = "source", template: str = DEFAULT_TEMPLATE,
-           overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> ExportReport:
+def export(
+    run: str,
+    out: str | Path,
+    layout: str,
+    *,
+    tokenizer: str | None = None,
+    max_length: int = 2048,
+    negatives: int | None = None,
+    policy: Policy = "pool",
+    grouping: Grouping = "source",
+    template: str = DEFAULT_TEMPLATE,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportReport:
     """Write the finished run `run` (a folder or URL) to the local folder `out` in `layout`.
     `progress(rows_done, rows_total)` is called after every batch."""
     started = time.perf_counter()
@@ -108,8 +123,18 @@ def export(run: str, out: str | Path, layout: str, *, tokenizer: str | None = No
         if policy == "drop":  # short rows go, so every row written keeps its own (scored) negatives
             shape = replace(shape, scores=shape.scores or (layout == "flagembedding" and data.scored))
         entry.scores = shape.scores
-        out = _write_dataset(finished, data, shape, writer, staging, passages, joiner, policy, entry,
-                             lambda rows, base=done: progress(base + rows, total) if progress else None)
+        out = _write_dataset(
+            finished,
+            data,
+            shape,
+            writer,
+            staging,
+            passages,
+            joiner,
+            policy,
+            entry,
+            lambda rows, base=done: progress(base + rows, total) if progress else None,
+        )
         done += data.rows
         if entry.rows_written < shape.min_rows:  # what the policy left is too little to train on
             out.discard()
@@ -126,8 +151,18 @@ def export(run: str, out: str | Path, layout: str, *, tokenizer: str | None = No
     return report
 
 
-def _write_dataset(run: FinishedRun, data: Dataset, shape: Shape, layout: Layout, folder: Path, passages: PassageTable,
-                   joiner: Template, policy: Policy, entry: DatasetReport, progress: Callable[[int], None]) -> Writer:
+def _write_dataset(
+    run: FinishedRun,
+    data: Dataset,
+    shape: Shape,
+    layout: Layout,
+    folder: Path,
+    passages: PassageTable,
+    joiner: Template,
+    policy: Policy,
+    entry: DatasetReport,
+    progress: Callable[[int], None],
+) -> Writer:
     """The dataset's rows through the policy into the layout's writer (returned, closed)."""
     pool = Pool()
     if policy == "pool" and shape.negatives:
@@ -143,7 +178,9 @@ def _write_dataset(run: FinishedRun, data: Dataset, shape: Shape, layout: Layout
             batch, where = batch.filter(mine), where.filter(mine)
             seen += batch.num_rows
             no_positive = pc.or_(pc.is_null(batch["positive"]), pc.is_null(batch["positive_id"]))
-            filled = fill(batch["id"], batch["positive_id"], batch[NEGATIVE_IDS], shape.negatives, policy, drawn, shape.keep_more)
+            filled = fill(
+                batch["id"], batch["positive_id"], batch[NEGATIVE_IDS], shape.negatives, policy, drawn, shape.keep_more
+            )
             reasons = pc.if_else(no_positive, pa.scalar("no_positive"), filled.dropped)
             for item in pc.value_counts(reasons.drop_null()).to_pylist():
                 entry.dropped[item["values"]] = entry.dropped.get(item["values"], 0) + item["counts"]
@@ -180,7 +217,9 @@ def _with_query(batch: pa.Table, shape: Shape, joiner: Template) -> pa.Table:
         prompts = pa.array([joiner.prefix(i) for i in instructions.to_pylist()], pa.string())
         return batch.append_column("prompt", prompts)
     joined = joiner.join(batch["query"].combine_chunks(), instructions)
-    return batch.set_column(batch.schema.get_field_index("query"), "query", joined).append_column("prompt", pa.nulls(batch.num_rows, pa.string()))
+    return batch.set_column(batch.schema.get_field_index("query"), "query", joined).append_column(
+        "prompt", pa.nulls(batch.num_rows, pa.string())
+    )
 
 
 def _publish(staging: Path, out: Path) -> None:

@@ -58,7 +58,9 @@ class Template:
         """Each query with its instruction joined where it has one."""
         before, _, _ = self.text.partition("{query}")
         head, has, tail = before.partition("{instruction}")
-        prefix = pc.binary_join_element_wise(head, pc.fill_null(instructions, ""), tail, "") if has else pa.scalar(before)
+        prefix = (
+            pc.binary_join_element_wise(head, pc.fill_null(instructions, ""), tail, "") if has else pa.scalar(before)
+        )
         joined = pc.binary_join_element_wise(prefix, queries, "")
         return pc.if_else(pc.is_valid(instructions), joined, queries)
 
@@ -100,7 +102,9 @@ class Layout:
     def open(self, data: Dataset, shape: Shape, folder: Path) -> Writer:
         raise NotImplementedError
 
-    def finish(self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]) -> list[str]:
+    def finish(
+        self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]
+    ) -> list[str]:
         """Files beside the datasets'; returns warnings for the report."""
         return []
 
@@ -131,8 +135,10 @@ def _task_lists(folder: Path, written: list[Dataset]) -> None:
     lists: dict[str, list[str]] = {name: [] for name in (*RELEASE_LISTS.values(), "RETRIEVAL_DATASETS")}
     for data in written:
         lists[RELEASE_LISTS.get(data.task, "RETRIEVAL_DATASETS")].append(data.name)
-    lines = ["# The datasets of this export by task, for ML-Embed's utils.py (codefuse-ai/CodeFuse-Embeddings, ML-Embed/):",
-             "# add them to its lists of the same names; a dataset in no list stops its training."]
+    lines = [
+        "# The datasets of this export by task, for ML-Embed's utils.py (codefuse-ai/CodeFuse-Embeddings, ML-Embed/):",
+        "# add them to its lists of the same names; a dataset in no list stops its training.",
+    ]
     lines += [f"{name} += {json.dumps(names)}" for name, names in lists.items()]
     (folder / "task_lists.py").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "task_lists.json").write_text(json.dumps(lists, indent=2) + "\n", encoding="utf-8")
@@ -142,8 +148,10 @@ def _release_shape(data: Dataset, negatives: int | None) -> Shape:
     """What ML-Embed's release reads: 24 negatives (1 for classification), every one filled, and at
     least 2 rows (its 99/1 train/validation split fails on one)."""
     if negatives is not None:
-        raise ExportError("the ml-embed and flat layouts hold what the release reads: 24 negatives (1 for classification); "
-                          "--negatives is for sentence-transformers and flagembedding")
+        raise ExportError(
+            "the ml-embed and flat layouts hold what the release reads: 24 negatives (1 for classification); "
+            "--negatives is for sentence-transformers and flagembedding"
+        )
     return Shape(1 if data.task == "classification" else RELEASE_NEGATIVES, min_rows=2)
 
 
@@ -158,7 +166,12 @@ class MlEmbed(Layout):
         return _release_shape(data, negatives)
 
     def open(self, data: Dataset, shape: Shape, folder: Path) -> Writer:
-        names = ["query_input_ids", "passage_input_ids", *(f"negative_{i + 1}_input_ids" for i in range(shape.negatives)), "id"]
+        names = [
+            "query_input_ids",
+            "passage_input_ids",
+            *(f"negative_{i + 1}_input_ids" for i in range(shape.negatives)),
+            "id",
+        ]
         schema = pa.schema([(names[0], pa.list_(pa.int32())), *((n, pa.string()) for n in names[1:])])
 
         def columns(batch: pa.Table) -> list[pa.Array]:
@@ -167,7 +180,9 @@ class MlEmbed(Layout):
 
         return _Parquet(folder / f"{data.name}_query.parquet", schema, columns)
 
-    def finish(self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]) -> list[str]:
+    def finish(
+        self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]
+    ) -> list[str]:
         schema = pa.schema([(DOC_ID, pa.string()), ("input_ids", pa.list_(pa.int32()))])
         with pq.ParquetWriter(folder / "corpus.parquet", schema, compression="zstd") as writer:
             for start in range(0, len(passages), 8192):
@@ -188,11 +203,18 @@ class Flat(Layout):
         schema = pa.schema([(n, pa.string()) for n in names])
 
         def columns(batch: pa.Table) -> list[pa.Array]:
-            return [batch["query"], batch["positive"], *_negative_columns(batch, "negatives", shape.negatives).values(), batch["id"]]
+            return [
+                batch["query"],
+                batch["positive"],
+                *_negative_columns(batch, "negatives", shape.negatives).values(),
+                batch["id"],
+            ]
 
         return _Parquet(folder / "raw_training_data" / f"{data.name}.parquet", schema, columns)
 
-    def finish(self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]) -> list[str]:
+    def finish(
+        self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]
+    ) -> list[str]:
         _task_lists(folder, written)
         return []
 
@@ -202,7 +224,11 @@ class SentenceTransformers(Layout):
     STAGING = ".parquet"
 
     def shape(self, data: Dataset, negatives: int | None) -> Shape:
-        wanted = negatives if negatives is not None else min(TRAINING_NEGATIVES.get(data.task, DEFAULT_NEGATIVES), data.max_negatives)
+        wanted = (
+            negatives
+            if negatives is not None
+            else min(TRAINING_NEGATIVES.get(data.task, DEFAULT_NEGATIVES), data.max_negatives)
+        )
         # One prompt per dataset where its rows share one instruction; else each anchor holds its own.
         return Shape(wanted, prompt=len(data.instructions) == 1)
 
@@ -215,17 +241,23 @@ class SentenceTransformers(Layout):
 
         return _Parquet(folder / self.STAGING / f"{data.name}.parquet", schema, columns)
 
-    def finish(self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]) -> list[str]:
+    def finish(
+        self, folder: Path, written: list[Dataset], passages: PassageTable, prompts: dict[str, str]
+    ) -> list[str]:
         from datasets import Dataset as HfDataset
         from datasets import DatasetDict
 
         staged, cache = folder / self.STAGING, folder / ".hf_cache"
-        splits = {d.name: HfDataset.from_parquet(str(staged / f"{d.name}.parquet"), cache_dir=str(cache)) for d in written}
+        splits = {
+            d.name: HfDataset.from_parquet(str(staged / f"{d.name}.parquet"), cache_dir=str(cache)) for d in written
+        }
         DatasetDict(splits).save_to_disk(str(folder))
         shutil.rmtree(staged)
         shutil.rmtree(cache)
-        (folder / "prompts.json").write_text(json.dumps({n: {"anchor": p} for n, p in prompts.items() if p}, indent=2,
-                                                        ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / "prompts.json").write_text(
+            json.dumps({n: {"anchor": p} for n, p in prompts.items() if p}, indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
         return []
 
 
@@ -252,7 +284,9 @@ class _Jsonl(Writer):
         self.scored = scored
 
     def write(self, batch: pa.Table) -> None:
-        columns = ["query", "positive", "negatives", "prompt"] + (["positive_score", "negative_scores"] if self.scored else [])
+        columns = ["query", "positive", "negatives", "prompt"] + (
+            ["positive_score", "negative_scores"] if self.scored else []
+        )
         rows = zip(*(batch[c].to_pylist() for c in columns))
         for values in rows:
             row = {"query": values[0], "pos": [values[1]], "neg": values[2], "prompt": values[3]}

@@ -69,8 +69,15 @@ class Filled:
     repeated: int = 0  # negatives that repeat one of the row's
 
 
-def fill(row_ids: pa.Array, positives: pa.Array, own: pa.Array, k: int, policy: Policy, pool: list[str],
-         keep_more: bool = False) -> Filled:
+def fill(
+    row_ids: pa.Array,
+    positives: pa.Array,
+    own: pa.Array,
+    k: int,
+    policy: Policy,
+    pool: list[str],
+    keep_more: bool = False,
+) -> Filled:
     """Each row's negatives as k ids (or all of its own when `keep_more` and it has more), by `policy`."""
     own_lists = own.to_pylist()
     lengths = np.array([len(x) if x else 0 for x in own_lists])

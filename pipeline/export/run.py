@@ -22,8 +22,19 @@ from pipeline.engine.checkpoint import read_marker
 Grouping = Literal["source", "language"]
 BATCH_ROWS = 8192
 # Columns an export reads from the shards.
-COLUMNS = ("id", "source", "task", "instruction", "query", "positive", "positive_id", NEGATIVE_IDS, "positive_score",
-           "negative_scores", "query_lang")
+COLUMNS = (
+    "id",
+    "source",
+    "task",
+    "instruction",
+    "query",
+    "positive",
+    "positive_id",
+    NEGATIVE_IDS,
+    "positive_score",
+    "negative_scores",
+    "query_lang",
+)
 
 
 class ExportError(Exception):
@@ -49,7 +60,9 @@ class Dataset:
         """Which rows of a batch of its source's shards are this dataset's."""
         if self.language is None:
             return pc.equal(batch["source"], self.source)
-        return pc.and_(pc.equal(batch["source"], self.source), pc.equal(pc.fill_null(batch["query_lang"], "und"), self.language))
+        return pc.and_(
+            pc.equal(batch["source"], self.source), pc.equal(pc.fill_null(batch["query_lang"], "und"), self.language)
+        )
 
     @property
     def instruction(self) -> str | None:
@@ -64,10 +77,14 @@ class FinishedRun:
         self.path = str(path).rstrip("/")
         marker = read_marker(storage.join(self.path, "shards"))
         if marker is None:
-            raise ExportError(f"{self.path}: no shards/_SUCCESS.json: not a finished run (run its manifest to the end first)")
+            raise ExportError(
+                f"{self.path}: no shards/_SUCCESS.json: not a finished run (run its manifest to the end first)"
+            )
         self.shards = [(storage.join(self.path, "shards", e["path"]), e) for e in marker["shards"]]
         if not marker.get("corpus"):
-            raise ExportError(f"{self.path}: the run has no passage table ({CORPUS_DIR}/); run its manifest again to write one")
+            raise ExportError(
+                f"{self.path}: the run has no passage table ({CORPUS_DIR}/); run its manifest again to write one"
+            )
         self.corpus = [storage.join(self.path, CORPUS_DIR, e["path"]) for e in marker["corpus"]]
 
     def batches(self, files: list[str], columns: tuple[str, ...] = COLUMNS) -> Iterator[tuple[str, int, pa.Table]]:
@@ -83,27 +100,40 @@ class FinishedRun:
         found: dict[tuple[str, str | None], Dataset] = {}
         columns = ("source", "task", "instruction", NEGATIVE_IDS, "positive_score", "negative_scores", "query_lang")
         for file, _, batch in self.batches([f for f, _ in self.shards], columns):
-            lang = pc.fill_null(batch["query_lang"], "und") if grouping == "language" else pa.nulls(batch.num_rows, pa.string())
+            lang = (
+                pc.fill_null(batch["query_lang"], "und")
+                if grouping == "language"
+                else pa.nulls(batch.num_rows, pa.string())
+            )
             negatives = pc.fill_null(pc.list_value_length(batch[NEGATIVE_IDS]), 0)
             scores = pc.fill_null(pc.list_value_length(batch["negative_scores"]), -1)
             scored = pc.and_(pc.is_valid(batch["positive_score"]), pc.equal(scores, negatives))
             keys = pa.table({"source": batch["source"], "language": lang, "task": batch["task"]})
             for source, language, task in set(zip(*(keys[c].to_pylist() for c in keys.column_names))):
-                mine = pc.and_(pc.equal(keys["source"], source), pc.equal(keys["language"], language) if language else pa.scalar(True))
+                mine = pc.and_(
+                    pc.equal(keys["source"], source),
+                    pc.equal(keys["language"], language) if language else pa.scalar(True),
+                )
                 data = found.setdefault((source, language), Dataset("", source, language, task))
                 if data.task != task:
-                    raise ExportError(f"{file}: source {source} holds rows of tasks {data.task} and {task}; a dataset has one task")
+                    raise ExportError(
+                        f"{file}: source {source} holds rows of tasks {data.task} and {task}; a dataset has one task"
+                    )
                 if file not in data.files:
                     data.files.append(file)
                 data.rows += pc.sum(mine.cast(pa.int64())).as_py()
                 counts = pc.min_max(negatives.filter(mine)).as_py()
                 data.max_negatives = max(data.max_negatives, counts["max"])
-                data.min_negatives = min(data.min_negatives if data.min_negatives is not None else counts["min"], counts["min"])
+                data.min_negatives = min(
+                    data.min_negatives if data.min_negatives is not None else counts["min"], counts["min"]
+                )
                 data.scored = data.scored and pc.all(scored.filter(mine)).as_py() is not False
                 if len(data.instructions) < 2:
                     data.instructions.update(pc.unique(batch["instruction"].filter(mine)).to_pylist()[:2])
         datasets = sorted(found.values(), key=lambda d: (d.source, d.language or ""))
-        for data, name in zip(datasets, safe_names([d.source + (f"_{d.language}" if d.language else "") for d in datasets])):
+        for data, name in zip(
+            datasets, safe_names([d.source + (f"_{d.language}" if d.language else "") for d in datasets])
+        ):
             data.name = name
         return datasets
 
@@ -114,4 +144,7 @@ def safe_names(names: list[str]) -> list[str]:
     the start of a hash of the original, so the same source always gets the same name."""
     cleaned = [re.sub(r"[^A-Za-z0-9_]+", "_", n).strip("_") or "dataset" for n in names]
     counts = {c: cleaned.count(c) for c in cleaned}
-    return [c if c == n and counts[c] == 1 else f"{c}_{hashlib.sha1(n.encode()).hexdigest()[:6]}" for n, c in zip(names, cleaned)]
+    return [
+        c if c == n and counts[c] == 1 else f"{c}_{hashlib.sha1(n.encode()).hexdigest()[:6]}"
+        for n, c in zip(names, cleaned)
+    ]

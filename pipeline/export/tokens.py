@@ -23,32 +23,45 @@ class EosTokenizer:
 
     def __init__(self, path: str | None, max_length: int):
         if not path:
-            raise ExportError("the ml-embed layout holds token ids: give --tokenizer DIR (the folder of the model you will train)")
+            raise ExportError(
+                "the ml-embed layout holds token ids: give --tokenizer DIR (the folder of the model you will train)"
+            )
         folder = Path(path)
         if not folder.exists():
             raise ExportError(f"tokenizer {path}: no such folder")
         try:
             from transformers import AutoTokenizer
         except ImportError as exc:
-            raise ExportError('the ml-embed layout tokenizes with transformers: pip install "ml-embed-data[embed]"') from exc
+            raise ExportError(
+                'the ml-embed layout tokenizes with transformers: pip install "ml-embed-data[embed]"'
+            ) from exc
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ExportError(f"tokenizer {path}: cannot be loaded ({exc})") from exc
         self.eos = self.tokenizer.eos_token_id
         if self.eos is None:
-            raise ExportError(f"tokenizer {path} has no EOS token: ML-Embed's release pools the last token and ends every "
-                              "sequence with EOS; give a tokenizer with `eos_token` set (tokenizer_config.json)")
+            raise ExportError(
+                f"tokenizer {path} has no EOS token: ML-Embed's release pools the last token and ends every "
+                "sequence with EOS; give a tokenizer with `eos_token` set (tokenizer_config.json)"
+            )
         if max_length < 2:
             raise ExportError(f"--max-length {max_length}: a sequence needs room for a token and EOS")
         self.max_length = max_length
         pad = self.tokenizer.pad_token_id
-        self.warning = None if pad is not None and pad != self.eos else (
-            f"tokenizer {path}: its pad token {'is its EOS token' if pad is not None else 'is not set'}; the release masks "
-            "padding by pad_token_id, which would hide the EOS position it pools")
+        self.warning = (
+            None
+            if pad is not None and pad != self.eos
+            else (
+                f"tokenizer {path}: its pad token {'is its EOS token' if pad is not None else 'is not set'}; the release masks "
+                "padding by pad_token_id, which would hide the EOS position it pools"
+            )
+        )
 
     def __call__(self, texts: list[str]) -> pa.Array:
-        if self.tokenizer.is_fast:  # the Rust tokenizer the fast one wraps: the same ids, without Python's per-call work
+        if (
+            self.tokenizer.is_fast
+        ):  # the Rust tokenizer the fast one wraps: the same ids, without Python's per-call work
             backend = self.tokenizer.backend_tokenizer
             backend.enable_truncation(self.max_length - 1)
             ids = [e.ids for e in backend.encode_batch_fast(texts)]

@@ -38,7 +38,11 @@ def replace_regex(arr: pa.Array | pa.ChunkedArray, pattern: str, replacement: st
     where = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
     if not len(where):
         return arr
-    return pc.replace_with_mask(arr, hit, pc.replace_substring_regex(arr.take(pa.array(where, pa.int64())), pattern=pattern, replacement=replacement))
+    return pc.replace_with_mask(
+        arr,
+        hit,
+        pc.replace_substring_regex(arr.take(pa.array(where, pa.int64())), pattern=pattern, replacement=replacement),
+    )
 
 
 def lists_by_row(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:

@@ -38,17 +38,21 @@ def large_star(edges: pl.DataFrame) -> pl.DataFrame:
     """`edges` hold both directions of every edge of this partition's nodes (u). Returns the new
     edges as (v, m) with v > m."""
     low = edges.group_by("u").agg(pl.min_horizontal(pl.col("v").min(), pl.col("u").first()).alias("m"))
-    return edges.join(low, on="u").filter(pl.col("v") > pl.col("u")).select(pl.col("v").alias("u"), pl.col("m").alias("v"))
+    return (
+        edges.join(low, on="u").filter(pl.col("v") > pl.col("u")).select(pl.col("v").alias("u"), pl.col("m").alias("v"))
+    )
 
 
 def small_star(edges: pl.DataFrame) -> pl.DataFrame:
     """`edges` are (u, v) with v < u, for this partition's nodes u. Returns the new undirected edges."""
     low = edges.group_by("u").agg(pl.col("v").min().alias("m"))
     linked = edges.join(low, on="u")
-    out = pl.concat([
-        linked.filter(pl.col("v") != pl.col("m")).select(pl.col("v").alias("u"), pl.col("m").alias("v")),
-        low.select("u", pl.col("m").alias("v")),
-    ])
+    out = pl.concat(
+        [
+            linked.filter(pl.col("v") != pl.col("m")).select(pl.col("v").alias("u"), pl.col("m").alias("v")),
+            low.select("u", pl.col("m").alias("v")),
+        ]
+    )
     return out.unique()
 
 
@@ -86,15 +90,21 @@ def route_undirected(edges: pa.Table, parts: int) -> list[pa.Table]:
     return _route(_both_ways(pl.from_arrow(edges.cast(EDGES))), "u", parts)  # type: ignore[arg-type]
 
 
-def connected_components(rounds: exchange.Rounds, edge_parts: list[list[Any]], parts: int, max_rounds: int = 100) -> tuple[list[Any], int]:
+def connected_components(
+    rounds: exchange.Rounds, edge_parts: list[list[Any]], parts: int, max_rounds: int = 100
+) -> tuple[list[Any], int]:
     """Components of the graph whose edges arrive as `edge_parts` (per producer, `parts` tables made
     by `route_undirected`, or refs to them). Returns one (node, label) table (or ref) per partition,
     covering every node that has an edge, and the number of rounds. Each round reads the edges the
     one before wrote (and deletes them): scratch holds two rounds' edges at most."""
     previous = None
     for round_ in range(1, max_rounds + 1):
-        large = rounds.submit(_large_task, [(parts, *exchange.column(edge_parts, j)) for j in range(parts)], parts + 2,
-                              description=f"components: round {round_}")
+        large = rounds.submit(
+            _large_task,
+            [(parts, *exchange.column(edge_parts, j)) for j in range(parts)],
+            parts + 2,
+            description=f"components: round {round_}",
+        )
         fingerprint = tuple(np.sum([out[0] for out in large], axis=0).tolist()) if large else (0, 0)
         if fingerprint == previous:  # the edges did not change: they are stars around each component's smallest node
             rounds.discard([ref for out in large for ref in out[2:]])

@@ -38,7 +38,9 @@ def filter_names() -> list[str]:
     import datatrove.pipeline.filters as filters
     from datatrove.pipeline.filters.base_filter import BaseFilter
 
-    return sorted(n for n, c in vars(filters).items() if inspect.isclass(c) and issubclass(c, BaseFilter) and c is not BaseFilter)
+    return sorted(
+        n for n, c in vars(filters).items() if inspect.isclass(c) and issubclass(c, BaseFilter) and c is not BaseFilter
+    )
 
 
 def filter_class(name: str) -> type:
@@ -59,7 +61,9 @@ def check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     cls = filter_class(name)
     own = set(args) & set(BUILT_BY_US)
     if own:
-        raise ValueError(f"{name}: {', '.join(sorted(own))} is set by the stage (the row's language; dropped rows go to the ledger)")
+        raise ValueError(
+            f"{name}: {', '.join(sorted(own))} is set by the stage (the row's language; dropped rows go to the ledger)"
+        )
     try:
         inspect.signature(cls.__init__).bind(None, **args)
     except TypeError as exc:
@@ -104,7 +108,9 @@ class DatatroveFilter:
             self._built[tokenizer] = self.cls(**self.args, **({"language": tokenizer} if tokenizer is not None else {}))
         return self._built[tokenizer]
 
-    def __call__(self, batch: pa.Table, decided: np.ndarray, fields: list[str]) -> tuple[list[str | None], list[str | None], list[tuple[int, str]]]:
+    def __call__(
+        self, batch: pa.Table, decided: np.ndarray, fields: list[str]
+    ) -> tuple[list[str | None], list[str | None], list[tuple[int, str]]]:
         """Per row of `batch`: the reason it fails (`<filter>:<datatrove's reason>`) in one of `fields`
         and a detail naming the field, or None; and the (row, field) this filter could not judge (the
         row is kept). Rows already `decided` (dropped by an earlier filter) are not looked at."""

@@ -103,10 +103,18 @@ def get(value: Any) -> Any:
 
 def _store(value: Any, path: str, keep: bool) -> Any:
     if isinstance(value, pa.Table) and value.nbytes > INLINE_BYTES:
-        storage.write_parquet(value, path + ".parquet", compression="zstd", compression_level=1, row_group_size=ROW_GROUP)
+        storage.write_parquet(
+            value, path + ".parquet", compression="zstd", compression_level=1, row_group_size=ROW_GROUP
+        )
         return Ref(path + ".parquet", "table", keep)
-    if isinstance(value, pa.Table):  # a slice would carry its whole parent's buffers when pickled: a copy of its own rows
-        return value.take(pa.array(np.arange(value.num_rows), pa.int64())) if value.num_rows else value.schema.empty_table()
+    if isinstance(
+        value, pa.Table
+    ):  # a slice would carry its whole parent's buffers when pickled: a copy of its own rows
+        return (
+            value.take(pa.array(np.arange(value.num_rows), pa.int64()))
+            if value.num_rows
+            else value.schema.empty_table()
+        )
     if isinstance(value, np.ndarray) and value.nbytes > INLINE_BYTES:
         buffer = io.BytesIO()
         np.save(buffer, value)
@@ -142,8 +150,14 @@ class Rounds:
     def parallelism(self) -> int:
         return self.executor.parallelism
 
-    def submit(self, fn: Callable[..., list[Any]], args: Sequence[tuple], returns: int, keep: bool = False,
-               description: str = "") -> list[list[Any]]:
+    def submit(
+        self,
+        fn: Callable[..., list[Any]],
+        args: Sequence[tuple],
+        returns: int,
+        keep: bool = False,
+        description: str = "",
+    ) -> list[list[Any]]:
         """Run `fn(*a)` for each `a` (refs among `a` arrive read); `fn` returns `returns` objects.
         Result: per task, its `returns` outputs (refs to tables and arrays, small values as they are)."""
         folder = storage.join(self.scratch, f"{self._id}-round-{next(self._count):03d}-{fn.__name__.strip('_')}")

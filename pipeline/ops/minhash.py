@@ -130,13 +130,17 @@ def _shingles(token_hash, token_start, token_count, n, offsets, out):  # pragma:
             out[offsets[d] + j] = _shingle(token_hash, token_start[d] + j, width)
 
 
-def _prepare(texts: pa.Array, shingling: Shingling) -> tuple[pa.ListArray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _prepare(
+    texts: pa.Array, shingling: Shingling
+) -> tuple[pa.ListArray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, token hashes, first token of each text, tokens per text, shingle size per text)."""
     split, unspaced = tokens(texts, shingling.kind)
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
     hashes = hash_strings(flat) if len(flat) else np.zeros(0, np.uint64)
-    starts = (np.cumsum(counts) - counts).astype(np.int64)  # each text's first token (as long as `counts`, empty included)
+    starts = (np.cumsum(counts) - counts).astype(
+        np.int64
+    )  # each text's first token (as long as `counts`, empty included)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
     return split, hashes, starts, counts, n
 
@@ -219,7 +223,9 @@ def band_keys(sig: np.ndarray, bands: range, rows: int, salt: np.ndarray | None 
     every field agrees on the band (but for chance collisions). `salt` (uint64 per document, e.g.
     its language) keeps documents of different salts apart."""
     if (bands.stop) * rows > sig.shape[2]:
-        raise ValueError(f"{bands.stop} bands x {rows} rows need {bands.stop * rows} hashes, signatures have {sig.shape[2]}")
+        raise ValueError(
+            f"{bands.stop} bands x {rows} rows need {bands.stop * rows} hashes, signatures have {sig.shape[2]}"
+        )
     out = np.empty((sig.shape[0], len(bands)), dtype=np.uint64)
     salt = np.zeros(sig.shape[0], np.uint64) if salt is None else salt.astype(np.uint64)
     _band_keys(np.ascontiguousarray(sig), bands.start, len(bands), rows, salt, out)

@@ -59,15 +59,22 @@ def non_text(batch: pa.Table, fields: list[str]) -> Result:
         url = pc.match_substring_regex(text, _URL).to_numpy(zero_copy_only=False)
         number = pc.match_substring_regex(text, _NUMBER).to_numpy(zero_copy_only=False)
         tagged = pc.match_substring_regex(text, "<[A-Za-z/!][^>]*>").to_numpy(zero_copy_only=False)
-        bare = pc.match_substring_regex(pc.replace_substring_regex(text, _TAG, ""), r"\p{L}").to_numpy(zero_copy_only=False)
-        checks += [(has & url, "url", f"{field} is a URL"), (has & number, "number", f"{field} is a number"),
-                   (has & tagged & ~bare, "markup", f"{field} is markup")]
+        bare = pc.match_substring_regex(pc.replace_substring_regex(text, _TAG, ""), r"\p{L}").to_numpy(
+            zero_copy_only=False
+        )
+        checks += [
+            (has & url, "url", f"{field} is a URL"),
+            (has & number, "number", f"{field} is a number"),
+            (has & tagged & ~bare, "markup", f"{field} is markup"),
+        ]
     return _first(checks, batch.num_rows)
 
 
 def _folded(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     text = pc.fill_null(text, "")
-    return pc.utf8_lower(pc.utf8_trim_whitespace(replace_regex(text, f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE)))
+    return pc.utf8_lower(
+        pc.utf8_trim_whitespace(replace_regex(text, f"(?:{HSPACE}|\\n)+", " ", SPACE_OR_NEWLINE_TO_COLLAPSE))
+    )
 
 
 def _of_tasks(batch: pa.Table, tasks: list[str]) -> np.ndarray:
@@ -76,14 +83,23 @@ def _of_tasks(batch: pa.Table, tasks: list[str]) -> np.ndarray:
 
 def same_text(batch: pa.Table, contained: bool, tasks: list[str]) -> Result:
     query, positive = _folded(batch.column("query")), _folded(batch.column("positive"))
-    has = _of_tasks(batch, tasks) & _present(batch.column("positive")) & (pc.utf8_length(positive).to_numpy(zero_copy_only=False) > 0)
+    has = (
+        _of_tasks(batch, tasks)
+        & _present(batch.column("positive"))
+        & (pc.utf8_length(positive).to_numpy(zero_copy_only=False) > 0)
+    )
     equal = pc.equal(query, positive).to_numpy(zero_copy_only=False)
     inside = np.zeros(batch.num_rows, bool)
     if contained:
         q, p = query.to_pylist(), positive.to_pylist()
         inside = np.array([bool(b) and b in a for a, b in zip(q, p)], bool)
-    return _first([(has & equal, "positive_is_query", "positive equals the query"),
-                   (has & inside & ~equal, "positive_in_query", "positive is part of the query")], batch.num_rows)
+    return _first(
+        [
+            (has & equal, "positive_is_query", "positive equals the query"),
+            (has & inside & ~equal, "positive_in_query", "positive is part of the query"),
+        ],
+        batch.num_rows,
+    )
 
 
 def min_length(batch: pa.Table, minimum: dict[str, dict[str, int]]) -> Result:
@@ -94,7 +110,9 @@ def min_length(batch: pa.Table, minimum: dict[str, dict[str, int]]) -> Result:
     for field in fields:
         words = word_counts(batch.column(field), batch.column(f"{field}_lang"))
         least = np.array([minimum.get(t, minimum.get("*", {})).get(field, 0) for t in tasks])
-        checks.append((_present(batch.column(field)) & (words < least), "too_short", f"{field} shorter than its minimum"))
+        checks.append(
+            (_present(batch.column(field)) & (words < least), "too_short", f"{field} shorter than its minimum")
+        )
     return _first(checks, batch.num_rows)
 
 
@@ -126,9 +144,18 @@ def languages_differ(batch: pa.Table, tasks: list[str], min_confidence: float) -
     `min_confidence`: short texts of close languages (Russian, Bulgarian) are often told apart wrongly."""
     applies = _of_tasks(batch, tasks)
     query, positive = batch.column("query_lang").to_pylist(), batch.column("positive_lang").to_pylist()
-    differ = np.array([is_language(q) and is_language(p) and q.split("_")[0] != p.split("_")[0] for q, p in zip(query, positive)], bool)
-    sure = [pc.fill_null(batch.column(f"{f}_lang_conf"), 0.0).to_numpy(zero_copy_only=False) >= min_confidence for f in ("query", "positive")]
-    return _first([(applies & differ & sure[0] & sure[1], "languages_differ", "query and positive in different languages")], batch.num_rows)
+    differ = np.array(
+        [is_language(q) and is_language(p) and q.split("_")[0] != p.split("_")[0] for q, p in zip(query, positive)],
+        bool,
+    )
+    sure = [
+        pc.fill_null(batch.column(f"{f}_lang_conf"), 0.0).to_numpy(zero_copy_only=False) >= min_confidence
+        for f in ("query", "positive")
+    ]
+    return _first(
+        [(applies & differ & sure[0] & sure[1], "languages_differ", "query and positive in different languages")],
+        batch.num_rows,
+    )
 
 
 def script_mismatch(batch: pa.Table, fields: list[str], min_share: float) -> Result:
@@ -138,7 +165,9 @@ def script_mismatch(batch: pa.Table, fields: list[str], min_share: float) -> Res
     checks = []
     for field in fields:
         labels = batch.column(f"{field}_lang").combine_chunks()
-        scripts = pa.array([script_of(label) if is_language(label) else None for label in labels.to_pylist()], pa.string())
+        scripts = pa.array(
+            [script_of(label) if is_language(label) else None for label in labels.to_pylist()], pa.string()
+        )
         known = pc.is_valid(scripts).to_numpy(zero_copy_only=False) & _present(batch.column(field))
         texts = pc.fill_null(batch.column(field).combine_chunks(), "")
         if known.any():

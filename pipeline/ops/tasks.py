@@ -29,7 +29,13 @@ class Executor:
 
     parallelism: int = 1
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], description: str = "", options: dict[str, Any] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple],
+        description: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> list[Any]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -39,14 +45,27 @@ class Executor:
 class InProcess(Executor):
     """Here, one task after another: no worker's start-up cost, for small steps."""
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], description: str = "", options: dict[str, Any] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple],
+        description: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> list[Any]:
         return [fn(*a) for a in args]
 
 
 # Each worker process uses one thread, as Ray's workers do (it sets OMP_NUM_THREADS to a task's CPUs):
 # with a process per CPU, the libraries' own thread pools (Arrow, polars, numba, tokenizers, BLAS)
 # would only contend for the same cores (measured: the row-local step 22% slower on 2 cores).
-ONE_THREAD = ("OMP_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+ONE_THREAD = (
+    "OMP_NUM_THREADS",
+    "POLARS_MAX_THREADS",
+    "RAYON_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+)
 
 
 def _one_thread() -> None:
@@ -66,11 +85,19 @@ class Pool(Executor):
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], description: str = "", options: dict[str, Any] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple],
+        description: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> list[Any]:
         if len(args) < 2 or self.parallelism < 2:
             return [fn(*a) for a in args]
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.parallelism, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+            self._pool = ProcessPoolExecutor(
+                self.parallelism, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+            )
         futures = [self._pool.submit(fn, *a) for a in args]
         try:
             with tqdm(total=len(futures), desc=description, unit="task", disable=not self.progress) as bar:
@@ -78,9 +105,11 @@ class Pool(Executor):
                     future.add_done_callback(lambda _: bar.update(1))
                 return [f.result() for f in futures]
         except BrokenProcessPool as exc:
-            raise WorkerLost(f"{description or 'a task'}: a worker process died ({len(args)} tasks of {self.parallelism} processes): "
-                             "most likely the machine ran out of memory; run again with fewer processes (`ray.num_cpus`) "
-                             "or more memory free; the run resumes at this step") from exc
+            raise WorkerLost(
+                f"{description or 'a task'}: a worker process died ({len(args)} tasks of {self.parallelism} processes): "
+                "most likely the machine ran out of memory; run again with fewer processes (`ray.num_cpus`) "
+                "or more memory free; the run resumes at this step"
+            ) from exc
 
     def close(self) -> None:
         if self._pool is not None:
@@ -98,7 +127,13 @@ class RayTasks(Executor):
         self.parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.progress = progress
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], description: str = "", options: dict[str, Any] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple],
+        description: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> list[Any]:
         import ray
         from ray.exceptions import RayError
 
@@ -111,9 +146,15 @@ class RayTasks(Executor):
                     done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
                     bar.update(len(done))
             return ray.get(refs)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as exc:
-            raise WorkerLost(f"{description or 'a task'}: {type(exc).__name__} after retries: {str(exc).splitlines()[0]}; "
-                             "the run resumes at this step when started again") from exc
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.OutOfMemoryError,
+            ray.exceptions.NodeDiedError,
+        ) as exc:
+            raise WorkerLost(
+                f"{description or 'a task'}: {type(exc).__name__} after retries: {str(exc).splitlines()[0]}; "
+                "the run resumes at this step when started again"
+            ) from exc
         except RayError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, Exception):

@@ -20,13 +20,37 @@ TOP_NATURAL = 100
 TOP_PROGRAMMING = 10
 FUNNEL_LANGUAGES = 30
 PANEL_METRICS = ("query_chars", "positive_chars", "query_lang_conf", "margin", "negatives")
-TABLE_COLUMNS = ("language", "name", "script_name", "family", "records", "share", "tokens", "query_chars_p50", "positive_chars_p50",
-                 "query_lang_conf_p50", "cross_lingual_share", "negatives", "margin_p50", "exact_dup_clusters", "near_dup_clusters",
-                 "removed", "decontaminated", "sources", "tasks")
+TABLE_COLUMNS = (
+    "language",
+    "name",
+    "script_name",
+    "family",
+    "records",
+    "share",
+    "tokens",
+    "query_chars_p50",
+    "positive_chars_p50",
+    "query_lang_conf_p50",
+    "cross_lingual_share",
+    "negatives",
+    "margin_p50",
+    "exact_dup_clusters",
+    "near_dup_clusters",
+    "removed",
+    "decontaminated",
+    "sources",
+    "tasks",
+)
 
 
 def _layout(title: str, **kw: Any) -> dict[str, Any]:
-    return {"title": {"text": title}, "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "height": 420, "template": "plotly_white", **kw}
+    return {
+        "title": {"text": title},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
+        "height": 420,
+        "template": "plotly_white",
+        **kw,
+    }
 
 
 def _sort_buttons(languages: pl.DataFrame) -> list[dict[str, Any]]:
@@ -37,41 +61,68 @@ def _sort_buttons(languages: pl.DataFrame) -> list[dict[str, Any]]:
         "by script": languages.sort("script_name", "records", descending=[False, True], nulls_last=True),
         "by family": languages.sort("family", "records", descending=[False, True]),
     }
-    buttons = [{"label": label, "method": "relayout", "args": [{"xaxis.categoryarray": df["language"].to_list()}]} for label, df in orders.items()]
+    buttons = [
+        {"label": label, "method": "relayout", "args": [{"xaxis.categoryarray": df["language"].to_list()}]}
+        for label, df in orders.items()
+    ]
     scales = [{"label": s, "method": "relayout", "args": [{"yaxis.type": s}]} for s in ("log", "linear")]
-    return [{"buttons": buttons, "x": 0.0, "y": 1.15, "xanchor": "left"}, {"buttons": scales, "x": 0.25, "y": 1.15, "xanchor": "left"}]
+    return [
+        {"buttons": buttons, "x": 0.0, "y": 1.15, "xanchor": "left"},
+        {"buttons": scales, "x": 0.25, "y": 1.15, "xanchor": "left"},
+    ]
 
 
 def _language_bars(languages: pl.DataFrame) -> go.Figure:
     fig = go.Figure()
     for family, part in languages.group_by("family", maintain_order=True):
-        fig.add_bar(x=part["language"].to_list(), y=part["records"].to_list(), name=str(family[0]), customdata=part["name"].to_list(),
-                    hovertemplate="%{customdata} (%{x})<br>%{y:,} records<extra>%{fullData.name}</extra>")
-    fig.update_layout(**_layout(f"Records per language ({languages.height} languages; colour: family)", height=480),
-                      barmode="stack", updatemenus=_sort_buttons(languages), yaxis_type="log",
-                      xaxis={"categoryorder": "array", "categoryarray": languages["language"].to_list()})
+        fig.add_bar(
+            x=part["language"].to_list(),
+            y=part["records"].to_list(),
+            name=str(family[0]),
+            customdata=part["name"].to_list(),
+            hovertemplate="%{customdata} (%{x})<br>%{y:,} records<extra>%{fullData.name}</extra>",
+        )
+    fig.update_layout(
+        **_layout(f"Records per language ({languages.height} languages; colour: family)", height=480),
+        barmode="stack",
+        updatemenus=_sort_buttons(languages),
+        yaxis_type="log",
+        xaxis={"categoryorder": "array", "categoryarray": languages["language"].to_list()},
+    )
     return fig
 
 
 def _treemap(languages: pl.DataFrame, group: str, title: str) -> go.Figure:
     df = languages.with_columns(pl.col(group).fill_null("none"))
     groups = df.group_by(group).agg(pl.col("records").sum())
-    fig = go.Figure(go.Treemap(
-        ids=[f"g/{g}" for g in groups[group]] + [f"l/{x}" for x in df["language"]],
-        labels=groups[group].to_list() + [f"{n} ({x})" for n, x in zip(df["name"], df["language"])],
-        parents=[""] * groups.height + [f"g/{g}" for g in df[group]],
-        values=groups["records"].to_list() + df["records"].to_list(), branchvalues="total",
-        hovertemplate="%{label}<br>%{value:,} records<extra></extra>"))
+    fig = go.Figure(
+        go.Treemap(
+            ids=[f"g/{g}" for g in groups[group]] + [f"l/{x}" for x in df["language"]],
+            labels=groups[group].to_list() + [f"{n} ({x})" for n, x in zip(df["name"], df["language"])],
+            parents=[""] * groups.height + [f"g/{g}" for g in df[group]],
+            values=groups["records"].to_list() + df["records"].to_list(),
+            branchvalues="total",
+            hovertemplate="%{label}<br>%{value:,} records<extra></extra>",
+        )
+    )
     fig.update_layout(**_layout(title, height=480))
     return fig
 
 
 def _top(languages: pl.DataFrame, kind: str, n: int, title: str) -> go.Figure:
     top = languages.filter(pl.col("kind") == kind).head(n)
-    fig = go.Figure(go.Bar(x=top["name"].to_list(), y=top["records"].to_list(), customdata=top["language"].to_list(),
-                           hovertemplate="%{x} (%{customdata})<br>%{y:,} records<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=top["name"].to_list(),
+            y=top["records"].to_list(),
+            customdata=top["language"].to_list(),
+            hovertemplate="%{x} (%{customdata})<br>%{y:,} records<extra></extra>",
+        )
+    )
     if top.height == 0:
-        fig.add_annotation(text=f"no {kind} languages in this run", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.add_annotation(
+            text=f"no {kind} languages in this run", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
     fig.update_layout(**_layout(f"{title} ({top.height} shown)", yaxis_type="log" if kind == "natural" else "linear"))
     return fig
 
@@ -88,19 +139,32 @@ def _tasks(tables: dict[str, pl.DataFrame]) -> go.Figure:
 def _funnel(tables: dict[str, pl.DataFrame], languages: pl.DataFrame) -> tuple[go.Figure, go.Figure]:
     funnel = tables["funnel"]
     steps = funnel.filter(pl.col("kind") == "out").group_by("step").agg(pl.col("rows").sum()).sort("step")
-    overall = go.Figure(go.Funnel(y=steps["step"].to_list(), x=steps["rows"].to_list(), textinfo="value+percent initial"))
+    overall = go.Figure(
+        go.Funnel(y=steps["step"].to_list(), x=steps["rows"].to_list(), textinfo="value+percent initial")
+    )
     overall.update_layout(**_layout("Rows kept after each step"))
     top = languages.head(FUNNEL_LANGUAGES)["language"].to_list()
-    dropped = funnel.filter((pl.col("kind") == "dropped") & pl.col("language").is_in(top)).group_by("language", "reason").agg(pl.col("rows").sum())
+    dropped = (
+        funnel.filter((pl.col("kind") == "dropped") & pl.col("language").is_in(top))
+        .group_by("language", "reason")
+        .agg(pl.col("rows").sum())
+    )
     per_lang = go.Figure()
     for reason, part in dropped.sort("reason").group_by("reason", maintain_order=True):
         per_lang.add_bar(x=part["language"].to_list(), y=part["rows"].to_list(), name=str(reason[0]))
-    per_lang.update_layout(**_layout(f"Rows removed per language and reason (top {len(top)} languages; before language ID rows count as und)"),
-                           barmode="stack", xaxis={"categoryorder": "array", "categoryarray": top})
+    per_lang.update_layout(
+        **_layout(
+            f"Rows removed per language and reason (top {len(top)} languages; before language ID rows count as und)"
+        ),
+        barmode="stack",
+        xaxis={"categoryorder": "array", "categoryarray": top},
+    )
     return overall, per_lang
 
 
-def _histogram(hist: pl.DataFrame, metric: str, title: str, log_y: bool = False, min_value: float | None = None) -> go.Figure:
+def _histogram(
+    hist: pl.DataFrame, metric: str, title: str, log_y: bool = False, min_value: float | None = None
+) -> go.Figure:
     h = hist.filter(pl.col("metric") == metric)
     if min_value is not None:
         h = h.filter(pl.col("bin_lo") >= min_value)
@@ -108,12 +172,22 @@ def _histogram(hist: pl.DataFrame, metric: str, title: str, log_y: bool = False,
     unit = (h["bin_hi"] - h["bin_lo"]) == 1  # a bin holding one integer: a bar on that integer
     x = pl.select(pl.when(unit).then(h["bin_lo"]).otherwise((h["bin_lo"] + h["bin_hi"]) / 2)).to_series()
     width = pl.select(pl.when(unit).then(0.8).otherwise(h["bin_hi"] - h["bin_lo"])).to_series()
-    fig = go.Figure(go.Bar(x=x.to_list(), y=h["count"].to_list(), width=width.to_list(),
-                           customdata=list(zip(h["bin_lo"].to_list(), h["bin_hi"].to_list())),
-                           hovertemplate="[%{customdata[0]:.3g}, %{customdata[1]:.3g}): %{y:,}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=x.to_list(),
+            y=h["count"].to_list(),
+            width=width.to_list(),
+            customdata=list(zip(h["bin_lo"].to_list(), h["bin_hi"].to_list())),
+            hovertemplate="[%{customdata[0]:.3g}, %{customdata[1]:.3g}): %{y:,}<extra></extra>",
+        )
+    )
     if h.height == 0:
-        fig.add_annotation(text="nothing to show in this run", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(**_layout(title, xaxis_title=METRICS[metric].description, yaxis_type="log" if log_y else "linear"))
+        fig.add_annotation(
+            text="nothing to show in this run", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper"
+        )
+    fig.update_layout(
+        **_layout(title, xaxis_title=METRICS[metric].description, yaxis_type="log" if log_y else "linear")
+    )
     return fig
 
 
@@ -121,17 +195,31 @@ def _comparison(tables: dict[str, pl.DataFrame]) -> list[tuple[str, go.Figure]]:
     figs = []
     if "comparison" in tables:
         c = tables["comparison"].head(60)
-        fig = go.Figure([go.Bar(x=c["language"].to_list(), y=c["share"].to_list(), name="this run"),
-                         go.Bar(x=c["language"].to_list(), y=c["reference_share"].to_list(), name="reference")])
-        fig.update_layout(**_layout("Share per language: this run vs the reference (top 60)"), barmode="group", yaxis_type="log")
+        fig = go.Figure(
+            [
+                go.Bar(x=c["language"].to_list(), y=c["share"].to_list(), name="this run"),
+                go.Bar(x=c["language"].to_list(), y=c["reference_share"].to_list(), name="reference"),
+            ]
+        )
+        fig.update_layout(
+            **_layout("Share per language: this run vs the reference (top 60)"), barmode="group", yaxis_type="log"
+        )
         figs.append(("comparison", fig))
     langs = tables["languages"]
     if "share_change" in langs.columns:
         d = langs.sort(pl.col("share_change").abs(), descending=True).head(40)
-        fig = go.Figure(go.Bar(x=d["language"].to_list(), y=d["share_change"].to_list(), customdata=d["name"].to_list(),
-                               hovertemplate="%{customdata}: %{y:+.4f}<extra></extra>"))
+        fig = go.Figure(
+            go.Bar(
+                x=d["language"].to_list(),
+                y=d["share_change"].to_list(),
+                customdata=d["name"].to_list(),
+                hovertemplate="%{customdata}: %{y:+.4f}<extra></extra>",
+            )
+        )
         tvd = 0.5 * float(langs["share_change"].abs().sum())
-        fig.update_layout(**_layout(f"Drift against the previous run: change of share (40 largest; total variation {tvd:.4f})"))
+        fig.update_layout(
+            **_layout(f"Drift against the previous run: change of share (40 largest; total variation {tvd:.4f})")
+        )
         figs.append(("drift", fig))
     return figs
 
@@ -145,15 +233,34 @@ def _filters(tables: dict[str, pl.DataFrame], top: int = 40) -> list[tuple[str, 
     table = table.filter(pl.col("filter").is_not_null())
     if not table.height:  # the stage found nothing to drop
         return []
-    languages = table.group_by("language").agg(pl.col("rows_in").first()).sort("rows_in", descending=True)["language"].head(top).to_list()
+    languages = (
+        table.group_by("language")
+        .agg(pl.col("rows_in").first())
+        .sort("rows_in", descending=True)["language"]
+        .head(top)
+        .to_list()
+    )
     names = table["filter"].unique().sort().to_list()
     cell = {(r["language"], r["filter"]): r for r in table.iter_rows(named=True)}
     z = [[100 * cell[(lang, f)]["rate"] for f in names] for lang in languages]
     text = [[f"{cell[(lang, f)]['dropped']:,} of {cell[(lang, f)]['rows_in']:,}" for f in names] for lang in languages]
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=languages, text=text, colorscale="Reds", colorbar={"title": "% dropped"},
-                               hovertemplate="%{y} / %{x}: %{z:.2f}% (%{text})<extra></extra>"))
-    fig.update_layout(**_layout(f"Rows each filter dropped, % of a language's rows (top {len(languages)} languages)",
-                                height=max(420, 18 * len(languages))))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=names,
+            y=languages,
+            text=text,
+            colorscale="Reds",
+            colorbar={"title": "% dropped"},
+            hovertemplate="%{y} / %{x}: %{z:.2f}% (%{text})<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_layout(
+            f"Rows each filter dropped, % of a language's rows (top {len(languages)} languages)",
+            height=max(420, 18 * len(languages)),
+        )
+    )
     return [("filters", fig)]
 
 
@@ -166,13 +273,25 @@ def figures(tables: dict[str, pl.DataFrame]) -> list[tuple[str, go.Figure]]:
         ("scripts", _treemap(languages, "script_name", "Languages grouped by script")),
         ("families", _treemap(languages, "family", "Languages grouped by family")),
         ("top_natural", _top(languages, "natural", TOP_NATURAL, f"Top {TOP_NATURAL} natural languages")),
-        ("top_programming", _top(languages, "programming", TOP_PROGRAMMING, f"Top {TOP_PROGRAMMING} programming languages")),
+        (
+            "top_programming",
+            _top(languages, "programming", TOP_PROGRAMMING, f"Top {TOP_PROGRAMMING} programming languages"),
+        ),
         ("tasks", _tasks(tables)),
         ("funnel", overall),
         ("funnel_languages", per_lang),
-        ("confidence", _histogram(hist, "query_lang_conf", "Language-ID confidence of queries (all languages)", log_y=True)),
-        ("exact_clusters", _histogram(hist, "dup_count", "Exact-duplicate cluster sizes (clusters of 2 or more)", True, 2)),
-        ("near_clusters", _histogram(hist, "near_dup_count", "Near-duplicate cluster sizes (clusters of 2 or more)", True, 2)),
+        (
+            "confidence",
+            _histogram(hist, "query_lang_conf", "Language-ID confidence of queries (all languages)", log_y=True),
+        ),
+        (
+            "exact_clusters",
+            _histogram(hist, "dup_count", "Exact-duplicate cluster sizes (clusters of 2 or more)", True, 2),
+        ),
+        (
+            "near_clusters",
+            _histogram(hist, "near_dup_count", "Near-duplicate cluster sizes (clusters of 2 or more)", True, 2),
+        ),
         ("negatives", _histogram(hist, "negatives", "Hard negatives per query")),
         ("margins", _histogram(hist, "margin", "Score margin: positive minus hardest negative")),
         *_filters(tables),
@@ -202,13 +321,19 @@ def render(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "figures": {name: json.loads(fig.to_json()) for name, fig in figures(tables)},
         "metric_names": {m: METRICS[m].description for m in PANEL_METRICS},
     }
-    totals = {"records": int(languages["records"].sum()), "languages": languages.height, "tokens": int(languages["tokens"].sum()),
-              "sources": tables["sources"]["source"].n_unique()}
+    totals = {
+        "records": int(languages["records"].sum()),
+        "languages": languages.height,
+        "tokens": int(languages["tokens"].sum()),
+        "sources": tables["sources"]["source"].n_unique(),
+    }
     page = _PAGE.format(
         title=html.escape(f"{run_dir.name}: corpus statistics"),
         run=html.escape(str(run_dir)),
-        summary=html.escape(f"{totals['records']:,} records · {totals['languages']} languages · {totals['tokens']:,} tokens ({meta['tokens']}) · "
-                            f"{totals['sources']} sources · shards {meta['shards'][:8]}"),
+        summary=html.escape(
+            f"{totals['records']:,} records · {totals['languages']} languages · {totals['tokens']:,} tokens ({meta['tokens']}) · "
+            f"{totals['sources']} sources · shards {meta['shards'][:8]}"
+        ),
         plotly=get_plotlyjs(),
         data=json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/"),
         charts="\n".join(f'<div class="chart" id="fig-{name}"></div>' for name in data["figures"]),

@@ -41,7 +41,14 @@ def _type(prop: dict[str, Any]) -> str:
 
 
 def _limits(prop: dict[str, Any]) -> str:
-    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<", "minItems": "items >=", "minLength": "length >="}
+    bounds = {
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "exclusiveMaximum": "<",
+        "minItems": "items >=",
+        "minLength": "length >=",
+    }
     return ", ".join(f"{sign} {prop[k]}" for k, sign in bounds.items() if k in prop)
 
 
@@ -52,13 +59,24 @@ def _section(name: str, model: dict[str, Any], level: str = "##") -> list[str]:
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     required = set(model.get("required", []))
     for key, prop in model.get("properties", {}).items():
-        default = "required" if key in required else f"`{json.dumps(prop['default'], ensure_ascii=False)}`" if "default" in prop else ""
+        default = (
+            "required"
+            if key in required
+            else f"`{json.dumps(prop['default'], ensure_ascii=False)}`"
+            if "default" in prop
+            else ""
+        )
         meaning = " ".join(prop.get("description", "").split())
         limits = _limits(prop)
         meaning = (f"{meaning} ({limits})" if limits else meaning).replace("|", "\\|")
         lines.append(f"| `{key}` | {_type(prop)} | {default} | {meaning} |")
     for example in model.get("examples", [])[:1]:
-        lines += ["", "```yaml", yaml.safe_dump(example, sort_keys=False, allow_unicode=True, width=110).rstrip(), "```"]
+        lines += [
+            "",
+            "```yaml",
+            yaml.safe_dump(example, sort_keys=False, allow_unicode=True, width=110).rstrip(),
+            "```",
+        ]
     return lines + [""]
 
 
@@ -88,7 +106,12 @@ def markdown(schema: dict[str, Any]) -> str:
     named = _referenced(schema, defs)
     for name in [n for n in named if n not in stages] + [n for n in defs if n not in named and n not in stages]:
         lines += _section(name, defs[name])
-    lines += ["## Stages", "", "Each entry of `stages:` names its stage with `stage:`; the stages run in the order listed.", ""]
+    lines += [
+        "## Stages",
+        "",
+        "Each entry of `stages:` names its stage with `stage:`; the stages run in the order listed.",
+        "",
+    ]
     for name in stages:
         stage = defs[name]["properties"]["stage"]["const"]
         lines += _section(f"`{stage}` ({name})", {**defs[name], "title": name}, "###")

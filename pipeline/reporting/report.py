@@ -11,11 +11,22 @@ from rich.table import Table
 def print_summary(result: Any, console: Console, top_languages: int = 15) -> None:
     steps = Table(title=f"run {result.output or result.run_dir}", title_justify="left")
     for col in ("step", "in", "out", "dropped", "flagged (kept)", "seconds"):
-        steps.add_column(col, justify="left" if col in ("step", "dropped", "flagged (kept)") else "right", no_wrap=col in ("step", "seconds"))
+        steps.add_column(
+            col,
+            justify="left" if col in ("step", "dropped", "flagged (kept)") else "right",
+            no_wrap=col in ("step", "seconds"),
+        )
     for st in result.steps:
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(st.dropped.items())) or "-"
         flags = ", ".join(f"{k} {v:,}" for k, v in sorted(st.flagged.items())) or "-"
-        steps.add_row(st.name, f"{st.rows_in:,}", f"{st.rows_out:,}", drops, flags, ("fused ↓" if st.seconds is None else f"{st.seconds:.1f}") + (" (done before)" if st.resumed else ""))
+        steps.add_row(
+            st.name,
+            f"{st.rows_in:,}",
+            f"{st.rows_out:,}",
+            drops,
+            flags,
+            ("fused ↓" if st.seconds is None else f"{st.seconds:.1f}") + (" (done before)" if st.resumed else ""),
+        )
     console.print(steps)
 
     import polars as pl
@@ -30,16 +41,26 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
     console.print(table)
     for step, report in result.reports.items():
         shown = report.head(top_languages).select(report.columns[:8])
-        table = Table(title=f"{step} (all rows and columns: {result.run_dir / 'reports' / (step + '.csv')})", title_justify="left")
+        table = Table(
+            title=f"{step} (all rows and columns: {result.run_dir / 'reports' / (step + '.csv')})", title_justify="left"
+        )
         for col in shown.columns:
             table.add_column(col, justify="right" if shown[col].dtype.is_numeric() else "left")
         for row in shown.iter_rows():
-            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+            table.add_row(
+                *(f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row)
+            )
         console.print(table)
     total = sum(s["rows"] for s in result.shards)
     if result.dashboard:
-        console.print(f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  (`python -m pipeline stats {result.run_dir}`)")
-    where = f"{result.output}/shards" if result.output and result.output != str(result.run_dir) else result.run_dir / "shards"
+        console.print(
+            f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  (`python -m pipeline stats {result.run_dir}`)"
+        )
+    where = (
+        f"{result.output}/shards"
+        if result.output and result.output != str(result.run_dir)
+        else result.run_dir / "shards"
+    )
     console.print(f"[bold]{total:,}[/] rows in {len(result.shards)} shard(s) under {where} ({result.seconds:.1f} s)")
 
 
@@ -48,7 +69,12 @@ def _table(df: Any, title: str) -> Table:
     for col in df.columns:
         table.add_column(col, justify="right" if df[col].dtype.is_numeric() else "left")
     for row in df.iter_rows():
-        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        table.add_row(
+            *(
+                "-" if v is None else f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+                for v in row
+            )
+        )
     return table
 
 
@@ -63,9 +89,18 @@ def print_stats(tables: dict[str, Any], console: Console, lang: str | None = Non
 
     languages = tables["languages"]
     if lang is None:
-        shown = languages.select([c for c in LANGUAGE_COLUMNS + ("previous_share", "share_change") if c in languages.columns])
+        shown = languages.select(
+            [c for c in LANGUAGE_COLUMNS + ("previous_share", "share_change") if c in languages.columns]
+        )
         console.print(_table(shown.head(top) if top else shown, f"languages ({languages.height}; sorted by records)"))
-        console.print(_table(tables["tasks"].select("task", "records", "languages", "characters", "tokens", "with_negatives", "negatives"), "tasks"))
+        console.print(
+            _table(
+                tables["tasks"].select(
+                    "task", "records", "languages", "characters", "tokens", "with_negatives", "negatives"
+                ),
+                "tasks",
+            )
+        )
         if "comparison" in tables:
             console.print(_table(tables["comparison"].head(top or 30), "against the reference"))
         return True
@@ -73,12 +108,33 @@ def print_stats(tables: dict[str, Any], console: Console, lang: str | None = Non
     if row.height == 0:
         return False
     row = row.with_columns(pl.col(c).round(4) for c, t in row.schema.items() if t.is_float())
-    console.print(_table(row.transpose(include_header=True, header_name="figure", column_names=["value"]).with_columns(pl.col("value").cast(pl.String)),
-                         f"{row['name'][0]} ({lang})"))
-    console.print(_table(tables["sources"].filter(pl.col("language") == lang).select("source", "task", "records", "characters", "tokens", "negatives"),
-                         "per source"))
-    funnel = tables["funnel"].filter((pl.col("language") == lang) & (pl.col("kind") != "in")).with_columns(pl.col("reason").fill_null(""))
-    console.print(_table(funnel.pivot("kind", index=["step", "reason"], values="rows", aggregate_function="sum").sort("step"), "funnel (rows per step)"))
+    console.print(
+        _table(
+            row.transpose(include_header=True, header_name="figure", column_names=["value"]).with_columns(
+                pl.col("value").cast(pl.String)
+            ),
+            f"{row['name'][0]} ({lang})",
+        )
+    )
+    console.print(
+        _table(
+            tables["sources"]
+            .filter(pl.col("language") == lang)
+            .select("source", "task", "records", "characters", "tokens", "negatives"),
+            "per source",
+        )
+    )
+    funnel = (
+        tables["funnel"]
+        .filter((pl.col("language") == lang) & (pl.col("kind") != "in"))
+        .with_columns(pl.col("reason").fill_null(""))
+    )
+    console.print(
+        _table(
+            funnel.pivot("kind", index=["step", "reason"], values="rows", aggregate_function="sum").sort("step"),
+            "funnel (rows per step)",
+        )
+    )
     return True
 
 
@@ -86,14 +142,20 @@ def print_export(report: Any, console: Console) -> None:
     """An export's datasets: rows in and written, dropped by reason, negatives filled (ExportReport)."""
     table = Table(title=f"export: {report.layout} -> {report.out}", title_justify="left")
     for column in ("dataset", "task", "rows in", "written", "dropped", "negatives", "filled rows"):
-        table.add_column(column, justify="left" if column in ("dataset", "task", "dropped") else "right", no_wrap=column == "dataset")
+        table.add_column(
+            column, justify="left" if column in ("dataset", "task", "dropped") else "right", no_wrap=column == "dataset"
+        )
     for d in report.datasets:
         dropped = ", ".join(f"{reason} {rows:,}" for reason, rows in sorted(d.dropped.items()))
-        table.add_row(d.name, d.task, f"{d.rows_in:,}", f"{d.rows_written:,}", dropped, str(d.negatives), f"{d.filled_rows:,}")
+        table.add_row(
+            d.name, d.task, f"{d.rows_in:,}", f"{d.rows_written:,}", dropped, str(d.negatives), f"{d.filled_rows:,}"
+        )
     console.print(table)
     rate = f", {report.rows_in / report.seconds:,.0f} rows/s" if report.seconds else ""
-    console.print(f"{report.rows_written:,} of {report.rows_in:,} rows written in {report.seconds:.1f} s{rate}; "
-                  f"report: {report.out}/export_report.json")
+    console.print(
+        f"{report.rows_written:,} of {report.rows_in:,} rows written in {report.seconds:.1f} s{rate}; "
+        f"report: {report.out}/export_report.json"
+    )
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
@@ -114,6 +176,10 @@ def print_filters(tables: dict[str, Any], console: Console) -> bool:
     console.print(_table(wide, "rows each filter dropped, per language (% of the rows that reached the filter stage)"))
     others = table.filter((pl.col("skipped") > 0) | (pl.col("negatives_removed") > 0))
     if others.height:
-        console.print(_table(others.select("language", "filter", "skipped", "negatives_removed").sort("skipped", descending=True),
-                             "texts a filter could not judge (kept; no word tokenizer here) and negatives it removed, by the text's language"))
+        console.print(
+            _table(
+                others.select("language", "filter", "skipped", "negatives_removed").sort("skipped", descending=True),
+                "texts a filter could not judge (kept; no word tokenizer here) and negatives it removed, by the text's language",
+            )
+        )
     return True

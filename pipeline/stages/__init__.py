@@ -17,5 +17,18 @@ from pipeline.stages.mix import Mix
 from pipeline.stages.near_dedup import NearDedup
 from pipeline.stages.normalize import Normalize
 
-REGISTRY = Registry((Normalize, LangTag, LangPrior, QualityFilter, Decontaminate, Instruct, ExactDedup, NearDedup, BuildPairs, MineNegatives,
-                     Mix))
+REGISTRY = Registry(
+    (
+        Normalize,
+        LangTag,
+        LangPrior,
+        QualityFilter,
+        Decontaminate,
+        Instruct,
+        ExactDedup,
+        NearDedup,
+        BuildPairs,
+        MineNegatives,
+        Mix,
+    )
+)

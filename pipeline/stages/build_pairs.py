@@ -34,16 +34,27 @@ from pipeline.ops.passage_store import store_negatives
 
 
 class BuildPairsConfig(StageConfig):
-    model_config = example(stage="build_pairs", negatives={"classification": 1, "clustering": 9}, label_descriptions={"sib200_topics": {"travel": "The text is about travel."}})
+    model_config = example(
+        stage="build_pairs",
+        negatives={"classification": 1, "clustering": 9},
+        label_descriptions={"sib200_topics": {"travel": "The text is about travel."}},
+    )
 
     stage: Literal["build_pairs"]
     negatives: dict[Literal["classification", "clustering"], int] = Field(
-        default_factory=lambda: {"classification": 1, "clustering": 7}, description="Other-label texts kept as negatives, per task.")
+        default_factory=lambda: {"classification": 1, "clustering": 7},
+        description="Other-label texts kept as negatives, per task.",
+    )
     label_descriptions: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="Per source, label -> description used as the positive (classification).")
+        default_factory=dict, description="Per source, label -> description used as the positive (classification)."
+    )
     sts_min_score: float = Field(4.0, description="STS pairs scoring at least this are positives (STSb scale 0-5).")
-    entailment_labels: list[str] = Field(default_factory=lambda: ["entailment", "0"], description="pair_classification labels that mean 'positive'.")
-    contradiction_labels: list[str] = Field(default_factory=lambda: ["contradiction", "2"], description="Labels that mean 'negative'.")
+    entailment_labels: list[str] = Field(
+        default_factory=lambda: ["entailment", "0"], description="pair_classification labels that mean 'positive'."
+    )
+    contradiction_labels: list[str] = Field(
+        default_factory=lambda: ["contradiction", "2"], description="Labels that mean 'negative'."
+    )
     seed: int = 0
 
     def unknown_sources(self, names: set[str]) -> list[str]:
@@ -97,8 +108,16 @@ class BuildPairs(ShuffleStage[BuildPairsConfig]):
                     r[DROP], r[DETAIL] = "no_positive", f"label {label!r} has no other text"
                     continue
                 # a description's negatives are other descriptions: the model learns to pick the label, not the text's language
-                picks = [descriptions[lab] if label in descriptions and lab in descriptions else rng.choice(by_label[lab])["query"]
-                         for lab in rng.sample(others, min(count, len(others)))] if others else []
+                picks = (
+                    [
+                        descriptions[lab]
+                        if label in descriptions and lab in descriptions
+                        else rng.choice(by_label[lab])["query"]
+                        for lab in rng.sample(others, min(count, len(others)))
+                    ]
+                    if others
+                    else []
+                )
                 r["negatives"] = picks or None
 
     def _nli(self, group: list[dict]) -> None:

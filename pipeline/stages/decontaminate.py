@@ -30,10 +30,21 @@ from sources.reader import load_hf, open_binary
 class EvalSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Named in drop reasons and the ledger: `eval_overlap:<name>`.")
-    format: Literal["file", "hf"] = Field("file", description="file: JSONL, CSV, TSV, Parquet or plain text; hf: a `datasets` folder or hub id.")
-    path: str = Field(description="File or glob, relative to the manifest (one text per line for plain text); for hf a saved or data folder, or a hub id.")
-    columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, description="Text columns of the evaluation set (ignored for plain text).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Named in drop reasons and the ledger: `eval_overlap:<name>`.",
+    )
+    format: Literal["file", "hf"] = Field(
+        "file", description="file: JSONL, CSV, TSV, Parquet or plain text; hf: a `datasets` folder or hub id."
+    )
+    path: str = Field(
+        description="File or glob, relative to the manifest (one text per line for plain text); for hf a saved or data folder, or a hub id."
+    )
+    columns: list[str] = Field(
+        default_factory=lambda: ["text"],
+        min_length=1,
+        description="Text columns of the evaluation set (ignored for plain text).",
+    )
     hf_config: str | None = Field(None, description="`datasets` config name (format hf).")
     split: str | None = Field(None, description="`datasets` split (format hf).")
 
@@ -42,7 +53,9 @@ class EvalSet(BaseModel):
     def _files_exist(cls, path: str, info: ValidationInfo) -> str:
         if info.data.get("format") == "hf":  # a local folder, or else a hub id (looked up when the stage starts)
             if storage.is_url(path):
-                raise ValueError(f"{path!r}: format hf reads a local folder or a hub id; for files in object storage use format file")
+                raise ValueError(
+                    f"{path!r}: format hf reads a local folder or a hub id; for files in object storage use format file"
+                )
             local = from_manifest(path, info)
             return str(local.absolute()) if local.exists() else path
         return matching_files(path, info)
@@ -52,7 +65,9 @@ class EvalSet(BaseModel):
             ds = load_hf(self)
             missing = [c for c in self.columns if c not in ds.column_names]
             if missing:
-                raise ValueError(f"evaluation set {self.name!r}: {self.path} has no column {missing} (columns: {ds.column_names})")
+                raise ValueError(
+                    f"evaluation set {self.name!r}: {self.path} has no column {missing} (columns: {ds.column_names})"
+                )
             return [t for c in self.columns for t in ds[c] if t]
         out: list[str] = []
         for file in storage.glob(self.path):
@@ -61,30 +76,53 @@ class EvalSet(BaseModel):
                 with open_binary(file) as f:
                     out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
                 continue
-            data = io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file  # polars reads local files itself
+            data = (
+                io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file
+            )  # polars reads local files itself
             if name.endswith(".parquet"):
                 frame = pl.read_parquet(data)
             elif name.endswith((".csv", ".tsv")):
-                frame = pl.read_csv(data, separator="\t" if name.endswith(".tsv") else ",", quote_char=None if name.endswith(".tsv") else '"')
+                frame = pl.read_csv(
+                    data,
+                    separator="\t" if name.endswith(".tsv") else ",",
+                    quote_char=None if name.endswith(".tsv") else '"',
+                )
             else:
                 frame = pl.read_ndjson(data)
             for column in self.columns:
                 if column not in frame.columns:
-                    raise ValueError(f"evaluation set {self.name!r}: {file} has no column {column!r} (columns: {frame.columns})")
+                    raise ValueError(
+                        f"evaluation set {self.name!r}: {file} has no column {column!r} (columns: {frame.columns})"
+                    )
                 out += [t for t in frame[column].cast(pl.String).to_list() if t]
         return out
 
 
 class DecontaminateConfig(StageConfig):
-    model_config = example(stage="decontaminate", eval_sets=[{"name": "xquad_r_heldout", "path": "samples/xquad_r_heldout/*.jsonl.gz", "columns": ["question", "context"]}])
+    model_config = example(
+        stage="decontaminate",
+        eval_sets=[
+            {
+                "name": "xquad_r_heldout",
+                "path": "samples/xquad_r_heldout/*.jsonl.gz",
+                "columns": ["question", "context"],
+            }
+        ],
+    )
 
     stage: Literal["decontaminate"]
     eval_sets: list[EvalSet] = Field(min_length=1, description="Evaluation sets whose texts must not be trained on.")
-    fields: list[Literal["query", "positive", "negatives"]] = Field(default_factory=lambda: ["query", "positive"], min_length=1)
+    fields: list[Literal["query", "positive", "negatives"]] = Field(
+        default_factory=lambda: ["query", "positive"], min_length=1
+    )
     n_words: int = Field(13, ge=1, description="Word n-gram size (spaced scripts).")
     n_chars: int = Field(13, ge=1, description="Character n-gram size (unspaced scripts).")
-    min_overlap: float = Field(0.5, gt=0.0, le=1.0, description="Share of a text's n-grams found in an evaluation set that counts as overlap.")
-    action: Literal["drop", "flag"] = Field("drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it.")
+    min_overlap: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of a text's n-grams found in an evaluation set that counts as overlap."
+    )
+    action: Literal["drop", "flag"] = Field(
+        "drop", description="drop the row (reason `eval_overlap:<set>`), or keep it and flag it."
+    )
 
 
 class Decontaminate(Stage[DecontaminateConfig]):

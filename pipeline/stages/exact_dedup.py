@@ -32,6 +32,8 @@ from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_reg
 
 ROW_BITS = 32
 ROWS_PER_PARTITION = 2_000_000  # keys a partition task holds: about 200 MB
+
+
 class ExactDedupConfig(DedupConfig):
     model_config = example(stage="exact_dedup", key=["query", "positive"], priority=["xquad_r"])
 
@@ -55,26 +57,36 @@ def key_text(batch: pa.Table, config: ExactDedupConfig) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
 
 
-def _key_task(index: int, block: pa.Table, config: ExactDedupConfig, priority: dict[str, int], parts: int) -> list[pa.Table]:
+def _key_task(
+    index: int, block: pa.Table, config: ExactDedupConfig, priority: dict[str, int], parts: int
+) -> list[pa.Table]:
     digests = [xxhash.xxh3_128_intdigest(k.encode()) for k in key_text(block, config).to_pylist()]
     high = np.array([d >> 64 for d in digests], np.uint64)
-    keys = pa.table({
-        "high": high, "low": np.array([d & 0xFFFF_FFFF_FFFF_FFFF for d in digests], np.uint64),
-        "node": (np.int64(index) << ROW_BITS) | np.arange(block.num_rows, dtype=np.int64),
-        "prio": pa.array([priority[s] for s in block.column("source").to_pylist()], pa.int32()),
-        "id": block.column("id"), "origin": block.column("origin"),
-    })
+    keys = pa.table(
+        {
+            "high": high,
+            "low": np.array([d & 0xFFFF_FFFF_FFFF_FFFF for d in digests], np.uint64),
+            "node": (np.int64(index) << ROW_BITS) | np.arange(block.num_rows, dtype=np.int64),
+            "prio": pa.array([priority[s] for s in block.column("source").to_pylist()], pa.int32()),
+            "id": block.column("id"),
+            "origin": block.column("origin"),
+        }
+    )
     return exchange.split(keys, exchange.spread(high, parts), parts)
 
 
 def _cluster_task(blocks: int, *tables: pa.Table) -> list[pa.Table]:
     """Per key: the kept row (first source in priority, smallest id, then origin) and the size."""
     df = pl.from_arrow(exchange.concat(tables)).sort("high", "low", "prio", "id", "origin")
-    out = df.with_columns(
-        pl.first("node").over("high", "low").alias("kept_node"),
-        pl.first("id").over("high", "low").alias("kept_id"),
-        pl.len().over("high", "low").cast(pl.Int32).alias("size"),
-    ).select("node", "kept_node", "kept_id", "size").to_arrow()
+    out = (
+        df.with_columns(
+            pl.first("node").over("high", "low").alias("kept_node"),
+            pl.first("id").over("high", "low").alias("kept_id"),
+            pl.len().over("high", "low").cast(pl.Int32).alias("size"),
+        )
+        .select("node", "kept_node", "kept_id", "size")
+        .to_arrow()
+    )
     return exchange.split(out, out.column("node").to_numpy() >> ROW_BITS, blocks)
 
 
@@ -82,7 +94,11 @@ def _mark_task(block: pa.Table, config: ExactDedupConfig, *tables: pa.Table) -> 
     """The block with its duplicates dropped, the kept rows' cluster sizes and every row's cluster id."""
     chosen = pl.from_arrow(exchange.concat(tables)).with_columns((pl.col("node") & ((1 << ROW_BITS) - 1)).alias("_row"))
     cluster = [f"{xxhash.xxh3_64_intdigest(k.encode()):016x}" for k in key_text(block, config).to_pylist()]
-    df = pl.from_arrow(block).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64), pl.Series("dup_cluster", cluster, pl.String))
+    df = (
+        pl.from_arrow(block)
+        .with_row_index("_row")
+        .with_columns(pl.col("_row").cast(pl.Int64), pl.Series("dup_cluster", cluster, pl.String))
+    )
     df = df.join(chosen, on="_row", how="left", maintain_order="left")
     is_dup = pl.col("kept_node") != pl.col("node")
     df = df.with_columns(
@@ -91,7 +107,9 @@ def _mark_task(block: pa.Table, config: ExactDedupConfig, *tables: pa.Table) -> 
         pl.when(is_dup).then(pl.col("dup_count")).otherwise(pl.col("size")).alias("dup_count"),
     )
     out = df.to_arrow()
-    marked = Stage.drop(to_work_schema(out), out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string()))
+    marked = Stage.drop(
+        to_work_schema(out), out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string())
+    )
     return [marked]
 
 
@@ -118,9 +136,19 @@ class ExactDedup(DatasetStage[ExactDedupConfig]):
             return []
         parts = max(2 * rounds.parallelism, math.ceil(rows / ROWS_PER_PARTITION))
         priority = self.config.ranks(self.context)
-        keyed = rounds.submit(_key_task, [(i, b, self.config, priority, parts) for i, b in enumerate(blocks)], parts,
-                              description="exact_dedup: keys")
-        chosen = rounds.submit(_cluster_task, [(len(blocks), *exchange.column(keyed, j)) for j in range(parts)], len(blocks))
-        marked = rounds.submit(_mark_task, [(b, self.config, *exchange.column(chosen, i)) for i, b in enumerate(blocks)], 1,
-                               description="exact_dedup: marking")
+        keyed = rounds.submit(
+            _key_task,
+            [(i, b, self.config, priority, parts) for i, b in enumerate(blocks)],
+            parts,
+            description="exact_dedup: keys",
+        )
+        chosen = rounds.submit(
+            _cluster_task, [(len(blocks), *exchange.column(keyed, j)) for j in range(parts)], len(blocks)
+        )
+        marked = rounds.submit(
+            _mark_task,
+            [(b, self.config, *exchange.column(chosen, i)) for i, b in enumerate(blocks)],
+            1,
+            description="exact_dedup: marking",
+        )
         return [m[0] for m in marked]

@@ -35,33 +35,57 @@ NEGATIVE_FLAG = "filter_negative:"
 
 
 class NonText(Strict):
-    fields: list[AnyField] = Field(["query", "positive", "negatives"], description="Fields that must hold text, not only a URL, number or markup.")
+    fields: list[AnyField] = Field(
+        ["query", "positive", "negatives"], description="Fields that must hold text, not only a URL, number or markup."
+    )
 
 
 class SameText(Strict):
     contained: bool = Field(True, description="Also drop a positive contained in its query (not only equal to it).")
-    tasks: list[TaskName] = Field(["retrieval", "bitext"], description="Tasks whose positive must differ from its query (not STS or pair classification, where an identical pair is a labelled example).")  # type: ignore[valid-type]
+    tasks: list[TaskName] = Field(
+        ["retrieval", "bitext"],
+        description="Tasks whose positive must differ from its query (not STS or pair classification, where an identical pair is a labelled example).",
+    )  # type: ignore[valid-type]
 
 
 class MinLength(Strict):
     words: dict[TaskName | Literal["*"], dict[TextField, int]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: {"*": {"query": 1, "positive": 1}, "retrieval": {"query": 1, "positive": 5}},
-        description="Fewest words per task and field (`*`: every task not listed); characters in scripts with no word tokenizer.")
+        description="Fewest words per task and field (`*`: every task not listed); characters in scripts with no word tokenizer.",
+    )
 
 
 class LengthRatio(Strict):
     tasks: list[TaskName] = Field(["bitext"], description="Tasks whose two sides are translations.")  # type: ignore[valid-type]
-    max_ratio: float = Field(3.0, gt=1, description="Most the sides' length ratio may differ from their languages' (FLORES) ratio, either way.")
+    max_ratio: float = Field(
+        3.0,
+        gt=1,
+        description="Most the sides' length ratio may differ from their languages' (FLORES) ratio, either way.",
+    )
 
 
 class LanguagesDiffer(Strict):
-    tasks: list[TaskName] = Field(["sts", "pair_classification"], description="Tasks whose query and positive share a language.")  # type: ignore[valid-type]
-    min_confidence: float = Field(0.9, ge=0, le=1, description="Language-ID confidence both sides need to count as different (a declared language is sure).")
+    tasks: list[TaskName] = Field(
+        ["sts", "pair_classification"], description="Tasks whose query and positive share a language."
+    )  # type: ignore[valid-type]
+    min_confidence: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Language-ID confidence both sides need to count as different (a declared language is sure).",
+    )
 
 
 class ScriptMismatch(Strict):
-    fields: list[TextField] = Field(["query", "positive"], description="Fields whose text must be in their language's script.")
-    min_share: float = Field(0.3, ge=0, le=1, description="Least share of a text's letters in its language's script (a Han character counts as two letters).")
+    fields: list[TextField] = Field(
+        ["query", "positive"], description="Fields whose text must be in their language's script."
+    )
+    min_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Least share of a text's letters in its language's script (a Han character counts as two letters).",
+    )
 
 
 # The pair filters written here: name -> (its settings, the check).
@@ -79,12 +103,22 @@ class FilterSpec(BaseModel):
     """One filter: a pair filter of this project (its settings in `args`), or a datatrove filter by
     class name (its constructor's arguments in `args`, run on `fields`)."""
 
-    model_config = example(name="C4QualityFilter", args={"filter_no_terminal_punct": False}, fields=["positive"]) | {"extra": "forbid"}
+    model_config = example(name="C4QualityFilter", args={"filter_no_terminal_punct": False}, fields=["positive"]) | {
+        "extra": "forbid"
+    }
 
-    name: str = Field(description=f"One of {', '.join(PAIR_FILTERS)}, or a datatrove filter class (GopherQualityFilter, C4QualityFilter, ...).")
-    args: dict[str, Any] = Field(default_factory=dict, description="The filter's settings (datatrove: its constructor's arguments).")
-    fields: list[AnyField] = Field(["query", "positive"], description=(
-        "Datatrove filters: the fields whose texts must pass (a failing negative leaves its row's list; the row stays)."))
+    name: str = Field(
+        description=f"One of {', '.join(PAIR_FILTERS)}, or a datatrove filter class (GopherQualityFilter, C4QualityFilter, ...)."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="The filter's settings (datatrove: its constructor's arguments)."
+    )
+    fields: list[AnyField] = Field(
+        ["query", "positive"],
+        description=(
+            "Datatrove filters: the fields whose texts must pass (a failing negative leaves its row's list; the row stays)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _known(self) -> FilterSpec:
@@ -99,16 +133,28 @@ class FilterSpec(BaseModel):
 
 def default_filters() -> list[FilterSpec]:
     boilerplate = {"filter_no_terminal_punct": False, "min_num_sentences": 1, "min_words_per_line": -1}
-    return [FilterSpec(name=n) for n in PAIR_FILTERS] + [FilterSpec(name="C4QualityFilter", args=boilerplate, fields=["positive"])]
+    return [FilterSpec(name=n) for n in PAIR_FILTERS] + [
+        FilterSpec(name="C4QualityFilter", args=boilerplate, fields=["positive"])
+    ]
 
 
 class FilterConfig(StageConfig):
-    model_config = example(stage="filter", filters=[{"name": "non_text"}, {"name": "length_ratio", "args": {"max_ratio": 3}},
-                                                   {"name": "GopherRepetitionFilter", "fields": ["positive"]}])
+    model_config = example(
+        stage="filter",
+        filters=[
+            {"name": "non_text"},
+            {"name": "length_ratio", "args": {"max_ratio": 3}},
+            {"name": "GopherRepetitionFilter", "fields": ["positive"]},
+        ],
+    )
 
     stage: Literal["filter"]
-    filters: list[FilterSpec] = Field(default_factory=default_filters, description=(
-        "The filters, in order (default: every pair filter, then datatrove's C4QualityFilter for boilerplate in positives)."))
+    filters: list[FilterSpec] = Field(
+        default_factory=default_filters,
+        description=(
+            "The filters, in order (default: every pair filter, then datatrove's C4QualityFilter for boilerplate in positives)."
+        ),
+    )
 
 
 class QualityFilter(Stage[FilterConfig]):
@@ -129,23 +175,36 @@ class QualityFilter(Stage[FilterConfig]):
         detail: list[str | None] = [None] * batch.num_rows
         skipped: list[tuple[int, str, str]] = []  # (row, filter, field)
         for name, check in self.checks:
-            reasons, details, unjudged = self._run(check, name, batch, ["query", "positive"], np.array([r is not None for r in reason], bool))
+            reasons, details, unjudged = self._run(
+                check, name, batch, ["query", "positive"], np.array([r is not None for r in reason], bool)
+            )
             skipped += unjudged
             for row, why in enumerate(reasons):
                 if why and reason[row] is None:
                     reason[row], detail[row] = PREFIX + why, details[row]
         out = self.drop(batch, pa.array(reason, pa.string()), pa.array(detail, pa.string()))
         out, flags = self._filter_negatives(out, np.array([r is not None for r in reason], bool))
-        flags += [(row, f"filter_skipped:{name}", batch.column(f"{field}_lang")[row].as_py()) for row, name, field in skipped]
+        flags += [
+            (row, f"filter_skipped:{name}", batch.column(f"{field}_lang")[row].as_py()) for row, name, field in skipped
+        ]
         if flags:
             rows = np.array([f[0] for f in flags], np.int64)
-            out = replace_column(out, FLAGS, flag_lists(batch.num_rows, rows, pa.array([f[1] for f in flags], pa.string()),
-                                                        pa.array([f[2] for f in flags], pa.string())))
+            out = replace_column(
+                out,
+                FLAGS,
+                flag_lists(
+                    batch.num_rows,
+                    rows,
+                    pa.array([f[1] for f in flags], pa.string()),
+                    pa.array([f[2] for f in flags], pa.string()),
+                ),
+            )
         return out
 
     @staticmethod
-    def _run(check: Any, name: str, table: pa.Table, fields: list[str], decided: np.ndarray
-             ) -> tuple[list[str | None], list[str | None], list[tuple[int, str, str]]]:
+    def _run(
+        check: Any, name: str, table: pa.Table, fields: list[str], decided: np.ndarray
+    ) -> tuple[list[str | None], list[str | None], list[tuple[int, str, str]]]:
         """One filter over `fields` of `table`: per row its reason (`<name>:<why>`) and detail, and
         the (row, filter, field) it could not judge."""
         if isinstance(check, DatatroveFilter):
@@ -163,7 +222,9 @@ class QualityFilter(Stage[FilterConfig]):
         reasons, details = (x.to_pylist() for x in run(table, settings))
         return [f"{name}:{r}" if r and r != name else r for r in reasons], details, []
 
-    def _filter_negatives(self, batch: pa.Table, dropped: np.ndarray) -> tuple[pa.Table, list[tuple[int, str, str | None]]]:
+    def _filter_negatives(
+        self, batch: pa.Table, dropped: np.ndarray
+    ) -> tuple[pa.Table, list[tuple[int, str, str | None]]]:
         """The kept rows' inline negatives that fail a filter applied to `negatives` removed (with
         their ids and scores where the row has them, position by position); a flag per removal."""
         negatives = batch.column(NEGATIVES).combine_chunks()
@@ -187,7 +248,6 @@ class QualityFilter(Stage[FilterConfig]):
         return _without(batch, negatives, removed), flags
 
 
-
 def _without(batch: pa.Table, negatives: pa.ListArray, removed: np.ndarray) -> pa.Table:
     """`batch` with the flattened negatives `removed` taken out of `negatives`, and out of
     `negative_ids` and `negative_scores` in the rows where those line up with the texts."""
@@ -208,4 +268,6 @@ def _cut(values: pa.ListArray, negatives: pa.ListArray, removed: np.ndarray) -> 
     keep = np.ones(len(value_owner), bool)
     keep[lined_up[value_owner]] = ~removed[lined_up[negative_owner]]  # same rows, same order, same counts
     offsets = np.concatenate([[0], np.cumsum(np.bincount(value_owner[keep], minlength=n))]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(values).filter(pa.array(keep)), mask=values.is_null())
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pc.list_flatten(values).filter(pa.array(keep)), mask=values.is_null()
+    )

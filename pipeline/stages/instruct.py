@@ -20,7 +20,11 @@ from pipeline.engine.stage import Stage, StageConfig
 
 
 class InstructConfig(StageConfig):
-    model_config = example(stage="instruct", tasks={"retrieval": "Given a question, retrieve Wikipedia passages that answer the question"}, sources={"stsb": "Retrieve semantically similar text"})
+    model_config = example(
+        stage="instruct",
+        tasks={"retrieval": "Given a question, retrieve Wikipedia passages that answer the question"},
+        sources={"stsb": "Retrieve semantically similar text"},
+    )
 
     stage: Literal["instruct"]
     tasks: dict[TaskName, str] = Field(default_factory=dict, description="Instruction per task.")
@@ -41,5 +45,9 @@ class Instruct(Stage[InstructConfig]):
         by_source = pl.col("source").replace_strict(self.config.sources, default=None, return_dtype=pl.String)
         by_task = pl.col("task").replace_strict(dict(self.config.tasks), default=None, return_dtype=pl.String)
         given = pl.coalesce(by_source, by_task)
-        chosen = pl.coalesce(given, pl.col("instruction")) if self.config.overwrite else pl.coalesce(pl.col("instruction"), given)
+        chosen = (
+            pl.coalesce(given, pl.col("instruction"))
+            if self.config.overwrite
+            else pl.coalesce(pl.col("instruction"), given)
+        )
         return pl.from_arrow(batch).with_columns(chosen.alias("instruction")).to_arrow().cast(WORK_SCHEMA)  # type: ignore[union-attr]

@@ -62,18 +62,43 @@ class LangTagConfig(StageConfig):
     model_config = example(stage="langid", model="short200", fallback="lid176", min_confidence=0.3, drop_mismatch=True)
 
     stage: Literal["langid"]
-    model: str = Field(DEFAULT_MODEL, description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).")
-    fallback: str | None = Field(DEFAULT_FALLBACK, description="Model asked where `model` is unsure; its label is taken when `model` does not know that language and the fallback is sure (null: none).")
-    min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und` (labels without their own threshold).")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-label thresholds ({eng_Latn: 0.8}), for every length; override the model's length-aware table.")
-    pair_context: bool = Field(False, description="A short, unsure query takes its positive's language when the positive is sure of it and it is among the query's candidates (flagged `language_from_pair`).")
-    pair_max_words: str = Field("3-5", description=f"Longest length bucket the pair rule applies to ({', '.join(BUCKET_NAMES)}).")
-    pair_candidates: int = Field(5, ge=1, le=20, description="How many of the query's best labels the positive's language must be among.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).",
+    )
+    fallback: str | None = Field(
+        DEFAULT_FALLBACK,
+        description="Model asked where `model` is unsure; its label is taken when `model` does not know that language and the fallback is sure (null: none).",
+    )
+    min_confidence: float = Field(
+        0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und` (labels without their own threshold)."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-label thresholds ({eng_Latn: 0.8}), for every length; override the model's length-aware table.",
+    )
+    pair_context: bool = Field(
+        False,
+        description="A short, unsure query takes its positive's language when the positive is sure of it and it is among the query's candidates (flagged `language_from_pair`).",
+    )
+    pair_max_words: str = Field(
+        "3-5", description=f"Longest length bucket the pair rule applies to ({', '.join(BUCKET_NAMES)})."
+    )
+    pair_candidates: int = Field(
+        5, ge=1, le=20, description="How many of the query's best labels the positive's language must be among."
+    )
     drop_below: bool = Field(False, description="Drop rows whose query is `und` after the thresholds.")
-    drop_mismatch: bool = Field(False, description="Drop rows where a verified declared language is confidently contradicted.")
-    max_chars: int = Field(3000, ge=30, description="Longer texts are predicted on three windows (start, middle, end) of max_chars/3.")
+    drop_mismatch: bool = Field(
+        False, description="Drop rows where a verified declared language is confidently contradicted."
+    )
+    max_chars: int = Field(
+        3000, ge=30, description="Longer texts are predicted on three windows (start, middle, end) of max_chars/3."
+    )
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
-    prefer_standard: bool = Field(True, description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.")
+    prefer_standard: bool = Field(
+        True,
+        description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.",
+    )
 
     @field_validator("pair_max_words")
     @classmethod
@@ -97,18 +122,39 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage[LangTagConfig]):
     config_model = LangTagConfig
     version = "6"  # 6: Chinese by script, min_confidence as a floor under the model's table
-    reads = ("query", "positive", "negatives")  # negatives as texts: the validator refuses langid after they are stored by id
-    writes = ("query_lang", "query_lang_conf", "positive_lang", "positive_lang_conf", "negatives_lang", "negatives_lang_conf", "cross_lingual")
+    reads = (
+        "query",
+        "positive",
+        "negatives",
+    )  # negatives as texts: the validator refuses langid after they are stored by id
+    writes = (
+        "query_lang",
+        "query_lang_conf",
+        "positive_lang",
+        "positive_lang_conf",
+        "negatives_lang",
+        "negatives_lang_conf",
+        "cross_lingual",
+    )
 
     def setup(self) -> None:
         config, context = self.config, self.context
         self.tagger = LanguageTagger(
-            config.model, max_chars=config.max_chars, detect_code=config.detect_code, fallback=config.fallback,
-            min_confidence=config.min_confidence, thresholds=config.thresholds, prefer_standard=config.prefer_standard,
+            config.model,
+            max_chars=config.max_chars,
+            detect_code=config.detect_code,
+            fallback=config.fallback,
+            min_confidence=config.min_confidence,
+            thresholds=config.thresholds,
+            prefer_standard=config.prefer_standard,
         )
         # field -> {source: (declared label, policy)} for the sources that declare one
         self.declared = {
-            field: {name: (src.declared_language(field), src.language_policy) for name, src in context.sources.items() if src.declared_language(field)}
+            field: {
+                name: (src.declared_language(field), src.language_policy)
+                for name, src in context.sources.items()
+                if src.declared_language(field)
+            }
             for field in ("query", "positive", "negatives")
         }
 
@@ -129,7 +175,9 @@ class LangTag(Stage[LangTagConfig]):
             policies.append(policy)
         return labels, policies
 
-    def _tag_fields(self, fields: list[tuple[pa.Array, list[str | None], list[str]]]) -> list[tuple[list[str | None], np.ndarray, Tags | None, np.ndarray]]:
+    def _tag_fields(
+        self, fields: list[tuple[pa.Array, list[str | None], list[str]]]
+    ) -> list[tuple[list[str | None], np.ndarray, Tags | None, np.ndarray]]:
         """Per field (texts, declared labels, policies): labels (None where the text is missing; `und`
         below the threshold), confidences, the tagger's `Tags` and the indices they are for (texts
         present and not trusted). All fields are tagged in one call: the model then reads a batch's
@@ -142,7 +190,10 @@ class LangTag(Stage[LangTagConfig]):
             if declared.count(None) < len(declared):
                 present &= np.array(self._policies(declared, policies)) != "trusted"
             todos.append(np.flatnonzero(present))
-        parts = [texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64())) for (texts, _, _), todo in zip(fields, todos)]
+        parts = [
+            texts if len(todo) == len(texts) else texts.take(pa.array(todo, pa.int64()))
+            for (texts, _, _), todo in zip(fields, todos)
+        ]
         joined = pa.concat_arrays([part.cast(pa.string()) for part in parts])
         tags = self.tagger.tag(joined) if len(joined) else None
         out, start = [], 0
@@ -163,9 +214,19 @@ class LangTag(Stage[LangTagConfig]):
     @staticmethod
     def _policies(declared: list[str | None], policies: list[str]) -> list[str]:
         # A declared programming language is trusted: a language-ID model cannot check it.
-        return ["trusted" if d is not None and d.startswith(CODE_PREFIX) and p == "verified" else p for d, p in zip(declared, policies)]
+        return [
+            "trusted" if d is not None and d.startswith(CODE_PREFIX) and p == "verified" else p
+            for d, p in zip(declared, policies)
+        ]
 
-    def _apply_declared(self, texts: pa.Array, labels: list[str | None], conf: np.ndarray, declared: list[str | None], policies: list[str]) -> list[int]:
+    def _apply_declared(
+        self,
+        texts: pa.Array,
+        labels: list[str | None],
+        conf: np.ndarray,
+        declared: list[str | None],
+        policies: list[str],
+    ) -> list[int]:
         """Declared languages in place (trusted: taken; verified: kept where the prediction agrees)
         for the texts present; returns the indices of confident disagreements."""
         mismatches = []
@@ -184,7 +245,9 @@ class LangTag(Stage[LangTagConfig]):
                 mismatches.append(i)
         return mismatches
 
-    def _from_pair(self, texts: pa.Array, query: tuple, positive: list[str | None], positive_sure: np.ndarray) -> list[int]:
+    def _from_pair(
+        self, texts: pa.Array, query: tuple, positive: list[str | None], positive_sure: np.ndarray
+    ) -> list[int]:
         """The pair-context rule: rows whose short, unsure query takes the positive's language
         (set in place in `query`'s labels and confidences); returns their indices."""
         labels, conf, tags, todo = query
@@ -193,8 +256,12 @@ class LangTag(Stage[LangTagConfig]):
         longest = bucket_index(self.config.pair_max_words)
         buckets = bucket_indices(texts.take(pa.array(todo, pa.int64())))
         rows = [
-            (i, positive[i]) for j, i in enumerate(todo.tolist())
-            if not tags.sure[j] and buckets[j] <= longest and positive[i] not in (None, UNDETERMINED) and positive_sure[i]
+            (i, positive[i])
+            for j, i in enumerate(todo.tolist())
+            if not tags.sure[j]
+            and buckets[j] <= longest
+            and positive[i] not in (None, UNDETERMINED)
+            and positive_sure[i]
             and not positive[i].startswith(CODE_PREFIX)
         ]
         if not rows:
@@ -209,7 +276,9 @@ class LangTag(Stage[LangTagConfig]):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        flags: list[tuple[int, str, str | None]] = []  # (row, reason, language); cross-lingual ones are added column-wise
+        flags: list[
+            tuple[int, str, str | None]
+        ] = []  # (row, reason, language); cross-lingual ones are added column-wise
         drop: list[str | None] = [None] * n
         detail: list[str | None] = [None] * n
         out: dict[str, pa.Array] = {}
@@ -219,9 +288,19 @@ class LangTag(Stage[LangTagConfig]):
         lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
         owner = np.repeat(np.arange(n), lengths).tolist()
         neg_declared, neg_policies = self._declared(batch, "negatives")
-        fields = {field: (batch.column(field).combine_chunks(), *self._declared(batch, field)) for field in ("query", "positive")}
-        fields["negatives"] = (pc.list_flatten(negatives), [neg_declared[i] for i in owner], [neg_policies[i] for i in owner])
-        tagged = {field: (d, p, result) for (field, (_, d, p)), result in zip(fields.items(), self._tag_fields(list(fields.values())))}
+        fields = {
+            field: (batch.column(field).combine_chunks(), *self._declared(batch, field))
+            for field in ("query", "positive")
+        }
+        fields["negatives"] = (
+            pc.list_flatten(negatives),
+            [neg_declared[i] for i in owner],
+            [neg_policies[i] for i in owner],
+        )
+        tagged = {
+            field: (d, p, result)
+            for (field, (_, d, p)), result in zip(fields.items(), self._tag_fields(list(fields.values())))
+        }
         if self.config.pair_context:
             _, _, (p_labels, _, p_tags, p_todo) = tagged["positive"]
             p_sure = np.zeros(n, dtype=bool)
@@ -235,10 +314,17 @@ class LangTag(Stage[LangTagConfig]):
             for i in mismatches:
                 flags.append((i, "language_mismatch", declared[i]))
                 if self.config.drop_mismatch and drop[i] is None:
-                    drop[i], detail[i] = "language_mismatch", f"{field}: declared {declared[i]}, predicted {labels[i]} ({conf[i]:.2f})"
+                    drop[i], detail[i] = (
+                        "language_mismatch",
+                        f"{field}: declared {declared[i]}, predicted {labels[i]} ({conf[i]:.2f})",
+                    )
             out[field] = pa.array(labels, pa.string())
             batch = replace_column(batch, f"{field}_lang", out[field])
-            batch = replace_column(batch, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=out[field].is_null().to_numpy(zero_copy_only=False)))
+            batch = replace_column(
+                batch,
+                f"{field}_lang_conf",
+                pa.array(conf, pa.float32(), mask=out[field].is_null().to_numpy(zero_copy_only=False)),
+            )
 
         flat, each_declared, each_policy = fields["negatives"]
         labels, conf, _, _ = tagged["negatives"][2]
@@ -261,14 +347,18 @@ class LangTag(Stage[LangTagConfig]):
         query, positive = out["query"], out["positive"]
         cross = cross_lingual(query, positive)
         if self.config.drop_below:
-            for i in np.flatnonzero(pc.fill_null(pc.equal(query, UNDETERMINED), False).to_numpy(zero_copy_only=False)).tolist():
+            for i in np.flatnonzero(
+                pc.fill_null(pc.equal(query, UNDETERMINED), False).to_numpy(zero_copy_only=False)
+            ).tolist():
                 if drop[i] is None:
                     drop[i], detail[i] = "low_language_confidence", "query: below the confidence threshold"
         batch = replace_column(batch, "cross_lingual", cross)
         crossed = np.flatnonzero(pc.fill_null(cross, False).to_numpy(zero_copy_only=False))
         rows = np.concatenate([np.array([f[0] for f in flags], dtype=np.int64), crossed])
         reasons = pa.array([f[1] for f in flags] + ["cross_lingual"] * len(crossed), pa.string())
-        languages = pa.concat_arrays([pa.array([f[2] for f in flags], pa.string()), query.take(pa.array(crossed, pa.int64()))])
+        languages = pa.concat_arrays(
+            [pa.array([f[2] for f in flags], pa.string()), query.take(pa.array(crossed, pa.int64()))]
+        )
         batch = replace_column(batch, FLAGS, flag_lists(n, rows, reasons, languages))
         return self.drop(batch, drop, detail)
 

@@ -42,12 +42,18 @@ class LangPriorConfig(StageConfig):
     model_config = example(stage="langid_prior", fields=["query"], max_words="6-15")
 
     stage: Literal["langid_prior"]
-    model: str = Field(DEFAULT_MODEL, description="The model whose candidates the prior weighs: the `langid` stage's `model`.")
+    model: str = Field(
+        DEFAULT_MODEL, description="The model whose candidates the prior weighs: the `langid` stage's `model`."
+    )
     fields: list[TextField] = Field(["query", "positive"], min_length=1, description="The text fields revised.")
     max_words: str = Field("6-15", description=f"Longest length bucket revised ({', '.join(BUCKET_NAMES)}).")
     candidates: int = Field(CANDIDATES, ge=1, le=50, description="How many of the model's best labels compete.")
-    max_odds: float = Field(100.0, ge=1.0, description="The most the prior may favour one label over another (1: the model alone).")
-    share: float = Field(0.5, gt=0.0, le=1.0, description="Least share of the candidates' weighted mass the new label must hold.")
+    max_odds: float = Field(
+        100.0, ge=1.0, description="The most the prior may favour one label over another (1: the model alone)."
+    )
+    share: float = Field(
+        0.5, gt=0.0, le=1.0, description="Least share of the candidates' weighted mass the new label must hold."
+    )
 
     @field_validator("max_words")
     @classmethod
@@ -73,21 +79,37 @@ class LangPrior(DatasetStage[LangPriorConfig]):
         every: dict[tuple[str, str], dict[str, int]] = {}  # (source, field) -> label -> sure texts
         reliable: dict[tuple[str, str], dict[str, int]] = {}  # the same, of COUNTED_FROM words or more
         if tables:
-            grouped = pl.concat(tables).group_by("source", "field", "label").agg(pl.col("n", "reliable").sum()).sort("source", "field", "label")
+            grouped = (
+                pl.concat(tables)
+                .group_by("source", "field", "label")
+                .agg(pl.col("n", "reliable").sum())
+                .sort("source", "field", "label")
+            )
             for source, field, label, n, long in grouped.iter_rows():
                 every.setdefault((source, field), {})[label] = int(n)
                 if long:
                     reliable.setdefault((source, field), {})[label] = int(long)
         counts: dict[str, dict[str, dict[str, int]]] = {}  # source -> field -> label -> the prior's counts
         for (source, field), labels in every.items():
-            counts.setdefault(source, {})[field] = dict(CorpusPrior.counted(reliable.get((source, field), {}), labels).counts)
+            counts.setdefault(source, {})[field] = dict(
+                CorpusPrior.counted(reliable.get((source, field), {}), labels).counts
+            )
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.context.run_dir / "langid_prior.json").write_text(json.dumps(counts, indent=1, ensure_ascii=False), encoding="utf-8")
+        (self.context.run_dir / "langid_prior.json").write_text(
+            json.dumps(counts, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
         # What `langid` took from a declaration (trusted or verified) stays; an ignored one did not count there either.
         ignoring = sorted(name for name, src in self.context.sources.items() if src.language_policy == "ignored")
-        declared = {f: sorted(n for n, src in self.context.sources.items() if n not in ignoring and src.declared_language(f)) for f in fields}
-        revised = rounds.submit(_revise_task, [(b, counts, declared, ignoring, self.config) for b in blocks], 1,
-                                description="langid_prior: revising")
+        declared = {
+            f: sorted(n for n, src in self.context.sources.items() if n not in ignoring and src.declared_language(f))
+            for f in fields
+        }
+        revised = rounds.submit(
+            _revise_task,
+            [(b, counts, declared, ignoring, self.config) for b in blocks],
+            1,
+            description="langid_prior: revising",
+        )
         out = [out[0] for out in revised]
         _tagger.cache_clear()  # in process, the model would otherwise outlive the step
         return out
@@ -99,10 +121,16 @@ def _count_task(block: pa.Table, fields: list[str]) -> list[pa.Table]:
     frames = []
     for f in fields:
         labels = block.column(f"{f}_lang")
-        sure = pa.table({"source": block.column("source"), "label": labels, "text": block.column(f)}).filter(language_mask(labels))
+        sure = pa.table({"source": block.column("source"), "label": labels, "text": block.column(f)}).filter(
+            language_mask(labels)
+        )
         reliable = bucket_indices(sure.column("text").combine_chunks()) >= BUCKET_NAMES.index(COUNTED_FROM)
         frames.append(pl.from_arrow(sure.drop(["text"])).with_columns(field=pl.lit(f), reliable=pl.Series(reliable)))  # type: ignore[union-attr]
-    counts = pl.concat(frames).group_by("source", "field", "label").agg(pl.len().cast(pl.Int64).alias("n"), pl.col("reliable").sum().cast(pl.Int64))
+    counts = (
+        pl.concat(frames)
+        .group_by("source", "field", "label")
+        .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("reliable").sum().cast(pl.Int64))
+    )
     return [counts.to_arrow()]
 
 
@@ -113,7 +141,11 @@ def _tagger(model: str) -> LanguageTagger:
 
 
 def _revise_task(
-    block: pa.Table, counts: dict[str, dict[str, dict[str, int]]], declared: dict[str, list[str]], ignoring: list[str], config: LangPriorConfig
+    block: pa.Table,
+    counts: dict[str, dict[str, dict[str, int]]],
+    declared: dict[str, list[str]],
+    ignoring: list[str],
+    config: LangPriorConfig,
 ) -> list[pa.Table]:
     tagger = _tagger(config.model)
     sources = block.column("source").to_pylist()
@@ -122,19 +154,43 @@ def _revise_task(
     flags: list[tuple[int, str]] = []
     for field in config.fields:
         declaring = set(declared[field])
-        priors = {source: CorpusPrior(by_field[field], config.max_odds) for source, by_field in counts.items() if field in by_field}
+        priors = {
+            source: CorpusPrior(by_field[field], config.max_odds)
+            for source, by_field in counts.items()
+            if field in by_field
+        }
         labels = block.column(f"{field}_lang").to_pylist()
         conf = block.column(f"{field}_lang_conf").to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
         field_priors = [None if s in declaring or row_declared[i] else priors.get(s) for i, s in enumerate(sources)]
         texts = block.column(field).to_pylist()
-        changed = revise(tagger, texts, labels, np.nan_to_num(conf), field_priors, BUCKET_NAMES.index(config.max_words), config.candidates, config.share)
+        changed = revise(
+            tagger,
+            texts,
+            labels,
+            np.nan_to_num(conf),
+            field_priors,
+            BUCKET_NAMES.index(config.max_words),
+            config.candidates,
+            config.share,
+        )
         for i, (label, p) in changed.items():
             labels[i], conf[i] = label, p
             flags.append((i, label))
         lang = pa.array(labels, pa.string())
         block = replace_column(block, f"{field}_lang", lang)
-        block = replace_column(block, f"{field}_lang_conf", pa.array(conf, pa.float32(), mask=lang.is_null().to_numpy(zero_copy_only=False)))
-    block = replace_column(block, "cross_lingual", cross_lingual(block.column("query_lang").combine_chunks(), block.column("positive_lang").combine_chunks()))
+        block = replace_column(
+            block,
+            f"{field}_lang_conf",
+            pa.array(conf, pa.float32(), mask=lang.is_null().to_numpy(zero_copy_only=False)),
+        )
+    block = replace_column(
+        block,
+        "cross_lingual",
+        cross_lingual(block.column("query_lang").combine_chunks(), block.column("positive_lang").combine_chunks()),
+    )
     rows = np.array([i for i, _ in flags], dtype=np.int64)
-    reasons, languages = pa.array([PRIOR_FLAG] * len(flags), pa.string()), pa.array([label for _, label in flags], pa.string())
+    reasons, languages = (
+        pa.array([PRIOR_FLAG] * len(flags), pa.string()),
+        pa.array([label for _, label in flags], pa.string()),
+    )
     return [replace_column(block, FLAGS, flag_lists(block.num_rows, rows, reasons, languages))]

@@ -36,7 +36,9 @@ class MixConfig(StageConfig):
 
     stage: Literal["mix"]
     max_rows_per_source: int | None = Field(None, ge=1, description="Cap per source (rows kept in expectation).")
-    temperature_alpha: float | None = Field(None, gt=0, le=1, description="Language shares ~ n^alpha; none: keep shares.")
+    temperature_alpha: float | None = Field(
+        None, gt=0, le=1, description="Language shares ~ n^alpha; none: keep shares."
+    )
     seed: int = 0
 
 
@@ -92,29 +94,48 @@ class Mix(DatasetStage[MixConfig]):
 
     def plan(self, blocks: list[Any], rows: int, rounds: exchange.Rounds) -> list[Any]:
         per_block = rounds.submit(_count_task, [(b,) for b in blocks], 1, description="mix: counts")
-        counts = (pl.concat([pl.from_arrow(exchange.get(out[0])) for out in per_block])  # (source, language) pairs: small
-                  .group_by("source", "language").agg(pl.col("rows").sum()).sort("source", "language").to_dicts()) if blocks else []
+        counts = (
+            (
+                pl.concat([pl.from_arrow(exchange.get(out[0])) for out in per_block])  # (source, language) pairs: small
+                .group_by("source", "language")
+                .agg(pl.col("rows").sum())
+                .sort("source", "language")
+                .to_dicts()
+            )
+            if blocks
+            else []
+        )
         planned = plan_rates(counts, self.config)
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         (self.context.run_dir / "mix_plan.json").write_text(json.dumps(planned, indent=1), encoding="utf-8")
         rates = {(c["source"], c["language"]): (c["cap_rate"], c["language_rate"]) for c in planned}
-        sampled = rounds.submit(_sample_task, [(b, rates, self.config.seed) for b in blocks], 1, description="mix: sampling")
+        sampled = rounds.submit(
+            _sample_task, [(b, rates, self.config.seed) for b in blocks], 1, description="mix: sampling"
+        )
         return [out[0] for out in sampled]
 
     def report(self, files: list[str]) -> Any:
         """The mixture per language before and after sampling, against the planned target shares."""
         plan = json.loads((self.context.run_dir / "mix_plan.json").read_text(encoding="utf-8"))
-        targets = pl.DataFrame([{"language": p["language"], "target_share": p["target_share"]} for p in plan]).unique("language")
-        counts = (pl.scan_parquet(files)
-                  .filter(~pl.col("task").is_in(POOL_TASKS))
-                  .group_by(pl.col("query_lang").fill_null("und").alias("language"))
-                  .agg(pl.len().alias("rows_before"), pl.col(DROP).is_null().sum().alias("rows_after"))
-                  .collect())
-        return (counts.with_columns((pl.col("rows_before") / pl.col("rows_before").sum()).alias("share_before"),
-                                    (pl.col("rows_after") / pl.col("rows_after").sum()).alias("share_after"))
-                .join(targets, on="language", how="left")
-                .select("language", "rows_before", "share_before", "target_share", "rows_after", "share_after")
-                .sort("rows_before", descending=True))
+        targets = pl.DataFrame([{"language": p["language"], "target_share": p["target_share"]} for p in plan]).unique(
+            "language"
+        )
+        counts = (
+            pl.scan_parquet(files)
+            .filter(~pl.col("task").is_in(POOL_TASKS))
+            .group_by(pl.col("query_lang").fill_null("und").alias("language"))
+            .agg(pl.len().alias("rows_before"), pl.col(DROP).is_null().sum().alias("rows_after"))
+            .collect()
+        )
+        return (
+            counts.with_columns(
+                (pl.col("rows_before") / pl.col("rows_before").sum()).alias("share_before"),
+                (pl.col("rows_after") / pl.col("rows_after").sum()).alias("share_after"),
+            )
+            .join(targets, on="language", how="left")
+            .select("language", "rows_before", "share_before", "target_share", "rows_after", "share_after")
+            .sort("rows_before", descending=True)
+        )
 
 
 def _pool_rows(batch: pa.Table) -> pa.Array:
@@ -124,7 +145,9 @@ def _pool_rows(batch: pa.Table) -> pa.Array:
 def _count_task(block: pa.Table) -> list[pa.Table]:
     """Records of a block per (source, language); a mining pool's rows are not part of the mixture."""
     frame = pl.from_arrow(block.filter(pc.invert(_pool_rows(block))).select(["source", "query_lang"]))
-    counts = frame.group_by("source", pl.col("query_lang").fill_null("und").alias("language")).agg(pl.len().cast(pl.Int64).alias("rows"))
+    counts = frame.group_by("source", pl.col("query_lang").fill_null("und").alias("language")).agg(
+        pl.len().cast(pl.Int64).alias("rows")
+    )
     return [counts.to_arrow()]  # type: ignore[union-attr]
 
 

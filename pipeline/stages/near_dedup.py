@@ -61,22 +61,39 @@ class NearDedupConfig(DedupConfig):
 
     stage: Literal["near_dedup"]
     fields: list[Literal["query", "positive"]] = Field(
-        default_factory=lambda: ["query"], min_length=1, description=(
+        default_factory=lambda: ["query"],
+        min_length=1,
+        description=(
             "Fields compared, each on its own: two rows are near duplicates when every field is (so retrieval "
-            "rows sharing a passage but asking different questions are not)."))
-    shingles: Literal["auto", "words", "chars"] = Field("auto", description="auto: words, or characters for unspaced scripts.")
+            "rows sharing a passage but asking different questions are not)."
+        ),
+    )
+    shingles: Literal["auto", "words", "chars"] = Field(
+        "auto", description="auto: words, or characters for unspaced scripts."
+    )
     n_words: int = Field(3, ge=1)
     n_chars: int = Field(3, ge=1)
     # 0.5 with 3-gram shingles: the best precision and recall on the UDHR calibration set
     # (`python -m pipeline dedup-eval`, docs/dedup.md); 5-grams lose a tenth of the typo duplicates.
-    threshold: float = Field(0.5, gt=0, lt=1, description="Estimated Jaccard similarity from which rows are duplicates.")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="Estimated Jaccard similarity from which rows are duplicates."
+    )
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash hashes per signature.")
     bands: int | None = Field(None, ge=1, description="LSH bands; with `rows`, or chosen from the threshold.")
     rows: int | None = Field(None, ge=1, description="Hashes of each compared field in a band.")
-    fp_weight: float | None = Field(None, gt=0, lt=1, description=(
-        "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
-        "(verification removes false candidates, nothing brings back a miss), else 0.5."))
-    verify: bool = Field(True, description="Keep only candidate pairs whose estimated Jaccard similarity reaches `threshold` in every field (unverified: every pair sharing a band is one).")
+    fp_weight: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "Weight of false candidates against misses when choosing bands; default 0.1 with `verify` "
+            "(verification removes false candidates, nothing brings back a miss), else 0.5."
+        ),
+    )
+    verify: bool = Field(
+        True,
+        description="Keep only candidate pairs whose estimated Jaccard similarity reaches `threshold` in every field (unverified: every pair sharing a band is one).",
+    )
     cross_language: bool = Field(False, description="Compare rows of different languages too.")
     seed: int = 1
 
@@ -85,7 +102,9 @@ class NearDedupConfig(DedupConfig):
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both `bands` and `rows`, or neither (then they are chosen from `threshold`)")
         if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm} (a band takes `rows` hashes of each field)")
+            raise ValueError(
+                f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm} (a band takes `rows` hashes of each field)"
+            )
         return self
 
     def banding(self) -> tuple[int, int]:
@@ -102,7 +121,9 @@ class NearDedupConfig(DedupConfig):
         """Compact signatures (rows, fields, num_perm) of the compared fields' texts, with enough
         bits per hash that a band keys a bucket with 32 bits or more."""
         bits = compact_bits(self.banding()[1] * len(self.fields))
-        return np.stack([compact(signatures(c, self.num_perm, self.seed, self.shingling()), bits) for c in columns], axis=1)
+        return np.stack(
+            [compact(signatures(c, self.num_perm, self.seed, self.shingling()), bits) for c in columns], axis=1
+        )
 
     def verified(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Which candidate pairs are near duplicates: every field at `threshold` or more (with
@@ -131,12 +152,20 @@ def _signature_task(block: pa.Table, config: NearDedupConfig) -> list[Any]:
     """[compact signatures (rows, fields, num_perm), (rows, 2) uint64: each row's rank and language
     hash, the number of rows]."""
     sig = config.signature([block.column(f) for f in config.fields])
-    rank = hash_strings(pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f"))
-    lang = np.zeros(block.num_rows, np.uint64) if config.cross_language else hash_strings(block.column(f"{config.fields[0]}_lang"))
+    rank = hash_strings(
+        pc.binary_join_element_wise(block.column("id"), block.column("origin"), block.column("source"), "\x1f")
+    )
+    lang = (
+        np.zeros(block.num_rows, np.uint64)
+        if config.cross_language
+        else hash_strings(block.column(f"{config.fields[0]}_lang"))
+    )
     return [sig, np.stack([rank, lang], axis=1), block.num_rows]
 
 
-def _band_task(start: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int, verify: bool) -> list[pa.Table]:
+def _band_task(
+    start: int, sig: np.ndarray, meta: np.ndarray, bands: range, rows: int, parts: int, verify: bool
+) -> list[pa.Table]:
     """(bucket, node) of the block's rows in these bands, by bucket partition. Verified, a bucket
     keeps 32 bits of its key (rows that share one by chance are told apart by verification);
     unverified, all 64. A row whose first field has no tokens (all-max hashes) is in no bucket."""
@@ -161,15 +190,27 @@ def _gather(arrays: list[np.ndarray], starts: np.ndarray, nodes: np.ndarray) -> 
     return out
 
 
-def _bucket_task(config: NearDedupConfig, parts: int, starts: np.ndarray, sigs: list[np.ndarray], metas: list[np.ndarray],
-                 *tables: pa.Table) -> list[pa.Table]:
+def _bucket_task(
+    config: NearDedupConfig,
+    parts: int,
+    starts: np.ndarray,
+    sigs: list[np.ndarray],
+    metas: list[np.ndarray],
+    *tables: pa.Table,
+) -> list[pa.Table]:
     """The verified pairs (centre, other) of this partition's buckets, by components partition."""
     entries = pl.from_arrow(exchange.concat(tables)).unique()
     entries = entries.filter(pl.len().over("bucket") > 1).with_columns(pl.col("node").cast(pl.Int64))
     nodes = entries["node"].to_numpy()
-    entries = entries.with_columns(pl.Series("rank", _gather(metas, starts, nodes)[:, 0] if len(nodes) else np.zeros(0, np.uint64)))
+    entries = entries.with_columns(
+        pl.Series("rank", _gather(metas, starts, nodes)[:, 0] if len(nodes) else np.zeros(0, np.uint64))
+    )
     centred = entries.sort("bucket", "rank", "node").with_columns(pl.first("node").over("bucket").alias("centre"))
-    pairs = centred.filter(pl.col("node") != pl.col("centre")).select(pl.col("centre").alias("u"), pl.col("node").alias("v")).unique()
+    pairs = (
+        centred.filter(pl.col("node") != pl.col("centre"))
+        .select(pl.col("centre").alias("u"), pl.col("node").alias("v"))
+        .unique()
+    )
     kept = []
     for first in range(0, pairs.height, PAIRS_PER_CHUNK):
         chunk = pairs.slice(first, PAIRS_PER_CHUNK)
@@ -183,28 +224,36 @@ def _by_owner_task(starts: np.ndarray, labels: pa.Table) -> list[pa.Table]:
     return exchange.split(labels, _owner(labels.column("node").to_numpy(), starts), len(starts) - 1)
 
 
-def _members_task(parts: int, priority: dict[str, int], start: int, block: pa.Table, *labels: pa.Table) -> list[pa.Table]:
+def _members_task(
+    parts: int, priority: dict[str, int], start: int, block: pa.Table, *labels: pa.Table
+) -> list[pa.Table]:
     """This block's clustered rows with what decides the representative, sent to their label's partition."""
     lab = exchange.concat(labels)
     rows = pa.array(lab.column("node").to_numpy() - start)
-    members = pa.table({
-        "node": lab.column("node"),
-        "label": lab.column("label"),
-        "prio": pa.array([priority[s] for s in block.column("source").take(rows).to_pylist()], pa.int32()),
-        "id": block.column("id").take(rows),
-        "origin": block.column("origin").take(rows),
-    })
+    members = pa.table(
+        {
+            "node": lab.column("node"),
+            "label": lab.column("label"),
+            "prio": pa.array([priority[s] for s in block.column("source").take(rows).to_pylist()], pa.int32()),
+            "id": block.column("id").take(rows),
+            "origin": block.column("origin").take(rows),
+        }
+    )
     return exchange.split(members, exchange.spread(members.column("label").to_numpy(), parts), parts)
 
 
 def _choose_task(starts: np.ndarray, *tables: pa.Table) -> list[pa.Table]:
     """Per component: the representative (earliest source, smallest id, then origin) and the size."""
     df = pl.from_arrow(exchange.concat(tables)).sort("label", "prio", "id", "origin")
-    out = df.with_columns(
-        pl.first("node").over("label").alias("kept_node"),
-        pl.first("id").over("label").alias("kept_id"),
-        pl.len().over("label").cast(pl.Int32).alias("size"),
-    ).select("node", "kept_node", "kept_id", "size").to_arrow()
+    out = (
+        df.with_columns(
+            pl.first("node").over("label").alias("kept_node"),
+            pl.first("id").over("label").alias("kept_id"),
+            pl.len().over("label").cast(pl.Int32).alias("size"),
+        )
+        .select("node", "kept_node", "kept_id", "size")
+        .to_arrow()
+    )
     return exchange.split(out, _owner(out.column("node").to_numpy(), starts), len(starts) - 1)
 
 
@@ -216,11 +265,17 @@ def _filter_task(start: int, block: pa.Table, *tables: pa.Table) -> list[pa.Tabl
     is_dup = pl.col("kept_node").is_not_null() & (pl.col("kept_node") != pl.col("node"))
     df = df.with_columns(
         pl.when(is_dup).then(pl.lit("near_duplicate")).alias("_reason"),
-        pl.when(is_dup).then(pl.format("near duplicate of {} (cluster of {})", pl.col("kept_id"), pl.col("size"))).alias("_why"),
+        pl.when(is_dup)
+        .then(pl.format("near duplicate of {} (cluster of {})", pl.col("kept_id"), pl.col("size")))
+        .alias("_why"),
         pl.when(is_dup).then(pl.col("near_dup_count")).otherwise(pl.col("size").fill_null(1)).alias("near_dup_count"),
     )
     out = df.to_arrow()
-    marked = Stage.drop(out.select(block.column_names).cast(block.schema), out.column("_reason").cast(pa.string()), out.column("_why").cast(pa.string()))
+    marked = Stage.drop(
+        out.select(block.column_names).cast(block.schema),
+        out.column("_reason").cast(pa.string()),
+        out.column("_why").cast(pa.string()),
+    )
     return [to_work_schema(marked)]
 
 
@@ -239,7 +294,9 @@ class NearDedup(DatasetStage[NearDedupConfig]):
         if not blocks:
             return []
         bands, band_rows = config.banding()
-        signed = rounds.submit(_signature_task, [(b, config) for b in blocks_in], 3, keep=True, description="near_dedup: signatures")
+        signed = rounds.submit(
+            _signature_task, [(b, config) for b in blocks_in], 3, keep=True, description="near_dedup: signatures"
+        )
         sigs, metas = exchange.column(signed, 0), exchange.column(signed, 1)
         starts = np.concatenate([[0], np.cumsum([out[2] for out in signed])]).astype(np.int64)
         if starts[-1] >= 1 << 32:
@@ -249,17 +306,32 @@ class NearDedup(DatasetStage[NearDedupConfig]):
         for first in range(0, bands, BANDS_PER_ROUND):
             group = range(first, min(bands, first + BANDS_PER_ROUND))
             parts = max(2 * rounds.parallelism, math.ceil(rows * len(group) / BAND_ENTRIES_PER_PARTITION))
-            entries = rounds.submit(_band_task, [(int(starts[i]), sigs[i], metas[i], group, band_rows, parts, config.verify) for i in range(blocks)], parts,
-                                    description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}")
-            edges += rounds.submit(_bucket_task, [(config, cc_parts, starts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
-                                   cc_parts, description="near_dedup: candidate pairs")
+            entries = rounds.submit(
+                _band_task,
+                [(int(starts[i]), sigs[i], metas[i], group, band_rows, parts, config.verify) for i in range(blocks)],
+                parts,
+                description=f"near_dedup: bands {group.start + 1}-{group.stop} of {bands}",
+            )
+            edges += rounds.submit(
+                _bucket_task,
+                [(config, cc_parts, starts, sigs, metas, *exchange.column(entries, j)) for j in range(parts)],
+                cc_parts,
+                description="near_dedup: candidate pairs",
+            )
         rounds.discard(sigs + metas)  # read by no later round: scratch holds them or the output, not both
         labels, _ = connected_components(rounds, edges, cc_parts)
         owned = rounds.submit(_by_owner_task, [(starts, lab) for lab in labels], blocks)
         priority = self.config.ranks(self.context)
-        members = rounds.submit(_members_task, [(cc_parts, priority, int(starts[i]), blocks_in[i], *exchange.column(owned, i))
-                                                for i in range(blocks)], cc_parts)
+        members = rounds.submit(
+            _members_task,
+            [(cc_parts, priority, int(starts[i]), blocks_in[i], *exchange.column(owned, i)) for i in range(blocks)],
+            cc_parts,
+        )
         chosen = rounds.submit(_choose_task, [(starts, *exchange.column(members, j)) for j in range(cc_parts)], blocks)
-        done = rounds.submit(_filter_task, [(int(starts[i]), blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)], 1,
-                             description="near_dedup: clusters")
+        done = rounds.submit(
+            _filter_task,
+            [(int(starts[i]), blocks_in[i], *exchange.column(chosen, i)) for i in range(blocks)],
+            1,
+            description="near_dedup: clusters",
+        )
         return [d[0] for d in done]

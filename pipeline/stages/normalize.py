@@ -22,7 +22,12 @@ class NormalizeConfig(StageConfig):
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
     strip_control: bool = True
     collapse_whitespace: bool = True  # runs of spaces/tabs -> one space; 3+ newlines -> 2; trim ends
-    fields: list[Literal["query", "positive", "negatives", "instruction"]] = ["query", "positive", "negatives", "instruction"]
+    fields: list[Literal["query", "positive", "negatives", "instruction"]] = [
+        "query",
+        "positive",
+        "negatives",
+        "instruction",
+    ]
 
 
 class Normalize(Stage[NormalizeConfig]):
@@ -55,6 +60,8 @@ class Normalize(Stage[NormalizeConfig]):
             col = batch.column(field).combine_chunks()
             new = map_list_values(col, self._text) if field == "negatives" else self._text(col)
             batch = replace_column(batch, field, new)
-        empty = pc.or_(pc.equal(pc.utf8_length(batch.column("query")), 0),
-                       pc.fill_null(pc.equal(pc.utf8_length(batch.column("positive")), 0), False))  # null positive: not empty
+        empty = pc.or_(
+            pc.equal(pc.utf8_length(batch.column("query")), 0),
+            pc.fill_null(pc.equal(pc.utf8_length(batch.column("positive")), 0), False),
+        )  # null positive: not empty
         return self.drop(batch, pc.if_else(empty, pa.scalar("empty_after_normalize"), pa.scalar(None, pa.string())))

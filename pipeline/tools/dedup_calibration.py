@@ -24,16 +24,49 @@ from pathlib import Path
 
 import regex
 
-SCRIPTS = ("Latin", "Cyrillic", "Arabic", "Han", "Devanagari", "Thai", "Greek", "Hebrew", "Hangul", "Ethiopic", "Bengali", "Tamil", "Georgian", "Armenian")
+SCRIPTS = (
+    "Latin",
+    "Cyrillic",
+    "Arabic",
+    "Han",
+    "Devanagari",
+    "Thai",
+    "Greek",
+    "Hebrew",
+    "Hangul",
+    "Ethiopic",
+    "Bengali",
+    "Tamil",
+    "Georgian",
+    "Armenian",
+)
 _SCRIPT_RE = {s: regex.compile(rf"\p{{Script={s}}}") for s in SCRIPTS}
-RELATED = [("bos_latn", "hrv"), ("hrv", "srp_latn"), ("ces", "slk"), ("dan", "nob"), ("nob", "swe"), ("spa", "glg"), ("por_PT", "glg"),
-           ("hin", "mar"), ("rus", "ukr"), ("rus", "bel"), ("bul", "mkd"), ("ind", "zsm"), ("arb", "ary"), ("cmn_hans", "cmn_hant")]
+RELATED = [
+    ("bos_latn", "hrv"),
+    ("hrv", "srp_latn"),
+    ("ces", "slk"),
+    ("dan", "nob"),
+    ("nob", "swe"),
+    ("spa", "glg"),
+    ("por_PT", "glg"),
+    ("hin", "mar"),
+    ("rus", "ukr"),
+    ("rus", "bel"),
+    ("bul", "mkd"),
+    ("ind", "zsm"),
+    ("arb", "ary"),
+    ("cmn_hans", "cmn_hant"),
+]
 # Two editions of the same text: dated versions inside udhr2.zip, and udhr.zip's older edition
 # (file, codec) against udhr2.zip. Different translations (pes_1/pes_2, por_BR/por_PT, the two
 # Russian editions) are not near-duplicates and are left out.
 EDITIONS = [("deu", "deu_1901"), ("ron_1953", "ron_1993")]
-OLD_EDITIONS = {"eng": ("English-Latin1", "latin-1"), "deu": ("German_Deutsch-Latin1", "latin-1"),
-                "fra": ("French_Francais-Latin1", "latin-1"), "spa": ("Spanish-Latin1", "latin-1")}
+OLD_EDITIONS = {
+    "eng": ("English-Latin1", "latin-1"),
+    "deu": ("German_Deutsch-Latin1", "latin-1"),
+    "fra": ("French_Francais-Latin1", "latin-1"),
+    "spa": ("Spanish-Latin1", "latin-1"),
+}
 BOILERPLATE = ("Home | About | Contact | Privacy policy", "Copyright 2024. All rights reserved. Share on social media.")
 
 
@@ -150,6 +183,12 @@ def planted_corpus(data_dir: str | Path, texts: int = 40, dup_share: float = 0.3
             if len(paras) > 1 and rng.random() < dup_share:
                 for c in range(rng.randint(1, 3)):
                     donor = paras[(k + 1) % len(paras)]
-                    rows.append({"text": edit(p, EDITS[(k + c) % len(EDITS)], rng, donor), "language": language, "cluster": cluster})
+                    rows.append(
+                        {
+                            "text": edit(p, EDITS[(k + c) % len(EDITS)], rng, donor),
+                            "language": language,
+                            "cluster": cluster,
+                        }
+                    )
     rng.shuffle(rows)
     return rows

@@ -24,7 +24,10 @@ def read_pairs(path: str | Path) -> list[Pair]:
     path = Path(path)
     frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
     rows = frame.to_dicts()
-    return [Pair(r["a"], r["b"], bool(r["duplicate"]), r.get("kind") or "pair", r.get("script") or script_of(r["a"])) for r in rows]
+    return [
+        Pair(r["a"], r["b"], bool(r["duplicate"]), r.get("kind") or "pair", r.get("script") or script_of(r["a"]))
+        for r in rows
+    ]
 
 
 def predict(pairs: list[Pair], config: NearDedupConfig) -> np.ndarray:
@@ -46,7 +49,13 @@ def scores(pairs: list[Pair], predicted: np.ndarray, key: str = "script") -> dic
         precision = tp / pred.sum() if pred.sum() else 1.0
         recall = tp / truth.sum() if truth.sum() else 1.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[name] = {"pairs": len(idx), "duplicates": int(truth.sum()), "precision": precision, "recall": recall, "f1": f1}
+        out[name] = {
+            "pairs": len(idx),
+            "duplicates": int(truth.sum()),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+        }
     return out
 
 

@@ -24,7 +24,10 @@ def ratios(archive: str) -> dict[str, float]:
     for text, label in zip(data.texts, data.labels):
         by_language.setdefault(canonical(label), []).append(text)  # the same order in every language: parallel
     english = by_language["eng_Latn"]
-    table = {label: statistics.median(len(t) / max(len(e), 1) for t, e in zip(texts, english)) for label, texts in by_language.items()}
+    table = {
+        label: statistics.median(len(t) / max(len(e), 1) for t, e in zip(texts, english))
+        for label, texts in by_language.items()
+    }
     scripts: dict[str, list[float]] = {}
     for label, ratio in table.items():
         scripts.setdefault(f"*_{script_of(label)}", []).append(ratio)
