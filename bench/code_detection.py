@@ -130,7 +130,8 @@ def main() -> None:
     for lang in sorted(total):
         n = total[lang]
         print(
-            f"{lang:12s} {n:5d}   {ours_code[lang] / n:10.2f} {ours_right[lang] / n:6.2f}   {py_code[lang] / n:14.2f} {py_right[lang] / n:6.2f}"
+            f"{lang:12s} {n:5d}   {ours_code[lang] / n:10.2f} {ours_right[lang] / n:6.2f}   "
+            f"{py_code[lang] / n:14.2f} {py_right[lang] / n:6.2f}"
         )
     n = len(code)
     print(
@@ -141,7 +142,8 @@ def main() -> None:
     print(f"\nprose called code: ours {len(ours_prose)} of {len(natural):,}, pygments {fp_theirs} of {len(natural):,}")
     docs = len(texts) + len(natural)
     print(
-        f"speed: ours {docs / ours_s:,.0f} texts/s, pygments {docs / theirs_s:,.0f} texts/s, ratio {theirs_s / ours_s:.1f}x"
+        f"speed: ours {docs / ours_s:,.0f} texts/s, pygments {docs / theirs_s:,.0f} texts/s, "
+        f"ratio {theirs_s / ours_s:.1f}x"
     )
 
 

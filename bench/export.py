@@ -45,7 +45,8 @@ import sys, polars as pl
 run, out = sys.argv[1], sys.argv[2]
 shards = pl.read_parquet(run + "/shards/**/*.parquet")
 corpus = pl.read_parquet(run + "/corpus/*.parquet").select("doc_id", "text")
-negatives = (shards.select("id", pl.col("negative_ids")).explode("negative_ids").with_columns(pl.int_range(pl.len()).over("id").alias("k"))
+negatives = (shards.select("id", pl.col("negative_ids")).explode("negative_ids")
+             .with_columns(pl.int_range(pl.len()).over("id").alias("k"))
              .join(corpus, left_on="negative_ids", right_on="doc_id").pivot("k", index="id", values="text"))
 wide = shards.select("id", "source", "query", pl.col("positive").alias("passage")).join(negatives, on="id")
 wide = wide.rename({str(k): f"negative_{k + 1}" for k in range(24)})
@@ -183,11 +184,13 @@ def main() -> None:
             shutil.rmtree(work / layout)
         base = results["baseline (polars in memory, flat)"]["seconds"]
         print(
-            f"\n{args.rows:,} rows, 24 negatives each; rows/s, seconds, peak memory (GB): process tree RSS / machine in use"
+            f"\n{args.rows:,} rows, 24 negatives each; rows/s, seconds, "
+            "peak memory (GB): process tree RSS / machine in use"
         )
         for name, r in results.items():
             print(
-                f"{name:36s} {args.rows / r['seconds']:>9,.0f} rows/s {r['seconds']:7.1f} s  x{base / r['seconds']:.2f} of baseline"
+                f"{name:36s} {args.rows / r['seconds']:>9,.0f} rows/s {r['seconds']:7.1f} s  "
+                f"x{base / r['seconds']:.2f} of baseline"
                 f"  {r['peak_rss_gb']:.2f} / {r['peak_used_gb']:.2f} GB"
             )
         if args.json:

@@ -234,7 +234,8 @@ def main() -> None:
     )
     rates = drops.join(rows, on=["task", "language"]).with_columns((pl.col("dropped") / pl.col("rows")).alias("rate"))
     print(
-        f"clean rows: {out.height:,} ({', '.join(f'{t} {n:,}' for t, n in out.group_by('task').len().sort('task').iter_rows())}), "
+        f"clean rows: {out.height:,} ("
+        f"{', '.join(f'{t} {n:,}' for t, n in out.group_by('task').len().sort('task').iter_rows())}), "
         f"languages: {rows['language'].n_unique()}; dropped {out['_drop'].is_not_null().mean():.3%}"
     )
     worst = rates.sort("rate", descending=True).group_by("filter", maintain_order=True).first().sort("filter")
@@ -267,7 +268,8 @@ def main() -> None:
         every = [our_speed(files, False) for _ in range(args.repeats)]
     t, o, e = statistics.median(theirs), statistics.median(c4), statistics.median(every)
     print(
-        f"speed, {len(timed):,} rows, 2 workers, medians of {args.repeats}: datatrove's executor (C4QualityFilter) {len(timed) / t:,.0f} rows/s; "
+        f"speed, {len(timed):,} rows, 2 workers, medians of {args.repeats}: "
+        f"datatrove's executor (C4QualityFilter) {len(timed) / t:,.0f} rows/s; "
         f"the stage with C4QualityFilter alone {len(timed) / o:,.0f} rows/s: ratio {t / o:.2f}x; "
         f"with every default filter {len(timed) / e:,.0f} rows/s: {t / e:.2f}x"
     )

@@ -28,9 +28,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # 73 big languages as ISO 639-3 (macrolanguages by their members: Standard Arabic, Mandarin, Iranian
 # Persian...), the kind short-text detectors report accuracy on.
 BIG = set(
-    "afr sqi als arb hye azj eus bel ben nob bos bul cat cmn hrv ces dan nld eng epo est ekk fin fra lug kat deu ell guj "
-    "heb hin hun isl ind gle ita jpn kaz kor lat lvs lav lit mkd zsm mri mar khk nno pes pol por pan ron rus srp sna slk "
-    "slv som sot spa swh swe tgl tam tel tha tso tsn tur ukr urd vie cym xho yor zul".split()
+    "afr sqi als arb hye azj eus bel ben nob bos bul cat cmn hrv ces dan nld eng epo est ekk fin fra lug "
+    "kat deu ell guj heb hin hun isl ind gle ita jpn kaz kor lat lvs lav lit mkd zsm mri mar khk nno pes "
+    "pol por pan ron rus srp sna slk slv som sot spa swh swe tgl tam tel tha tso tsn tur ukr urd vie cym "
+    "xho yor zul".split()
 )
 
 

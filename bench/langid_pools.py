@@ -1,7 +1,7 @@
 """Language ID's effect on a finished run: the share of queries tagged `und` and the per-language
 mining pools (source x query language, as `mine_negatives` groups them) with fewer than 10 distinct
-passages, plus the ledger's `language_from_pair` and `language_from_prior` counts. Run it on two runs of one manifest (say
-`model: lid176, fallback: null` and the defaults) to compare.
+passages, plus the ledger's `language_from_pair` and `language_from_prior` counts. Run it on two runs
+of one manifest (say `model: lid176, fallback: null` and the defaults) to compare.
 
     python bench/langid_pools.py runs/stage1 [runs/stage1-lid176 ...]
 """
@@ -49,7 +49,8 @@ def main() -> None:
     for run in sys.argv[1:]:
         f = figures(Path(run))
         print(
-            f"{run}: {f['queries']:,} queries, {f['und_share']:.2%} tagged und; {f['pools']} pools (source x language), "
+            f"{run}: {f['queries']:,} queries, {f['und_share']:.2%} tagged und; "
+            f"{f['pools']} pools (source x language), "
             f"{f['pools_under_10']} with fewer than {SMALL_POOL} passages; "
             + ", ".join(f"{reason}: {f[reason]}" for reason in MOVED)
         )

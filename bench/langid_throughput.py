@@ -16,7 +16,8 @@ the `--fallback` given (lid176 with `--fallback short200`: better on short texts
 work); the raw baseline is the main model's `predict`. `--texts fragments` tags 1-5-word fragments cut from
 the sentences instead (queries: where script rules and the fallback do most).
 
-    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200] [--fallback short200|none] [--texts fragments]
+    python bench/langid_throughput.py --records 100000 --repeats 3 [--model short200]
+        [--fallback short200|none] [--texts fragments]
 """
 
 from __future__ import annotations

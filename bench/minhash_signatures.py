@@ -81,7 +81,8 @@ def main() -> None:
         ours.append(time.perf_counter() - start)
         theirs.append(datasketch_signatures(texts, args.num_perm))
         print(
-            f"repeat {r + 1}: ours {ours[-1]:.2f} s ({mb / ours[-1]:.1f} MB/s), datasketch {theirs[-1]:.2f} s ({mb / theirs[-1]:.1f} MB/s)",
+            f"repeat {r + 1}: ours {ours[-1]:.2f} s ({mb / ours[-1]:.1f} MB/s), "
+            f"datasketch {theirs[-1]:.2f} s ({mb / theirs[-1]:.1f} MB/s)",
             flush=True,
         )
     assert sig.shape == (len(texts), args.num_perm) and sig.dtype == np.uint32

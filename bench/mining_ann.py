@@ -150,9 +150,8 @@ def main() -> None:
         )
         embedder = TokenMeans(model)
         started = time.perf_counter()
-        pool = embedder(
-            passages + sorted({r["positive"] for r in items})
-        )  # the stage's order: corpus, outside positives
+        # the stage's order: corpus, outside positives
+        pool = embedder(passages + sorted({r["positive"] for r in items}))
         vectors = embedder([r["query"] for r in items])
         print(f"embedded {len(pool) + len(vectors):,} texts in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -160,7 +160,8 @@ def main() -> None:
         print(f"\n{queries:,} queries, {os.cpu_count()} CPUs, medians of {args.repeats}:")
         print(f"  sentence-transformers mine_hard_negatives: {st_m:.1f} s ({queries / st_m:,.0f} queries/s)")
         print(
-            f"  mine_negatives step:                       {ours_m:.1f} s ({queries / ours_m:,.0f} queries/s)  ratio {st_m / ours_m:.2f}x"
+            f"  mine_negatives step:                       {ours_m:.1f} s ({queries / ours_m:,.0f} queries/s)  "
+            f"ratio {st_m / ours_m:.2f}x"
         )
         print(f"  whole pipeline run (ingest, mining, shards): {whole_m:.1f} s  ratio {st_m / whole_m:.2f}x")
         if args.json:

@@ -12,8 +12,9 @@ neighbours found by the mining retriever instead of BM25 (the same as `defaults`
 defaults, counting an answer only where it stands as whole words (a short answer such as Hindi "वार" or Arabic "لم"
 is inside many unrelated words; Chinese has no spaces, so there it is the substring count); `article` = the
 defaults, counting a hit only where the negative is a paragraph of the positive's own article (the hits that can
-plausibly answer the question; `--show` prints every hit beside its English parallel to judge by eye); `chance` = the share of the question's other pool paragraphs that contain the answer
-(what a negative drawn at random would give: short answers such as "2" or "dos" occur everywhere);
+plausibly answer the question; `--show` prints every hit beside its English parallel to judge by eye);
+`chance` = the share of the question's other pool paragraphs that contain the answer (what a negative
+drawn at random would give: short answers such as "2" or "dos" occur everywhere);
 `lost` = negatives per query the defaults keep fewer than `none`. BM25 by default (one process);
 `--model DIR` mines with a local dense model instead, `--small-model` with the dense bench's
 MiniLM-sized pass-through model (`bench/mining_dense.py`, built offline; it ranks lexically), at one
@@ -123,7 +124,8 @@ def show_hits(items: list[dict], english: list[dict], mined: list[dict]) -> None
             negative = english[index[m["negatives"][0]]]
             print(f"  row {i}: {english[i]['query']!r} answer {english[i]['answer']!r} ({r['answer']!r})")
             print(
-                f"    hardest negative ({negative['article']}, positive's: {r['article']}): {negative['positive'][:160]!r}"
+                f"    hardest negative ({negative['article']}, positive's: {r['article']}): "
+                f"{negative['positive'][:160]!r}"
             )
 
 
@@ -194,14 +196,16 @@ def report(args: argparse.Namespace, cache: Path) -> None:
             print(
                 f"{lang:4}  {len(items):7}  "
                 + "  ".join(f"{shares[k]:8.3%}" for k in [*SETTINGS, "words", "article"])
-                + f"  {chance(items):8.3%}  {per_query['defaults']:15.1f}  {per_query['none'] - per_query['defaults']:4.1f}"
+                + f"  {chance(items):8.3%}  {per_query['defaults']:15.1f}  "
+                f"{per_query['none'] - per_query['defaults']:4.1f}"
                 f"  {len(items) / results['defaults'][1]:9.0f}",
                 flush=True,
             )
             if args.show:
                 show_hits(items, rows(tar, "en"), results["defaults"][0])
     print(
-        f"worst language at the defaults: {worst:.3%}; mining throughput {queries / seconds:.0f} queries/s (one process)"
+        f"worst language at the defaults: {worst:.3%}; "
+        f"mining throughput {queries / seconds:.0f} queries/s (one process)"
     )
 
 

@@ -1,5 +1,6 @@
 """End-to-end near-duplicate removal: our `near_dedup` step (`python -m pipeline run`, its rounds on
-the run's worker processes) against datatrove's four MinHash stages (signatures, buckets, cluster, filter), same input, same parameters, same cores, one run.
+the run's worker processes) against datatrove's four MinHash stages (signatures, buckets, cluster,
+filter), same input, same parameters, same cores, one run.
 
 Input: documents of four SIB-200 sentences of one language (205 languages, FLORES-200 text), and an
 edited copy (typos, an inserted sentence, reordering, boilerplate) of 5% of them, written to Parquet
@@ -222,13 +223,17 @@ class Whitespace(WordTokenizer):
 
 if __name__ == "__main__":
     corpus, work, files, n_grams, bands, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:7])
-    config = MinhashConfig(n_grams=n_grams, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(precision=32))
+    config = MinhashConfig(n_grams=n_grams, num_buckets=bands, hashes_per_bucket=rows,
+                           hash_config=HashConfig(precision=32))
     reader = lambda: ParquetReader(corpus, glob_pattern="*.parquet", text_key="text", id_key="id")
     stages = [
-        ([reader(), MinhashDedupSignature(output_folder=f"{work}/signatures", config=config, language=Whitespace())], files),
-        ([MinhashDedupBuckets(input_folder=f"{work}/signatures", output_folder=f"{work}/buckets", config=config)], bands),
+        ([reader(), MinhashDedupSignature(output_folder=f"{work}/signatures", config=config,
+                                          language=Whitespace())], files),
+        ([MinhashDedupBuckets(input_folder=f"{work}/signatures", output_folder=f"{work}/buckets",
+                              config=config)], bands),
         ([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=config)], 1),
-        ([reader(), MinhashDedupFilter(input_folder=f"{work}/remove_ids", exclusion_writer=ParquetWriter(f"{work}/removed")),
+        ([reader(), MinhashDedupFilter(input_folder=f"{work}/remove_ids",
+                                       exclusion_writer=ParquetWriter(f"{work}/removed")),
           ParquetWriter(f"{work}/output")], files),
     ]
     seconds = []
@@ -274,13 +279,15 @@ def main() -> None:
                 print(f"  datatrove #{rep + 1}: {results['datatrove'][-1]}", flush=True)
         median = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items() if v}
         print(
-            f"  median near-dup seconds: ours {median['ours']:.1f} (whole run {statistics.median(r['run_seconds'] for r in results['ours']):.1f})",
+            f"  median near-dup seconds: ours {median['ours']:.1f} "
+            f"(whole run {statistics.median(r['run_seconds'] for r in results['ours']):.1f})",
             end="",
         )
         if "datatrove" in median:
             print(
                 f", datatrove {median['datatrove']:.1f}: ratio {median['datatrove'] / median['ours']:.2f}x "
-                f"({median['datatrove'] / statistics.median(r['run_seconds'] for r in results['ours']):.2f}x against our whole run)"
+                f"({median['datatrove'] / statistics.median(r['run_seconds'] for r in results['ours']):.2f}x "
+                "against our whole run)"
             )
         else:
             print()

@@ -132,7 +132,8 @@ def main() -> None:
     for case in cases:
         local, s3 = (statistics.median(times[(case, store)]) for store in ("local", "s3"))
         print(
-            f"  {case:>16}: local disk {local:6.1f} s, S3 on loopback {s3:6.1f} s, ratio S3 / local {s3 / local:.2f}x (+{s3 - local:.1f} s)"
+            f"  {case:>16}: local disk {local:6.1f} s, S3 on loopback {s3:6.1f} s, "
+            f"ratio S3 / local {s3 / local:.2f}x (+{s3 - local:.1f} s)"
         )
 
 

@@ -104,7 +104,8 @@ def main() -> None:
             column_bytes(str(p), NEGATIVES) for p in sorted((args.before / "stages").glob("*/attempt-*/part-*.parquet"))
         )
         print(
-            f"run before the change, negatives column: shards {old_shards:,} B ({old_shards / rows['shards'][1]:.1f}x), "
+            f"run before the change, negatives column: "
+            f"shards {old_shards:,} B ({old_shards / rows['shards'][1]:.1f}x), "
             f"checkpoints {old_ckpt:,} B ({old_ckpt / rows['checkpoints'][1]:.1f}x)"
         )
 

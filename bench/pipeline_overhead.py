@@ -141,7 +141,8 @@ def main() -> None:
     print(f"  pipeline, the same three stages:                   {n / ms:,.0f} rows/s ({ms:.1f} s)")
     print(f"  ratio pipeline / plain (stages):                   {mp / ms:.2f}x")
     print(
-        f"  pipeline whole run (ingest, stages, ledger, shards): {n / mw:,.0f} rows/s ({mw:.1f} s); ratio {mp / mw:.2f}x"
+        f"  pipeline whole run (ingest, stages, ledger, shards): {n / mw:,.0f} rows/s ({mw:.1f} s); "
+        f"ratio {mp / mw:.2f}x"
     )
     print(
         f"  fixed cost of a run (a 10-row run, everything included; Ray start and stop when it runs on Ray): {mt:.1f} s"

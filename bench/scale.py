@@ -13,7 +13,8 @@ growth exponent of time and memory between consecutive sizes (1 = linear).
 
 `--ray` runs every step on the embedded Ray (`ray.in_process_rows: 0`) instead of the in-process
 worker pool; `--cluster` on a two-node Ray cluster on loopback (`ray start`, a head and a worker node
-of one CPU each, as the tests' cluster), every step there. Generated inputs are kept in `--work` (reused by size and seed); runs are removed.
+of one CPU each, as the tests' cluster), every step there. Generated inputs are kept in `--work`
+(reused by size and seed); runs are removed.
 """
 
 from __future__ import annotations
@@ -262,13 +263,16 @@ def report(results: list[dict], json_path: str | None) -> None:
     result = results[-1]
     print(
         f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
-        f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), spill {result['spill_gb']:.2f} GB, "
-        f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, near duplicates {result['near_duplicates']}"
+        f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), "
+        f"spill {result['spill_gb']:.2f} GB, "
+        f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, "
+        f"near duplicates {result['near_duplicates']}"
     )
     for name, step in result["steps"].items():
         rate = f"{step['rows_per_s_per_core']:,.0f} rows/s/core" if step["rows_per_s_per_core"] else ""
         print(
-            f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  CPU busy {step['cpu_busy']:.0%}"
+            f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  "
+            f"CPU busy {step['cpu_busy']:.0%}"
             f"  scratch {step['scratch_gb']:.2f} GB"
         )
     if json_path:

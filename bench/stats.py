@@ -38,7 +38,8 @@ import sys, time, polars as pl
 from pipeline.reporting.stats import WORD_PATTERN
 started = time.perf_counter()
 df = pl.read_parquet(sys.argv[1] + "/shards/**/*.parquet")
-out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum().alias("chars"), pl.col("query").str.count_matches(WORD_PATTERN).sum().alias("words"),
+out = df.group_by("query_lang").agg(pl.len(), pl.col("query").str.len_chars().sum().alias("chars"),
+                                     pl.col("query").str.count_matches(WORD_PATTERN).sum().alias("words"),
                                      pl.col("query_lang_conf").quantile(0.5))
 print("SECONDS", time.perf_counter() - started, out.height)
 """

@@ -27,8 +27,9 @@ from sources.reader import Unit, read_unit  # noqa: E402
 
 UDHR = Path(__file__).resolve().parents[2] / "shared" / "data" / "udhr.zip"
 # The encoding part of a udhr.zip file name -> Python codec (the Windows code pages where the name
-# is a script: iso8859-5 turns these Cyrillic files into mojibake that lid.176 calls Russian). Font encodings (Agra, DallakHelv...)
-# and Vietnamese VIQR/VPS/TCVN have no codec: their bytes cannot be decoded honestly.
+# is a script: iso8859-5 turns these Cyrillic files into mojibake that lid.176 calls Russian). Font
+# encodings (Agra, DallakHelv...) and Vietnamese VIQR/VPS/TCVN have no codec: their bytes cannot be
+# decoded honestly.
 CODECS = {
     "Latin1": "latin-1",
     "Latin2": "iso8859-2",

@@ -12,5 +12,6 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         sys.exit(
-            f"{command} needs {', '.join(missing)}, which the '{extra}' extra installs: pip install \"ml-embed-data[{extra}]\""
+            f"{command} needs {', '.join(missing)}, which the '{extra}' extra installs: "
+            f'pip install "ml-embed-data[{extra}]"'
         )

@@ -20,7 +20,8 @@ def figures_page(title: str, subtitle: str, figs: list[tuple[str, go.Figure]], t
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body {{ font-family: system-ui, sans-serif; margin: 1.5em; }} .chart {{ min-height: 420px; }}
 .charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1em; }}
-table {{ border-collapse: collapse; font-size: .85em; }} th, td {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}</style>
+table {{ border-collapse: collapse; font-size: .85em; }}
+th, td {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}</style>
 <script>{get_plotlyjs()}</script></head><body>
 <h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><div class="charts">{charts}</div>{table_html}
 <script type="application/json" id="figures">{data}</script>

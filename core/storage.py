@@ -73,13 +73,15 @@ def check_url(path: str) -> str:
     parts = urlsplit(path)
     if parts.scheme.lower() not in SCHEMES:
         raise ValueError(
-            f"{path!r}: unsupported storage {parts.scheme + '://'!r} (supported: {', '.join(s + '://' for s in SCHEMES)}, or a local path)"
+            f"{path!r}: unsupported storage {parts.scheme + '://'!r} "
+            f"(supported: {', '.join(s + '://' for s in SCHEMES)}, or a local path)"
         )
     if not path.startswith(f"{parts.scheme}://") or not parts.netloc:
         raise ValueError(f"{path!r}: malformed URL; write {parts.scheme}://BUCKET/PATH")
     if parts.query or parts.fragment:
         raise ValueError(
-            f"{path!r}: settings do not belong in the URL; use the store's environment (e.g. AWS_ENDPOINT_URL, AWS_PROFILE)"
+            f"{path!r}: settings do not belong in the URL; "
+            "use the store's environment (e.g. AWS_ENDPOINT_URL, AWS_PROFILE)"
         )
     return path.rstrip("/")
 

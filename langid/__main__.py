@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         const=100.0,
         metavar="MAX_ODDS",
-        help="revise short texts with the set's own language distribution as the prior, its odds capped at MAX_ODDS (default 100), as the `langid_prior` stage does per source",
+        help="revise short texts with the set's own language distribution as the prior, its odds capped at MAX_ODDS "
+        "(default 100), as the `langid_prior` stage does per source",
     )
     ev.add_argument(
         "--prior-max-words", default="6-15", choices=BUCKET_NAMES, help="longest length bucket the prior revises"

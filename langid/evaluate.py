@@ -4,10 +4,11 @@ Gold and predicted labels both go through `canonical` (so FLORES' `zho_Hans` and
 meet as `cmn_Hans`). A gold label without a script (UDHR's file names) is compared on the language
 only, and a prediction is counted at the granularity of the gold labels on both sides: `bos_Latn`
 said of a Croatian (`hrv`) text is a miss for `hrv` and a false `bos` where `bos` is a gold label,
-so a script-less label's precision is as honest as a scripted one's. Figures are given over every text and over the texts whose language the model covers, since
-a model cannot be right about a language it has no label for. They are also given per length bucket
-(words: 1, 2, 3-5, 6-15, 16+; see `langid/fragments.py` for words in unspaced scripts), since a
-model that is right on sentences can still fail on queries.
+so a script-less label's precision is as honest as a scripted one's. Figures are given over every
+text and over the texts whose language the model covers, since a model cannot be right about a
+language it has no label for. They are also given per length bucket (words: 1, 2, 3-5, 6-15, 16+;
+see `langid/fragments.py` for words in unspaced scripts), since a model that is right on sentences
+can still fail on queries.
 """
 
 from __future__ import annotations

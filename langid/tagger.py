@@ -369,9 +369,8 @@ class LanguageTagger:
         theirs = other.labels
         new = np.fromiter((label not in self.model_labels for label in theirs), dtype=bool, count=len(theirs))
         owner, mapped = self._mapped([distinct.raw[u][:FALLBACK_CANDIDATES] for u in ask.tolist()], lines)
-        among = (
-            np.bincount(owner, weights=mapped == theirs[owner], minlength=len(ask)) > 0
-        )  # the fallback's label is one of the model's best
+        # the fallback's label is one of the model's best
+        among = np.bincount(owner, weights=mapped == theirs[owner], minlength=len(ask)) > 0
         take = other.sure & ((distinct.labels[ask] == UNDETERMINED) | new | among)
         rows = ask[take]
         distinct.labels[rows], distinct.conf[rows], distinct.sure[rows] = theirs[take], other.conf[take], True

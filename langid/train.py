@@ -121,7 +121,8 @@ def search(
     train = with_fragments(sentences) if fragments else sentences
     dev = with_fragments(dev, DEV_SIZES, seed=1) if dev is not None else None
     log(
-        f"training on {len(sentences):,} texts of {len(set(sentences.labels))} labels, {len(train):,} lines with fragments"
+        f"training on {len(sentences):,} texts of {len(set(sentences.labels))} labels, "
+        f"{len(train):,} lines with fragments"
     )
     tried, best = [], None
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +141,8 @@ def search(
                 f1 = selection_score(report)
             tried.append({**asdict(settings), "train_seconds": round(seconds, 1), "dev_score": f1})
             log(
-                f"settings {asdict(settings)}: trained in {seconds:.1f} s, dev mean macro-F1 over lengths {f1 if f1 is None else round(f1, 4)}"
+                f"settings {asdict(settings)}: trained in {seconds:.1f} s, "
+                f"dev mean macro-F1 over lengths {f1 if f1 is None else round(f1, 4)}"
             )
             if best is None or (f1 is not None and f1 > best[0]):
                 best = (f1 if f1 is not None else 0.0, settings, model)
@@ -178,7 +180,8 @@ def search(
     return chosen
 
 
-THRESHOLDS_HEADER = """Length-aware confidence thresholds of {model}, per predicted label and length bucket (words): below
+THRESHOLDS_HEADER = """\
+Length-aware confidence thresholds of {model}, per predicted label and length bucket (words): below
 it a text is `und`. Written by `python -m langid train`: calibrated on its dev texts and fragments
 cut from them ({n:,} texts), script rules off; per label and bucket the lowest threshold (0.05
 steps) above which >= 90% of the label's predictions are right, else the one that maximises the

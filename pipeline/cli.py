@@ -1,4 +1,7 @@
-"""`python -m pipeline run|validate|schema|stats|dashboard|dedup-eval|export`. Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy."""
+"""`python -m pipeline run|validate|schema|stats|dashboard|dedup-eval|export`.
+
+Exit codes: 0 ok, 1 run failed, 2 invalid manifest, 3 output folder busy.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words (default: the stage's defaults)",
+        help="a near_dedup stage setting, e.g. --set threshold=0.6 --set shingles=words "
+        "(default: the stage's defaults)",
     )
     de.add_argument("--json", help="write the figures here")
     ex = sub.add_parser(
@@ -51,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         "--layout",
         choices=list(LAYOUTS),
         required=True,
-        help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; flat: its raw_training_data/; "
+        help="ml-embed: the release's tokenized <dataset>_query.parquet + corpus.parquet; "
+        "flat: its raw_training_data/; "
         "sentence-transformers: a DatasetDict folder (anchor, positive, negative_1..N) + prompts.json; "
         "flagembedding: data/<dataset>.jsonl (query, pos, neg, prompt, scores)",
     )

@@ -35,8 +35,8 @@ class CsvOptions(Strict):
     quoting: Literal["csv", "none"] = Field(
         "csv",
         description=(
-            'csv: fields may be quoted ("a, b", doubled quotes inside); none: quote characters are text, fields end only '
-            "at the delimiter (TSV as most tools write it)."
+            'csv: fields may be quoted ("a, b", doubled quotes inside); '
+            "none: quote characters are text, fields end only at the delimiter (TSV as most tools write it)."
         ),
     )
 
@@ -87,14 +87,16 @@ class SourceConfig(Strict):
     max_record_bytes: int = Field(4 << 20, ge=64, description="Longer raw records (lines) are quarantined unparsed.")
     language: str | dict[Literal["query", "positive", "negatives"], str] | None = Field(
         None,
-        description="Declared language of the texts: one label for all fields or one per field ({query: eng_Latn, positive: fra_Latn}); "
+        description="Declared language of the texts: one label for all fields or one per field "
+        "({query: eng_Latn, positive: fra_Latn}); "
         "a label (xxx_Xxxx), a programming language (python, code:go) or a file name with a known extension. "
         "A `language` column (see `columns`) declares it per row instead.",
     )
     language_policy: Literal["trusted", "verified", "ignored"] = Field(
         "verified",
-        description="trusted: use the declared language, no prediction; verified: predict, count (and optionally drop) confident "
-        "disagreements; ignored: predict as if nothing were declared.",
+        description="trusted: use the declared language, no prediction; "
+        "verified: predict, count (and optionally drop) confident disagreements; "
+        "ignored: predict as if nothing were declared.",
     )
 
     @field_validator("path")
@@ -138,7 +140,8 @@ class SourceConfig(Strict):
             parsed[field] = declared_label(value)
             if parsed[field] is None:
                 raise ValueError(
-                    f"{value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension"
+                    f"{value!r} is not a language label (xxx_Xxxx), "
+                    "a programming language or a file name with a known extension"
                 )
         return parsed["*"] if isinstance(language, str) else parsed
 

@@ -100,7 +100,8 @@ def map_row(row: Any, source: Any) -> dict[str, Any]:
             if record[DECLARED_LANG] is None:
                 raise RowError(
                     "unknown_language",
-                    f"{field}: {value!r} is not a language label (xxx_Xxxx), a programming language or a file name with a known extension",
+                    f"{field}: {value!r} is not a language label (xxx_Xxxx), "
+                    "a programming language or a file name with a known extension",
                 )
             continue
         else:

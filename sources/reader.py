@@ -161,7 +161,8 @@ def _jsonl(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
                 line,
                 RowError(
                     "invalid_encoding",
-                    f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0) : exc.start + 10]!r}",
+                    f"not valid {source.encoding} at byte {exc.start}: "
+                    f"{line[max(exc.start - 10, 0) : exc.start + 10]!r}",
                 ),
             )
             continue
@@ -266,7 +267,8 @@ def _text(unit: Unit, source: SourceConfig) -> Iterator[Parsed]:
                 line,
                 RowError(
                     "invalid_encoding",
-                    f"not valid {source.encoding} at byte {exc.start}: {line[max(exc.start - 10, 0) : exc.start + 10]!r}",
+                    f"not valid {source.encoding} at byte {exc.start}: "
+                    f"{line[max(exc.start - 10, 0) : exc.start + 10]!r}",
                 ),
             )
 

@@ -381,8 +381,10 @@ def chart_sizes(page) -> dict[str, tuple[float, float, int]]:
         name: tuple(v)
         for name, v in page.evaluate(
             """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
-             const svg = d.querySelector('.main-svg'); const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]]; }))"""
+             const svg = d.querySelector('.main-svg');
+             const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]];
+             }))"""
         ).items()
     }
 

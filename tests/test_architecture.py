@@ -125,7 +125,8 @@ def test_each_package_imports_alone(package):
 
 def test_the_trainer_never_imports_ray():
     code = (
-        "import sys, train.loop, train.cli, train.config, train.data, train.feed, train.pieces, train.evaluate, train.export\n"
+        "import sys, train.loop, train.cli, train.config, train.data, train.feed, train.pieces, "
+        "train.evaluate, train.export\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'fasttext', 'pipeline'))\n"
         "assert not bad, bad"
     )
@@ -185,10 +186,13 @@ def test_the_train_extra_installs_no_pipeline_stack():
 
 
 def test_a_missing_extra_names_the_pip_command():
-    code = "from core.extras import require_extra; require_extra('python -m train', 'train', ('torch', 'no_such_module_xyz'))"
+    code = (
+        "from core.extras import require_extra; "
+        "require_extra('python -m train', 'train', ('torch', 'no_such_module_xyz'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert (
-        "python -m train needs no_such_module_xyz, which the 'train' extra installs: pip install \"ml-embed-data[train]\""
-        in result.stderr
-    )
+        "python -m train needs no_such_module_xyz, which the 'train' extra installs: "
+        'pip install "ml-embed-data[train]"'
+    ) in result.stderr

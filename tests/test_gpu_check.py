@@ -27,7 +27,6 @@ def test_gpu_check_runs_tiny_on_the_cpu(stage1_run):
     trainer, mining = report["trainer"], report["mining"]
     assert "error" not in trainer and "error" not in mining, (trainer.get("error"), mining.get("error"))
     assert set(trainer["ratio_over_sentence_transformers"]) == {"bare_loop", "ours_MRL_MLL", "ours_MRL_MLL_MEL"}
-    assert (
-        trainer["ours_MRL_MLL"]["samples_per_s"] > 0 and trainer["host_syncs_per_step"] is None
-    )  # none to count on a CPU
+    # none to count on a CPU
+    assert trainer["ours_MRL_MLL"]["samples_per_s"] > 0 and trainer["host_syncs_per_step"] is None
     assert mining["ratio_step"] > 0 and mining["queries"] == 1190

@@ -187,9 +187,8 @@ def test_stage_thresholds_table_and_manifest_override(sib_dev):
     eng = [t for t, lab in zip(sib_dev.texts, sib_dev.labels) if lab == "eng_Latn"][:20]
     ctx = RunContext(Path("."), ("src",))
     lid176 = ready(LangTag(LangTagConfig(stage="langid", model="lid176"), ctx))
-    assert lid176.tagger.thresholds.table["eng_Latn"].tolist() == pytest.approx(
-        [0.8] * 5
-    )  # the shipped lid.176 table: one value for every length
+    # the shipped lid.176 table: one value for every length
+    assert lid176.tagger.thresholds.table["eng_Latn"].tolist() == pytest.approx([0.8] * 5)
     strict = ready(LangTag(LangTagConfig(stage="langid", thresholds={"eng_Latn": 1.0}), ctx))
     assert {r["query_lang"] for r in strict(_stage_batch([{"query": t} for t in eng])).to_pylist()} == {"und"}
     with pytest.raises(ValueError, match="thresholds"):
@@ -416,9 +415,8 @@ def test_negatives_set_label_and_one_mismatch_count_per_row(sib_dev):
     stage = ready(LangTag(LangTagConfig(stage="langid"), RunContext(Path("."), ("src",), {"src": src})))
     [out] = stage(_stage_batch(rows)).to_pylist()
     assert out["negatives_lang"] == "deu_Latn" and 0 < out["negatives_lang_conf"] <= 1
-    assert out[FLAGS] == [
-        {"reason": "language_mismatch", "language": "eng_Latn", "count": None}
-    ]  # four wrong negatives, one count
+    # four wrong negatives, one count
+    assert out[FLAGS] == [{"reason": "language_mismatch", "language": "eng_Latn", "count": None}]
     assert out["cross_lingual"] is False
 
 
@@ -454,12 +452,8 @@ def test_fragment_cutter_counts_words_and_cuts_unspaced_scripts_by_characters(si
         "brown",
         "fox.",
     ]
-    assert [("东京大学的历史"[a:b]) for a, b in word_spans("东京大学的历史")] == [
-        "东京",
-        "大学",
-        "的历",
-        "史",
-    ]  # 2 Han characters a word
+    # 2 Han characters a word
+    assert [("东京大学的历史"[a:b]) for a, b in word_spans("东京大学的历史")] == ["东京", "大学", "的历", "史"]
     thai = "ที่นี่ภาษาไทย"  # graphemes ที่ นี่ ภ า ษ า ไ ท ย: tone and vowel marks stay with their consonant
     assert [thai[a:b] for a, b in word_spans(thai)] == ["ที่นี่ภ", "าษา", "ไทย"]
     rng = random.Random(0)
@@ -471,9 +465,8 @@ def test_fragment_cutter_counts_words_and_cuts_unspaced_scripts_by_characters(si
             pieces = fragments(by[label], n, 3, rng)
             assert len(pieces) == 3 and all(word_count(p) <= n for p in pieces), (label, n, pieces)
             assert all(p in by[label] and p == p.strip(" ,.。") for p in pieces)
-    assert (
-        max(len(p) for p in fragments(by["zho_Hans"], 1, 5, rng)) == 2
-    )  # a Chinese "word" is 2 characters, not a sentence
+    # a Chinese "word" is 2 characters, not a sentence
+    assert max(len(p) for p in fragments(by["zho_Hans"], 1, 5, rng)) == 2
     data = Labelled([by[lab] for lab in sorted(by)][:40], sorted(by)[:40])
     once, again = cut(data, seed=3), cut(data, seed=3)
     assert once.texts == again.texts and set(once.labels) <= set(data.labels) and len(once) >= 4 * len(data)
@@ -531,17 +524,14 @@ def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_t
 
     texts = [t for label in sorted(questions) for t in questions[label][:25]]
     texts = [w for t in texts for w in (t, t.split()[0])] + texts[:60]  # questions, 1-word, repeats
-    texts += [
-        "Première ligne du texte.\nDeuxième ligne, un peu plus longue. " * 80,
-        "eins zwei\r\ndrei vier",
-    ]  # cut, joined
+    # cut, joined
+    texts += ["Première ligne du texte.\nDeuxième ligne, un peu plus longue. " * 80, "eins zwei\r\ndrei vier"]
     calls: list[int] = []
     model = short_tagger.model
     binding = model.f  # the tagger calls fastText's binding itself (see `LanguageTagger._lines`)
     asked = short_tagger.candidates_asked  # the variety check's and the fallback's candidates come from one prediction
-    assert (
-        asked == max(CANDIDATES, FALLBACK_CANDIDATES) != NEXT_CANDIDATES + 1
-    )  # the main prediction is told apart by its k
+    # the main prediction is told apart by its k
+    assert asked == max(CANDIDATES, FALLBACK_CANDIDATES) != NEXT_CANDIDATES + 1
     count = lambda _, lines, k, *args: (
         (k == asked and calls.append(len(lines))) or binding.multilinePredict(lines, k, *args)
     )  # noqa: E731
@@ -557,9 +547,8 @@ def test_each_distinct_text_is_predicted_once_with_the_raw_models_labels(short_t
     assert [(label, float(c), bool(s)) for label, c, s in zip(tags.labels, tags.confidence, tags.sure)] == [
         by_text[t] for t in texts
     ]
-    bare = LanguageTagger("short200", detect_code=False, rules=False, prefer_standard=False).tag(
-        texts
-    )  # the model alone, on every text
+    # the model alone, on every text
+    bare = LanguageTagger("short200", detect_code=False, rules=False, prefer_standard=False).tag(texts)
     raw, probs = model.predict([_one_line(t, 3000) for t in texts], k=1)
     mapper = LabelMapper()
     top = [mapper(r[0], t) for t, r in zip(texts, raw)]
@@ -689,15 +678,15 @@ def test_a_variety_keeps_a_text_only_with_its_groups_majority(questions, sib_dev
     assert after.labels == expected
     assert taken >= 100
     kept = [label for label, text in zip(after.labels, texts) if text in sentences[:300]]
-    assert (
-        sum(language_of(label) in standards() for label in kept) >= 60
-    )  # dialect sentences sure of their variety keep it
+    # dialect sentences sure of their variety keep it
+    assert sum(language_of(label) in standards() for label in kept) >= 60
     arabic = after.labels[:150]
     assert arabic.count("arb_Arab") >= 120 > before.labels[:150].count("arb_Arab")
     chinese = after.labels[150:200]
     assert "yue_Hans" in before.labels[150:200] and "yue_Hans" not in chinese and chinese.count("cmn_Hans") >= 25
     assert ruled.standard.relabel == {"yue_Hans": "cmn_Hans"}  # FLORES' Cantonese is in Traditional characters
-    # The manifest's switch reaches the tagger: a question the rule gives to Standard Arabic keeps its variety without it.
+    # The manifest's switch reaches the tagger: a question the rule gives to Standard Arabic keeps its
+    # variety without it.
     moved = next(text for text, b, a in zip(texts, before.labels, after.labels) if b != a and a == "arb_Arab")
     rows = [{"query": moved, "positive": moved}]
     ctx = RunContext(Path("."), ("src",))
@@ -707,9 +696,8 @@ def test_a_variety_keeps_a_text_only_with_its_groups_majority(questions, sib_dev
         ).to_pylist()[0]["query_lang"]
         for on in (True, False)
     }
-    assert (
-        by_switch[True] == "arb_Arab" != by_switch[False]
-    )  # without it: its variety, or `und` below that one's threshold
+    # without it: its variety, or `und` below that one's threshold
+    assert by_switch[True] == "arb_Arab" != by_switch[False]
     # sib200 lists `arb_Latn` before `arb_Arab`: the standard takes the variety's script, not the first label.
     sib = LanguageTagger("sib200", detect_code=False, rules=False).tag(sentences)
     assert "und" not in sib.labels and sib.labels.count("arb_Arab") > 50
@@ -894,10 +882,8 @@ def test_corpus_prior_moves_ambiguous_texts_to_the_sources_language_within_its_o
     spanish = CorpusPrior.of(["spa_Latn"] * 999 + ["und", "code:python", None])
     assert spanish.counts == {"spa_Latn": 999}
     assert spanish.decide({"ast_Latn": 0.6, "spa_Latn": 0.3, "glg_Latn": 0.1}, "ast_Latn", 0.6) == ("spa_Latn", 0.3)
-    assert spanish.decide({"ast_Latn": 0.2, "spa_Latn": 0.2}, "und", 0.2) == (
-        "spa_Latn",
-        0.2,
-    )  # `und` takes a label too
+    # `und` takes a label too
+    assert spanish.decide({"ast_Latn": 0.2, "spa_Latn": 0.2}, "und", 0.2) == ("spa_Latn", 0.2)
     # The model surer than the odds cap (100): its label stays, however rare in the source.
     assert spanish.decide({"ast_Latn": 0.995, "spa_Latn": 0.005}, "ast_Latn", 0.995) is None
     assert CorpusPrior(spanish.counts, max_odds=1000).decide(
@@ -1012,7 +998,8 @@ def test_langid_prior_stage_gives_a_spanish_sources_short_questions_spanish(tmp_
     priors = json.loads((tmp_path / "langid_prior.json").read_text(encoding="utf-8"))
     es_q, ast_q = priors["es_qa"]["query"], priors["ast_pairs"]["query"]
     assert max(es_q, key=es_q.get) == "spa_Latn" and max(ast_q, key=ast_q.get) == "ast_Latn"
-    # The Spanish questions' prior is counted on those of 6 words or more; the Asturian 4-word queries have none so long.
+    # The Spanish questions' prior is counted on those of 6 words or more; the Asturian 4-word queries
+    # have none so long.
     sure = lambda source: [r for r in before if r["source"] == source and r["query_lang"] != "und"]  # noqa: E731
     long = [r for r in sure("es_qa") if len(r["query"].split()) >= 6]
     assert sum(es_q.values()) == len(long) < len(sure("es_qa")) and sum(ast_q.values()) == len(sure("ast_pairs"))

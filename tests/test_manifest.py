@@ -158,9 +158,9 @@ def test_a_stage_reading_negative_texts_after_they_are_stored_by_reference_is_re
     )
     msg = _error(tmp_path, _base(tmp_path, after))
     assert (
-        "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference before it: put normalize first"
-        in msg
-    )
+        "m.yaml:10: stages[1] (normalize) reads negative texts, which stages[0] (build_pairs) stores by reference "
+        "before it: put normalize first"
+    ) in msg
     assert "stages[2]" not in msg  # the same stage without negatives is fine
 
 

@@ -140,9 +140,8 @@ def test_a_named_corpus_with_broken_rows_is_quarantined_and_the_rest_is_the_pool
     assert set(shards["source"]) == {"qa"} and shards.height == 30
     pool = {json.loads(line)["text"] for line in lines}
     corpus_table = dict(pl.read_parquet(tmp_path / "run" / CORPUS_DIR).select(DOC_ID, TEXT).iter_rows())
-    negatives = {
-        corpus_table[i] for i in shards[NEGATIVE_IDS].explode().drop_nulls()
-    }  # by id, texts in the passage table
+    # by id, texts in the passage table
+    negatives = {corpus_table[i] for i in shards[NEGATIVE_IDS].explode().drop_nulls()}
     assert negatives <= pool and (shards[NEGATIVE_IDS].list.len() > 0).all()
     ledger = pl.read_parquet(tmp_path / "run" / "ledger.parquet")
     dropped = ledger.filter(pl.col("reason") == POOL_PASSAGE)["rows"].sum()
@@ -166,7 +165,5 @@ def test_dedup_ranks_pool_sources_after_every_source_of_records(tmp_path):
     sources = {"wiki": source("wiki", "corpus"), "qa": source("qa", "clustering")}  # the pool listed first
     context = RunContext(tmp_path, ("wiki", "qa"), sources)
     assert ExactDedupConfig(stage="exact_dedup").ranks(context) == {"qa": 0, "wiki": 1}
-    assert ExactDedupConfig(stage="exact_dedup", priority=["wiki"]).ranks(context) == {
-        "wiki": 0,
-        "qa": 1,
-    }  # unless named
+    # unless named
+    assert ExactDedupConfig(stage="exact_dedup", priority=["wiki"]).ranks(context) == {"wiki": 0, "qa": 1}

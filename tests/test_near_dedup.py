@@ -277,7 +277,5 @@ def test_several_fields_must_all_be_alike(ray_local):
     )
     both = _run(table, blocks=2, fields=["query", "positive"])
     assert both.filter(pl.col(DROP).is_not_null())["id"].to_list() == ["c"]
-    assert _run(table, blocks=2, fields=["positive"]).filter(pl.col(DROP).is_not_null())["id"].to_list() == [
-        "b",
-        "c",
-    ]  # passage alone
+    # passage alone
+    assert _run(table, blocks=2, fields=["positive"]).filter(pl.col(DROP).is_not_null())["id"].to_list() == ["b", "c"]

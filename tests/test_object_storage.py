@@ -114,9 +114,8 @@ def test_stage1_in_s3_on_a_two_node_cluster_gives_the_local_rows(s3_run, stage1_
     assert {p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/shards")} == {MARKER} | {
         s["path"] for s in shards["shards"]
     }
-    corpus = {
-        p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/corpus")
-    }  # the passage table, as its marker says
+    # the passage table, as its marker says
+    corpus = {p[len(s3_run) + 8 :] for p in storage.list_files(f"{s3_run}/corpus")}
     assert corpus and corpus == {c["path"] for c in shards["corpus"]}
     assert not any(n.startswith(("work/", "_lease")) for n in names)
 

@@ -30,7 +30,10 @@ def commands() -> list[str]:
     return found
 
 
-INSTALL = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python -m pipeline run manifests/stage1.yaml'
+INSTALL = (
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && '
+    "python -m pipeline run manifests/stage1.yaml"
+)
 # Each README command, and the test below that runs it.
 RUN_BY = {
     INSTALL: "test_install_run_and_stats (its install: test_install_and_test_commands_are_what_ci_runs)",

@@ -17,9 +17,8 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
     tmp_path = stage2_run
     shards = pl.read_parquet(tmp_path / "run" / "shards" / "**" / "*.parquet")
     assert set(shards["task"]) == {"retrieval", "bitext", "sts", "pair_classification", "classification", "clustering"}
-    heldout = pl.read_ndjson(
-        ROOT / "manifests" / "samples" / "xquad_r_heldout" / "*.jsonl.gz"
-    )  # what the trainer evaluates on
+    # what the trainer evaluates on
+    heldout = pl.read_ndjson(ROOT / "manifests" / "samples" / "xquad_r_heldout" / "*.jsonl.gz")
     assert (
         shards.filter(
             pl.col("query").is_in(heldout["question"].implode())
@@ -63,9 +62,8 @@ def test_stage2_sample_run_has_every_task_instructed_with_negatives(stage2_run):
     mix = pl.read_csv(next(reports.glob("*-mix.csv")))
     assert mix["rows_after"].sum() == shards.height and abs(mix["share_after"].sum() - 1) < 1e-9
     plan = json.loads((tmp_path / "run" / "mix_plan.json").read_text())
-    assert {p["source"] for p in plan} == set(shards["source"]) and all(
-        p["rate"] == 1.0 for p in plan
-    )  # no source reaches 80,000
+    # no source reaches 80,000
+    assert {p["source"] for p in plan} == set(shards["source"]) and all(p["rate"] == 1.0 for p in plan)
     assert ledger.filter(kind="flagged", reason="negatives_filtered:above_positive_ratio")["rows"].sum() > 0
 
 

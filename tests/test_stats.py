@@ -130,9 +130,8 @@ def test_statistics_add_up_across_batches_and_match_the_shards(tmp_path, monkeyp
     expected = [r for r in rows if r["query_lang"] == "eng_Latn"]
     assert eng["records"] == len(expected) and eng["name"] == "English (Latin)" and eng["family"] == "Indo-European"
     assert eng["negatives"] == sum(len(r["negatives"]) for r in expected)
-    assert eng["negative_chars"] == sum(
-        len(n) for r in expected for n in r["negatives"]
-    )  # texts by id, through the passage table
+    # texts by id, through the passage table
+    assert eng["negative_chars"] == sum(len(n) for r in expected for n in r["negatives"])
     assert eng["query_chars"] == sum(len(r["query"]) for r in expected)
     assert eng["cross_lingual_share"] == pytest.approx(sum(r["cross_lingual"] for r in expected) / len(expected))
     assert eng["exact_dup_clusters"] == sum(r["dup_count"] > 1 for r in expected)

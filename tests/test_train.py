@@ -28,12 +28,8 @@ from train.data import Batches, rank_slice
 from train.model import FactorizedEmbedding
 
 TOPICS = ["science", "travel", "politics", "sports", "health"]
-LANGS = {
-    "en": ("eng_Latn", 60),
-    "de": ("deu_Latn", 60),
-    "es": ("spa_Latn", 60),
-    "el": ("ell_Grek", 5),
-}  # XQuAD-R rows: Greek a small group
+# XQuAD-R rows: Greek a small group
+LANGS = {"en": ("eng_Latn", 60), "de": ("deu_Latn", 60), "es": ("spa_Latn", 60), "el": ("ell_Grek", 5)}
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +165,8 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
         if x.task == "classification":
             assert x.owner == sorted(x.owner) and all(x.owner.count(i) == 2 for i in range(8)) and not x.in_batch
             assert all(q.startswith("Instruct: Classify the topic\nQuery: ") for q in x.queries)
-            assert (
-                x.prompts == ["Instruct: Classify the topic\nQuery: "] * 8
-            )  # pooled without it (include_prompt: false)
+            # pooled without it (include_prompt: false)
+            assert x.prompts == ["Instruct: Classify the topic\nQuery: "] * 8
         else:
             assert x.negatives == [] and x.in_batch and x.prompts == [""] * 8
         halves = [rank_slice(x, r, 2) for r in (0, 1)]
@@ -190,13 +185,13 @@ def test_batches_one_source_each_deterministic_and_split_across_ranks(tmp_path, 
     assert {b.source for b, _ in zip(Batches(config.data, 8), range(20))} == {"xquad_r"}
     again = [b.queries for b, _ in zip(Batches(config.data, 8), range(5))]
     first = Batches(config.data, 8)
-    assert (
-        [b.queries for b, _ in zip(first, range(5))] == again == [b.queries for b, _ in zip(first, range(5))]
-    )  # each pass from the seed
+    # each pass from the seed
+    assert [b.queries for b, _ in zip(first, range(5))] == again == [b.queries for b, _ in zip(first, range(5))]
     config.data.weights = {"topic": 1.0}
     with pytest.raises(
         ValueError,
-        match=r"data.weights names sources that the shards do not hold: \['topic'\] \(they hold \['topics', 'xquad_r'\]\)",
+        match=r"data.weights names sources that the shards do not hold: \['topic'\] "
+        r"\(they hold \['topics', 'xquad_r'\]\)",
     ):
         Batches(config.data, 8)
 
@@ -214,7 +209,8 @@ def test_batches_resolve_negative_ids_through_the_passage_table_and_name_a_missi
     config = load_config(_config(tmp_path / "b", broken, tiny_model))
     with pytest.raises(
         MissingPassage,
-        match=r"topics/part-00000-test.parquet: row group \d+, row \d+: passage [0-9a-f]{32} is not in the passage table \(4 passages\)",
+        match=r"topics/part-00000-test.parquet: row group \d+, row \d+: passage [0-9a-f]{32} "
+        r"is not in the passage table \(4 passages\)",
     ):
         for _ in zip(Batches(config.data, 8), range(40)):
             pass
@@ -253,9 +249,8 @@ def test_batches_by_language_pool_small_groups_and_key_shared_positives(tmp_path
     by_source = {
         s: sum(p for g, p in zip(batches.sizes, batches.probabilities) if g[0] == s) for s in ("topics", "xquad_r")
     }
-    assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(
-        np.sqrt(185 / 90)
-    )  # grouping keeps the sources' shares
+    # grouping keeps the sources' shares
+    assert by_source["xquad_r"] / by_source["topics"] == pytest.approx(np.sqrt(185 / 90))
     relaid = tmp_path / "polars"  # the same shards written by polars (large_string columns) group the same way
     for f in (shards / "shards").rglob("*.parquet"):
         (relaid / f.parent.name).mkdir(parents=True, exist_ok=True)
@@ -286,9 +281,8 @@ def test_small_model_starts_as_a_lexical_retriever_with_spread_similarities(tmp_
         model, tokenizer = build_model(config, Path(config.out))
         reps = normalize(encode(model, tokenizer, texts, None, 2))
         sims[init] = (reps @ reps.T)[~torch.eye(len(texts), dtype=torch.bool)]
-        if (
-            init == "pass_through"
-        ):  # the last layer's output is each token's normalised vector: mean pooling is a bag of words
+        # the last layer's output is each token's normalised vector: mean pooling is a bag of words
+        if init == "pass_through":
             layer = model.backbone.encoder.layer[-1]
             assert (
                 not layer.output.dense.weight.any() and not model.backbone.embeddings.position_embeddings.weight.any()
@@ -354,9 +348,8 @@ def test_infonce_never_counts_a_copy_of_the_positive_as_a_negative():
         q, p, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys)
     )
     back = InfoNCE(0.05)(p, q, torch.zeros(0, 16), Pairing(torch.zeros(0, dtype=torch.long), True, keys, keys))
-    assert torch.allclose(
-        both, (loss + back) / 2, atol=1e-5
-    )  # each positive vs every query, copies masked the same way
+    # each positive vs every query, copies masked the same way
+    assert torch.allclose(both, (loss + back) / 2, atol=1e-5)
 
 
 def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transformers(tmp_path, shards, tiny_model):
@@ -370,9 +363,8 @@ def test_resume_continues_the_same_trajectory_and_export_matches_sentence_transf
     log_b = [json.loads(x) for x in (tmp_path / "b" / "out" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log_b] == [1, 2, 3, 4]
     assert [e["loss"] for e in log_a] == pytest.approx([e["loss"] for e in log_b], abs=1e-5)
-    other = _train(
-        "fit", _config(tmp_path / "b", shards, tiny_model, lr=5e-4, steps=6)
-    )  # same `out`, other settings: refused
+    # same `out`, other settings: refused
+    other = _train("fit", _config(tmp_path / "b", shards, tiny_model, lr=5e-4, steps=6))
     assert other.returncode == 1 and "of other settings (lr, steps)" in " ".join(other.stderr.split()), other.stderr[
         -2000:
     ]
@@ -616,9 +608,8 @@ def test_mixed_precision_casts_each_weight_once_per_step_whatever_the_pieces(tmp
     )
     trainer = Trainer(config)
     trainer.fit(until=1)
-    weights = {
-        p.data_ptr(): p.shape for p in trainer.model.parameters()
-    }  # whole weights (MEL's rank slice of V is a view, cast per piece)
+    # whole weights (MEL's rank slice of V is a view, cast per piece)
+    weights = {p.data_ptr(): p.shape for p in trainer.model.parameters()}
     casts = []
 
     class Casts(TorchDispatchMode):

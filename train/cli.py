@@ -67,7 +67,8 @@ def _fit(args: argparse.Namespace, console: Console) -> int:
     history = trainer.fit(args.until)
     if trainer.rank == 0 and history:
         console.print(
-            f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; checkpoints under {Path(config.out) / 'checkpoints'}"
+            f"trained to step {trainer.step}; last loss {history[-1]['loss']:.4f}; "
+            f"checkpoints under {Path(config.out) / 'checkpoints'}"
         )
         if config.eval and trainer.step == config.steps:
             _eval(

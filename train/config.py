@@ -131,9 +131,9 @@ class ModelConfig(Strict):
     small_init: Literal["pass_through", "random"] = Field(
         "pass_through",
         description="The built model's start: pass_through zeroes position embeddings and every residual branch "
-        "(the untrained model is the mean of its token vectors, a lexical retriever, and training grows the layers from there); "
-        "random: BERT's own initialisation (near-identical embeddings for every text, cosine ~0.98, so contrastive training "
-        "starts from a flat softmax).",
+        "(the untrained model is the mean of its token vectors, a lexical retriever, and training grows the layers "
+        "from there); random: BERT's own initialisation (near-identical embeddings for every text, cosine ~0.98, "
+        "so contrastive training starts from a flat softmax).",
     )
 
     @field_validator("path")

@@ -42,9 +42,8 @@ class Batch:
     # per query: the global-batch index of the first row with the same positive text. XQuAD-style
     # data has several questions per passage; such rows must not be each other's negatives.
     keys: list[int] = field(default_factory=list)
-    prompts: list[str] = field(
-        default_factory=list
-    )  # per query: the text before the query itself ("" without an instruction)
+    # per query: the text before the query itself ("" without an instruction)
+    prompts: list[str] = field(default_factory=list)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Queries [start, stop) with their own negatives (owners renumbered from 0)."""

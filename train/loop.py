@@ -105,19 +105,18 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if config.batch_size % (self.world * config.grad_accum):
             raise ValueError(
-                f"batch_size {config.batch_size} must divide by world size x grad_accum = {self.world * config.grad_accum}"
+                f"batch_size {config.batch_size} must divide by world size x grad_accum = "
+                f"{self.world * config.grad_accum}"
             )
-        self.data = Batches(
-            config.data, config.batch_size, config.seed
-        )  # bad shards or weights fail before any model is built
+        # bad shards or weights fail before any model is built
+        self.data = Batches(config.data, config.batch_size, config.seed)
         torch.manual_seed(config.seed)
         self.model, self.tokenizer = checkpoint.build_model(config, self.out, self.rank)
         self.model.to(self.device).train()  # from_pretrained leaves models in eval mode: dropout would be off
         if config.model.gradient_checkpointing:
             backbone = self.model.backbone
-            if hasattr(
-                backbone, "activation_checkpointing_enable"
-            ):  # transformers 5.x's name; the older one is deprecated there
+            # transformers 5.x's name; the older one is deprecated there
+            if hasattr(backbone, "activation_checkpointing_enable"):
                 backbone.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -178,9 +177,8 @@ class Trainer:
         keys = micro.keys.to(self.device, non_blocking=True)
         pairing = Pairing(micro.owner.to(self.device, non_blocking=True), micro.batch.in_batch, keys, gather_keys(keys))
         sides = (micro.queries, micro.positives, micro.negatives)
-        if (
-            not self.config.grad_cache_chunk
-        ):  # queries, positives and negatives each in their own pieces (queries are short)
+        # queries, positives and negatives each in their own pieces (queries are short)
+        if not self.config.grad_cache_chunk:
             with self._autocast():
                 embedded = [self._embed(side, layers) for side in sides]
             return self.loss(*embedded, pairing)

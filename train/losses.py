@@ -69,9 +69,8 @@ class InfoNCE:
             own = pairing.owner[None, :] == torch.arange(q.shape[0], device=q.device)[:, None]
             logits = torch.cat([pos, (q @ n.T).masked_fill(~own, float("-inf"))], dim=1)
         loss = F.cross_entropy(logits / self.temperature, target)
-        if (
-            pairing.in_batch and self.symmetric
-        ):  # queries sharing the positive are all right answers: `same` masks them too
+        # queries sharing the positive are all right answers: `same` masks them too
+        if pairing.in_batch and self.symmetric:
             back = (p @ gather(q)[0].T).masked_fill(same, float("-inf"))
             loss = (loss + F.cross_entropy(back / self.temperature, target)) / 2
         return loss

@@ -143,9 +143,8 @@ class Embedder(nn.Module):
         keep = mask[:, None, None, :].bool()  # (batch, 1, 1, keys): broadcast over heads and queries
         if kind == "sdpa":
             return keep
-        return torch.zeros(keep.shape, device=mask.device).masked_fill(
-            ~keep, torch.finfo(torch.float32).min
-        )  # eager: added to the scores
+        # eager: added to the scores
+        return torch.zeros(keep.shape, device=mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)
 
 
 def default_dims(width: int) -> list[int]:

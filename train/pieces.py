@@ -73,10 +73,8 @@ class Tokenize:
         self, tokenizer: Any, max_length: int, piece_tokens: int, include_prompt: bool = True, multiple: int = 1
     ):
         self.tokenizer, self.max_length, self.piece_tokens = tokenizer, max_length, piece_tokens
-        self.include_prompt, self.multiple = (
-            include_prompt,
-            multiple,
-        )  # multiple: pad lengths to a multiple (GPU tensor cores)
+        # multiple: pad lengths to a multiple (GPU tensor cores)
+        self.include_prompt, self.multiple = include_prompt, multiple
         self.prompt_lengths: dict[str, int] = {}
 
     def prompt_length(self, prompt: str) -> int:
@@ -97,9 +95,8 @@ class Tokenize:
             skip = np.array([self.prompt_length(p) if p else 0 for p in prompts], dtype=np.int64)
         pieces, start = [], 0
         while start < len(order):
-            longest = min(
-                -(-int(lengths[order[start]]) // self.multiple) * self.multiple, self.max_length
-            )  # texts are truncated to max_length
+            # texts are truncated to max_length
+            longest = min(-(-int(lengths[order[start]]) // self.multiple) * self.multiple, self.max_length)
             rows = max(1, min(self.piece_tokens // longest, max_rows or len(order), len(order) - start))
             pieces.append(
                 self._piece([ids[i] for i in order[start : start + rows]], skip[order[start : start + rows]], longest)

@@ -99,9 +99,8 @@ class GroupWorker:
                 done.append(self._finish(out.take(rows), where[rows], owners, values, name, lang_in.take(rows), n))
             stay = np.flatnonzero(~gone)
             batch, lang_in, where = out.take(stay), lang_in.take(stay), where[stay]
-            batch = replace_column(
-                batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type)
-            )  # collected above
+            # collected above
+            batch = replace_column(batch, FLAGS, pa.nulls(batch.num_rows, WORK_SCHEMA.field(FLAGS).type))
         done.append(self._finish(batch, where, owners, values, None, lang_in, n))
         return pa.concat_tables(done)
 

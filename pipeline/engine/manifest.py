@@ -66,7 +66,8 @@ class RaySettings(Strict):
         1_000_000,
         ge=0,
         description="Without an address, a step whose input has at most this many rows runs in process (its "
-        "row-local stages in one worker process per CPU): the same results, none of a distributed step's fixed cost; 0: every step on Ray.",
+        "row-local stages in one worker process per CPU): the same results, none of a distributed step's fixed cost; "
+        "0: every step on Ray.",
     )
 
 
@@ -133,14 +134,15 @@ class Manifest(Strict):
     )
     checkpoint: Literal["fused", "every_step"] = Field(
         "fused",
-        description="fused: consecutive row-local stages run in one pass with one checkpoint after the group (a stage's "
-        "`checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage (finer resume, slower).",
+        description="fused: consecutive row-local stages run in one pass with one checkpoint after the group "
+        "(a stage's `checkpoint: true` still ends a group after it); every_step: a checkpoint after every stage "
+        "(finer resume, slower).",
     )
     keep_checkpoints: Literal["all", "last"] = Field(
         "all",
         description="all: every step's checkpoint stays (a changed stage re-runs from its own step); last: a step's "
-        "checkpoint is removed once the next one is committed, so the disk holds about one step's rows (a changed stage "
-        "re-runs from the last checkpoint kept before it, or from the sources).",
+        "checkpoint is removed once the next one is committed, so the disk holds about one step's rows "
+        "(a changed stage re-runs from the last checkpoint kept before it, or from the sources).",
     )
     shards: ShardSettings = Field(default_factory=ShardSettings, description="The final Parquet shards.")
     stats: StatsSettings = Field(
@@ -156,7 +158,8 @@ class Manifest(Strict):
             output = storage.check_url(output)
             if not output.lower().startswith("s3://"):
                 raise ValueError(
-                    f"{output!r}: an output in object storage must be on S3 (s3://...): the run's lease needs its conditional writes"
+                    f"{output!r}: an output in object storage must be on S3 (s3://...): "
+                    "the run's lease needs its conditional writes"
                 )
             if importlib.util.find_spec("boto3") is None:
                 raise ValueError(

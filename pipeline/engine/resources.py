@@ -64,9 +64,8 @@ def needs(
         return Needs(disk=size + size // 4, worker=int(min(task_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
     if kind == "shuffle":
         return Needs(disk=2 * size, worker=int(min(partition_rows, rows) * per_row * WORKING_COPIES) + stage_memory)
-    return Needs(
-        disk=2 * size, worker=DATASET_WORKER + per_file * WORKING_COPIES // 2 + stage_memory
-    )  # a task holds a whole input file
+    # a task holds a whole input file
+    return Needs(disk=2 * size, worker=DATASET_WORKER + per_file * WORKING_COPIES // 2 + stage_memory)
 
 
 def free_disk(path: Path) -> int:
@@ -96,8 +95,8 @@ def check_disk(step: str, folder: Path, need: int, prunable: int) -> None:
         return
     hint = (
         (
-            f", or set `keep_checkpoints: last` in the manifest to keep only the checkpoint a resume needs ({size(prunable)} "
-            "of older checkpoints here)"
+            f", or set `keep_checkpoints: last` in the manifest to keep only the checkpoint a resume needs "
+            f"({size(prunable)} of older checkpoints here)"
         )
         if prunable
         else ""

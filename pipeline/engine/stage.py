@@ -50,7 +50,8 @@ class DedupConfig(StageConfig):
     priority: list[str] = Field(
         default_factory=list,
         description=(
-            "Sources whose rows are kept first, in this order; the others follow in manifest order, then by smallest id."
+            "Sources whose rows are kept first, in this order; the others follow in manifest order, "
+            "then by smallest id."
         ),
     )
 

@@ -53,15 +53,14 @@ class EosTokenizer:
             None
             if pad is not None and pad != self.eos
             else (
-                f"tokenizer {path}: its pad token {'is its EOS token' if pad is not None else 'is not set'}; the release masks "
-                "padding by pad_token_id, which would hide the EOS position it pools"
+                f"tokenizer {path}: its pad token {'is its EOS token' if pad is not None else 'is not set'}; "
+                "the release masks padding by pad_token_id, which would hide the EOS position it pools"
             )
         )
 
     def __call__(self, texts: list[str]) -> pa.Array:
-        if (
-            self.tokenizer.is_fast
-        ):  # the Rust tokenizer the fast one wraps: the same ids, without Python's per-call work
+        # the Rust tokenizer the fast one wraps: the same ids, without Python's per-call work
+        if self.tokenizer.is_fast:
             backend = self.tokenizer.backend_tokenizer
             backend.enable_truncation(self.max_length - 1)
             ids = [e.ids for e in backend.encode_batch_fast(texts)]

@@ -3,8 +3,9 @@
 The algorithm of Kiveris et al. (2014, "Connected Components in MapReduce and Beyond") rewrites the
 edge set in rounds until every component is a star around its smallest node; each step only needs
 the edges of one node at a time, so edges are hash-partitioned by node and every partition is
-handled by its own task (`pipeline/ops/exchange.py`: the partitions pass through scratch files). It converges in O(log^2 n) rounds (a few in
-practice); no process ever holds more than its partition of the edges.
+handled by its own task (`pipeline/ops/exchange.py`: the partitions pass through scratch files). It
+converges in O(log^2 n) rounds (a few in practice); no process ever holds more than its partition of
+the edges.
 
 - large-star: for node u with neighbours N(u), link every larger neighbour to m = min(N(u) + u).
 - small-star: for node u with smaller neighbours S(u), link u and all of S(u) to m = min(S(u) + u).

@@ -107,9 +107,8 @@ def _store(value: Any, path: str, keep: bool) -> Any:
             value, path + ".parquet", compression="zstd", compression_level=1, row_group_size=ROW_GROUP
         )
         return Ref(path + ".parquet", "table", keep)
-    if isinstance(
-        value, pa.Table
-    ):  # a slice would carry its whole parent's buffers when pickled: a copy of its own rows
+    # a slice would carry its whole parent's buffers when pickled: a copy of its own rows
+    if isinstance(value, pa.Table):
         return (
             value.take(pa.array(np.arange(value.num_rows), pa.int64()))
             if value.num_rows

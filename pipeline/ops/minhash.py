@@ -138,9 +138,8 @@ def _prepare(
     counts = pc.list_value_length(split).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(split)
     hashes = hash_strings(flat) if len(flat) else np.zeros(0, np.uint64)
-    starts = (np.cumsum(counts) - counts).astype(
-        np.int64
-    )  # each text's first token (as long as `counts`, empty included)
+    # each text's first token (as long as `counts`, empty included)
+    starts = (np.cumsum(counts) - counts).astype(np.int64)
     n = np.where(unspaced, shingling.n_chars, shingling.n_words).astype(np.int64)
     return split, hashes, starts, counts, n
 

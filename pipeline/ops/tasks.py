@@ -106,7 +106,8 @@ class Pool(Executor):
                 return [f.result() for f in futures]
         except BrokenProcessPool as exc:
             raise WorkerLost(
-                f"{description or 'a task'}: a worker process died ({len(args)} tasks of {self.parallelism} processes): "
+                f"{description or 'a task'}: a worker process died "
+                f"({len(args)} tasks of {self.parallelism} processes): "
                 "most likely the machine ran out of memory; run again with fewer processes (`ray.num_cpus`) "
                 "or more memory free; the run resumes at this step"
             ) from exc

@@ -331,7 +331,8 @@ def render(run_dir: str | Path, out: str | Path | None = None) -> Path:
         title=html.escape(f"{run_dir.name}: corpus statistics"),
         run=html.escape(str(run_dir)),
         summary=html.escape(
-            f"{totals['records']:,} records · {totals['languages']} languages · {totals['tokens']:,} tokens ({meta['tokens']}) · "
+            f"{totals['records']:,} records · {totals['languages']} languages · "
+            f"{totals['tokens']:,} tokens ({meta['tokens']}) · "
             f"{totals['sources']} sources · shards {meta['shards'][:8]}"
         ),
         plotly=get_plotlyjs(),
@@ -349,9 +350,11 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1em; }}
 .chart {{ min-height: 420px; border: 1px solid #eee; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }} th, td {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th {{ cursor: pointer; position: sticky; top: 0; background: #fafafa; }} td:nth-child(-n+4) {{ text-align: left; }}
-#table-wrap {{ max-height: 520px; overflow: auto; }} .sample {{ border-left: 3px solid #ccc; padding-left: .6em; margin: .5em 0; white-space: pre-wrap; }}
+#table-wrap {{ max-height: 520px; overflow: auto; }}
+.sample {{ border-left: 3px solid #ccc; padding-left: .6em; margin: .5em 0; white-space: pre-wrap; }}
 #panel-figures {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1em; }}
 </style>
 <script>{plotly}</script>
@@ -363,7 +366,8 @@ th {{ cursor: pointer; position: sticky; top: 0; background: #fafafa; }} td:nth-
 <div id="table-wrap"><table id="languages"><thead></thead><tbody></tbody></table></div>
 <h2>One language</h2>
 <select id="language-select"></select>
-<div id="panel"><table id="panel-figures-table"></table><div id="panel-figures"></div><div id="panel-samples"></div></div>
+<div id="panel"><table id="panel-figures-table"></table>
+<div id="panel-figures"></div><div id="panel-samples"></div></div>
 <script type="application/json" id="stats-data">{data}</script>
 <script>{script}</script>
 </body></html>
@@ -382,42 +386,58 @@ thead.innerHTML = '<tr>' + cols.map(c => `<th data-col="${c}">${c}</th>`).join('
 let rows = DATA.languages.slice(), sortCol = 'records', sortDesc = true;
 function drawTable() {
   const q = document.getElementById('search').value.toLowerCase();
-  const shown = rows.filter(r => !q || [r.language, r.name, r.script_name, r.family].join(' ').toLowerCase().includes(q));
+  const shown = rows.filter(r => !q || [r.language, r.name, r.script_name, r.family].join(' ')
+    .toLowerCase().includes(q));
   shown.sort((a, b) => (a[sortCol] > b[sortCol] ? 1 : a[sortCol] < b[sortCol] ? -1 : 0) * (sortDesc ? -1 : 1));
   tbody.innerHTML = shown.map(r => '<tr>' + cols.map(c => `<td>${fmt(r[c])}</td>`).join('') + '</tr>').join('');
   document.getElementById('shown').textContent = `${shown.length} of ${rows.length} languages`;
 }
-thead.addEventListener('click', e => { const c = e.target.dataset.col; if (!c) return; sortDesc = c === sortCol ? !sortDesc : true; sortCol = c; drawTable(); });
+thead.addEventListener('click', e => {
+  const c = e.target.dataset.col; if (!c) return;
+  sortDesc = c === sortCol ? !sortDesc : true; sortCol = c; drawTable();
+});
 document.getElementById('search').addEventListener('input', drawTable);
 drawTable();
 // The language panel: figures, funnel, histograms and sample records of one language.
 const select = document.getElementById('language-select');
-select.innerHTML = DATA.languages.map(r => `<option value="${r.language}">${r.name} (${r.language}): ${fmt(r.records)}</option>`).join('');
+select.innerHTML = DATA.languages
+  .map(r => `<option value="${r.language}">${r.name} (${r.language}): ${fmt(r.records)}</option>`).join('');
 const esc = s => String(s ?? '').replace(/[&<>]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;'}[c]));
 function drawPanel() {
   const lang = select.value, row = DATA.languages.find(r => r.language === lang) || {};
-  document.getElementById('panel-figures-table').innerHTML = Object.entries(row).map(([k, v]) => `<tr><th>${k}</th><td>${esc(fmt(v))}</td></tr>`).join('');
+  document.getElementById('panel-figures-table').innerHTML =
+    Object.entries(row).map(([k, v]) => `<tr><th>${k}</th><td>${esc(fmt(v))}</td></tr>`).join('');
   const box = document.getElementById('panel-figures');
   box.innerHTML = '';
-  const add = (id, data, layout) => { const d = document.createElement('div'); d.className = 'chart'; d.id = id; box.appendChild(d);
-    Plotly.newPlot(d, data, Object.assign({height: 360, margin: {l: 50, r: 10, t: 40, b: 50}, template: DATA.figures.languages.layout.template}, layout), {responsive: true}); };
+  const add = (id, data, layout) => {
+    const d = document.createElement('div'); d.className = 'chart'; d.id = id; box.appendChild(d);
+    Plotly.newPlot(d, data, Object.assign({height: 360, margin: {l: 50, r: 10, t: 40, b: 50},
+                                           template: DATA.figures.languages.layout.template}, layout),
+                   {responsive: true});
+  };
   const f = DATA.funnel.filter(r => r.language === lang);
   const steps = [...new Set(f.map(r => r.step))].sort();
   add('panel-funnel', [
-    {type: 'bar', name: 'kept', x: steps, y: steps.map(s => f.filter(r => r.step === s && r.kind === 'out').reduce((a, r) => a + r.rows, 0))},
-    ...[...new Set(f.filter(r => r.kind === 'dropped').map(r => r.reason))].map(reason => ({type: 'bar', name: reason, x: steps,
+    {type: 'bar', name: 'kept', x: steps,
+     y: steps.map(s => f.filter(r => r.step === s && r.kind === 'out').reduce((a, r) => a + r.rows, 0))},
+    ...[...new Set(f.filter(r => r.kind === 'dropped').map(r => r.reason))].map(reason => ({
+      type: 'bar', name: reason, x: steps,
       y: steps.map(s => f.filter(r => r.step === s && r.reason === reason).reduce((a, r) => a + r.rows, 0))}))],
     {title: {text: 'Funnel: rows kept and removed per step'}, barmode: 'stack'});
   for (const [metric, label] of Object.entries(DATA.metric_names)) {
     const h = DATA.histograms.filter(r => r.language === lang && r.metric === metric);
     if (!h.length) continue;
     const unit = r => r.bin_hi - r.bin_lo === 1;
-    add('panel-' + metric, [{type: 'bar', x: h.map(r => unit(r) ? r.bin_lo : (r.bin_lo + r.bin_hi) / 2), y: h.map(r => r.count), width: h.map(r => unit(r) ? 0.8 : r.bin_hi - r.bin_lo)}],
+    add('panel-' + metric, [{type: 'bar', x: h.map(r => unit(r) ? r.bin_lo : (r.bin_lo + r.bin_hi) / 2),
+                             y: h.map(r => r.count), width: h.map(r => unit(r) ? 0.8 : r.bin_hi - r.bin_lo)}],
         {title: {text: label}});
   }
-  document.getElementById('panel-samples').innerHTML = '<h3>Sample records</h3>' + DATA.samples.filter(s => s.language === lang).map(s =>
-    `<div class="sample"><b>${esc(s.source)} · ${esc(s.task)}</b>${s.instruction ? ' · <i>' + esc(s.instruction) + '</i>' : ''}<br>` +
-    `<b>query:</b> ${esc(s.query)}${s.positive ? '<br><b>positive:</b> ' + esc(s.positive) : ''}${s.label ? '<br><b>label:</b> ' + esc(s.label) : ''}</div>`).join('');
+  document.getElementById('panel-samples').innerHTML = '<h3>Sample records</h3>' +
+    DATA.samples.filter(s => s.language === lang).map(s =>
+      `<div class="sample"><b>${esc(s.source)} · ${esc(s.task)}</b>` +
+      `${s.instruction ? ' · <i>' + esc(s.instruction) + '</i>' : ''}<br>` +
+      `<b>query:</b> ${esc(s.query)}${s.positive ? '<br><b>positive:</b> ' + esc(s.positive) : ''}` +
+      `${s.label ? '<br><b>label:</b> ' + esc(s.label) : ''}</div>`).join('');
 }
 select.addEventListener('change', drawPanel);
 drawPanel();

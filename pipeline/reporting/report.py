@@ -54,7 +54,8 @@ def print_summary(result: Any, console: Console, top_languages: int = 15) -> Non
     total = sum(s["rows"] for s in result.shards)
     if result.dashboard:
         console.print(
-            f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  (`python -m pipeline stats {result.run_dir}`)"
+            f"statistics under {result.dashboard.parent}; dashboard: {result.dashboard}  "
+            f"(`python -m pipeline stats {result.run_dir}`)"
         )
     where = (
         f"{result.output}/shards"
@@ -179,7 +180,8 @@ def print_filters(tables: dict[str, Any], console: Console) -> bool:
         console.print(
             _table(
                 others.select("language", "filter", "skipped", "negatives_removed").sort("skipped", descending=True),
-                "texts a filter could not judge (kept; no word tokenizer here) and negatives it removed, by the text's language",
+                "texts a filter could not judge (kept; no word tokenizer here) and negatives it removed, "
+                "by the text's language",
             )
         )
     return True

@@ -107,7 +107,8 @@ class BuildPairs(ShuffleStage[BuildPairsConfig]):
                 else:
                     r[DROP], r[DETAIL] = "no_positive", f"label {label!r} has no other text"
                     continue
-                # a description's negatives are other descriptions: the model learns to pick the label, not the text's language
+                # a description's negatives are other descriptions: the model learns to pick the label, not the
+                # text's language
                 picks = (
                     [
                         descriptions[lab]

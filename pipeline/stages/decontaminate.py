@@ -38,7 +38,8 @@ class EvalSet(BaseModel):
         "file", description="file: JSONL, CSV, TSV, Parquet or plain text; hf: a `datasets` folder or hub id."
     )
     path: str = Field(
-        description="File or glob, relative to the manifest (one text per line for plain text); for hf a saved or data folder, or a hub id."
+        description="File or glob, relative to the manifest (one text per line for plain text); "
+        "for hf a saved or data folder, or a hub id."
     )
     columns: list[str] = Field(
         default_factory=lambda: ["text"],
@@ -76,9 +77,8 @@ class EvalSet(BaseModel):
                 with open_binary(file) as f:
                     out += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
                 continue
-            data = (
-                io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file
-            )  # polars reads local files itself
+            # polars reads local files itself
+            data = io.BytesIO(open_binary(file).read()) if storage.is_url(file) else file
             if name.endswith(".parquet"):
                 frame = pl.read_parquet(data)
             elif name.endswith((".csv", ".tsv")):
@@ -130,7 +130,8 @@ class Decontaminate(Stage[DecontaminateConfig]):
 
     @classmethod
     def columns_read(cls, config: DecontaminateConfig) -> tuple[str, ...]:
-        """The fields it compares with the evaluation sets (negatives only while they are inline texts, which the validator checks)."""
+        """The fields it compares with the evaluation sets (negatives only while they are inline texts,
+        which the validator checks)."""
         return tuple(config.fields)
 
     def setup(self) -> None:

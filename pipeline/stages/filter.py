@@ -44,14 +44,16 @@ class SameText(Strict):
     contained: bool = Field(True, description="Also drop a positive contained in its query (not only equal to it).")
     tasks: list[TaskName] = Field(
         ["retrieval", "bitext"],
-        description="Tasks whose positive must differ from its query (not STS or pair classification, where an identical pair is a labelled example).",
+        description="Tasks whose positive must differ from its query "
+        "(not STS or pair classification, where an identical pair is a labelled example).",
     )  # type: ignore[valid-type]
 
 
 class MinLength(Strict):
     words: dict[TaskName | Literal["*"], dict[TextField, int]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: {"*": {"query": 1, "positive": 1}, "retrieval": {"query": 1, "positive": 5}},
-        description="Fewest words per task and field (`*`: every task not listed); characters in scripts with no word tokenizer.",
+        description="Fewest words per task and field (`*`: every task not listed); "
+        "characters in scripts with no word tokenizer.",
     )
 
 
@@ -108,7 +110,8 @@ class FilterSpec(BaseModel):
     }
 
     name: str = Field(
-        description=f"One of {', '.join(PAIR_FILTERS)}, or a datatrove filter class (GopherQualityFilter, C4QualityFilter, ...)."
+        description=f"One of {', '.join(PAIR_FILTERS)}, "
+        "or a datatrove filter class (GopherQualityFilter, C4QualityFilter, ...)."
     )
     args: dict[str, Any] = Field(
         default_factory=dict, description="The filter's settings (datatrove: its constructor's arguments)."
@@ -116,7 +119,8 @@ class FilterSpec(BaseModel):
     fields: list[AnyField] = Field(
         ["query", "positive"],
         description=(
-            "Datatrove filters: the fields whose texts must pass (a failing negative leaves its row's list; the row stays)."
+            "Datatrove filters: the fields whose texts must pass "
+            "(a failing negative leaves its row's list; the row stays)."
         ),
     )
 
@@ -152,7 +156,8 @@ class FilterConfig(StageConfig):
     filters: list[FilterSpec] = Field(
         default_factory=default_filters,
         description=(
-            "The filters, in order (default: every pair filter, then datatrove's C4QualityFilter for boilerplate in positives)."
+            "The filters, in order "
+            "(default: every pair filter, then datatrove's C4QualityFilter for boilerplate in positives)."
         ),
     )
 

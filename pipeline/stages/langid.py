@@ -64,22 +64,26 @@ class LangTagConfig(StageConfig):
     stage: Literal["langid"]
     model: str = Field(
         DEFAULT_MODEL,
-        description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model (GlotLID, OpenLID, `python -m langid train`).",
+        description=f"A bundled model ({', '.join(BUNDLED_MODELS)}) or the path of any fastText language-ID model "
+        "(GlotLID, OpenLID, `python -m langid train`).",
     )
     fallback: str | None = Field(
         DEFAULT_FALLBACK,
-        description="Model asked where `model` is unsure; its label is taken when `model` does not know that language and the fallback is sure (null: none).",
+        description="Model asked where `model` is unsure; its label is taken when `model` does not know that language "
+        "and the fallback is sure (null: none).",
     )
     min_confidence: float = Field(
         0.3, ge=0.0, le=1.0, description="Below this a text is labelled `und` (labels without their own threshold)."
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="Per-label thresholds ({eng_Latn: 0.8}), for every length; override the model's length-aware table.",
+        description="Per-label thresholds ({eng_Latn: 0.8}), for every length; "
+        "override the model's length-aware table.",
     )
     pair_context: bool = Field(
         False,
-        description="A short, unsure query takes its positive's language when the positive is sure of it and it is among the query's candidates (flagged `language_from_pair`).",
+        description="A short, unsure query takes its positive's language when the positive is sure of it "
+        "and it is among the query's candidates (flagged `language_from_pair`).",
     )
     pair_max_words: str = Field(
         "3-5", description=f"Longest length bucket the pair rule applies to ({', '.join(BUCKET_NAMES)})."
@@ -97,7 +101,8 @@ class LangTagConfig(StageConfig):
     detect_code: bool = Field(True, description="Tag texts that look like source code `code:<lang>`.")
     prefer_standard: bool = Field(
         True,
-        description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.",
+        description="A regional variety (Najdi Arabic, Cantonese, Dari...) keeps a text only with at least half "
+        "its group's probability, else the standard (Standard Arabic, Mandarin, Persian) takes it.",
     )
 
     @field_validator("pair_max_words")
@@ -122,11 +127,8 @@ class LangTagConfig(StageConfig):
 class LangTag(Stage[LangTagConfig]):
     config_model = LangTagConfig
     version = "6"  # 6: Chinese by script, min_confidence as a floor under the model's table
-    reads = (
-        "query",
-        "positive",
-        "negatives",
-    )  # negatives as texts: the validator refuses langid after they are stored by id
+    # negatives as texts: the validator refuses langid after they are stored by id
+    reads = ("query", "positive", "negatives")
     writes = (
         "query_lang",
         "query_lang_conf",

@@ -10,7 +10,8 @@ prior is counted on them where a source has 100, `langid/prior.py`); then each b
 among their best candidates, where that label holds at least `share` of the candidates' weighted
 mass. A changed text is flagged `language_from_prior` (counted in the ledger under its new
 language) and `cross_lingual` is recomputed (the ledger's `cross_lingual` count stays `langid`'s). A
-field whose language is declared (trusted or verified) is left as `langid` set it. The priors are written to `langid_prior.json` in the run folder.
+field whose language is declared (trusted or verified) is left as `langid` set it. The priors are
+written to `langid_prior.json` in the run folder.
 """
 
 from __future__ import annotations

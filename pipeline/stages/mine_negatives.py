@@ -85,7 +85,8 @@ class MineNegativesConfig(StageConfig):
     )
     model: str | None = Field(
         None,
-        description="Local model folder for dense retrieval (sentence-transformers or transformers format, or `python -m train export` output).",
+        description="Local model folder for dense retrieval "
+        "(sentence-transformers or transformers format, or `python -m train export` output).",
     )
     query_prompt: str = Field("", description="Prepended to queries before embedding (e.g. 'query: ' for E5 models).")
     passage_prompt: str = Field("", description="Prepended to pool passages before embedding.")

@@ -92,7 +92,8 @@ class NearDedupConfig(DedupConfig):
     )
     verify: bool = Field(
         True,
-        description="Keep only candidate pairs whose estimated Jaccard similarity reaches `threshold` in every field (unverified: every pair sharing a band is one).",
+        description="Keep only candidate pairs whose estimated Jaccard similarity reaches `threshold` in every field "
+        "(unverified: every pair sharing a band is one).",
     )
     cross_language: bool = Field(False, description="Compare rows of different languages too.")
     seed: int = 1
@@ -103,7 +104,8 @@ class NearDedupConfig(DedupConfig):
             raise ValueError("give both `bands` and `rows`, or neither (then they are chosen from `threshold`)")
         if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(
-                f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm} (a band takes `rows` hashes of each field)"
+                f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm} "
+                "(a band takes `rows` hashes of each field)"
             )
         return self
 

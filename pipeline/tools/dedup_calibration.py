@@ -11,8 +11,9 @@ How it is built (deterministic from a seed), per UDHR text in `udhr2.zip`:
   same paragraph in two closely related languages (Bosnian / Croatian / Serbian, Czech / Slovak,
   Hindi / Marathi...), and the same article in two unrelated languages.
 Scripts with few UDHR texts (Han, Thai...) get more pairs per text, so every script has at least
-`min_per_script` duplicates and as many distinct pairs. Each pair carries the script of its first text (the dominant one of Latin, Cyrillic, Arabic, Han,
-Devanagari, Thai, ... as decided by `regex` script properties).
+`min_per_script` duplicates and as many distinct pairs. Each pair carries the script of its first
+text (the dominant one of Latin, Cyrillic, Arabic, Han, Devanagari, Thai, ... as decided by `regex`
+script properties).
 """
 
 from __future__ import annotations
