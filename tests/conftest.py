@@ -71,6 +71,11 @@ def stage1_manifest(folder: Path, sources: list[dict] | None = None, output: str
     return write_manifest(folder, sources or stage1_sources(), stages, shards={"rows_per_shard": 4000}, output=output)
 
 
+def steps_in(manifest: Path) -> int:
+    """How many steps a run of `manifest` reports: ingest, then one per stage."""
+    return 1 + len(yaml.safe_load(manifest.read_text(encoding="utf-8"))["stages"])
+
+
 @pytest.fixture(scope="session")
 def stage1_run(tmp_path_factory) -> Path:
     """The stage-1 sample run, as a user runs it (the CLI, local files): its run folder."""
@@ -383,7 +388,8 @@ def chart_sizes(page) -> dict[str, tuple[float, float, int]]:
             """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => {
              const svg = d.querySelector('.main-svg');
              const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-             return [d.id, [r.width, r.height, d.querySelectorAll('.point, .bars path, .slice, .trace path').length]];
+             const marks = d.querySelectorAll('.point, .bars path, .slice, .trace path, .hm image');
+             return [d.id, [r.width, r.height, marks.length]];
              }))"""
         ).items()
     }

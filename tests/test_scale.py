@@ -77,7 +77,7 @@ def test_generated_duplicates_are_found_and_a_run_killed_in_near_dedup_resumes_t
     assert scores["should_drop"] >= 0.03 * ROWS and scores["precision"] >= 0.95 and scores["recall"] >= 0.95, scores
     truth = json.loads(json.dumps(scores))
     assert truth["right"] <= truth["dropped"]
-    # The same run killed (every process) in near_dedup, its candidate pairs in scratch; then run again.
+    # The same run killed (every process) in near_dedup, between candidate pairs and components; then again.
     manifest = manifest_copy(generated, tmp_path / "killed")
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_IN_COMPONENTS, str(manifest)],
@@ -89,7 +89,8 @@ def test_generated_duplicates_are_found_and_a_run_killed_in_near_dedup_resumes_t
     for line in process.stdout:  # type: ignore[union-attr]
         if line.startswith("components"):
             break
-    assert any((manifest.parent / "run" / "work").rglob("*.npy"))  # the signatures, in scratch
+    # the killed step's scratch space: its signatures were written there (and discarded once read)
+    assert (manifest.parent / "run" / "work").is_dir()
     kill_tree(process.pid)
     process.wait()
     stages = manifest.parent / "run" / "stages"

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint", help="a checkpoint, a training folder (its latest checkpoint), or a plain model folder (baseline)"
     )
     ev.add_argument("--data", required=True, help="folder of held-out .jsonl.gz files (question, context)")
-    ev.add_argument("--out", help="folder for eval.csv and eval.html (default: the checkpoint's)")
+    ev.add_argument("--out", help="folder for eval.csv and eval.html (default: the CKPT folder named)")
     ev.add_argument("--template", help='query template, e.g. "Instruct: retrieve passages\\nQuery: {query}"')
     (
         ev.add_argument("--ranks", type=int, nargs="*"),
@@ -151,7 +151,7 @@ def _evaluate(args: argparse.Namespace, console: Console) -> int:
         model,
         tokenizer,
         args.data,
-        Path(args.out or checkpoint),
+        Path(args.out or args.checkpoint),
         args.template,
         args.ranks or state["ranks"],
         args.layers or state["layers"],

@@ -123,7 +123,7 @@ def export(
         if policy == "drop":  # short rows go, so every row written keeps its own (scored) negatives
             shape = replace(shape, scores=shape.scores or (layout == "flagembedding" and data.scored))
         entry.scores = shape.scores
-        out = _write_dataset(
+        dataset_file = _write_dataset(
             finished,
             data,
             shape,
@@ -137,7 +137,7 @@ def export(
         )
         done += data.rows
         if entry.rows_written < shape.min_rows:  # what the policy left is too little to train on
-            out.discard()
+            dataset_file.discard()
             entry.dropped["dataset_too_small"] = entry.dropped.get("dataset_too_small", 0) + entry.rows_written
             entry.rows_written = 0
             continue

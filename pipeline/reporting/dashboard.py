@@ -67,8 +67,8 @@ def _sort_buttons(languages: pl.DataFrame) -> list[dict[str, Any]]:
     ]
     scales = [{"label": s, "method": "relayout", "args": [{"yaxis.type": s}]} for s in ("log", "linear")]
     return [
-        {"buttons": buttons, "x": 0.0, "y": 1.15, "xanchor": "left"},
-        {"buttons": scales, "x": 0.25, "y": 1.15, "xanchor": "left"},
+        {"buttons": buttons, "x": 0.0, "y": 1.03, "xanchor": "left", "yanchor": "bottom"},
+        {"buttons": scales, "x": 0.25, "y": 1.03, "xanchor": "left", "yanchor": "bottom"},
     ]
 
 
@@ -83,7 +83,11 @@ def _language_bars(languages: pl.DataFrame) -> go.Figure:
             hovertemplate="%{customdata} (%{x})<br>%{y:,} records<extra>%{fullData.name}</extra>",
         )
     fig.update_layout(
-        **_layout(f"Records per language ({languages.height} languages; colour: family)", height=480),
+        **_layout(
+            f"Records per language ({languages.height} languages; colour: family)",
+            height=480,
+            margin={"l": 60, "r": 20, "t": 100, "b": 60},  # the menus sit between the title and the plot
+        ),
         barmode="stack",
         updatemenus=_sort_buttons(languages),
         yaxis_type="log",
