@@ -93,7 +93,9 @@ class Sampler(threading.Thread):
             )
 
 
-def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = None) -> dict:
+def run_size(
+    rows: int, work: Path, ray: bool, seed: int, address: str | None = None, without: tuple[str, ...] = ()
+) -> dict:
     data = work / f"input-{rows}-{seed}"
     if not (data / "truth.parquet").exists():
         shutil.rmtree(data, ignore_errors=True)
@@ -104,6 +106,7 @@ def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = 
     shutil.rmtree(run, ignore_errors=True)
     manifest["output"] = str(run)
     manifest["stats"] = {"enabled": False}
+    manifest["stages"] = [s for s in manifest["stages"] if s["stage"] not in without]
     if ray:
         manifest["ray"] = {"in_process_rows": 0}
     path = data / "scale.yaml"
@@ -133,10 +136,13 @@ def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = 
     if process.returncode:
         raise SystemExit(f"run of {rows:,} rows failed:\n{''.join(output[-40:])}")
     bounds = steps + [("end", started + total)]
+    # a step's input: the checkpoint before it (the source files for ingest, the last one for shards)
+    sizes = {p.name: folder_bytes(p) for p in (run / "stages").iterdir()}
+    inputs = [folder_bytes(data) - (data / "truth.parquet").stat().st_size] + [sizes.get(n, 0) for n, _ in steps[:-1]]
     cores = len(os.sched_getaffinity(0))
     ledger = pl.read_parquet(run / "ledger.parquet")
     result: dict = {"rows": rows, "seconds": total, "steps": {}}
-    for (name, begin), (_, end) in zip(bounds, bounds[1:]):
+    for (name, begin), (_, end), input_bytes in zip(bounds, bounds[1:], inputs):
         window = [s for s in sampler.samples if begin <= s["t"] <= end] or [
             {"used": 0, "cpu": 0, "scratch": 0, "spill": 0}
         ]
@@ -149,6 +155,7 @@ def run_size(rows: int, work: Path, ray: bool, seed: int, address: str | None = 
             "cpu_busy": sum(s["cpu"] for s in window) / len(window) / 100,
             "scratch_gb": max(s["scratch"] for s in window) / 2**30,
             "spill_gb": max(s["spill"] for s in window) / 2**30,
+            "input_gb": input_bytes / 2**30,
         }
     result["peak_memory_gb"] = max((s["used"] for s in sampler.samples), default=0) / 2**30
     result["scratch_gb"] = max((s["scratch"] for s in sampler.samples), default=0) / 2**30
@@ -220,6 +227,7 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="every step on a two-node Ray cluster on loopback")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "scale")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--without", default="", help="stages left out, e.g. langid (the others' figures, sooner)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,8 @@ def main() -> None:
     address = start_loopback_cluster() if args.cluster else None
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            results.append(run_size(size, args.work, args.ray, args.seed, address))
+            without = tuple(w for w in args.without.split(",") if w)
+            results.append(run_size(size, args.work, args.ray, args.seed, address, without))
             report(results, args.json)
     finally:
         if address:
@@ -273,7 +282,7 @@ def report(results: list[dict], json_path: str | None) -> None:
         print(
             f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  "
             f"CPU busy {step['cpu_busy']:.0%}"
-            f"  scratch {step['scratch_gb']:.2f} GB"
+            f"  scratch {step['scratch_gb']:.2f} GB (input {step['input_gb']:.2f} GB)"
         )
     if json_path:
         Path(json_path).write_text(json.dumps({"results": results, "growth": growth(results)}, indent=2))

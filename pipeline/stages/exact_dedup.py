@@ -31,7 +31,9 @@ from pipeline.ops import exchange
 from pipeline.ops.arrow import HSPACE, SPACE_OR_NEWLINE_TO_COLLAPSE, replace_regex
 
 ROW_BITS = 32
-ROWS_PER_PARTITION = 2_000_000  # keys a partition task holds: about 200 MB
+# Keys a partition task holds. Small enough that a task's memory at 10M rows stays near its
+# memory at 1M (where the floor of two partitions per core decides): more tasks, not bigger ones.
+ROWS_PER_PARTITION = 500_000
 
 
 class ExactDedupConfig(DedupConfig):

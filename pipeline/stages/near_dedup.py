@@ -51,7 +51,9 @@ from pipeline.ops.minhash import (
     similarity,
 )
 
-BAND_ENTRIES_PER_PARTITION = 8_000_000  # (bucket, node) rows per bucket task: 64 MB
+# (bucket, node) rows per bucket task, and nodes per components partition: small enough that a
+# task's memory does not grow with the input past the floor of two partitions per core.
+BAND_ENTRIES_PER_PARTITION = 2_000_000
 BANDS_PER_ROUND = 4  # bands whose bucket entries are in scratch at once (8 bytes a row each)
 PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
 
