@@ -93,6 +93,15 @@ class Sampler(threading.Thread):
             )
 
 
+def quiet_down(timeout: float = 120) -> None:
+    """Wait for an earlier run's embedded Ray to be gone: the memory baseline is taken next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        p.info["name"] in ("raylet", "gcs_server") for p in psutil.process_iter(["name"])
+    ):
+        time.sleep(1)
+
+
 def run_size(
     rows: int, work: Path, ray: bool, seed: int, address: str | None = None, without: tuple[str, ...] = ()
 ) -> dict:
@@ -111,6 +120,8 @@ def run_size(
         manifest["ray"] = {"in_process_rows": 0}
     path = data / "scale.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    if address is None:  # (a cluster's own processes stay: they are in the baseline)
+        quiet_down()
     sampler = Sampler(run)
     sampler.start()
     started = time.monotonic()
