@@ -122,7 +122,7 @@ def used() -> int:
 def anonymous(pid: int) -> int:
     """A process's resident memory that is not a file's pages (`RssAnon + RssShmem`), in bytes."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return sum(int(fields[k].split()[0]) for k in ("RssAnon", "RssShmem")) << 10
+    return sum(int(fields.get(k, "0").split()[0]) for k in ("RssAnon", "RssShmem")) << 10  # none: a zombie
 
 
 def measured(command: list[str]) -> dict[str, float]:
