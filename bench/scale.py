@@ -4,8 +4,11 @@ For each size, `bench/generate_corpus.py` writes a bitext input (SIB-200 sentenc
 Zipf-weighted, 8% exact and 4% near copies with their ground truth), and `python -m pipeline run`
 runs normalize, langid, exact_dedup and near_dedup on it (both fields), with every core. Measured,
 per step and for the whole run: wall time, rows per second per core, peak memory of all processes
-(the machine's MemTotal - MemAvailable above its level before the run: page cache is not counted,
-Ray's shared memory once), CPU busy (all cores), the run's scratch (`work/`) and Ray's spill folder
+in two measures above their level before the run: memory in use (the machine's MemTotal -
+MemAvailable: most page cache is not counted, Ray's shared memory once) and anonymous memory (the
+machine's AnonPages + Shmem: what processes hold that the kernel cannot drop; memory-mapped files,
+such as near_dedup's signatures, are page cache that the kernel reclaims under pressure, and memory
+in use counts part of them), CPU busy (all cores), the run's scratch (`work/`) and Ray's spill folder
 at their largest, and the near-duplicate precision and recall against the ground truth; then the
 growth exponent of time and memory between consecutive sizes (1 = linear).
 
@@ -43,9 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ROW_LOCAL = "01-normalize+02-langid"
 
 
-def meminfo_used() -> int:
+def meminfo() -> tuple[int, int]:
+    """(memory in use, anonymous and shared memory) of the machine, in bytes."""
     info = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
-    return (info["MemTotal"] - info["MemAvailable"]) << 10
+    return (info["MemTotal"] - info["MemAvailable"]) << 10, (info["AnonPages"] + info["Shmem"]) << 10
 
 
 def folder_bytes(path: Path) -> int:
@@ -66,7 +70,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.run_dir, self.interval = run, interval
         self.samples: list[dict[str, float]] = []
-        self.baseline = meminfo_used()
+        self.baseline = meminfo()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -82,10 +86,12 @@ class Sampler(threading.Thread):
                     else 0
                 )
                 last_disk = now
+            used, anonymous = meminfo()
             self.samples.append(
                 {
                     "t": now,
-                    "used": meminfo_used() - self.baseline,
+                    "used": used - self.baseline[0],
+                    "anonymous": anonymous - self.baseline[1],
                     "cpu": psutil.cpu_percent(),
                     "scratch": scratch,
                     "spill": spill,
@@ -155,7 +161,7 @@ def run_size(
     result: dict = {"rows": rows, "seconds": total, "steps": {}}
     for (name, begin), (_, end), input_bytes in zip(bounds, bounds[1:], inputs):
         window = [s for s in sampler.samples if begin <= s["t"] <= end] or [
-            {"used": 0, "cpu": 0, "scratch": 0, "spill": 0}
+            {"used": 0, "anonymous": 0, "cpu": 0, "scratch": 0, "spill": 0}
         ]
         rows_in = int(ledger.filter(step=name.split("+")[0], kind="in")["rows"].sum()) if name != "shards" else 0
         result["steps"][name] = {
@@ -163,12 +169,14 @@ def run_size(
             "rows_in": rows_in,
             "rows_per_s_per_core": rows_in / (end - begin) / cores if rows_in else None,
             "peak_memory_gb": max(s["used"] for s in window) / 2**30,
+            "peak_anonymous_gb": max(s["anonymous"] for s in window) / 2**30,
             "cpu_busy": sum(s["cpu"] for s in window) / len(window) / 100,
             "scratch_gb": max(s["scratch"] for s in window) / 2**30,
             "spill_gb": max(s["spill"] for s in window) / 2**30,
             "input_gb": input_bytes / 2**30,
         }
     result["peak_memory_gb"] = max((s["used"] for s in sampler.samples), default=0) / 2**30
+    result["peak_anonymous_gb"] = max((s["anonymous"] for s in sampler.samples), default=0) / 2**30
     result["scratch_gb"] = max((s["scratch"] for s in sampler.samples), default=0) / 2**30
     result["spill_gb"] = max((s["spill"] for s in sampler.samples), default=0) / 2**30
     near = [n for n in result["steps"] if n.endswith("near_dedup")][0]
@@ -226,6 +234,7 @@ def growth(results: list[dict]) -> list[dict]:
                 "time_exponent": math.log(b["seconds"] / a["seconds"]) / scale,
                 "memory_ratio": b["peak_memory_gb"] / a["peak_memory_gb"],
                 "memory_exponent": math.log(b["peak_memory_gb"] / a["peak_memory_gb"]) / scale,
+                "anonymous_ratio": b["peak_anonymous_gb"] / a["peak_anonymous_gb"],
             }
         )
     return out
@@ -257,7 +266,8 @@ def main() -> None:
     for g in growth(results):
         print(
             f"{g['from']:,} -> {g['to']:,} rows: time x{g['time_ratio']:.2f} (exponent {g['time_exponent']:.2f}), "
-            f"memory x{g['memory_ratio']:.2f} (exponent {g['memory_exponent']:.2f})"
+            f"memory in use x{g['memory_ratio']:.2f} (exponent {g['memory_exponent']:.2f}), "
+            f"anonymous memory x{g['anonymous_ratio']:.2f}"
         )
 
 
@@ -282,7 +292,8 @@ def report(results: list[dict], json_path: str | None) -> None:
     """Print the last size's figures; write all of them so far to `json_path`."""
     result = results[-1]
     print(
-        f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory {result['peak_memory_gb']:.2f} GB, scratch "
+        f"\n{result['rows']:,} rows: {result['seconds']:.0f} s, peak memory in use {result['peak_memory_gb']:.2f} GB "
+        f"(anonymous {result['peak_anonymous_gb']:.2f} GB), scratch "
         f"{result['scratch_gb']:.2f} GB (near_dedup input {result['near_dedup_input_gb']:.2f} GB), "
         f"spill {result['spill_gb']:.2f} GB, "
         f"near_dedup {result['near_dedup_core_hours_per_million']:.3f} core-hours per million rows, "
@@ -291,7 +302,8 @@ def report(results: list[dict], json_path: str | None) -> None:
     for name, step in result["steps"].items():
         rate = f"{step['rows_per_s_per_core']:,.0f} rows/s/core" if step["rows_per_s_per_core"] else ""
         print(
-            f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB  "
+            f"  {name:28s} {step['seconds']:8.1f} s {rate:>20s}  memory {step['peak_memory_gb']:.2f} GB "
+            f"(anonymous {step['peak_anonymous_gb']:.2f})  "
             f"CPU busy {step['cpu_busy']:.0%}"
             f"  scratch {step['scratch_gb']:.2f} GB (input {step['input_gb']:.2f} GB)"
         )

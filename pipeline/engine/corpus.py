@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from core.passages import CORPUS_SCHEMA, DOC_ID, TEXT, MissingPassage
 from pipeline.engine.shards import QUERY, id_range
 from pipeline.ops.files import write_atomic
+from pipeline.ops.memory import release_memory
 
 
 def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: str) -> list[dict[str, Any]]:
@@ -50,6 +51,7 @@ def write_corpus(refs: Path, store: list[str], out: Path, settings: Any, tag: st
     for r, _, part in parts:
         pending.append(_passages(part, r, lookup))
         flush(final=False)
+        release_memory()  # a range's working set, not the largest range's, stays between ranges
     flush(final=True)
     return written
 

@@ -39,6 +39,7 @@ from pipeline.engine.plan import Step
 from pipeline.engine.stage import DatasetStage, RunContext
 from pipeline.ops import exchange
 from pipeline.ops.arrow import lists_by_row, replace_column
+from pipeline.ops.memory import release_memory
 from pipeline.ops.tasks import Executor
 from sources.config import SourceConfig
 from sources.reader import Unit, read_batches
@@ -171,6 +172,7 @@ def _ingest_task(unit: Unit, source: SourceConfig, path: str) -> int:
         for batch in read_batches(unit, source):
             writer.write_table(batch, row_group_size=BATCH_ROWS)
             rows += batch.num_rows
+    release_memory()
     return rows
 
 
@@ -182,7 +184,10 @@ def _rows_task(file: str, groups: list[int], path: str, step: Step, context: Run
     for group in groups:
         table = parquet.read_row_group(group, columns=WORK_SCHEMA.names)
         parts += [worker(table.slice(start, BATCH_ROWS)) for start in range(0, table.num_rows, BATCH_ROWS)]
-    return _write(pa.concat_tables(parts), path) if parts else 0
+    rows = _write(pa.concat_tables(parts), path) if parts else 0
+    del parts
+    release_memory()
+    return rows
 
 
 def _key_task(block: pa.Table, parts: int, step: Step, context: RunContext) -> list[pa.Table]:

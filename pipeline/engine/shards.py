@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from core.passages import DOC_ID, NEGATIVE_IDS, NEGATIVES, POSITIVE_ID, TEXT, passage_id
 from core.record import COLUMNS, DROP, SCHEMA
 from pipeline.ops.files import write_atomic
+from pipeline.ops.memory import release_memory
 
 ID_PREFIX = 8  # hex digits of the id that place a row in its range (2^32 ranges at most)
 # Kept rows whose passages one range of the passage table holds: the table is grouped one range of
@@ -43,6 +44,15 @@ REFS_SCHEMA = pa.schema(
         ("origin", pa.string()),
     ]
 )
+
+
+# The spill and the passage references are read back whole: written without statistics, which a
+# writer keeps in memory per row group and column (min and max of every text) until it closes.
+SCRATCH_PARQUET: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "write_statistics": False}
+# Input batches after which the spill's writers (one per range) are closed and new files begun: an
+# open writer's memory grows with every row group it writes (measured: 2 MB a batch over 115 writers
+# at 10M rows), so with writers kept open for the whole pass memory would grow with the input.
+SPILL_BATCHES_PER_FILE = 32
 
 
 def _folder_name(value: Any) -> str:
@@ -81,16 +91,17 @@ def write_shards(
     written: list[dict[str, Any]] = []
     try:
         _spill(files, keys, plan, spill, references)
+        release_memory()
         for p, row in enumerate(plan.iter_rows(named=True)):
             values = [row[k] for k in keys]
             folder = out.joinpath(*(_folder_name(v) for v in values))
             folder.mkdir(parents=True, exist_ok=True)
             shard = 0
             for r in range(row["_ranges"]):
-                path = spill / f"{p}-{r}.parquet"
-                if not path.exists():
+                paths = sorted(spill.glob(f"{p}-{r}-*.parquet"))
+                if not paths:
                     continue
-                part = pl.read_parquet(path).sort("id", "origin").to_arrow().cast(SCHEMA)
+                part = pl.read_parquet(paths).sort("id", "origin").to_arrow().cast(SCHEMA)
                 for start in range(0, part.num_rows, settings.rows_per_shard):
                     chunk = part.slice(start, settings.rows_per_shard)
                     target = folder / f"part-{shard:05d}-{tag}.parquet"
@@ -104,7 +115,10 @@ def write_shards(
                         {"path": str(target.relative_to(out)), "rows": chunk.num_rows, **dict(zip(keys, values))}
                     )
                     shard += 1
-                path.unlink()  # written as shards: the spill shrinks as they grow
+                for path in paths:
+                    path.unlink()  # written as shards: the spill shrinks as they grow
+                del part, chunk
+                release_memory()
         shutil.rmtree(spill)
         for entry in written:
             for batch in pq.ParquetFile(out / entry["path"]).iter_batches(batch_size=65_536, columns=list(_NAMING)):
@@ -128,7 +142,7 @@ class _References:
         for (r,), group in named.partition_by("_range", as_dict=True).items():
             if r not in self.writers:
                 path = self.folder / f"{r:05d}-{self.ranges:05d}.parquet"
-                self.writers[r] = pq.ParquetWriter(path, REFS_SCHEMA, compression="zstd", compression_level=1)
+                self.writers[r] = pq.ParquetWriter(path, REFS_SCHEMA, **SCRATCH_PARQUET)
             self.writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
 
     def close(self) -> None:
@@ -137,34 +151,47 @@ class _References:
 
 
 def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, references: _References) -> None:
-    """One pass over the checkpoint, a batch at a time: each kept row to `<partition>-<range>.parquet`,
-    with its passage ids; the texts of negatives still inline (which the shards hold by id) to the
-    references."""
+    """One pass over the checkpoint, a batch at a time: each kept row to
+    `<partition>-<range>-<n>.parquet` (a new `n` every `SPILL_BATCHES_PER_FILE` batches), with its
+    passage ids; the texts of negatives still inline (which the shards hold by id) to the references."""
     shutil.rmtree(spill, ignore_errors=True)  # a crashed attempt's
     spill.mkdir(parents=True)
     index = plan.with_row_index("_partition").select(*keys, pl.col("_partition").cast(pl.Int64), "_ranges")
     writers: dict[tuple[int, int], pq.ParquetWriter] = {}
+    batches = _batches(files, [*COLUMNS, NEGATIVES, DROP])
     try:
-        for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=[*COLUMNS, NEGATIVES, DROP]):
-                df, inline = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
-                if inline.num_rows:
-                    references.add(inline)
-                df = (
-                    df.select(COLUMNS)
-                    .join(index, on=keys, how="left", nulls_equal=True)
-                    .with_columns(id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
-                )
-                for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
-                    table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
-                    if (p, r) not in writers:
-                        writers[(p, r)] = pq.ParquetWriter(
-                            spill / f"{p}-{r}.parquet", SCHEMA, compression="zstd", compression_level=1
-                        )
-                    writers[(p, r)].write_table(table)
+        for n, batch in enumerate(batches):
+            if n % SPILL_BATCHES_PER_FILE == 0:
+                _close(writers)
+                release_memory()
+            df, inline = with_passage_ids(pl.from_arrow(batch).filter(pl.col(DROP).is_null()))
+            if inline.num_rows:
+                references.add(inline)
+            df = (
+                df.select(COLUMNS)
+                .join(index, on=keys, how="left", nulls_equal=True)
+                .with_columns(id_range(pl.col("id"), pl.col("_ranges")).alias("_range"))
+            )
+            for (p, r), group in df.partition_by("_partition", "_range", as_dict=True).items():
+                table = group.select(COLUMNS).to_arrow().cast(SCHEMA)
+                if (p, r) not in writers:
+                    path = spill / f"{p}-{r}-{n // SPILL_BATCHES_PER_FILE:05d}.parquet"
+                    writers[(p, r)] = pq.ParquetWriter(path, SCHEMA, **SCRATCH_PARQUET)
+                writers[(p, r)].write_table(table)
     finally:
-        for w in writers.values():
-            w.close()
+        _close(writers)
+
+
+def _batches(files: list[str], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The files' rows, a batch at a time, in order."""
+    for file in files:
+        yield from pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=columns)
+
+
+def _close(writers: dict[Any, pq.ParquetWriter]) -> None:
+    for writer in writers.values():
+        writer.close()
+    writers.clear()
 
 
 # What a shard row says about passages (`passage_refs`).

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from core import storage
 from core.record import WORK_SCHEMA, kept
+from pipeline.ops.memory import release_memory
 from pipeline.ops.tasks import Executor, InProcess
 
 INLINE_BYTES = 64 << 10  # smaller results travel back as values (counts, fingerprints, empty parts)
@@ -123,11 +124,14 @@ def _store(value: Any, path: str, keep: bool) -> Any:
 
 
 def _task(fn: Callable[..., list[Any]], args: tuple, prefix: str, returns: int, keep: bool) -> list[Any]:
-    """On the worker: read the refs, run `fn`, store its outputs."""
+    """On the worker: read the refs, run `fn`, store its outputs; the worker keeps none of its memory."""
     outputs = fn(*[get(a) for a in args])
     if len(outputs) != returns:
         raise RuntimeError(f"{fn.__name__} returned {len(outputs)} objects for {returns}")
-    return [_store(value, f"{prefix}-{j:05d}", keep) for j, value in enumerate(outputs)]
+    stored = [_store(value, f"{prefix}-{j:05d}", keep) for j, value in enumerate(outputs)]
+    del outputs
+    release_memory()
+    return stored
 
 
 def _read_once(args: Sequence[tuple]) -> list[Ref]:

@@ -51,11 +51,11 @@ from pipeline.ops.minhash import (
     similarity,
 )
 
-# (bucket, node) rows per bucket task, and nodes per components partition: small enough that a
-# task's memory does not grow with the input past the floor of two partitions per core.
-BAND_ENTRIES_PER_PARTITION = 2_000_000
+# (bucket, node) rows per bucket task, and nodes per components partition: what a task gets at 1M
+# rows on 2 cores (the floor of two partitions per core), so a task's memory stays there at any size.
+BAND_ENTRIES_PER_PARTITION = 1_000_000
 BANDS_PER_ROUND = 4  # bands whose bucket entries are in scratch at once (8 bytes a row each)
-PAIRS_PER_CHUNK = 250_000  # candidate pairs whose signatures a task gathers at once
+PAIRS_PER_CHUNK = 100_000  # candidate pairs whose signatures a task gathers at once (50 MB)
 
 
 class NearDedupConfig(DedupConfig):
