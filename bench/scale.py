@@ -6,11 +6,11 @@ runs normalize, langid, exact_dedup and near_dedup on it (both fields), with eve
 per step and for the whole run: wall time, rows per second per core, peak memory of all processes
 in two measures above their level before the run: memory in use (the machine's MemTotal -
 MemAvailable: most page cache is not counted, Ray's shared memory once) and anonymous memory (the
-machine's AnonPages + Shmem: what processes hold that the kernel cannot drop; memory-mapped files,
-such as near_dedup's signatures, are page cache that the kernel reclaims under pressure, and memory
-in use counts part of them), CPU busy (all cores), the run's scratch (`work/`) and Ray's spill folder
-at their largest, and the near-duplicate precision and recall against the ground truth; then the
-growth exponent of time and memory between consecutive sizes (1 = linear).
+machine's AnonPages + Shmem: what processes hold, Ray's object store included; memory in use also
+counts kernel memory outside any process, such as what near_dedup's many scratch files cost), CPU
+busy (all cores), the run's scratch (`work/`) and Ray's spill folder at their largest, and the
+near-duplicate precision and recall against the ground truth; then the growth exponent of time and
+memory between consecutive sizes (1 = linear).
 
     python bench/scale.py [--sizes 300000,1000000,3000000,10000000] [--ray] [--work DIR] [--json out.json]
 

@@ -120,9 +120,8 @@ def write_shards(
                 del part, chunk
                 release_memory()
         shutil.rmtree(spill)
-        for entry in written:
-            for batch in pq.ParquetFile(out / entry["path"]).iter_batches(batch_size=65_536, columns=list(_NAMING)):
-                references.add(passage_refs(pl.from_arrow(batch)))
+        for batch in _batches([str(out / entry["path"]) for entry in written], list(_NAMING)):
+            references.add(passage_refs(pl.from_arrow(batch)))
     finally:
         references.close()
     return written
@@ -146,8 +145,7 @@ class _References:
             self.writers[r].write_table(group.drop("_range").to_arrow().cast(REFS_SCHEMA))
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
+        _close(self.writers)
 
 
 def _spill(files: list[str], keys: list[str], plan: pl.DataFrame, spill: Path, references: _References) -> None:
